@@ -1,0 +1,1 @@
+//! Edges: where mail enters (filled in by the edge work).

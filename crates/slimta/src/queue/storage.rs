@@ -1,0 +1,173 @@
+//! The storage contract every queue backend fulfils.
+//!
+//! The queue owns scheduling and decisions; storage only remembers. Each
+//! method is one durable step: when the returned future resolves `Ok`, a crash
+//! right afterwards must not undo it. The queue relies on that to answer `250`
+//! only after [`QueueStorage::write`] returns, and to never resend to a
+//! recipient after [`QueueStorage::set_recipients_delivered`] returns.
+//!
+//! Design decisions:
+//! - Delivered recipients are stored as indices into the stored envelope's
+//!   recipient list, which never changes after the write. That makes "never
+//!   deliver twice to the same recipient" a property of the storage record,
+//!   not of whoever reads it (python-slimta got this wrong).
+//! - Errors are `std::io::Error`: every backend's failures (disk, network,
+//!   protocol) are I/O failures to the queue, which answers `452 4.3.1` or
+//!   retries later. `ErrorKind::NotFound` means the id is unknown.
+//! - Native async trait; [`DynStorage`] is the boxed form for backends picked
+//!   at run time by the app's config.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::envelope::Envelope;
+
+/// The queue-side facts stored beside an envelope.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueMeta {
+    /// When the next delivery attempt is due.
+    pub timestamp: Option<SystemTime>,
+    /// How many delivery attempts have been made.
+    pub attempts: u32,
+    /// Indices (into the stored recipient list) of delivered recipients, sorted.
+    pub delivered: Vec<usize>,
+    /// The last failure, for operators (`slimta queue list`).
+    pub last_error: Option<String>,
+}
+
+/// A stored envelope with its queue metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// The envelope as written, with every original recipient.
+    pub envelope: Envelope,
+    /// Attempts, schedule and delivered recipients.
+    pub meta: QueueMeta,
+}
+
+impl StoredEnvelope {
+    /// The recipients not yet delivered, with their indices in the stored list.
+    pub fn pending_recipients(&self) -> Vec<(usize, &str)> {
+        self.envelope
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.meta.delivered.binary_search(i).is_err())
+            .map(|(i, r)| (i, r.as_str()))
+            .collect()
+    }
+}
+
+/// Durable storage of queued envelopes.
+pub trait QueueStorage: Send + Sync + 'static {
+    /// Stores a new envelope due at `timestamp`; returns its new id once it is
+    /// durable.
+    fn write(
+        &self,
+        envelope: &Envelope,
+        timestamp: SystemTime,
+    ) -> impl Future<Output = io::Result<String>> + Send;
+
+    /// Sets when the next attempt is due.
+    fn set_timestamp(&self, id: &str, timestamp: SystemTime) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Adds one to the attempt count and returns the new count.
+    fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send;
+
+    /// Records recipients (indices into the stored recipient list) as
+    /// delivered. Idempotent; indices already recorded stay recorded.
+    fn set_recipients_delivered(&self, id: &str, indices: &[usize]) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Records the last delivery error (for operators; not needed for
+    /// correctness, so backends may store it lazily).
+    fn set_last_error(&self, id: &str, error: &str) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Every stored id with its due time, for rescheduling at start-up.
+    fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send;
+
+    /// One stored envelope with its metadata.
+    fn get(&self, id: &str) -> impl Future<Output = io::Result<StoredEnvelope>> + Send;
+
+    /// Forgets an envelope (delivered or bounced everywhere). Removing an
+    /// unknown id is not an error.
+    fn remove(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// A boxed future of [`DynStorage`].
+pub type StorageFuture<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send + 'a>>;
+
+/// The object-safe form of [`QueueStorage`], for backends chosen at run time.
+#[allow(missing_docs)]
+pub trait DynStorage: Send + Sync + 'static {
+    fn write_boxed<'a>(&'a self, envelope: &'a Envelope, timestamp: SystemTime) -> StorageFuture<'a, String>;
+    fn set_timestamp_boxed<'a>(&'a self, id: &'a str, timestamp: SystemTime) -> StorageFuture<'a, ()>;
+    fn increment_attempts_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, u32>;
+    fn set_recipients_delivered_boxed<'a>(&'a self, id: &'a str, indices: &'a [usize]) -> StorageFuture<'a, ()>;
+    fn set_last_error_boxed<'a>(&'a self, id: &'a str, error: &'a str) -> StorageFuture<'a, ()>;
+    fn load_boxed(&self) -> StorageFuture<'_, Vec<(String, SystemTime)>>;
+    fn get_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, StoredEnvelope>;
+    fn remove_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, ()>;
+}
+
+impl<S: QueueStorage> DynStorage for S {
+    fn write_boxed<'a>(&'a self, envelope: &'a Envelope, timestamp: SystemTime) -> StorageFuture<'a, String> {
+        Box::pin(self.write(envelope, timestamp))
+    }
+    fn set_timestamp_boxed<'a>(&'a self, id: &'a str, timestamp: SystemTime) -> StorageFuture<'a, ()> {
+        Box::pin(self.set_timestamp(id, timestamp))
+    }
+    fn increment_attempts_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, u32> {
+        Box::pin(self.increment_attempts(id))
+    }
+    fn set_recipients_delivered_boxed<'a>(&'a self, id: &'a str, indices: &'a [usize]) -> StorageFuture<'a, ()> {
+        Box::pin(self.set_recipients_delivered(id, indices))
+    }
+    fn set_last_error_boxed<'a>(&'a self, id: &'a str, error: &'a str) -> StorageFuture<'a, ()> {
+        Box::pin(self.set_last_error(id, error))
+    }
+    fn load_boxed(&self) -> StorageFuture<'_, Vec<(String, SystemTime)>> {
+        Box::pin(self.load())
+    }
+    fn get_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, StoredEnvelope> {
+        Box::pin(self.get(id))
+    }
+    fn remove_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, ()> {
+        Box::pin(self.remove(id))
+    }
+}
+
+macro_rules! forward_dyn_storage {
+    ($ty:ty) => {
+        impl QueueStorage for $ty {
+            fn write(&self, envelope: &Envelope, timestamp: SystemTime) -> impl Future<Output = io::Result<String>> + Send {
+                async move { (**self).write_boxed(envelope, timestamp).await }
+            }
+            fn set_timestamp(&self, id: &str, timestamp: SystemTime) -> impl Future<Output = io::Result<()>> + Send {
+                async move { (**self).set_timestamp_boxed(id, timestamp).await }
+            }
+            fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send {
+                async move { (**self).increment_attempts_boxed(id).await }
+            }
+            fn set_recipients_delivered(&self, id: &str, indices: &[usize]) -> impl Future<Output = io::Result<()>> + Send {
+                async move { (**self).set_recipients_delivered_boxed(id, indices).await }
+            }
+            fn set_last_error(&self, id: &str, error: &str) -> impl Future<Output = io::Result<()>> + Send {
+                async move { (**self).set_last_error_boxed(id, error).await }
+            }
+            fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send {
+                async move { (**self).load_boxed().await }
+            }
+            fn get(&self, id: &str) -> impl Future<Output = io::Result<StoredEnvelope>> + Send {
+                async move { (**self).get_boxed(id).await }
+            }
+            fn remove(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send {
+                async move { (**self).remove_boxed(id).await }
+            }
+        }
+    };
+}
+
+forward_dyn_storage!(Box<dyn DynStorage>);
+forward_dyn_storage!(Arc<dyn DynStorage>);

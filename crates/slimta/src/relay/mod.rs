@@ -1,0 +1,227 @@
+//! Relays: how mail leaves.
+//!
+//! A [`Relay`] is given an envelope and reports, per recipient, whether it was
+//! delivered, failed for now (transient) or failed for good (permanent). The
+//! queue decides what to do with each outcome (record, retry, bounce); a relay
+//! never retries on its own.
+//!
+//! Design decisions:
+//! - [`RelayError`] is opaque with predicates (`is_transient`, `is_permanent`,
+//!   `reply`), so its internals can grow (a source error, the remote host)
+//!   without breaking callers. Anything unexpected is transient: a relay that
+//!   is unsure must not make the queue bounce a message that could still be
+//!   delivered.
+//! - [`Relay`] is a native async trait. The app picks relays at run time from
+//!   its config, so [`DynRelay`] adds a boxed, object-safe form and
+//!   `Box<dyn DynRelay>` / `Arc<dyn DynRelay>` implement [`Relay`] again.
+
+pub mod blackhole;
+pub mod smtp;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::envelope::Envelope;
+use crate::reply::Reply;
+
+pub use blackhole::BlackholeRelay;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Transient,
+    Permanent,
+}
+
+/// Why a delivery (or one recipient of it) failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayError {
+    kind: Kind,
+    reply: Reply,
+}
+
+impl RelayError {
+    /// A failure worth retrying later.
+    pub fn transient(reply: Reply) -> Self {
+        Self {
+            kind: Kind::Transient,
+            reply,
+        }
+    }
+
+    /// A failure that retrying cannot fix; the queue bounces it.
+    pub fn permanent(reply: Reply) -> Self {
+        Self {
+            kind: Kind::Permanent,
+            reply,
+        }
+    }
+
+    /// Classifies a remote server's reply: 5xx is permanent, anything else
+    /// (4xx, or a nonsensical code) transient.
+    pub fn from_reply(reply: Reply) -> Self {
+        if reply.is_permanent() {
+            Self::permanent(reply)
+        } else {
+            Self::transient(reply)
+        }
+    }
+
+    /// Whether the queue should retry.
+    pub fn is_transient(&self) -> bool {
+        self.kind == Kind::Transient
+    }
+
+    /// Whether the queue should bounce.
+    pub fn is_permanent(&self) -> bool {
+        self.kind == Kind::Permanent
+    }
+
+    /// The reply that explains the failure (the remote server's, or one made
+    /// up locally such as `451 4.4.1 Connection refused`).
+    pub fn reply(&self) -> &Reply {
+        &self.reply
+    }
+}
+
+impl fmt::Display for RelayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Transient => "transient",
+            Kind::Permanent => "permanent",
+        };
+        write!(f, "{kind} failure: {}", self.reply)
+    }
+}
+
+impl std::error::Error for RelayError {}
+
+/// The result of one delivery attempt that reached the destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    reply: Reply,
+    per_recipient: Option<Vec<Result<Reply, RelayError>>>,
+}
+
+impl Delivery {
+    /// Every recipient was delivered; `reply` is the final answer (for
+    /// example the remote `250 2.0.0 Ok: queued as X`).
+    pub fn all(reply: Reply) -> Self {
+        Self {
+            reply,
+            per_recipient: None,
+        }
+    }
+
+    /// Recipients had different outcomes; `results` is in the envelope's
+    /// recipient order and as long as its recipient list. `reply` is the
+    /// final answer of the transaction.
+    pub fn per_recipient(reply: Reply, results: Vec<Result<Reply, RelayError>>) -> Self {
+        Self {
+            reply,
+            per_recipient: Some(results),
+        }
+    }
+
+    /// The final reply of the attempt.
+    pub fn reply(&self) -> &Reply {
+        &self.reply
+    }
+
+    /// The outcome for the recipient at `index` of the attempted envelope. A
+    /// missing entry (a relay that returned too few results) is a transient
+    /// failure, never a silent success.
+    pub fn result_for(&self, index: usize) -> Result<&Reply, RelayError> {
+        match &self.per_recipient {
+            None => Ok(&self.reply),
+            Some(results) => match results.get(index) {
+                Some(Ok(reply)) => Ok(reply),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(RelayError::transient(Reply::new(
+                    451,
+                    "4.3.0",
+                    "relay reported no result for this recipient",
+                ))),
+            },
+        }
+    }
+}
+
+/// Delivers envelopes.
+pub trait Relay: Send + Sync + 'static {
+    /// Attempts delivery of `envelope` to all its recipients. `attempt` counts
+    /// from 1; relays may use it to rotate destinations.
+    ///
+    /// # Errors
+    ///
+    /// A [`RelayError`] when the whole attempt failed (for example the
+    /// destination could not be reached); per-recipient failures are reported
+    /// inside [`Delivery`] instead.
+    fn attempt(
+        &self,
+        envelope: &Envelope,
+        attempt: u32,
+    ) -> impl Future<Output = Result<Delivery, RelayError>> + Send;
+}
+
+/// The boxed future of [`DynRelay`].
+pub type RelayFuture<'a> = Pin<Box<dyn Future<Output = Result<Delivery, RelayError>> + Send + 'a>>;
+
+/// The object-safe form of [`Relay`], for relays chosen at run time.
+pub trait DynRelay: Send + Sync + 'static {
+    /// Boxed [`Relay::attempt`].
+    fn attempt_boxed<'a>(&'a self, envelope: &'a Envelope, attempt: u32) -> RelayFuture<'a>;
+}
+
+impl<R: Relay> DynRelay for R {
+    fn attempt_boxed<'a>(&'a self, envelope: &'a Envelope, attempt: u32) -> RelayFuture<'a> {
+        Box::pin(self.attempt(envelope, attempt))
+    }
+}
+
+impl Relay for Box<dyn DynRelay> {
+    fn attempt(
+        &self,
+        envelope: &Envelope,
+        attempt: u32,
+    ) -> impl Future<Output = Result<Delivery, RelayError>> + Send {
+        async move { (**self).attempt_boxed(envelope, attempt).await }
+    }
+}
+
+impl Relay for Arc<dyn DynRelay> {
+    fn attempt(
+        &self,
+        envelope: &Envelope,
+        attempt: u32,
+    ) -> impl Future<Output = Result<Delivery, RelayError>> + Send {
+        async move { (**self).attempt_boxed(envelope, attempt).await }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_reply() {
+        assert!(RelayError::from_reply(Reply::new(550, "5.1.1", "no")).is_permanent());
+        assert!(RelayError::from_reply(Reply::new(451, "4.3.0", "later")).is_transient());
+        assert!(RelayError::from_reply(Reply::new(999, "", "nonsense")).is_transient());
+    }
+
+    #[test]
+    fn missing_per_recipient_result_is_transient() {
+        let d = Delivery::per_recipient(Reply::new(250, "2.0.0", "ok"), vec![Ok(Reply::new(250, "", "a"))]);
+        assert!(d.result_for(0).is_ok());
+        assert!(d.result_for(1).unwrap_err().is_transient());
+    }
+
+    #[test]
+    fn dyn_relay_is_object_safe() {
+        let relay: Box<dyn DynRelay> = Box::new(BlackholeRelay::new());
+        let _arc: Arc<dyn DynRelay> = Arc::new(BlackholeRelay::new());
+        drop(relay);
+    }
+}

@@ -1,0 +1,1 @@
+//! SMTP relays (filled in by the relay work).

@@ -1,0 +1,11 @@
+//! The SMTP protocol, without I/O.
+//!
+//! Everything here turns bytes into commands, events and replies and back;
+//! nothing here owns a socket, a queue or a timer. The tokio drivers in
+//! `edge/` (server side) and `relay/smtp/` (client side) do the reading and
+//! writing. That keeps the protocol testable byte for byte and lets the SMTP
+//! edge, the LMTP edge and the tests share one implementation.
+
+pub mod server;
+
+pub use server::{Event, EventKind, MailParams, RcptParams, Server, ServerConfig, Step, Transaction};

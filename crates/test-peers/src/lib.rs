@@ -1,0 +1,322 @@
+//! Real peers for slimta's tests, started on loopback on free ports.
+//!
+//! Tests talk to real programs (DEVELOPERS.md: real parts, not mocks). Each
+//! peer here is started by the test that needs it and killed when its handle
+//! is dropped. A peer whose program is missing or does not come up makes the
+//! test fail with a message saying what to install: the README's test command
+//! (`scripts/test`) installs every peer, so a missing one is a broken machine,
+//! never a reason to skip.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot bind 127.0.0.1:0")
+}
+
+/// The path of `program` on PATH (or in /usr/sbin), or a panic naming the
+/// Debian package that provides it.
+pub fn require(program: &str, package: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from));
+    for dir in dirs {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "test peer `{program}` is not installed (Debian package `{package}`); \
+         run scripts/test, which installs every peer (CI={})",
+        std::env::var("CI").unwrap_or_default()
+    );
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+///
+/// # Panics
+///
+/// After `timeout` without success.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not accept connections on {addr} within {timeout:?}");
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct Peer {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    /// Starts `command`, then waits for `addr` to accept connections.
+    ///
+    /// # Panics
+    ///
+    /// If the program cannot be started or never listens.
+    pub fn spawn(mut command: Command, addr: SocketAddr, what: &str) -> Self {
+        command.stdin(Stdio::null());
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what} ({command:?}): {e}"));
+        let mut peer = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = peer.child.try_wait() {
+                panic!("{what} exited before listening: {status} ({command:?})");
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return peer;
+            }
+            assert!(Instant::now() < deadline, "{what} did not listen on {addr} within 10s");
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit (up to `timeout`); its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Postfix's `smtp-sink`, optionally dumping every message into a directory.
+#[derive(Debug)]
+pub struct SmtpSink {
+    /// The running process.
+    pub peer: Peer,
+    dump: Option<tempfile::TempDir>,
+}
+
+/// One message as dumped by `smtp-sink -d`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DumpedMessage {
+    /// The `X-Mail-Args` value (`<sender>` plus parameters).
+    pub mail_args: String,
+    /// Each `X-Rcpt-Args` value.
+    pub rcpt_args: Vec<String>,
+    /// The message as received, without smtp-sink's own `X-*` and
+    /// `Received` lines, with CRLF turned into LF (smtp-sink writes LF).
+    pub content: Vec<u8>,
+}
+
+impl SmtpSink {
+    /// Starts `smtp-sink` on a free port with extra flags such as `["-r",
+    /// "RCPT"]` (fault injection), dumping messages when `dump` is true.
+    pub fn start(extra: &[&str], dump: bool) -> Self {
+        Self::start_on("127.0.0.1", extra, dump)
+    }
+
+    /// Like [`SmtpSink::start`] on a given loopback address (127.0.0.2, ...).
+    pub fn start_on(ip: &str, extra: &[&str], dump: bool) -> Self {
+        let program = require("smtp-sink", "postfix");
+        let port = free_port();
+        let addr: SocketAddr = format!("{ip}:{port}").parse().expect("bad address");
+        let mut command = Command::new(program);
+        command.args(["-u", "nobody"]).args(extra);
+        let dump = dump.then(|| {
+            let dir = tempfile::Builder::new().prefix("sink").tempdir().expect("tempdir");
+            set_mode(dir.path(), 0o777);
+            command.arg("-d").arg(format!("{}/%M.", dir.path().display()));
+            dir
+        });
+        command.arg(addr.to_string()).arg("1000");
+        Self {
+            peer: Peer::spawn(command, addr, "smtp-sink"),
+            dump,
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.peer.addr
+    }
+
+    /// Every completely dumped message so far (unordered).
+    ///
+    /// smtp-sink writes a dump while the data arrives and gives no sign when
+    /// it is done, so a file counts as complete once its size stayed the same
+    /// over 100 ms (the sink's writes of one message are microseconds apart).
+    pub fn messages(&self) -> Vec<DumpedMessage> {
+        let Some(dir) = &self.dump else {
+            return Vec::new();
+        };
+        let sizes = |dir: &Path| -> Vec<(PathBuf, u64)> {
+            let mut v: Vec<(PathBuf, u64)> = fs::read_dir(dir)
+                .expect("read dump dir")
+                .flatten()
+                .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = sizes(dir.path());
+        sleep(Duration::from_millis(100));
+        let after = sizes(dir.path());
+        before
+            .iter()
+            .filter(|entry| after.contains(entry))
+            .filter_map(|(path, _)| fs::read(path).ok())
+            .map(|bytes| parse_dump(&bytes))
+            .collect()
+    }
+
+    /// Waits until at least `n` messages were dumped (up to `timeout`).
+    pub fn wait_for_messages(&self, n: usize, timeout: Duration) -> Vec<DumpedMessage> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let messages = self.messages();
+            if messages.len() >= n || Instant::now() >= deadline {
+                return messages;
+            }
+            sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The dump directory, if dumping.
+    pub fn dump_dir(&self) -> Option<&Path> {
+        self.dump.as_ref().map(|d| d.path())
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Splits smtp-sink's dump into its envelope lines and the message.
+pub fn parse_dump(bytes: &[u8]) -> DumpedMessage {
+    let mut mail_args = String::new();
+    let mut rcpt_args = Vec::new();
+    let mut rest = bytes;
+    // X-Client-Addr, X-Client-Proto, X-Helo-Args, X-Mail-Args, X-Rcpt-Args*,
+    // then smtp-sink's own three-line Received header.
+    loop {
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else { break };
+        let line = String::from_utf8_lossy(&rest[..nl]).into_owned();
+        if let Some(v) = line.strip_prefix("X-Mail-Args: ") {
+            mail_args = v.to_string();
+        } else if let Some(v) = line.strip_prefix("X-Rcpt-Args: ") {
+            rcpt_args.push(v.to_string());
+        } else if !line.starts_with("X-Client-") && !line.starts_with("X-Helo-Args: ") {
+            break;
+        }
+        rest = &rest[nl + 1..];
+    }
+    if rest.starts_with(b"Received: ") && memfind(rest, b"by smtp-sink").is_some() {
+        for _ in 0..3 {
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(nl) => rest = &rest[nl + 1..],
+                None => break,
+            }
+        }
+    }
+    // smtp-sink ends every dump with one extra newline of its own.
+    let content = rest.strip_suffix(b"\n").unwrap_or(rest).to_vec();
+    DumpedMessage {
+        mail_args,
+        rcpt_args,
+        content,
+    }
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Turns CRLF into LF, as smtp-sink does when dumping.
+pub fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_dump() {
+        let dump = b"X-Client-Addr: 127.0.0.1\nX-Client-Proto: ESMTP\nX-Helo-Args: vm\nX-Mail-Args: <a@x.test>\nX-Rcpt-Args: <b@y.test>\nX-Rcpt-Args: <c@y.test>\nReceived: from vm ([127.0.0.1])\n\tby smtp-sink (smtp-sink) with ESMTP id 1;\n\tSat, 21 Nov 2026 15:14:37 +0000 (UTC)\nSubject: x\n\nbody\n\n";
+        let m = parse_dump(dump);
+        assert_eq!(m.mail_args, "<a@x.test>");
+        assert_eq!(m.rcpt_args, vec!["<b@y.test>", "<c@y.test>"]);
+        assert_eq!(m.content, b"Subject: x\n\nbody\n");
+        assert_eq!(crlf_to_lf(b"a\r\nb\rc\n"), b"a\nb\rc\n");
+    }
+
+    #[test]
+    fn smtp_sink_dumps_what_it_receives() {
+        use std::io::{Read, Write};
+        let sink = SmtpSink::start(&[], true);
+        let mut s = TcpStream::connect(sink.addr()).unwrap();
+        s.write_all(b"HELO t\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n").unwrap();
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("354") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"Subject: t\r\n\r\nhi\r\n.\r\n").unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("250"));
+        let got = sink.wait_for_messages(1, Duration::from_secs(5));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].content, b"Subject: t\n\nhi\n");
+    }
+}
