@@ -8,4 +8,6 @@
 
 pub mod server;
 
-pub use server::{Event, EventKind, MailParams, RcptParams, Server, ServerConfig, Step, Transaction};
+pub use server::{
+    Event, EventKind, MailParams, RcptParams, Server, ServerConfig, Step, Transaction,
+};
