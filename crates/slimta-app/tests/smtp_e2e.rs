@@ -28,7 +28,12 @@ fn swaks_message_is_relayed_byte_for_byte() {
     let file = slimta.path().join("message.eml");
     std::fs::write(&file, &message).unwrap();
     let out = Command::new(support::program("swaks", "swaks"))
-        .args(["--server", &slimta.addr().to_string(), "-f", "sender@x.test"])
+        .args([
+            "--server",
+            &slimta.addr().to_string(),
+            "-f",
+            "sender@x.test",
+        ])
         .args(["-t", "a@example.test,b@example.test", "--8bitmime"])
         .arg("--data")
         .arg(format!("@{}", file.display()))
@@ -36,10 +41,17 @@ fn swaks_message_is_relayed_byte_for_byte() {
         .expect("swaks");
     let transcript = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "swaks failed:\n{transcript}");
-    assert!(transcript.contains("<-  250 2.6.0 Message queued as"), "{transcript}");
+    assert!(
+        transcript.contains("<-  250 2.6.0 Message queued as"),
+        "{transcript}"
+    );
     let got = sink.wait_for_messages(1, WAIT);
     assert_eq!(got.len(), 1, "slimta log:\n{}", slimta.log());
-    assert!(got[0].mail_args.starts_with("<sender@x.test>"), "{:?}", got[0].mail_args);
+    assert!(
+        got[0].mail_args.starts_with("<sender@x.test>"),
+        "{:?}",
+        got[0].mail_args
+    );
     assert_eq!(got[0].rcpt_args.len(), 2);
     // swaks ends the data with its own CRLF before the final dot.
     message.extend_from_slice(b"\r\n");
@@ -97,7 +109,10 @@ print(json.dumps(out))
     }
     let got = sink.wait_for_messages(2, WAIT);
     assert_eq!(got.len(), 2, "slimta log:\n{}", slimta.log());
-    let utf8 = got.iter().find(|m| m.rcpt_args[0].contains("rg@example.test")).expect("utf8 message");
+    let utf8 = got
+        .iter()
+        .find(|m| m.rcpt_args[0].contains("rg@example.test"))
+        .expect("utf8 message");
     assert_eq!(utf8.rcpt_args[0], "<jörg@example.test>");
     assert!(utf8.mail_args.contains("SMTPUTF8"), "{}", utf8.mail_args);
 }
@@ -122,7 +137,10 @@ fn pipelined_commands_are_answered_in_order() {
     assert!(c.closed());
     let got = sink.wait_for_messages(1, WAIT);
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].rcpt_args, vec!["<a@example.test>", "<c@example.test>"]);
+    assert_eq!(
+        got[0].rcpt_args,
+        vec!["<a@example.test>", "<c@example.test>"]
+    );
 }
 
 #[test]
@@ -135,7 +153,10 @@ fn a_session_sent_byte_by_byte_works() {
         (b"MAIL FROM:<s@x.test>\r\n", "250 2.1.0"),
         (b"RCPT TO:<r@example.test>\r\n", "250 2.1.5"),
         (b"DATA\r\n", "354 "),
-        (b"Subject: slow\r\n\r\n.leading dot\r\nx\r\n.\r\n", "250 2.6.0"),
+        (
+            b"Subject: slow\r\n\r\n.leading dot\r\nx\r\n.\r\n",
+            "250 2.6.0",
+        ),
         (b"QUIT\r\n", "221 "),
     ];
     for (bytes, want) in steps {
@@ -146,7 +167,10 @@ fn a_session_sent_byte_by_byte_works() {
     }
     let got = sink.wait_for_messages(1, WAIT);
     assert_eq!(got.len(), 1);
-    assert_delivered_as_sent(&got[0].content, b"Subject: slow\r\n\r\n.leading dot\r\nx\r\n");
+    assert_delivered_as_sent(
+        &got[0].content,
+        b"Subject: slow\r\n\r\n.leading dot\r\nx\r\n",
+    );
 }
 
 /// Every sequence of ../shared/smuggling.md: one reply to the whole DATA,
@@ -180,7 +204,10 @@ fn smuggling_sequences_never_make_a_second_message() {
         );
         c.send(&data);
         let reply = c.reply();
-        assert!(reply.starts_with("250 2.6.0") || reply.starts_with('5'), "{seq:?}: {reply}");
+        assert!(
+            reply.starts_with("250 2.6.0") || reply.starts_with('5'),
+            "{seq:?}: {reply}"
+        );
         // Exactly one reply: the next thing the server says answers our NOOP.
         c.cmd("NOOP", "250 2.0.0 Ok");
         c.cmd("QUIT", "221");
@@ -188,10 +215,16 @@ fn smuggling_sequences_never_make_a_second_message() {
     let got = sink.wait_for_messages(sequences.len(), WAIT);
     assert_eq!(got.len(), sequences.len(), "slimta log:\n{}", slimta.log());
     for m in &got {
-        assert!(m.mail_args.starts_with("<good@x.test>"), "smuggled envelope: {m:?}");
+        assert!(
+            m.mail_args.starts_with("<good@x.test>"),
+            "smuggled envelope: {m:?}"
+        );
         // The relay never emits a bare CR or LF downstream either: the sink
         // saw one message per session, the hidden text stayed content.
-        assert!(String::from_utf8_lossy(&m.content).contains("hidden"), "{m:?}");
+        assert!(
+            String::from_utf8_lossy(&m.content).contains("hidden"),
+            "{m:?}"
+        );
     }
 }
 
@@ -206,7 +239,11 @@ fn smtp_source_load_is_all_delivered() {
         .arg(slimta.addr().to_string())
         .output()
         .expect("smtp-source");
-    assert!(out.status.success(), "smtp-source: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "smtp-source: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = sink.wait_for_messages(n, Duration::from_secs(60));
     assert_eq!(got.len(), n, "slimta log tail:\n{}", tail(&slimta.log()));
 }
@@ -303,7 +340,10 @@ fn long_lines_and_big_messages_are_refused_with_bounded_memory() {
     c.cmd("MAIL FROM:<big@x.test>", "250");
     c.cmd("RCPT TO:<r@example.test>", "250");
     c.cmd("DATA", "354");
-    let block = vec![b'z'; 998].into_iter().chain(*b"\r\n").collect::<Vec<u8>>();
+    let block = vec![b'z'; 998]
+        .into_iter()
+        .chain(*b"\r\n")
+        .collect::<Vec<u8>>();
     let mut peak = 0;
     for i in 0..100_000 {
         c.send(&block);
@@ -314,7 +354,10 @@ fn long_lines_and_big_messages_are_refused_with_bounded_memory() {
     c.send(b".\r\n");
     c.expect("552 5.3.4");
     peak = peak.max(slimta.rss_kib());
-    assert!(peak < 64 * 1024, "RSS grew to {peak} KiB while discarding a 100 MB message");
+    assert!(
+        peak < 64 * 1024,
+        "RSS grew to {peak} KiB while discarding a 100 MB message"
+    );
     // A line over 1000 octets inside DATA.
     c.cmd("MAIL FROM:<long@x.test>", "250");
     c.cmd("RCPT TO:<r@example.test>", "250");
@@ -348,11 +391,25 @@ fn sigterm_finishes_the_message_in_flight_then_exits_0() {
     // The session is then closed at its next command wait.
     c.send(b"NOOP\r\n");
     let after = c.reply();
-    assert!(after.starts_with("421 4.3.2") || after.starts_with("250"), "{after}");
-    let status = slimta.peer.wait_exit(Duration::from_secs(30)).expect("slimta did not exit");
-    assert!(status.success(), "exit status {status}; log:\n{}", slimta.log());
+    assert!(
+        after.starts_with("421 4.3.2") || after.starts_with("250"),
+        "{after}"
+    );
+    let status = slimta
+        .peer
+        .wait_exit(Duration::from_secs(30))
+        .expect("slimta did not exit");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        slimta.log()
+    );
     let got = sink.wait_for_messages(1, WAIT);
-    assert_eq!(got.len(), 1, "the in-flight message was not delivered before exit");
+    assert_eq!(
+        got.len(),
+        1,
+        "the in-flight message was not delivered before exit"
+    );
 }
 
 fn tail(log: &str) -> String {

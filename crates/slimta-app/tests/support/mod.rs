@@ -22,7 +22,10 @@ impl Slimta {
     /// the binary on it, waiting until it listens.
     pub fn start(config: &str) -> Self {
         let port = free_port();
-        let dir = tempfile::Builder::new().prefix("slimta").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("slimta")
+            .tempdir()
+            .expect("tempdir");
         let config = config
             .replace("{port}", &port.to_string())
             .replace("{dir}", &dir.path().display().to_string());
@@ -110,9 +113,14 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
-        Self { stream, buf: Vec::new() }
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -128,7 +136,11 @@ impl Client {
             }
             let mut chunk = [0u8; 8192];
             let n = self.stream.read(&mut chunk).expect("read reply");
-            assert!(n > 0, "connection closed while waiting for a reply; had {:?}", String::from_utf8_lossy(&self.buf));
+            assert!(
+                n > 0,
+                "connection closed while waiting for a reply; had {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
@@ -136,7 +148,10 @@ impl Client {
     /// Reads a reply and checks that it starts with `prefix`.
     pub fn expect(&mut self, prefix: &str) -> String {
         let reply = self.reply();
-        assert!(reply.starts_with(prefix), "expected {prefix:?}, got {reply:?}");
+        assert!(
+            reply.starts_with(prefix),
+            "expected {prefix:?}, got {reply:?}"
+        );
         reply
     }
 
@@ -206,7 +221,9 @@ pub fn assert_delivered_as_sent(delivered: &[u8], sent: &[u8]) {
     for line in added.lines() {
         let ok = line.starts_with(' ')
             || line.starts_with('\t')
-            || ["Received:", "Date:", "Message-Id:", "Message-ID:"].iter().any(|h| line.starts_with(h));
+            || ["Received:", "Date:", "Message-Id:", "Message-ID:"]
+                .iter()
+                .any(|h| line.starts_with(h));
         assert!(ok, "unexpected line added by the MTA: {line:?}");
     }
 }
