@@ -362,3 +362,18 @@ fn no_arguments_runs_the_embedded_default_and_says_where_it_listens() {
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.stderr());
 }
+
+#[test]
+fn the_readme_example_passes_check_config() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let start = readme
+        .find("```toml\n")
+        .expect("README has a ```toml example")
+        + 8;
+    let length = readme[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "readme.toml", &readme[start..start + length]);
+    let out = slimta(&["--check-config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
