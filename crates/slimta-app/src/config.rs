@@ -462,6 +462,16 @@ impl Config {
     /// them. Remove an entry here when its feature lands.
     pub fn unsupported(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
+        // Running as root when told to drop to another user is a security
+        // promise broken, not a detail.
+        for (key, value) in [("user", &self.process.user), ("group", &self.process.group)] {
+            if value.is_some() {
+                errors.push(ConfigError::new(
+                    format!("process.{key}"),
+                    "dropping privileges is not supported yet",
+                ));
+            }
+        }
         for (name, edge) in &self.edges {
             if edge.kind != EdgeKind::Smtp {
                 errors.push(ConfigError::new(
