@@ -26,9 +26,9 @@ impl Errors {
 /// One TOML table being read. It remembers which keys the schema asked for,
 /// so whatever is left over can be reported as unknown.
 pub(super) struct Section<'a> {
-    pub(super) path: String,
+    path: String,
     pub(super) table: &'a Table,
-    pub(super) known: BTreeSet<&'static str>,
+    known: BTreeSet<&'static str>,
 }
 
 impl<'a> Section<'a> {

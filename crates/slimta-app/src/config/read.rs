@@ -16,7 +16,7 @@ use toml::{Table, Value};
 
 use super::fields::{
     Errors, Section, boolean, check_domain, choice, count, domain, email_address, expected, float,
-    integer, ip_addr, log_level, nameserver, non_empty_string, port, positive_duration,
+    integer, ip_addr, log_level, nameserver, non_empty_string, port, positive_duration, quoted,
     socket_addr, string,
 };
 use super::{
@@ -40,15 +40,18 @@ pub(super) fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
 }
 
 fn policy(value: &Value) -> Result<PolicyName, String> {
-    let names = PolicyName::ALL.map(PolicyName::as_str);
-    let name = choice(&names)(value)?;
-    Ok(PolicyName::ALL
+    let name = string(value)?;
+    PolicyName::ALL
         .into_iter()
         .find(|p| p.as_str() == name)
-        .unwrap_or(PolicyName::AddReceivedHeader))
+        .ok_or_else(|| {
+            let names = PolicyName::ALL.map(PolicyName::as_str);
+            format!(
+                "unknown value \"{name}\" (expected one of: {})",
+                quoted(&names)
+            )
+        })
 }
-
-const ROOT_KEYS: [&str; 5] = ["process", "edge", "queue", "relay", "dns"];
 
 pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
     let mut section = Section::new(String::new(), root);
@@ -63,7 +66,6 @@ pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
     let edge_tables = named_tables(&mut section, errors, "edge");
     let queue_tables = named_tables(&mut section, errors, "queue");
     let relay_tables = named_tables(&mut section, errors, "relay");
-    debug_assert!(ROOT_KEYS.iter().all(|k| section.known.contains(k)));
     section.finish(errors, &[], None);
 
     if edge_tables.is_empty() {
