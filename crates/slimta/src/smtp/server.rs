@@ -47,8 +47,12 @@
 
 use std::sync::Arc;
 
+use memchr::memmem;
+
 use crate::envelope::BodyType;
 use crate::reply::Reply;
+use crate::smtp::command::{self, BdatArgs, Offered, Verb};
+use crate::smtp::data::{Body, DataReader};
 
 /// Limits and offered extensions of a server.
 #[derive(Clone, Debug)]
@@ -187,12 +191,110 @@ pub enum Step {
 #[derive(Debug)]
 pub struct Server {
     config: Arc<ServerConfig>,
+    /// Received, unprocessed input starts at `pos`.
+    input: Vec<u8>,
+    pos: usize,
+    output: Vec<u8>,
+    mode: Mode,
+    pending: Option<Pending>,
+    hello: Hello,
+    /// A non-220 banner: only QUIT is served.
+    rejected: bool,
+    txn: Option<Txn>,
+    errors: u32,
+}
+
+/// What the input is currently read as.
+#[derive(Debug)]
+enum Mode {
+    Command,
+    /// An over-long command line is skipped up to its CRLF.
+    DiscardLine {
+        after_cr: bool,
+    },
+    Data(DataReader),
+    Chunk(Chunk),
+    Closed,
+}
+
+/// A BDAT chunk being read.
+#[derive(Debug)]
+struct Chunk {
+    remaining: u64,
+    /// Keep the octets (false: count and drop them).
+    store: bool,
+    after: AfterChunk,
+}
+
+/// What answers a chunk once all its octets were read.
+#[derive(Debug)]
+enum AfterChunk {
+    /// `250 2.0.0 {n} octets received`.
+    Ack(u64),
+    /// The LAST chunk: the Message event.
+    Message,
+    /// A reply decided before the chunk was read.
+    Reply {
+        reply: Reply,
+        /// Counts as a protocol error.
+        error: bool,
+        /// Ends the transaction.
+        reset: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hello {
+    None,
+    Helo,
+    Ehlo,
+}
+
+/// The transaction after an accepted MAIL.
+#[derive(Debug)]
+struct Txn {
+    sender: String,
+    params: MailParams,
+    recipients: Vec<String>,
+    body: Body,
+    /// A BDAT chunk was accepted (DATA is no longer allowed).
+    bdat: bool,
+}
+
+/// The event awaiting [`Server::respond`].
+#[derive(Debug)]
+enum Pending {
+    Helo { extended: bool },
+    Mail { sender: String, params: MailParams },
+    Rcpt { recipient: String },
+    Data,
+    Bdat { size: u64, last: bool },
+    Message,
+    Quit,
+}
+
+/// Result of one unit of work inside [`Server::step`].
+enum Progress {
+    Continue,
+    NeedInput,
+    Event(Event),
 }
 
 impl Server {
     /// A new session, before the banner.
     pub fn new(config: Arc<ServerConfig>) -> Self {
-        Self { config }
+        Self {
+            config,
+            input: Vec::new(),
+            pos: 0,
+            output: Vec::new(),
+            mode: Mode::Command,
+            pending: None,
+            hello: Hello::None,
+            rejected: false,
+            txn: None,
+            errors: 0,
+        }
     }
 
     /// The configuration.
@@ -207,19 +309,52 @@ impl Server {
 
     /// Writes the banner. 221/421 close the session; a 554 banner keeps it
     /// open but answers every command but QUIT with `503 5.5.1` (RFC 5321
-    /// 3.1).
-    pub fn greet(&mut self, _banner: Reply) {
-        todo!()
+    /// 3.1). Any other non-2xx banner is treated like 554.
+    #[allow(clippy::needless_pass_by_value, reason = "signature fixed by the driver contract")]
+    pub fn greet(&mut self, banner: Reply) {
+        if !banner.is_positive() {
+            self.rejected = true;
+        }
+        self.write(&banner);
     }
 
     /// Appends received bytes. Call only after [`Step::NeedInput`].
-    pub fn receive(&mut self, _input: &[u8]) {
-        todo!()
+    pub fn receive(&mut self, input: &[u8]) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        // Only a partial command line (< max_command_line) can be left over,
+        // so this move is small and the buffer stays one read long.
+        self.input.drain(..self.pos);
+        self.pos = 0;
+        self.input.extend_from_slice(input);
     }
 
     /// Processes buffered input up to the next decision.
+    ///
+    /// # Panics
+    ///
+    /// If the last [`Step::Event`] was not answered with
+    /// [`Server::respond`].
     pub fn step(&mut self) -> Step {
-        todo!()
+        assert!(
+            self.pending.is_none(),
+            "Server::step before respond() answered the last event"
+        );
+        loop {
+            let progress = match self.mode {
+                Mode::Closed => return Step::Close,
+                Mode::Command => self.step_command(),
+                Mode::DiscardLine { .. } => self.step_discard(),
+                Mode::Data(_) => self.step_data(),
+                Mode::Chunk(_) => self.step_chunk(),
+            };
+            match progress {
+                Progress::Continue => {}
+                Progress::NeedInput => return Step::NeedInput,
+                Progress::Event(event) => return Step::Event(event),
+            }
+        }
     }
 
     /// Answers the last [`Step::Event`].
@@ -227,40 +362,609 @@ impl Server {
     /// # Panics
     ///
     /// If there is no unanswered event.
-    pub fn respond(&mut self, _reply: Reply) {
-        todo!()
+    pub fn respond(&mut self, reply: Reply) {
+        let pending = self
+            .pending
+            .take()
+            .expect("Server::respond without an event to answer");
+        if reply.closes_session() {
+            if matches!(pending, Pending::Message) {
+                self.txn = None;
+            }
+            self.write(&reply);
+            return;
+        }
+        match pending {
+            Pending::Helo { extended } => {
+                if reply.is_positive() {
+                    self.hello = if extended { Hello::Ehlo } else { Hello::Helo };
+                    self.txn = None;
+                }
+                self.write(&reply);
+            }
+            Pending::Mail { sender, params } => {
+                if reply.is_positive() {
+                    self.txn = Some(Txn {
+                        sender,
+                        params,
+                        recipients: Vec::new(),
+                        body: Body::new(self.config.max_size),
+                        bdat: false,
+                    });
+                }
+                self.write(&reply);
+            }
+            Pending::Rcpt { recipient } => {
+                if reply.is_positive()
+                    && let Some(txn) = self.txn.as_mut()
+                {
+                    txn.recipients.push(recipient);
+                }
+                self.write(&reply);
+            }
+            Pending::Data => {
+                if reply.code() == 354 {
+                    self.mode = Mode::Data(DataReader::new(self.config.max_text_line));
+                }
+                self.write(&reply);
+            }
+            Pending::Bdat { size, last } => {
+                let accepted = reply.is_positive();
+                if accepted && let Some(txn) = self.txn.as_mut() {
+                    txn.bdat = true;
+                }
+                let after = match (accepted, last) {
+                    (true, true) => AfterChunk::Message,
+                    (true, false) => AfterChunk::Reply {
+                        reply,
+                        error: false,
+                        reset: false,
+                    },
+                    (false, _) => AfterChunk::Reply {
+                        reply,
+                        error: false,
+                        reset: true,
+                    },
+                };
+                self.mode = Mode::Chunk(Chunk {
+                    remaining: size,
+                    store: accepted,
+                    after,
+                });
+            }
+            Pending::Message => {
+                self.txn = None;
+                self.write(&reply);
+            }
+            Pending::Quit => self.write(&reply),
+        }
     }
 
     /// Bytes to send to the client.
     pub fn output(&self) -> &[u8] {
-        todo!()
+        &self.output
     }
 
     /// Forgets the output after it was sent.
     pub fn clear_output(&mut self) {
-        todo!()
+        self.output.clear();
     }
 
     /// Whether the next input is message data (DATA or a BDAT chunk), so the
     /// driver applies the data timeout instead of the command timeout.
     pub fn reading_data(&self) -> bool {
-        todo!()
+        matches!(self.mode, Mode::Data(_) | Mode::Chunk(_))
     }
 
     /// The driver's read timed out: writes `421 4.4.2 <host> Error: timeout
     /// exceeded` and closes.
     pub fn timed_out(&mut self) {
-        todo!()
+        let text = format!("{} Error: timeout exceeded", self.config.hostname);
+        self.close_with(&Reply::new(421, "4.4.2", text));
     }
 
     /// The server is stopping: writes `421 4.3.2 <host> Service shutting
     /// down` and closes (call only while waiting for a command).
     pub fn shutting_down(&mut self) {
-        todo!()
+        let text = format!("{} Service shutting down", self.config.hostname);
+        self.close_with(&Reply::new(421, "4.3.2", text));
     }
 
-    /// Whether a transaction (MAIL accepted) is under way.
+    /// Whether a transaction (MAIL accepted) is under way. It ends when the
+    /// Message event is raised, before the driver answers it.
     pub fn in_transaction(&self) -> bool {
-        todo!()
+        self.txn.is_some()
     }
+
+    /// Whether the session is over ([`Step::Close`] is all that is left).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.mode, Mode::Closed)
+    }
+
+    /// Protocol errors counted so far (see [`ServerConfig::max_bad_commands`]).
+    pub fn error_count(&self) -> u32 {
+        self.errors
+    }
+
+    // ----- output -----
+
+    fn write(&mut self, reply: &Reply) {
+        if matches!(self.mode, Mode::Closed) {
+            return;
+        }
+        reply.render_into(&mut self.output);
+        if reply.closes_session() {
+            self.mode = Mode::Closed;
+            self.pending = None;
+            // Whatever else the client sent is never looked at.
+            self.input = Vec::new();
+            self.pos = 0;
+        }
+    }
+
+    fn close_with(&mut self, reply: &Reply) {
+        debug_assert!(reply.closes_session());
+        self.write(reply);
+    }
+
+    /// Writes a protocol-error reply and enforces the error limit.
+    fn error(&mut self, reply: &Reply) -> Progress {
+        self.write(reply);
+        self.errors = self.errors.saturating_add(1);
+        let max = self.config.max_bad_commands;
+        if max != 0 && self.errors >= max {
+            let text = format!("{} Error: too many errors", self.config.hostname);
+            self.close_with(&Reply::new(421, "4.7.0", text));
+        }
+        Progress::Continue
+    }
+
+    fn sequence(&mut self, what: &str) -> Progress {
+        self.error(&Reply::new(503, "5.5.1", format!("Error: {what}")))
+    }
+
+    fn event(&mut self, kind: EventKind, reply: Reply, pending: Pending) -> Progress {
+        self.pending = Some(pending);
+        Progress::Event(Event { kind, reply })
+    }
+
+    // ----- input modes -----
+
+    fn step_command(&mut self) -> Progress {
+        let avail = &self.input[self.pos..];
+        if avail.is_empty() {
+            self.input.clear();
+            self.pos = 0;
+            return Progress::NeedInput;
+        }
+        let max = self.config.max_command_line.max(3);
+        let window = &avail[..avail.len().min(max)];
+        if let Some(i) = memmem::find(window, b"\r\n") {
+            let start = self.pos;
+            self.pos += i + 2;
+            // The line is borrowed from `input` while `self` changes; the
+            // handlers never touch `input`.
+            let input = std::mem::take(&mut self.input);
+            let progress = self.handle_line(&input[start..start + i]);
+            if !matches!(self.mode, Mode::Closed) {
+                self.input = input;
+            }
+            return progress;
+        }
+        if avail.len() < max {
+            return Progress::NeedInput;
+        }
+        if command::looks_like_bdat(&avail[..5.min(avail.len())]) {
+            return self.bad_bdat();
+        }
+        // Keep the last octet of the window: it may be the CR of the CRLF.
+        self.pos += max - 1;
+        self.mode = Mode::DiscardLine { after_cr: false };
+        Progress::Continue
+    }
+
+    fn step_discard(&mut self) -> Progress {
+        let Mode::DiscardLine { after_cr } = &mut self.mode else {
+            unreachable!()
+        };
+        let avail = &self.input[self.pos..];
+        let end = if *after_cr && avail.first() == Some(&b'\n') {
+            Some(1)
+        } else {
+            memmem::find(avail, b"\r\n").map(|i| i + 2)
+        };
+        match end {
+            Some(n) => {
+                self.pos += n;
+                self.mode = Mode::Command;
+                self.error(&Reply::new(500, "5.5.2", "Error: line too long"))
+            }
+            None => {
+                if !avail.is_empty() {
+                    *after_cr = avail.last() == Some(&b'\r');
+                }
+                self.input.clear();
+                self.pos = 0;
+                Progress::NeedInput
+            }
+        }
+    }
+
+    fn step_data(&mut self) -> Progress {
+        let (Mode::Data(reader), Some(txn)) = (&mut self.mode, self.txn.as_mut()) else {
+            self.mode = Mode::Command;
+            return Progress::Continue;
+        };
+        match reader.feed(&self.input[self.pos..], &mut txn.body) {
+            None => {
+                self.input.clear();
+                self.pos = 0;
+                Progress::NeedInput
+            }
+            Some(n) => {
+                self.pos += n;
+                let long_line = reader.long_line();
+                self.mode = Mode::Command;
+                self.finish_message(long_line)
+            }
+        }
+    }
+
+    fn step_chunk(&mut self) -> Progress {
+        let Mode::Chunk(chunk) = &mut self.mode else {
+            unreachable!()
+        };
+        if chunk.remaining > 0 {
+            let avail = &self.input[self.pos..];
+            if avail.is_empty() {
+                self.input.clear();
+                self.pos = 0;
+                return Progress::NeedInput;
+            }
+            let n = usize::try_from(chunk.remaining).map_or(avail.len(), |r| r.min(avail.len()));
+            if chunk.store
+                && let Some(txn) = self.txn.as_mut()
+            {
+                txn.body.push(&avail[..n]);
+            }
+            self.pos += n;
+            chunk.remaining -= n as u64;
+            return Progress::Continue;
+        }
+        let Mode::Chunk(chunk) = std::mem::replace(&mut self.mode, Mode::Command) else {
+            unreachable!()
+        };
+        match chunk.after {
+            AfterChunk::Ack(n) => {
+                self.write(&Reply::new(250, "2.0.0", format!("{n} octets received")));
+                Progress::Continue
+            }
+            AfterChunk::Message => self.finish_message(false),
+            AfterChunk::Reply {
+                reply,
+                error,
+                reset,
+            } => {
+                if reset {
+                    self.txn = None;
+                }
+                if error {
+                    self.error(&reply)
+                } else {
+                    self.write(&reply);
+                    Progress::Continue
+                }
+            }
+        }
+    }
+
+    /// The end of DATA or the LAST chunk: refuse, or raise Message.
+    fn finish_message(&mut self, long_line: bool) -> Progress {
+        let Some(mut txn) = self.txn.take() else {
+            return Progress::Continue;
+        };
+        if txn.body.exceeded() {
+            self.write(&too_big());
+            return Progress::Continue;
+        }
+        if long_line {
+            let text = format!(
+                "Message contains a line longer than {} octets",
+                self.config.max_text_line
+            );
+            self.write(&Reply::new(554, "5.6.0", text));
+            return Progress::Continue;
+        }
+        let transaction = Transaction {
+            data: txn.body.take(),
+            sender: txn.sender,
+            mail_params: txn.params,
+            recipients: txn.recipients,
+        };
+        let reply = Reply::new(250, "2.6.0", "Message accepted");
+        self.event(
+            EventKind::Message(Box::new(transaction)),
+            reply,
+            Pending::Message,
+        )
+    }
+
+    /// A BDAT line we cannot trust: its chunk would be read as commands.
+    fn bad_bdat(&mut self) -> Progress {
+        let text = format!(
+            "{} Error: bad BDAT syntax, closing connection",
+            self.config.hostname
+        );
+        self.close_with(&Reply::new(421, "4.5.4", text));
+        Progress::Continue
+    }
+
+    // ----- commands -----
+
+    fn handle_line(&mut self, line: &[u8]) -> Progress {
+        let (verb, arg) = command::split_line(line);
+        let bare = memchr::memchr2(b'\r', b'\n', line).is_some();
+        if verb == Verb::Bdat {
+            return match command::parse_bdat(arg) {
+                Some(args) if !bare => self.bdat(args),
+                _ => self.bad_bdat(),
+            };
+        }
+        if bare {
+            return self.error(&Reply::new(
+                500,
+                "5.5.2",
+                "Error: bare <CR> or <LF> in command",
+            ));
+        }
+        if std::str::from_utf8(line).is_err() {
+            return self.error(&Reply::new(500, "5.5.2", "Error: invalid UTF-8 in command"));
+        }
+        // The whole line is UTF-8 and was split at an ASCII space.
+        let arg = arg.map(|a| std::str::from_utf8(a).unwrap_or_default());
+        if self.rejected && verb != Verb::Quit {
+            return self.sequence("no SMTP service here, only QUIT");
+        }
+        match verb {
+            Verb::Helo | Verb::Ehlo => self.helo(verb == Verb::Ehlo, arg),
+            Verb::Mail => self.mail(arg),
+            Verb::Rcpt => self.rcpt(arg),
+            Verb::Data => self.data(arg),
+            Verb::Rset => {
+                if has_arg(arg) {
+                    return self.error(&usage("RSET"));
+                }
+                self.txn = None;
+                self.write(&ok());
+                Progress::Continue
+            }
+            Verb::Noop => {
+                self.write(&ok());
+                Progress::Continue
+            }
+            Verb::Quit => {
+                if has_arg(arg) {
+                    return self.error(&usage("QUIT"));
+                }
+                self.event(
+                    EventKind::Quit,
+                    Reply::new(221, "2.0.0", "Bye"),
+                    Pending::Quit,
+                )
+            }
+            Verb::Vrfy => {
+                if !has_arg(arg) {
+                    return self.error(&usage("VRFY address"));
+                }
+                let text = "Cannot VRFY user, but will accept message and attempt delivery";
+                self.write(&Reply::new(252, "2.5.0", text));
+                Progress::Continue
+            }
+            Verb::Expn => self.error(&Reply::new(502, "5.5.1", "EXPN not supported")),
+            Verb::Help => {
+                let bdat = if self.config.chunking { " BDAT" } else { "" };
+                let text =
+                    format!("Commands: HELO EHLO MAIL RCPT DATA{bdat} RSET NOOP QUIT VRFY HELP");
+                self.write(&Reply::new(214, "2.0.0", text));
+                Progress::Continue
+            }
+            Verb::Unknown | Verb::Bdat => {
+                self.error(&Reply::new(500, "5.5.2", "Error: command not recognized"))
+            }
+        }
+    }
+
+    fn helo(&mut self, extended: bool, arg: Option<&str>) -> Progress {
+        let Some(domain) = command::parse_helo_arg(arg) else {
+            return self.error(&usage(if extended {
+                "EHLO hostname"
+            } else {
+                "HELO hostname"
+            }));
+        };
+        let c = &self.config;
+        let reply = if extended {
+            let mut text = c.hostname.clone();
+            if c.pipelining {
+                text.push_str("\nPIPELINING");
+            }
+            text.push_str(&format!("\nSIZE {}", c.max_size));
+            if c.eightbitmime {
+                text.push_str("\n8BITMIME");
+            }
+            if c.smtputf8 {
+                text.push_str("\nSMTPUTF8");
+            }
+            if c.chunking {
+                text.push_str("\nCHUNKING");
+            }
+            text.push_str("\nENHANCEDSTATUSCODES");
+            Reply::new(250, "", text)
+        } else {
+            Reply::new(250, "", c.hostname.clone())
+        };
+        let kind = EventKind::Helo {
+            domain: domain.to_owned(),
+            extended,
+        };
+        self.event(kind, reply, Pending::Helo { extended })
+    }
+
+    fn mail(&mut self, arg: Option<&str>) -> Progress {
+        if self.hello == Hello::None {
+            return self.sequence("send HELO/EHLO first");
+        }
+        if self.txn.is_some() {
+            return self.sequence("nested MAIL command");
+        }
+        let offered = Offered {
+            extended: self.hello == Hello::Ehlo,
+            max_size: self.config.max_size,
+            eightbitmime: self.config.eightbitmime,
+            smtputf8: self.config.smtputf8,
+        };
+        match command::parse_mail(arg, offered) {
+            Ok((sender, params)) => {
+                let reply = Reply::new(250, "2.1.0", format!("Sender <{sender}> ok"));
+                let kind = EventKind::Mail {
+                    sender: sender.clone(),
+                    params: params.clone(),
+                };
+                self.event(kind, reply, Pending::Mail { sender, params })
+            }
+            Err(reply) => self.refuse(&reply),
+        }
+    }
+
+    fn rcpt(&mut self, arg: Option<&str>) -> Progress {
+        if self.hello == Hello::None {
+            return self.sequence("send HELO/EHLO first");
+        }
+        let Some(txn) = self.txn.as_ref() else {
+            return self.sequence("need MAIL command");
+        };
+        let full = txn.recipients.len() >= self.config.max_recipients;
+        match command::parse_rcpt(arg, txn.params.smtputf8) {
+            Ok(_) if full => {
+                self.write(&Reply::new(452, "4.5.3", "Error: too many recipients"));
+                Progress::Continue
+            }
+            Ok((recipient, params)) => {
+                let reply = Reply::new(250, "2.1.5", format!("Recipient <{recipient}> ok"));
+                let kind = EventKind::Rcpt {
+                    recipient: recipient.clone(),
+                    params,
+                };
+                self.event(kind, reply, Pending::Rcpt { recipient })
+            }
+            Err(reply) => self.refuse(&reply),
+        }
+    }
+
+    fn data(&mut self, arg: Option<&str>) -> Progress {
+        if self.hello == Hello::None {
+            return self.sequence("send HELO/EHLO first");
+        }
+        match &self.txn {
+            None => return self.sequence("need MAIL command"),
+            Some(t) if t.recipients.is_empty() => return self.sequence("need RCPT command"),
+            Some(t) if t.bdat => return self.sequence("DATA not allowed during BDAT transaction"),
+            Some(_) => {}
+        }
+        if has_arg(arg) {
+            return self.error(&usage("DATA"));
+        }
+        let reply = Reply::new(354, "", "End data with <CR><LF>.<CR><LF>");
+        self.event(EventKind::Data, reply, Pending::Data)
+    }
+
+    fn bdat(&mut self, args: BdatArgs) -> Progress {
+        let BdatArgs { size, last } = args;
+        let refusal = if self.rejected {
+            Some("no SMTP service here, only QUIT")
+        } else if !self.config.chunking || self.hello == Hello::Helo {
+            Some("CHUNKING not offered")
+        } else if self.hello == Hello::None {
+            Some("send HELO/EHLO first")
+        } else {
+            match &self.txn {
+                None => Some("need MAIL command"),
+                Some(t) if t.recipients.is_empty() => Some("need RCPT command"),
+                Some(_) => None,
+            }
+        };
+        if let Some(what) = refusal {
+            // Read the chunk anyway so it is never taken for commands.
+            self.mode = Mode::Chunk(Chunk {
+                remaining: size,
+                store: false,
+                after: AfterChunk::Reply {
+                    reply: Reply::new(503, "5.5.1", format!("Error: {what}")),
+                    error: true,
+                    reset: false,
+                },
+            });
+            return Progress::Continue;
+        }
+        let Some(txn) = self.txn.as_ref() else {
+            unreachable!("checked above")
+        };
+        if txn.body.size().saturating_add(size) > self.config.max_size as u64 {
+            self.mode = Mode::Chunk(Chunk {
+                remaining: size,
+                store: false,
+                after: AfterChunk::Reply {
+                    reply: too_big(),
+                    error: false,
+                    reset: true,
+                },
+            });
+            return Progress::Continue;
+        }
+        if !txn.bdat {
+            let reply = Reply::new(250, "2.0.0", format!("{size} octets received"));
+            return self.event(EventKind::Data, reply, Pending::Bdat { size, last });
+        }
+        self.mode = Mode::Chunk(Chunk {
+            remaining: size,
+            store: true,
+            after: if last {
+                AfterChunk::Message
+            } else {
+                AfterChunk::Ack(size)
+            },
+        });
+        Progress::Continue
+    }
+
+    /// Writes a refusal from the parser, counting it if it is a protocol
+    /// error (500-504, 555) rather than a policy answer (552, 553).
+    fn refuse(&mut self, reply: &Reply) -> Progress {
+        if matches!(reply.code(), 500..=504 | 555) {
+            self.error(reply)
+        } else {
+            self.write(reply);
+            Progress::Continue
+        }
+    }
+}
+
+fn ok() -> Reply {
+    Reply::new(250, "2.0.0", "Ok")
+}
+
+fn usage(usage: &str) -> Reply {
+    Reply::new(501, "5.5.4", format!("Syntax: {usage}"))
+}
+
+fn too_big() -> Reply {
+    Reply::new(
+        552,
+        "5.3.4",
+        "Message size exceeds fixed maximum message size",
+    )
+}
+
+fn has_arg(arg: Option<&str>) -> bool {
+    arg.is_some_and(|a| !a.trim_matches(' ').is_empty())
 }
