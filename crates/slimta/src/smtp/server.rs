@@ -44,6 +44,50 @@
 //! lines are discarded up to their CRLF and answered `500 5.5.2`), and
 //! message data up to `max_size` (beyond it data is counted and discarded and
 //! the message is answered `552 5.3.4`).
+//!
+//! How the work is split: [`command`] parses verbs,
+//! arguments and parameters, [`address`](super::address) validates paths,
+//! [`data`](super::data) reads DATA content; this file owns the session
+//! (sequence, limits, events, output).
+//!
+//! Decisions (beyond RFC 5321 and the contract above):
+//! - Command lines end only at CRLF. The sequence of a command is checked
+//!   before its arguments (`MAIL FROM:junk` before EHLO gets 503, as in
+//!   Postfix); BDAT is the exception, its size is parsed first because the
+//!   octets that follow must be consumed whatever the answer.
+//! - A BDAT line that cannot be trusted (size does not parse, bare CR/LF in
+//!   the line, or a line over the command-line limit that starts with
+//!   `BDAT `) gets `421 4.5.4` and the session closes: resynchronising would
+//!   read the chunk as commands.
+//! - BDAT: the first chunk of a transaction raises [`EventKind::Data`]; a
+//!   2xx answer to it is sent after the chunk was read (for a LAST chunk the
+//!   Message reply answers it instead); a non-2xx answer is sent after the
+//!   chunk was read and discarded, and ends the transaction. A chunk that
+//!   would take the message over `max_size` is read and discarded, answered
+//!   `552 5.3.4` and ends the transaction. Out-of-sequence chunks (no
+//!   EHLO, CHUNKING off, no MAIL or RCPT) are read and discarded, then
+//!   answered `503 5.5.1`.
+//! - A DATA answered with anything but 354 keeps the transaction (the client
+//!   may RSET or retry); the bytes that follow are commands.
+//! - The transaction ends when the Message event is raised, so
+//!   [`Server::in_transaction`] is false while the driver decides on it.
+//! - Protocol errors counted towards `max_bad_commands`: 500-504 and 555 the
+//!   machine sends itself (unknown, bare CR/LF, invalid UTF-8, line too
+//!   long, syntax, sequence, EXPN, not offered parameters). Policy answers
+//!   (452, 552, 553, 554) and the driver's replies do not count. When the
+//!   count reaches the limit, `421 4.7.0` follows the reply that reached it
+//!   and the session closes. `max_bad_commands == 0` means no limit.
+//! - Any banner that is not 2xx and does not close the session (221/421) is
+//!   treated like 554: only QUIT is served; everything else, BDAT chunks
+//!   included (read and discarded), gets `503 5.5.1 Error: no SMTP service
+//!   here, only QUIT`.
+//! - `RSET`, `QUIT` and `DATA` take no argument (501); `NOOP` and `HELP`
+//!   ignore theirs; HELO/EHLO need exactly one token. STARTTLS and AUTH are
+//!   not offered by this machine and are unknown commands (500).
+//! - Non-ASCII in a command is allowed only as valid UTF-8
+//!   (`500 5.5.2 Error: invalid UTF-8 in command` otherwise); whether an
+//!   address may use it is decided by SMTPUTF8 (`553 5.6.7`).
+//! - After a 221/421 the rest of the input is never looked at.
 
 use std::sync::Arc;
 
