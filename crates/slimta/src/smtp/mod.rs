@@ -6,6 +6,9 @@
 //! writing. That keeps the protocol testable byte for byte and lets the SMTP
 //! edge, the LMTP edge and the tests share one implementation.
 
+pub mod address;
+pub mod command;
+pub mod data;
 pub mod server;
 
 pub use server::{
