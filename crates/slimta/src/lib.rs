@@ -14,6 +14,7 @@
 pub mod edge;
 pub mod envelope;
 pub mod handoff;
+pub mod policy;
 pub mod queue;
 pub mod relay;
 pub mod reply;
