@@ -32,7 +32,9 @@ pub struct QueueMeta {
     pub timestamp: Option<SystemTime>,
     /// How many delivery attempts have been made.
     pub attempts: u32,
-    /// Indices (into the stored recipient list) of delivered recipients, sorted.
+    /// Indices (into the stored recipient list) of the recipients the queue
+    /// is finished with, sorted: delivered ones, and permanently failed ones
+    /// once their bounce is queued. They are never attempted again.
     pub delivered: Vec<usize>,
     /// The last failure, for operators (`slimta queue list`).
     pub last_error: Option<String>,
@@ -61,6 +63,13 @@ impl StoredEnvelope {
 }
 
 /// Durable storage of queued envelopes.
+///
+/// # Errors
+///
+/// Every method fails with the backend's [`io::Error`] when the step could
+/// not be made durable; methods taking an id fail with
+/// [`io::ErrorKind::NotFound`] for an unknown id (except
+/// [`QueueStorage::remove`]).
 pub trait QueueStorage: Send + Sync + 'static {
     /// Stores a new envelope due at `timestamp`; returns its new id once it is
     /// durable.
@@ -81,7 +90,8 @@ pub trait QueueStorage: Send + Sync + 'static {
     fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send;
 
     /// Records recipients (indices into the stored recipient list) as
-    /// delivered. Idempotent; indices already recorded stay recorded.
+    /// delivered (or bounced: finished with). Idempotent; indices already
+    /// recorded stay recorded.
     fn set_recipients_delivered(
         &self,
         id: &str,
