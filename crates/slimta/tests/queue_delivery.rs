@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 type Script = dyn Fn(&str, u32) -> Result<Reply, RelayError> + Send + Sync;
+type WholeScript = dyn Fn(u32) -> Option<RelayError> + Send + Sync;
 
 #[derive(Clone, Debug)]
 struct Call {
@@ -29,7 +30,7 @@ struct Call {
 
 struct State {
     script: Box<Script>,
-    whole: Mutex<Option<Box<dyn Fn(u32) -> Option<RelayError> + Send + Sync>>>,
+    whole: Mutex<Option<Box<WholeScript>>>,
     calls: Mutex<Vec<Call>>,
     count: watch::Sender<usize>,
     hold: Duration,
