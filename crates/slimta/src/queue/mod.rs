@@ -34,6 +34,7 @@
 mod attempt;
 pub mod backoff;
 pub mod clock;
+pub mod disk;
 pub mod memory;
 mod schedule;
 pub mod storage;
@@ -51,6 +52,7 @@ use crate::relay::Relay;
 use crate::reply::Reply;
 
 pub use backoff::{Backoff, ExponentialBackoff};
+pub use disk::DiskStorage;
 pub use memory::MemoryStorage;
 pub use storage::{DynStorage, QueueMeta, QueueStorage, StoredEnvelope};
 
