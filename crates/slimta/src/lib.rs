@@ -15,6 +15,7 @@ pub mod date;
 pub mod edge;
 pub mod envelope;
 pub mod handoff;
+pub mod policy;
 pub mod queue;
 pub mod relay;
 pub mod reply;

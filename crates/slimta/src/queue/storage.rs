@@ -32,7 +32,9 @@ pub struct QueueMeta {
     pub timestamp: Option<SystemTime>,
     /// How many delivery attempts have been made.
     pub attempts: u32,
-    /// Indices (into the stored recipient list) of delivered recipients, sorted.
+    /// Indices (into the stored recipient list) of the recipients the queue
+    /// is finished with, sorted: delivered ones, and permanently failed ones
+    /// once their bounce is queued. They are never attempted again.
     pub delivered: Vec<usize>,
     /// The last failure, for operators (`slimta queue list`).
     pub last_error: Option<String>,
@@ -61,6 +63,13 @@ impl StoredEnvelope {
 }
 
 /// Durable storage of queued envelopes.
+///
+/// # Errors
+///
+/// Every method fails with the backend's [`io::Error`] when the step could
+/// not be made durable; methods taking an id fail with
+/// [`io::ErrorKind::NotFound`] for an unknown id (except
+/// [`QueueStorage::remove`]).
 pub trait QueueStorage: Send + Sync + 'static {
     /// Stores a new envelope due at `timestamp`; returns its new id once it is
     /// durable.
@@ -81,7 +90,8 @@ pub trait QueueStorage: Send + Sync + 'static {
     fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send;
 
     /// Records recipients (indices into the stored recipient list) as
-    /// delivered. Idempotent; indices already recorded stay recorded.
+    /// delivered (or bounced: finished with). Idempotent; indices already
+    /// recorded stay recorded.
     fn set_recipients_delivered(
         &self,
         id: &str,
@@ -173,37 +183,45 @@ impl<S: QueueStorage> DynStorage for S {
 macro_rules! forward_dyn_storage {
     ($ty:ty) => {
         impl QueueStorage for $ty {
-            async fn write(
+            fn write(
                 &self,
                 envelope: &Envelope,
                 timestamp: SystemTime,
-            ) -> io::Result<String> {
-                (**self).write_boxed(envelope, timestamp).await
+            ) -> impl Future<Output = io::Result<String>> + Send {
+                async move { (**self).write_boxed(envelope, timestamp).await }
             }
-            async fn set_timestamp(&self, id: &str, timestamp: SystemTime) -> io::Result<()> {
-                (**self).set_timestamp_boxed(id, timestamp).await
+            fn set_timestamp(
+                &self,
+                id: &str,
+                timestamp: SystemTime,
+            ) -> impl Future<Output = io::Result<()>> + Send {
+                async move { (**self).set_timestamp_boxed(id, timestamp).await }
             }
-            async fn increment_attempts(&self, id: &str) -> io::Result<u32> {
-                (**self).increment_attempts_boxed(id).await
+            fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send {
+                async move { (**self).increment_attempts_boxed(id).await }
             }
-            async fn set_recipients_delivered(
+            fn set_recipients_delivered(
                 &self,
                 id: &str,
                 indices: &[usize],
-            ) -> io::Result<()> {
-                (**self).set_recipients_delivered_boxed(id, indices).await
+            ) -> impl Future<Output = io::Result<()>> + Send {
+                async move { (**self).set_recipients_delivered_boxed(id, indices).await }
             }
-            async fn set_last_error(&self, id: &str, error: &str) -> io::Result<()> {
-                (**self).set_last_error_boxed(id, error).await
+            fn set_last_error(
+                &self,
+                id: &str,
+                error: &str,
+            ) -> impl Future<Output = io::Result<()>> + Send {
+                async move { (**self).set_last_error_boxed(id, error).await }
             }
-            async fn load(&self) -> io::Result<Vec<(String, SystemTime)>> {
-                (**self).load_boxed().await
+            fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send {
+                async move { (**self).load_boxed().await }
             }
-            async fn get(&self, id: &str) -> io::Result<StoredEnvelope> {
-                (**self).get_boxed(id).await
+            fn get(&self, id: &str) -> impl Future<Output = io::Result<StoredEnvelope>> + Send {
+                async move { (**self).get_boxed(id).await }
             }
-            async fn remove(&self, id: &str) -> io::Result<()> {
-                (**self).remove_boxed(id).await
+            fn remove(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send {
+                async move { (**self).remove_boxed(id).await }
             }
         }
     };

@@ -1,0 +1,317 @@
+//! One delivery attempt and the bookkeeping after it.
+//!
+//! The order of the steps after the relay answers is the point of this file:
+//!
+//! 1. Record the delivered recipients ([`QueueStorage::set_recipients_delivered`]).
+//!    Nothing else comes first, so a crash at any later step cannot make the
+//!    next attempt send to them again.
+//! 2. Transient failures: count the attempt, ask the [`Backoff`]
+//!    (`None` turns them into permanent failures).
+//! 3. Permanent failures: hand them to the bounce hook, then record them as
+//!    done (the storage's "delivered" set means "never attempt again").
+//! 4. Reschedule the transient ones, or remove the message when nothing is
+//!    pending.
+//!
+//! A failing storage step is logged and the message is retried later; the
+//! queue errs towards delivering twice rather than losing mail.
+
+use std::fmt::Write as _;
+use std::io;
+use std::time::Duration;
+
+use crate::envelope::Envelope;
+use crate::relay::{Relay, RelayError};
+use crate::reply::Reply;
+
+use super::storage::{QueueStorage, StoredEnvelope};
+use super::{Queue, clock};
+
+/// How long to wait before trying again when storage itself failed (there
+/// is no envelope to ask the backoff about).
+const STORAGE_RETRY: Duration = Duration::from_secs(60);
+
+/// The outcome for one attempted recipient.
+enum Outcome {
+    Delivered(Reply),
+    Transient(RelayError),
+    Permanent(RelayError),
+}
+
+/// One permanently failed recipient, as the bounce hook receives it.
+pub(crate) struct Failure {
+    /// The index in the stored recipient list.
+    pub(crate) index: usize,
+    /// The recipient address.
+    pub(crate) recipient: String,
+    /// Why it failed.
+    pub(crate) error: RelayError,
+}
+
+/// Puts the id back into the schedule if the attempt task ends without
+/// deciding (a panic in a relay or policy), so the message is not stranded
+/// until the next restart.
+struct Reschedule<'a, S, R> {
+    queue: &'a Queue<S, R>,
+    id: &'a str,
+    armed: bool,
+}
+
+impl<S, R> Drop for Reschedule<'_, S, R> {
+    fn drop(&mut self) {
+        if self.armed {
+            let at = tokio::time::Instant::now() + STORAGE_RETRY;
+            self.queue.inner.schedule.reschedule(self.id.to_owned(), at);
+        }
+    }
+}
+
+impl<S: QueueStorage, R: Relay> Queue<S, R> {
+    /// Attempts delivery of the stored message `id` to its pending
+    /// recipients and records the outcome.
+    pub(super) async fn attempt(&self, id: String) {
+        let mut guard = Reschedule {
+            queue: self,
+            id: &id,
+            armed: true,
+        };
+        let stored = match self.inner.storage.get(&id).await {
+            Ok(stored) => stored,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::debug!(id = %id, "queued message vanished before its attempt");
+                self.inner.schedule.forget(&id);
+                guard.armed = false;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(id = %id, error = %e, "cannot read queued message; retrying later");
+                return;
+            }
+        };
+        self.deliver(&id, &stored).await;
+        guard.armed = false;
+    }
+
+    async fn deliver(&self, id: &str, stored: &StoredEnvelope) {
+        let pending = stored.pending_recipients();
+        if pending.is_empty() {
+            self.finish(id).await;
+            return;
+        }
+        let attempt = stored.meta.attempts.saturating_add(1);
+        let indices: Vec<usize> = pending.iter().map(|&(i, _)| i).collect();
+        let recipients: Vec<String> = pending.iter().map(|&(_, r)| r.to_owned()).collect();
+        let copy = stored.envelope.with_recipients(recipients.clone());
+
+        let results = match self.relay_copy(copy, attempt).await {
+            Ok(delivery) => (0..indices.len())
+                .map(|k| match delivery.result_for(k) {
+                    Ok(reply) => Outcome::Delivered(reply.clone()),
+                    Err(e) if e.is_permanent() => Outcome::Permanent(e),
+                    Err(e) => Outcome::Transient(e),
+                })
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                let outcome = |_| {
+                    if e.is_permanent() {
+                        Outcome::Permanent(e.clone())
+                    } else {
+                        Outcome::Transient(e.clone())
+                    }
+                };
+                (0..indices.len()).map(outcome).collect()
+            }
+        };
+        log_attempt(id, attempt, &recipients, &results);
+
+        let mut delivered = Vec::new();
+        let mut transient = Vec::new();
+        let mut permanent = Vec::new();
+        for ((index, recipient), outcome) in indices.into_iter().zip(recipients).zip(results) {
+            match outcome {
+                Outcome::Delivered(_) => delivered.push(index),
+                Outcome::Transient(error) => transient.push(Failure {
+                    index,
+                    recipient,
+                    error,
+                }),
+                Outcome::Permanent(error) => permanent.push(Failure {
+                    index,
+                    recipient,
+                    error,
+                }),
+            }
+        }
+
+        if !delivered.is_empty()
+            && let Err(e) = self
+                .inner
+                .storage
+                .set_recipients_delivered(id, &delivered)
+                .await
+        {
+            // The relay delivered but storage cannot say so: the retry below
+            // may deliver to them again (at-least-once beats losing mail).
+            tracing::error!(id = %id, error = %e, "cannot record delivered recipients");
+            self.retry_later(id, STORAGE_RETRY).await;
+            return;
+        }
+
+        let mut retry_in = None;
+        if !transient.is_empty() {
+            let attempts = match self.inner.storage.increment_attempts(id).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(id = %id, error = %e, "cannot count the attempt");
+                    attempt
+                }
+            };
+            let backoff = self.config(|c| c.backoff.clone());
+            match backoff.delay(&stored.envelope, attempts) {
+                Some(delay) => retry_in = Some(delay),
+                None => {
+                    tracing::warn!(id = %id, attempts, "giving up on transient failures");
+                    permanent.extend(transient.drain(..).map(|f| Failure {
+                        error: RelayError::permanent(gave_up(f.error.reply(), attempts)),
+                        ..f
+                    }));
+                }
+            }
+        }
+
+        if !permanent.is_empty() {
+            if let Err(e) = self.bounce(id, stored, &permanent).await {
+                tracing::error!(id = %id, error = %e, "cannot queue the bounce; retrying later");
+                self.retry_later(id, STORAGE_RETRY).await;
+                return;
+            }
+            let done: Vec<usize> = permanent.iter().map(|f| f.index).collect();
+            if let Err(e) = self.inner.storage.set_recipients_delivered(id, &done).await {
+                tracing::error!(id = %id, error = %e, "cannot record bounced recipients");
+                self.retry_later(id, STORAGE_RETRY).await;
+                return;
+            }
+        }
+
+        match retry_in {
+            Some(delay) => {
+                if let Some(last) = transient.last() {
+                    // Best effort, for operators only.
+                    let _ = self
+                        .inner
+                        .storage
+                        .set_last_error(id, &last.error.to_string())
+                        .await;
+                }
+                self.retry_later(id, delay).await;
+            }
+            None => self.finish(id).await,
+        }
+    }
+
+    /// Applies the relay policies to this attempt's copy and hands it to the
+    /// relay.
+    async fn relay_copy(
+        &self,
+        mut copy: Envelope,
+        attempt: u32,
+    ) -> Result<crate::relay::Delivery, RelayError> {
+        let policies = self.config(|c| c.relay_policies.clone());
+        let count = copy.recipients.len();
+        for policy in policies.iter() {
+            policy.apply_boxed(&mut copy).await?;
+        }
+        if copy.recipients.len() != count {
+            tracing::error!(
+                before = count,
+                after = copy.recipients.len(),
+                "a relay policy changed the number of recipients"
+            );
+            return Err(RelayError::transient(Reply::new(
+                451,
+                "4.3.0",
+                "Local configuration error: relay policy changed the recipients",
+            )));
+        }
+        self.inner.relay.attempt(&copy, attempt).await
+    }
+
+    async fn retry_later(&self, id: &str, delay: Duration) {
+        let due = clock::now() + delay;
+        if let Err(e) = self.inner.storage.set_timestamp(id, due).await {
+            // The in-memory schedule still retries; only a restart would use
+            // the old due time (earlier, so nothing is lost).
+            tracing::warn!(id = %id, error = %e, "cannot store the next attempt time");
+        }
+        self.inner
+            .schedule
+            .reschedule(id.to_owned(), clock::instant_at(due));
+    }
+
+    async fn finish(&self, id: &str) {
+        match self.inner.storage.remove(id).await {
+            Ok(()) => self.inner.schedule.forget(id),
+            Err(e) => {
+                tracing::error!(id = %id, error = %e, "cannot remove a finished message");
+                self.inner.schedule.reschedule(
+                    id.to_owned(),
+                    clock::instant_at(clock::now() + STORAGE_RETRY),
+                );
+            }
+        }
+    }
+
+    /// The bounce hook: takes the permanently failed recipients of a stored
+    /// message. Returns only when the report is durable (or not needed).
+    async fn bounce(
+        &self,
+        id: &str,
+        stored: &StoredEnvelope,
+        failures: &[Failure],
+    ) -> io::Result<()> {
+        for f in failures {
+            tracing::warn!(
+                id = %id,
+                sender = %stored.envelope.sender,
+                recipient = %f.recipient,
+                reply = %f.error.reply(),
+                "permanent delivery failure"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The reply recorded for a recipient whose transient failures outlived the
+/// backoff: the last remote reply, marked as permanent.
+fn gave_up(last: &Reply, attempts: u32) -> Reply {
+    let mut reply = last.clone();
+    reply.set_code(if last.is_permanent() {
+        last.code()
+    } else {
+        554
+    });
+    if reply.enhanced().is_none() {
+        reply.set_enhanced("5.4.7");
+    }
+    reply.set_text(format!(
+        "{} (gave up after {attempts} attempts)",
+        last.text()
+    ));
+    reply
+}
+
+fn log_attempt(id: &str, attempt: u32, recipients: &[String], results: &[Outcome]) {
+    let mut summary = String::new();
+    for (recipient, outcome) in recipients.iter().zip(results) {
+        let (what, reply) = match outcome {
+            Outcome::Delivered(r) => ("delivered", r),
+            Outcome::Transient(e) => ("transient", e.reply()),
+            Outcome::Permanent(e) => ("permanent", e.reply()),
+        };
+        if !summary.is_empty() {
+            summary.push_str("; ");
+        }
+        let _ = write!(summary, "<{recipient}> {what}: {reply}");
+    }
+    tracing::info!(id = %id, attempt, results = %summary, "delivery attempt");
+}

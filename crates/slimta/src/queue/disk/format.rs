@@ -1,0 +1,516 @@
+//! The spool file format, version 1.
+//!
+//! One file per message, named by its id, made of a header and a journal
+//! of records:
+//!
+//! ```text
+//! header  := "SLIMTAQ\n" (8 bytes)  version: u16 = 1  reserved: u16 = 0
+//! record  := kind: u8  len: u64  payload: len bytes  crc: u32
+//!            (crc = CRC-32/ISO-HDLC over kind, len and payload)
+//! file    := header ENVELOPE TIMESTAMP (TIMESTAMP | ATTEMPTS | DELIVERED | LAST_ERROR)*
+//! ```
+//!
+//! All integers are little-endian. Payloads:
+//!
+//! - `1 ENVELOPE`: sender: str; recipients: u32 count, str each;
+//!   client ip: u8 (0 none, 4 + 4 bytes, 6 + 16 bytes); port: u16;
+//!   host: opt-str; helo: opt-str; protocol: str (RFC 3848 keyword);
+//!   auth: opt-str; tls: u8 (0 none, 1 + protocol: str + cipher: str);
+//!   receive time: time; body: u8 (0 7BIT, 1 8BITMIME, 2 BINARYMIME);
+//!   smtputf8: u8; message: u64 length + the bytes exactly as received.
+//! - `2 TIMESTAMP`: time (the next attempt is due).
+//! - `3 ATTEMPTS`: u32, the absolute count (replaying it twice is harmless).
+//! - `4 DELIVERED`: u32 count, u32 indices; added to the delivered set.
+//! - `5 LAST_ERROR`: str.
+//!
+//! `str` is a u32 byte length and UTF-8; `opt-str` is u8 0, or u8 1 and a
+//! str; `time` is i64 seconds since the Unix epoch (negative before it) and
+//! u32 nanoseconds.
+//!
+//! Decisions:
+//! - The first record (the envelope) is written, fsync'd and renamed into
+//!   place before the message exists, so it is always whole. Later records
+//!   are appended; a crash can leave a torn *last* record, which the CRC or
+//!   the length exposes. The reader stops at the first bad record and
+//!   reports where the good part ends, so the spool can truncate the torn
+//!   tail before appending again.
+//! - Unknown record kinds with a good CRC are skipped, so a later version
+//!   can add optional records without a version bump. A file with a higher
+//!   version number is refused, not guessed at.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use crate::envelope::{BodyType, ClientInfo, Envelope, Protocol, TlsInfo};
+use crate::queue::storage::{QueueMeta, StoredEnvelope};
+
+/// The first eight bytes of every spool file.
+pub(crate) const MAGIC: &[u8; 8] = b"SLIMTAQ\n";
+/// The format version this code writes and reads.
+pub(crate) const VERSION: u16 = 1;
+const HEADER_LEN: usize = 12;
+const RECORD_OVERHEAD: usize = 1 + 8 + 4;
+
+const ENVELOPE: u8 = 1;
+const TIMESTAMP: u8 = 2;
+const ATTEMPTS: u8 = 3;
+const DELIVERED: u8 = 4;
+const LAST_ERROR: u8 = 5;
+
+/// A metadata change, appended as one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Update {
+    Timestamp(SystemTime),
+    Attempts(u32),
+    Delivered(Vec<usize>),
+    LastError(String),
+}
+
+/// Why a file could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    /// Not a spool file, or its envelope record is damaged.
+    Corrupt(&'static str),
+    /// Written by a newer version of this program.
+    NewerVersion(u16),
+}
+
+/// A decoded spool file.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) stored: StoredEnvelope,
+    /// Where the last good record ends; less than the file length if the
+    /// tail is torn.
+    pub(crate) good_len: usize,
+}
+
+/// The bytes of a new spool file: header, envelope, first due time.
+pub(crate) fn encode_new(envelope: &Envelope, timestamp: SystemTime) -> Vec<u8> {
+    let mut out = Vec::with_capacity(envelope.message.len() + 512);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    let mut payload = Vec::with_capacity(envelope.message.len() + 256);
+    encode_envelope(envelope, &mut payload);
+    push_record(&mut out, ENVELOPE, &payload);
+    out.extend_from_slice(&encode_update(&Update::Timestamp(timestamp)));
+    out
+}
+
+/// One appended record.
+pub(crate) fn encode_update(update: &Update) -> Vec<u8> {
+    let mut payload = Vec::new();
+    let kind = match update {
+        Update::Timestamp(t) => {
+            put_time(&mut payload, *t);
+            TIMESTAMP
+        }
+        Update::Attempts(n) => {
+            payload.extend_from_slice(&n.to_le_bytes());
+            ATTEMPTS
+        }
+        Update::Delivered(indices) => {
+            put_u32(&mut payload, indices.len());
+            for &i in indices {
+                put_u32(&mut payload, i);
+            }
+            DELIVERED
+        }
+        Update::LastError(e) => {
+            put_str(&mut payload, e);
+            LAST_ERROR
+        }
+    };
+    let mut out = Vec::with_capacity(payload.len() + RECORD_OVERHEAD);
+    push_record(&mut out, kind, &payload);
+    out
+}
+
+fn push_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    let start = out.len();
+    out.push(kind);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// Decodes a whole spool file.
+///
+/// # Errors
+///
+/// [`Invalid`] when the header or the envelope record is bad; a bad later
+/// record only shortens `good_len`.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded, Invalid> {
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err(Invalid::Corrupt("not a spool file"));
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version > VERSION {
+        return Err(Invalid::NewerVersion(version));
+    }
+    if version == 0 {
+        return Err(Invalid::Corrupt("version 0"));
+    }
+    let mut pos = HEADER_LEN;
+    let (kind, payload, next) =
+        next_record(bytes, pos).ok_or(Invalid::Corrupt("damaged envelope record"))?;
+    if kind != ENVELOPE {
+        return Err(Invalid::Corrupt("first record is not an envelope"));
+    }
+    let envelope = decode_envelope(payload).ok_or(Invalid::Corrupt("malformed envelope record"))?;
+    pos = next;
+    let mut meta = QueueMeta::default();
+    while let Some((kind, payload, next)) = next_record(bytes, pos) {
+        if apply_update(&mut meta, kind, payload).is_none() {
+            // A record with a good CRC but a bad payload is a bug or
+            // deliberate damage; stop as at a torn tail.
+            break;
+        }
+        pos = next;
+    }
+    meta.delivered.retain(|&i| i < envelope.recipients.len());
+    Ok(Decoded {
+        stored: StoredEnvelope { envelope, meta },
+        good_len: pos,
+    })
+}
+
+/// The record at `pos`: kind, payload and where the next record starts;
+/// `None` if it is cut short or fails its CRC.
+fn next_record(bytes: &[u8], pos: usize) -> Option<(u8, &[u8], usize)> {
+    let rest = bytes.get(pos..)?;
+    if rest.len() < RECORD_OVERHEAD {
+        return None;
+    }
+    let len = usize::try_from(u64::from_le_bytes(rest[1..9].try_into().ok()?)).ok()?;
+    let end = 9usize.checked_add(len)?;
+    let crc_bytes = rest.get(end..end.checked_add(4)?)?;
+    let crc = u32::from_le_bytes(crc_bytes.try_into().ok()?);
+    if crc32fast::hash(&rest[..end]) != crc {
+        return None;
+    }
+    Some((rest[0], &rest[9..end], pos + end + 4))
+}
+
+fn apply_update(meta: &mut QueueMeta, kind: u8, payload: &[u8]) -> Option<()> {
+    let mut r = Reader(payload);
+    match kind {
+        TIMESTAMP => meta.timestamp = Some(r.time()?),
+        ATTEMPTS => meta.attempts = r.u32()?,
+        DELIVERED => {
+            let n = r.u32()?;
+            for _ in 0..n {
+                meta.delivered.push(usize::try_from(r.u32()?).ok()?);
+            }
+            meta.delivered.sort_unstable();
+            meta.delivered.dedup();
+        }
+        LAST_ERROR => meta.last_error = Some(r.str()?),
+        _ => return Some(()),
+    }
+    r.0.is_empty().then_some(())
+}
+
+fn encode_envelope(e: &Envelope, out: &mut Vec<u8>) {
+    put_str(out, &e.sender);
+    put_u32(out, e.recipients.len());
+    for r in &e.recipients {
+        put_str(out, r);
+    }
+    let c = &e.client;
+    match c.ip {
+        None => out.push(0),
+        Some(IpAddr::V4(ip)) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        Some(IpAddr::V6(ip)) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&c.port.to_le_bytes());
+    put_opt_str(out, c.host.as_deref());
+    put_opt_str(out, c.helo.as_deref());
+    put_str(out, c.protocol.as_str());
+    put_opt_str(out, c.auth.as_deref());
+    match &c.tls {
+        None => out.push(0),
+        Some(tls) => {
+            out.push(1);
+            put_str(out, &tls.protocol);
+            put_str(out, &tls.cipher);
+        }
+    }
+    put_time(out, e.receive_time);
+    out.push(match e.body {
+        BodyType::SevenBit => 0,
+        BodyType::EightBitMime => 1,
+        BodyType::BinaryMime => 2,
+    });
+    out.push(u8::from(e.smtputf8));
+    out.extend_from_slice(&(e.message.len() as u64).to_le_bytes());
+    out.extend_from_slice(&e.message);
+}
+
+fn decode_envelope(payload: &[u8]) -> Option<Envelope> {
+    let mut r = Reader(payload);
+    let sender = r.str()?;
+    let n = r.u32()?;
+    let mut recipients = Vec::with_capacity(usize::try_from(n).ok()?.min(4096));
+    for _ in 0..n {
+        recipients.push(r.str()?);
+    }
+    let ip = match r.u8()? {
+        0 => None,
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(r.take(4)?).ok()?)),
+        6 => Some(IpAddr::from(<[u8; 16]>::try_from(r.take(16)?).ok()?)),
+        _ => return None,
+    };
+    let port = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+    let host = r.opt_str()?;
+    let helo = r.opt_str()?;
+    let protocol = Protocol::parse(&r.str()?)?;
+    let auth = r.opt_str()?;
+    let tls = match r.u8()? {
+        0 => None,
+        1 => Some(TlsInfo {
+            protocol: r.str()?,
+            cipher: r.str()?,
+        }),
+        _ => return None,
+    };
+    let receive_time = r.time()?;
+    let body = match r.u8()? {
+        0 => BodyType::SevenBit,
+        1 => BodyType::EightBitMime,
+        2 => BodyType::BinaryMime,
+        _ => return None,
+    };
+    let smtputf8 = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let len = usize::try_from(u64::from_le_bytes(r.take(8)?.try_into().ok()?)).ok()?;
+    let message = r.take(len)?.to_vec();
+    if !r.0.is_empty() {
+        return None;
+    }
+    Some(Envelope {
+        sender,
+        recipients,
+        message,
+        client: ClientInfo {
+            ip,
+            port,
+            host,
+            helo,
+            protocol,
+            auth,
+            tls,
+        },
+        receive_time,
+        body,
+        smtputf8,
+    })
+}
+
+fn put_u32(out: &mut Vec<u8>, n: usize) {
+    // Counts and lengths beyond u32 cannot come from an SMTP session (the
+    // edge limits recipients and line lengths long before).
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    out.extend_from_slice(&n.to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_u32(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+    }
+}
+
+fn put_time(out: &mut Vec<u8>, t: SystemTime) {
+    let (secs, nanos) = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos(),
+        ),
+        Err(e) => {
+            // Before the epoch: floor to whole seconds, nanos count forward.
+            let d = e.duration();
+            let mut secs = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            let mut nanos = d.subsec_nanos();
+            if nanos > 0 {
+                secs -= 1;
+                nanos = 1_000_000_000 - nanos;
+            }
+            (secs, nanos)
+        }
+    };
+    out.extend_from_slice(&secs.to_le_bytes());
+    out.extend_from_slice(&nanos.to_le_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn str(&mut self) -> Option<String> {
+        let len = usize::try_from(self.u32()?).ok()?;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+
+    fn opt_str(&mut self) -> Option<Option<String>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => Some(Some(self.str()?)),
+            _ => None,
+        }
+    }
+
+    fn time(&mut self) -> Option<SystemTime> {
+        let secs = i64::from_le_bytes(self.take(8)?.try_into().ok()?);
+        let nanos = self.u32()?;
+        if nanos >= 1_000_000_000 {
+            return None;
+        }
+        let whole = Duration::from_secs(secs.unsigned_abs());
+        let base = if secs >= 0 {
+            SystemTime::UNIX_EPOCH.checked_add(whole)?
+        } else {
+            SystemTime::UNIX_EPOCH.checked_sub(whole)?
+        };
+        base.checked_add(Duration::from_nanos(u64::from(nanos)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use super::*;
+
+    fn full_envelope() -> Envelope {
+        let mut message: Vec<u8> = (0..=255u8).collect();
+        message.extend_from_slice(b"\r\n.\r\n\0\xff");
+        Envelope {
+            sender: "s\u{e9}nder@example.test".into(),
+            recipients: vec!["a@x.test".into(), "\"q r\"@y.test".into()],
+            message,
+            client: ClientInfo {
+                ip: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+                port: 54321,
+                host: Some("client.example.test".into()),
+                helo: Some("[::1]".into()),
+                protocol: Protocol::Esmtpsa,
+                auth: Some("user".into()),
+                tls: Some(TlsInfo {
+                    protocol: "TLSv1.3".into(),
+                    cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                }),
+            },
+            receive_time: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+            body: BodyType::BinaryMime,
+            smtputf8: true,
+        }
+    }
+
+    #[test]
+    fn round_trips_every_field_and_the_journal() {
+        let e = full_envelope();
+        let due = SystemTime::UNIX_EPOCH + Duration::new(1_800_000_000, 5);
+        let mut file = encode_new(&e, due);
+        for u in [
+            Update::Attempts(1),
+            Update::Delivered(vec![1]),
+            Update::LastError("451 4.4.1 later".into()),
+            Update::Attempts(2),
+            Update::Delivered(vec![1, 0]),
+        ] {
+            file.extend_from_slice(&encode_update(&u));
+        }
+        let d = decode(&file).unwrap();
+        assert_eq!(d.stored.envelope, e);
+        assert_eq!(d.good_len, file.len());
+        let m = d.stored.meta;
+        assert_eq!(
+            (m.timestamp, m.attempts, m.delivered),
+            (Some(due), 2, vec![0, 1])
+        );
+        assert_eq!(m.last_error.as_deref(), Some("451 4.4.1 later"));
+    }
+
+    #[test]
+    fn times_before_the_epoch_survive() {
+        for t in [
+            SystemTime::UNIX_EPOCH - Duration::new(5, 1),
+            SystemTime::UNIX_EPOCH - Duration::from_secs(5),
+            SystemTime::UNIX_EPOCH,
+        ] {
+            let mut out = Vec::new();
+            put_time(&mut out, t);
+            assert_eq!(Reader(&out).time(), Some(t));
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_the_last_good_record() {
+        let mut file = encode_new(&full_envelope(), SystemTime::UNIX_EPOCH);
+        file.extend_from_slice(&encode_update(&Update::Attempts(1)));
+        let good = file.len();
+        let next = encode_update(&Update::Delivered(vec![0]));
+        for cut in 0..next.len() {
+            let mut torn = file.clone();
+            torn.extend_from_slice(&next[..cut]);
+            let d = decode(&torn).unwrap();
+            assert_eq!(d.good_len, good, "cut at {cut}");
+            assert!(d.stored.meta.delivered.is_empty());
+            assert_eq!(d.stored.meta.attempts, 1);
+        }
+    }
+
+    #[test]
+    fn damage_to_the_header_or_envelope_is_corruption() {
+        let file = encode_new(&full_envelope(), SystemTime::UNIX_EPOCH);
+        let envelope_end =
+            file.len() - encode_update(&Update::Timestamp(SystemTime::UNIX_EPOCH)).len();
+        for cut in 0..envelope_end {
+            assert!(
+                matches!(decode(&file[..cut]), Err(Invalid::Corrupt(_))),
+                "cut at {cut}"
+            );
+        }
+        let mut flipped = file.clone();
+        flipped[200] ^= 1;
+        assert!(matches!(decode(&flipped), Err(Invalid::Corrupt(_))));
+        let mut newer = file;
+        newer[8] = 2;
+        assert_eq!(decode(&newer).unwrap_err(), Invalid::NewerVersion(2));
+    }
+}

@@ -1,0 +1,380 @@
+//! Durable storage in a spool directory, one file per message (the app's
+//! default queue storage).
+//!
+//! Layout under the spool directory:
+//!
+//! ```text
+//! lock            held (advisory lock) by the one DiskStorage using the spool
+//! tmp/<id>        a new message being written; never read
+//! msg/<id>        a stored message: envelope + journal of metadata records
+//! corrupt/<id>    files that failed to parse at start-up, kept for a human
+//! ```
+//!
+//! The file format is documented in [`format`](self) (`disk/format.rs`): a
+//! magic and version header, the envelope as the first record, and an
+//! append-only journal of checksummed metadata records.
+//!
+//! Decisions:
+//! - **New messages**: written to `tmp/<id>`, fsync'd, renamed to
+//!   `msg/<id>`, and `msg/` fsync'd, all before [`QueueStorage::write`]
+//!   returns. The directory fsync is shared by every write waiting at that
+//!   moment (group commit, `disk/commit.rs`); file writes and their fsyncs
+//!   run in parallel on tokio's blocking pool, so the runtime never blocks
+//!   on the disk.
+//! - **Metadata updates** are appended to the message's file as one record
+//!   each and fsync'd (`fdatasync`), instead of rewriting a metadata file
+//!   through a temporary file: one fsync and no directory fsync per update.
+//!   A torn append can only damage the last record; the CRC exposes it, and
+//!   start-up truncates it away. A failed append truncates back at once.
+//!   Only `set_last_error` (for operators, not for correctness) is appended
+//!   without its own fsync.
+//! - **Remove** unlinks without a directory fsync. If a crash undoes the
+//!   unlink, the file comes back with every recipient recorded as done, and
+//!   the queue removes it again without delivering anything.
+//! - **Start-up** ([`DiskStorage::open`]) deletes everything in `tmp/`
+//!   (writes that never returned), truncates torn journal tails, and moves
+//!   unreadable files to `corrupt/` rather than deleting mail. A file from a
+//!   newer format version stops the open instead.
+//! - Metadata is also kept in memory (attempt counts and due times), so
+//!   [`QueueStorage::load`] and [`QueueStorage::increment_attempts`] read no
+//!   files. That, and the lock file, is why two `DiskStorage`s must not
+//!   share a spool; the second `open` fails.
+//! - Updates to one message are expected one at a time (the queue never
+//!   runs two attempts of one message at once).
+
+mod commit;
+pub(crate) mod format;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use crate::envelope::Envelope;
+
+use super::storage::{QueueMeta, QueueStorage, StoredEnvelope};
+use commit::Committer;
+use format::{Invalid, Update};
+
+struct Inner {
+    root: PathBuf,
+    msg_dir: PathBuf,
+    tmp_dir: PathBuf,
+    committer: Committer,
+    fsyncs: Arc<AtomicU64>,
+    index: Mutex<HashMap<String, QueueMeta>>,
+    // Held for the advisory lock; released when the last clone is dropped.
+    _lock: File,
+}
+
+/// Queue storage in a spool directory. Clones share one spool.
+#[derive(Clone)]
+pub struct DiskStorage {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DiskStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStorage")
+            .field("path", &self.inner.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs blocking file work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
+}
+
+fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn not_found(id: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no queued message {id}"))
+}
+
+fn sync_dir(path: &Path, fsyncs: &AtomicU64) -> io::Result<()> {
+    fsyncs.fetch_add(1, Ordering::Relaxed);
+    File::open(path)?.sync_all()
+}
+
+impl DiskStorage {
+    /// Opens (creating if needed) the spool at `path`, recovers it from an
+    /// interrupted run (see the module docs) and locks it.
+    ///
+    /// Blocks while it scans the spool: call it before serving, or inside
+    /// `spawn_blocking`.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error creating or scanning the spool;
+    /// [`io::ErrorKind::WouldBlock`] if another `DiskStorage` holds the
+    /// spool; [`io::ErrorKind::InvalidData`] if a file was written by a
+    /// newer version of the format.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
+        let root = path.as_ref().to_path_buf();
+        let (msg_dir, tmp_dir, corrupt_dir) =
+            (root.join("msg"), root.join("tmp"), root.join("corrupt"));
+        for dir in [&root, &msg_dir, &tmp_dir, &corrupt_dir] {
+            fs::create_dir_all(dir)?;
+        }
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        sync_dir(&root, &fsyncs)?;
+
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("lock"))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(match e {
+                fs::TryLockError::WouldBlock => io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("spool {} is in use by another DiskStorage", root.display()),
+                ),
+                fs::TryLockError::Error(e) => e,
+            });
+        }
+
+        for entry in fs::read_dir(&tmp_dir)? {
+            let entry = entry?;
+            tracing::info!(file = %entry.path().display(), "removing an interrupted spool write");
+            fs::remove_file(entry.path())?;
+        }
+
+        let mut index = HashMap::new();
+        for entry in fs::read_dir(&msg_dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let bytes = fs::read(&path)?;
+            let problem = if valid_id(&name) {
+                match format::decode(&bytes) {
+                    Ok(decoded) => {
+                        if decoded.good_len < bytes.len() {
+                            tracing::warn!(id = %name, "truncating a torn spool journal record");
+                            let file = OpenOptions::new().write(true).open(&path)?;
+                            file.set_len(decoded.good_len as u64)?;
+                            fsyncs.fetch_add(1, Ordering::Relaxed);
+                            file.sync_all()?;
+                        }
+                        index.insert(name, decoded.stored.meta);
+                        continue;
+                    }
+                    Err(Invalid::NewerVersion(v)) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{} has spool format version {v}, newer than this program's",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    Err(Invalid::Corrupt(why)) => why,
+                }
+            } else {
+                "not a message id"
+            };
+            let dest = corrupt_dir.join(path.file_name().unwrap_or_default());
+            tracing::error!(file = %path.display(), moved_to = %dest.display(), problem, "unreadable spool file");
+            fs::rename(&path, &dest)?;
+        }
+
+        let committer = Committer::spawn(&msg_dir, fsyncs.clone())?;
+        tracing::info!(path = %root.display(), messages = index.len(), "disk spool opened");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root,
+                msg_dir,
+                tmp_dir,
+                committer,
+                fsyncs,
+                index: Mutex::new(index),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The spool directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// How many fsyncs (of files and directories) this storage has issued
+    /// since it was opened; divided by the messages written, it shows how
+    /// well group commit works.
+    pub fn fsync_count(&self) -> u64 {
+        self.inner.fsyncs.load(Ordering::Relaxed)
+    }
+
+    fn index(&self) -> MutexGuard<'_, HashMap<String, QueueMeta>> {
+        self.inner
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn file_of(&self, id: &str) -> io::Result<PathBuf> {
+        if valid_id(id) {
+            Ok(self.inner.msg_dir.join(id))
+        } else {
+            Err(not_found(id))
+        }
+    }
+
+    async fn append(&self, id: &str, update: &Update, sync: bool) -> io::Result<()> {
+        let path = self.file_of(id)?;
+        let record = format::encode_update(update);
+        let fsyncs = self.inner.fsyncs.clone();
+        let owned_id = id.to_owned();
+        blocking(move || {
+            let mut file = match OpenOptions::new().append(true).open(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found(&owned_id)),
+                other => other?,
+            };
+            let len = file.metadata()?.len();
+            if let Err(e) = file.write_all(&record) {
+                // Leave no half record for the next append to follow.
+                let _ = file.set_len(len);
+                return Err(e);
+            }
+            if sync {
+                fsyncs.fetch_add(1, Ordering::Relaxed);
+                file.sync_data()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write_new(&self, envelope: &Envelope, timestamp: SystemTime) -> io::Result<String> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let bytes = format::encode_new(envelope, timestamp);
+        let tmp = self.inner.tmp_dir.join(&id);
+        let dest = self.inner.msg_dir.join(&id);
+        let fsyncs = self.inner.fsyncs.clone();
+        let tmp_for_write = tmp.clone();
+        blocking(move || {
+            let written = (|| {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp_for_write)?;
+                file.write_all(&bytes)?;
+                fsyncs.fetch_add(1, Ordering::Relaxed);
+                file.sync_all()
+            })();
+            if written.is_err() {
+                let _ = fs::remove_file(&tmp_for_write);
+            }
+            written
+        })
+        .await?;
+        self.inner.committer.commit(tmp, dest).await?;
+        self.index().insert(
+            id.clone(),
+            QueueMeta {
+                timestamp: Some(timestamp),
+                ..QueueMeta::default()
+            },
+        );
+        Ok(id)
+    }
+
+    async fn read(&self, id: &str) -> io::Result<StoredEnvelope> {
+        let path = self.file_of(id)?;
+        let bytes = match blocking(move || fs::read(path)).await {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found(id)),
+            other => other?,
+        };
+        match format::decode(&bytes) {
+            Ok(decoded) => Ok(decoded.stored),
+            Err(e) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("spool file {id}: {e:?}"),
+            )),
+        }
+    }
+
+    async fn attempts(&self, id: &str) -> io::Result<u32> {
+        let cached = self.index().get(id).map(|m| m.attempts);
+        match cached {
+            Some(n) => Ok(n),
+            None => Ok(self.read(id).await?.meta.attempts),
+        }
+    }
+}
+
+impl QueueStorage for DiskStorage {
+    fn write(
+        &self,
+        envelope: &Envelope,
+        timestamp: SystemTime,
+    ) -> impl Future<Output = io::Result<String>> + Send {
+        self.write_new(envelope, timestamp)
+    }
+
+    async fn set_timestamp(&self, id: &str, timestamp: SystemTime) -> io::Result<()> {
+        self.append(id, &Update::Timestamp(timestamp), true).await?;
+        if let Some(meta) = self.index().get_mut(id) {
+            meta.timestamp = Some(timestamp);
+        }
+        Ok(())
+    }
+
+    async fn increment_attempts(&self, id: &str) -> io::Result<u32> {
+        let attempts = self.attempts(id).await?.saturating_add(1);
+        self.append(id, &Update::Attempts(attempts), true).await?;
+        if let Some(meta) = self.index().get_mut(id) {
+            meta.attempts = attempts;
+        }
+        Ok(attempts)
+    }
+
+    async fn set_recipients_delivered(&self, id: &str, indices: &[usize]) -> io::Result<()> {
+        self.append(id, &Update::Delivered(indices.to_vec()), true)
+            .await
+    }
+
+    async fn set_last_error(&self, id: &str, error: &str) -> io::Result<()> {
+        self.append(id, &Update::LastError(error.to_owned()), false)
+            .await
+    }
+
+    async fn load(&self) -> io::Result<Vec<(String, SystemTime)>> {
+        Ok(self
+            .index()
+            .iter()
+            .map(|(id, m)| (id.clone(), m.timestamp.unwrap_or(SystemTime::UNIX_EPOCH)))
+            .collect())
+    }
+
+    async fn get(&self, id: &str) -> io::Result<StoredEnvelope> {
+        self.read(id).await
+    }
+
+    async fn remove(&self, id: &str) -> io::Result<()> {
+        let Ok(path) = self.file_of(id) else {
+            return Ok(());
+        };
+        blocking(move || match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await?;
+        self.index().remove(id);
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! In-memory storage (python-slimta's `DictStorage`).
+//!
+//! Nothing survives the process, so it suits tests and setups where losing
+//! queued mail on a crash is acceptable (a relay in front of a durable
+//! queue). It is also the reference the conformance suite holds other
+//! backends to.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use crate::envelope::Envelope;
+
+use super::storage::{QueueMeta, QueueStorage, StoredEnvelope};
+
+/// Queue storage in a `HashMap`. Clones share the same map.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStorage {
+    messages: Arc<Mutex<HashMap<String, StoredEnvelope>>>,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many messages are stored.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no message is stored.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, StoredEnvelope>> {
+        self.messages.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with<T>(&self, id: &str, f: impl FnOnce(&mut StoredEnvelope) -> T) -> io::Result<T> {
+        self.lock().get_mut(id).map(f).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no queued message {id}"))
+        })
+    }
+}
+
+impl QueueStorage for MemoryStorage {
+    fn write(
+        &self,
+        envelope: &Envelope,
+        timestamp: SystemTime,
+    ) -> impl Future<Output = io::Result<String>> + Send {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let stored = StoredEnvelope {
+            envelope: envelope.clone(),
+            meta: QueueMeta {
+                timestamp: Some(timestamp),
+                ..QueueMeta::default()
+            },
+        };
+        self.lock().insert(id.clone(), stored);
+        std::future::ready(Ok(id))
+    }
+
+    fn set_timestamp(
+        &self,
+        id: &str,
+        timestamp: SystemTime,
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(self.with(id, |s| s.meta.timestamp = Some(timestamp)))
+    }
+
+    fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send {
+        std::future::ready(self.with(id, |s| {
+            s.meta.attempts += 1;
+            s.meta.attempts
+        }))
+    }
+
+    fn set_recipients_delivered(
+        &self,
+        id: &str,
+        indices: &[usize],
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(self.with(id, |s| {
+            s.meta.delivered.extend_from_slice(indices);
+            s.meta.delivered.sort_unstable();
+            s.meta.delivered.dedup();
+        }))
+    }
+
+    fn set_last_error(&self, id: &str, error: &str) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(self.with(id, |s| s.meta.last_error = Some(error.to_owned())))
+    }
+
+    fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send {
+        let all = self
+            .lock()
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    s.meta.timestamp.unwrap_or(SystemTime::UNIX_EPOCH),
+                )
+            })
+            .collect();
+        std::future::ready(Ok(all))
+    }
+
+    fn get(&self, id: &str) -> impl Future<Output = io::Result<StoredEnvelope>> + Send {
+        std::future::ready(self.with(id, |s| s.clone()))
+    }
+
+    fn remove(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send {
+        self.lock().remove(id);
+        std::future::ready(Ok(()))
+    }
+}

@@ -1,0 +1,149 @@
+//! The due-time index: which message is attempted next, and when.
+//!
+//! Decision: a `BTreeMap` keyed by (due instant, sequence number) and one
+//! scheduler task that sleeps until the earliest entry is due or until a
+//! [`Notify`] says an earlier entry arrived. Nothing polls: ten thousand
+//! messages waiting for a retry cost a map entry each and no wake-ups. The
+//! sequence number keeps entries with the same due time distinct and in
+//! arrival order.
+//!
+//! The index also remembers every id it has seen until it is forgotten
+//! (scheduled *or* being attempted). Inserting a known id is a no-op, so the
+//! start-up load racing an early handoff, or any other double insert, can
+//! never start two concurrent attempts on one message (two attempts could
+//! deliver twice).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until};
+
+#[derive(Default)]
+struct State {
+    due: BTreeMap<(Instant, u64), String>,
+    known: HashSet<String>,
+    seq: u64,
+}
+
+impl State {
+    fn push(&mut self, id: String, at: Instant) {
+        self.seq += 1;
+        self.due.insert((at, self.seq), id);
+    }
+}
+
+/// Due times of the messages the queue knows about.
+#[derive(Default)]
+pub(crate) struct Schedule {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Schedule {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Schedules a message the index does not know yet. Returns `false` (and
+    /// changes nothing) if the id is already scheduled or being attempted.
+    pub(crate) fn insert(&self, id: String, at: Instant) -> bool {
+        let mut state = self.lock();
+        if !state.known.insert(id.clone()) {
+            return false;
+        }
+        state.push(id, at);
+        drop(state);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Schedules the next attempt of a message that [`Schedule::next_due`]
+    /// handed out.
+    pub(crate) fn reschedule(&self, id: String, at: Instant) {
+        let mut state = self.lock();
+        state.known.insert(id.clone());
+        state.push(id, at);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Forgets a message handed out by [`Schedule::next_due`] (it was
+    /// removed from storage).
+    pub(crate) fn forget(&self, id: &str) {
+        self.lock().known.remove(id);
+    }
+
+    /// How many messages are waiting for an attempt (not counting those
+    /// being attempted).
+    pub(crate) fn waiting(&self) -> usize {
+        self.lock().due.len()
+    }
+
+    /// Waits until the earliest message is due and takes it out of the
+    /// index. It stays known until rescheduled or forgotten.
+    pub(crate) async fn next_due(&self) -> String {
+        loop {
+            let head = self.lock().due.first_key_value().map(|(k, _)| k.0);
+            match head {
+                Some(at) if at <= Instant::now() => {
+                    if let Some((_, id)) = self.lock().due.pop_first() {
+                        return id;
+                    }
+                }
+                Some(at) => {
+                    tokio::select! {
+                        () = sleep_until(at) => {}
+                        () = self.wake.notified() => {}
+                    }
+                }
+                // notify_one stores a permit when nobody waits, so an insert
+                // between the check above and this await is not missed.
+                None => self.wake.notified().await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn hands_out_in_due_order_and_ignores_duplicates() {
+        let s = Schedule::default();
+        let now = Instant::now();
+        assert!(s.insert("late".into(), now + Duration::from_secs(60)));
+        assert!(s.insert("early".into(), now + Duration::from_secs(1)));
+        assert!(s.insert("now".into(), now));
+        assert!(!s.insert("early".into(), now));
+        assert_eq!(s.waiting(), 3);
+        assert_eq!(s.next_due().await, "now");
+        assert_eq!(s.next_due().await, "early");
+        assert_eq!(Instant::now(), now + Duration::from_secs(1));
+        // Handed out but not forgotten: still known.
+        assert!(!s.insert("early".into(), now));
+        s.forget("early");
+        assert!(s.insert("early".into(), now + Duration::from_secs(120)));
+        assert_eq!(s.next_due().await, "late");
+        assert_eq!(s.next_due().await, "early");
+        assert_eq!(Instant::now(), now + Duration::from_secs(120));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_insert_wakes_the_sleeper() {
+        let s = std::sync::Arc::new(Schedule::default());
+        let start = Instant::now();
+        s.insert("far".into(), start + Duration::from_secs(3600));
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { (s.next_due().await, Instant::now()) }
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        s.insert("near".into(), start + Duration::from_secs(20));
+        let (id, at) = waiter.await.unwrap();
+        assert_eq!((id.as_str(), at), ("near", start + Duration::from_secs(20)));
+    }
+}

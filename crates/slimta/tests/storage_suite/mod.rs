@@ -1,0 +1,332 @@
+//! The storage conformance suite: what every [`QueueStorage`] backend must
+//! do, checked against the real backend.
+//!
+//! To run it for a new backend, write a test file (`tests/storage_NAME.rs`)
+//! with
+//!
+//! ```ignore
+//! #[macro_use]
+//! mod storage_suite;
+//! use storage_suite::Fixture;
+//!
+//! fn fixture() -> Fixture<MyStorage> { /* a fresh, empty store */ }
+//! storage_conformance!(fixture());
+//! ```
+//!
+//! The macro expands to one `#[tokio::test]` per check, so a failure names
+//! the property that broke. A [`Fixture`] with a `reopen` function also gets
+//! the persistence checks (reopening must see everything acknowledged).
+#![allow(dead_code, unreachable_pub)]
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, SystemTime};
+
+use slimta::queue::QueueStorage;
+use slimta::{BodyType, ClientInfo, Envelope, Protocol, TlsInfo};
+
+/// A fresh store for one check, and how to reopen it.
+pub struct Fixture<S> {
+    /// The store under test, empty.
+    pub storage: S,
+    /// Drops the given handle and opens the same data again (persistent
+    /// backends only).
+    pub reopen: Option<Box<dyn Fn(S) -> S + Send>>,
+    /// Anything that must live as long as the check (a temporary directory,
+    /// a server process).
+    pub guard: Box<dyn Any + Send>,
+}
+
+impl<S> Fixture<S> {
+    /// A fixture for a backend that keeps nothing across handles.
+    pub fn volatile(storage: S) -> Self {
+        Self {
+            storage,
+            reopen: None,
+            guard: Box::new(()),
+        }
+    }
+}
+
+/// Expands to one test per conformance check, each with a fresh fixture
+/// from `$fixture`.
+#[macro_export]
+macro_rules! storage_conformance {
+    ($fixture:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn conformance_round_trips_every_field() {
+            storage_suite::round_trips_every_field($fixture).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn conformance_partial_delivery() {
+            storage_suite::partial_delivery($fixture).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn conformance_attempts_timestamps_and_errors() {
+            storage_suite::attempts_timestamps_and_errors($fixture).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn conformance_remove() {
+            storage_suite::remove($fixture).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn conformance_unknown_ids() {
+            storage_suite::unknown_ids($fixture).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn conformance_concurrent_writers() {
+            storage_suite::concurrent_writers($fixture).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn conformance_reopen_keeps_everything_acknowledged() {
+            storage_suite::reopen_keeps_everything_acknowledged($fixture).await;
+        }
+    };
+}
+
+fn t(secs: u64, nanos: u32) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
+}
+
+/// Every byte value, bare CR and LF, a lone dot line, NULs: content that a
+/// careless text encoding would change.
+pub fn binary_message(len: usize) -> Vec<u8> {
+    let mut m = b"Subject: =?utf-8?q?=C3=A9?=\r\nX-8bit: \xc3\xa9\xff\r\n\r\n".to_vec();
+    m.extend_from_slice(b"\r\n.\r\n..\r\nbare\nlf\rcr\0nul\r\n");
+    let mut x: u32 = 0x1234_5678;
+    while m.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        m.push(x.to_le_bytes()[0]);
+    }
+    m
+}
+
+/// Envelopes covering every field and variant.
+pub fn sample_envelopes() -> Vec<Envelope> {
+    let full = Envelope {
+        sender: "s\u{e9}nder@\u{e9}xample.test".into(),
+        recipients: vec![
+            "a@x.test".into(),
+            "\"quoted local\"@y.test".into(),
+            "b@[192.0.2.1]".into(),
+        ],
+        message: binary_message(300_000),
+        client: ClientInfo {
+            ip: Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7))),
+            port: 65535,
+            host: Some("client.example.test".into()),
+            helo: Some("[IPv6:2001:db8::7]".into()),
+            protocol: Protocol::Esmtpsa,
+            auth: Some("user@example.test".into()),
+            tls: Some(TlsInfo {
+                protocol: "TLSv1.3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            }),
+        },
+        receive_time: t(1_700_000_000, 123_456_789),
+        body: BodyType::BinaryMime,
+        smtputf8: true,
+    };
+    let mut v4 = Envelope::new("", vec!["postmaster@x.test".into()], b"\r\n".to_vec());
+    v4.client = ClientInfo {
+        ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 33))),
+        port: 25,
+        host: None,
+        helo: Some("mx.example.test".into()),
+        protocol: Protocol::Smtp,
+        auth: None,
+        tls: None,
+    };
+    v4.receive_time = t(1, 0);
+    v4.body = BodyType::EightBitMime;
+    let mut bare = Envelope::new("a@b", vec![], Vec::new());
+    bare.receive_time = t(1_800_000_000, 999_999_999);
+    vec![full, v4, bare]
+}
+
+fn one(recipients: usize) -> Envelope {
+    let mut e = Envelope::new(
+        "sender@x.test",
+        (0..recipients).map(|i| format!("r{i}@y.test")).collect(),
+        b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+    );
+    e.receive_time = t(1_700_000_000, 0);
+    e
+}
+
+fn assert_not_found<T: std::fmt::Debug>(result: io::Result<T>, what: &str) {
+    match result {
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::NotFound, "{what}: {e}"),
+        Ok(v) => panic!("{what}: expected NotFound, got {v:?}"),
+    }
+}
+
+pub async fn round_trips_every_field<S: QueueStorage>(f: Fixture<S>) {
+    let s = &f.storage;
+    let mut ids = Vec::new();
+    for (i, e) in sample_envelopes().iter().enumerate() {
+        let due = t(1_750_000_000 + i as u64, 42);
+        let id = s.write(e, due).await.unwrap();
+        let got = s.get(&id).await.unwrap();
+        assert_eq!(&got.envelope, e, "envelope {i} changed in storage");
+        assert_eq!(
+            got.envelope.message, e.message,
+            "message {i} not byte for byte"
+        );
+        assert_eq!(got.meta.timestamp, Some(due));
+        assert_eq!((got.meta.attempts, got.meta.last_error), (0, None));
+        assert!(got.meta.delivered.is_empty());
+        ids.push((id, due));
+    }
+    let mut loaded = s.load().await.unwrap();
+    loaded.sort();
+    ids.sort();
+    assert_eq!(loaded, ids);
+}
+
+pub async fn partial_delivery<S: QueueStorage>(f: Fixture<S>) {
+    let s = &f.storage;
+    let id = s.write(&one(4), t(0, 0)).await.unwrap();
+    let other = s.write(&one(4), t(0, 0)).await.unwrap();
+    s.set_recipients_delivered(&id, &[2]).await.unwrap();
+    let got = s.get(&id).await.unwrap();
+    assert_eq!(got.meta.delivered, [2]);
+    assert_eq!(
+        got.pending_recipients(),
+        [(0, "r0@y.test"), (1, "r1@y.test"), (3, "r3@y.test")]
+    );
+    // Idempotent, unordered, accumulating.
+    s.set_recipients_delivered(&id, &[3, 0, 2]).await.unwrap();
+    s.set_recipients_delivered(&id, &[0]).await.unwrap();
+    let got = s.get(&id).await.unwrap();
+    assert_eq!(got.meta.delivered, [0, 2, 3]);
+    assert_eq!(got.pending_recipients(), [(1, "r1@y.test")]);
+    assert_eq!(
+        got.envelope.recipients.len(),
+        4,
+        "the stored recipient list must not shrink"
+    );
+    s.set_recipients_delivered(&id, &[1]).await.unwrap();
+    assert!(s.get(&id).await.unwrap().pending_recipients().is_empty());
+    // Other messages are untouched.
+    assert!(s.get(&other).await.unwrap().meta.delivered.is_empty());
+}
+
+pub async fn attempts_timestamps_and_errors<S: QueueStorage>(f: Fixture<S>) {
+    let s = &f.storage;
+    let id = s.write(&one(1), t(100, 0)).await.unwrap();
+    for n in 1..=3 {
+        assert_eq!(s.increment_attempts(&id).await.unwrap(), n);
+    }
+    s.set_timestamp(&id, t(200, 5)).await.unwrap();
+    s.set_last_error(&id, "451 4.4.1 first").await.unwrap();
+    s.set_last_error(&id, "451 4.4.1 second").await.unwrap();
+    let meta = s.get(&id).await.unwrap().meta;
+    assert_eq!(meta.attempts, 3);
+    assert_eq!(meta.timestamp, Some(t(200, 5)));
+    assert_eq!(meta.last_error.as_deref(), Some("451 4.4.1 second"));
+    assert_eq!(s.load().await.unwrap(), [(id, t(200, 5))]);
+}
+
+pub async fn remove<S: QueueStorage>(f: Fixture<S>) {
+    let s = &f.storage;
+    let gone = s.write(&one(1), t(1, 0)).await.unwrap();
+    let kept = s.write(&one(1), t(2, 0)).await.unwrap();
+    s.remove(&gone).await.unwrap();
+    assert_not_found(s.get(&gone).await, "get after remove");
+    assert_eq!(s.load().await.unwrap(), [(kept.clone(), t(2, 0))]);
+    s.remove(&gone).await.unwrap();
+    s.remove("0123456789abcdef0123456789abcdef").await.unwrap();
+    s.get(&kept).await.unwrap();
+}
+
+pub async fn unknown_ids<S: QueueStorage>(f: Fixture<S>) {
+    let s = &f.storage;
+    s.write(&one(1), t(1, 0)).await.unwrap();
+    for id in [
+        "0123456789abcdef0123456789abcdef",
+        "",
+        "../lock",
+        "msg/../../x",
+        "nope",
+    ] {
+        assert_not_found(s.get(id).await, "get");
+        assert_not_found(s.set_timestamp(id, t(5, 0)).await, "set_timestamp");
+        assert_not_found(s.increment_attempts(id).await, "increment_attempts");
+        assert_not_found(
+            s.set_recipients_delivered(id, &[0]).await,
+            "set_recipients_delivered",
+        );
+        s.remove(id).await.unwrap();
+    }
+    assert_eq!(s.load().await.unwrap().len(), 1);
+}
+
+pub async fn concurrent_writers<S: QueueStorage + Clone>(f: Fixture<S>) {
+    const WRITERS: usize = 200;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..WRITERS {
+        let s = f.storage.clone();
+        tasks.spawn(async move {
+            let mut e = one(1);
+            e.recipients = vec![format!("writer{i}@y.test")];
+            e.message = binary_message(1000 + i);
+            let id = s.write(&e, t(i as u64, 0)).await.unwrap();
+            (i, id)
+        });
+    }
+    let written = tasks.join_all().await;
+    let ids: HashSet<&String> = written.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), WRITERS, "ids must be unique");
+    for (i, id) in &written {
+        let got = f.storage.get(id).await.unwrap();
+        assert_eq!(got.envelope.recipients, [format!("writer{i}@y.test")]);
+        assert_eq!(got.envelope.message, binary_message(1000 + i));
+        assert_eq!(got.meta.timestamp, Some(t(*i as u64, 0)));
+    }
+    assert_eq!(f.storage.load().await.unwrap().len(), WRITERS);
+}
+
+pub async fn reopen_keeps_everything_acknowledged<S: QueueStorage>(f: Fixture<S>) {
+    let Some(reopen) = f.reopen else {
+        return;
+    };
+    let s = f.storage;
+    let envelopes = sample_envelopes();
+    let mut ids = Vec::new();
+    for e in &envelopes {
+        ids.push(s.write(e, t(10, 0)).await.unwrap());
+    }
+    s.increment_attempts(&ids[0]).await.unwrap();
+    s.increment_attempts(&ids[0]).await.unwrap();
+    s.set_recipients_delivered(&ids[0], &[1]).await.unwrap();
+    s.set_timestamp(&ids[0], t(20, 1)).await.unwrap();
+    s.set_last_error(&ids[0], "451 later").await.unwrap();
+    s.remove(&ids[2]).await.unwrap();
+
+    let s = reopen(s);
+    let mut loaded = s.load().await.unwrap();
+    loaded.sort();
+    let mut expected = vec![(ids[0].clone(), t(20, 1)), (ids[1].clone(), t(10, 0))];
+    expected.sort();
+    assert_eq!(loaded, expected);
+    let first = s.get(&ids[0]).await.unwrap();
+    assert_eq!(first.envelope, envelopes[0]);
+    assert_eq!(
+        (first.meta.attempts, first.meta.delivered.clone()),
+        (2, vec![1])
+    );
+    assert_eq!(s.get(&ids[1]).await.unwrap().envelope, envelopes[1]);
+    assert_not_found(s.get(&ids[2]).await, "a removed message came back");
+    // Counting goes on from the stored count, and updates after a reopen
+    // survive the next one.
+    assert_eq!(s.increment_attempts(&ids[0]).await.unwrap(), 3);
+    s.set_recipients_delivered(&ids[0], &[0]).await.unwrap();
+    let s = reopen(s);
+    let first = s.get(&ids[0]).await.unwrap();
+    assert_eq!((first.meta.attempts, first.meta.delivered), (3, vec![0, 1]));
+}
