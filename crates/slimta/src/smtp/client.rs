@@ -363,10 +363,13 @@ mod tests {
         parse_reply(input).unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(input)))
     }
 
+    /// Input, code, enhanced code, text, bytes used.
+    type ReplyCase<'a> = (&'a [u8], u16, Option<EnhancedCode>, &'a str, usize);
+
     #[test]
     fn parses_replies() {
         let e = |c, s, d| Some(EnhancedCode::new(c, s, d));
-        let cases: &[(&[u8], u16, Option<EnhancedCode>, &str, usize)] = &[
+        let cases: &[ReplyCase<'_>] = &[
             (b"220 mx.test ESMTP\r\n", 220, None, "mx.test ESMTP", 19),
             (b"250 2.1.0 Ok\r\n", 250, e(2, 1, 0), "Ok", 14),
             (
