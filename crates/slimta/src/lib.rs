@@ -11,6 +11,8 @@
 //! - [`smtp`]: the protocol itself, without I/O.
 #![warn(missing_docs)]
 
+#[cfg(feature = "mx")]
+pub mod dns;
 pub mod edge;
 pub mod envelope;
 pub mod handoff;

@@ -10,7 +10,8 @@
 //!   others: the queue must record the delivered ones, retry the 4xx ones and
 //!   bounce the 5xx ones, by index ([`Delivery::result_for`]).
 //! - The host may be an IP address or a name; a name is resolved on every
-//!   attempt (tokio's `lookup_host`, i.e. the system resolver), each address
+//!   attempt (with the configured [`crate::dns::Resolver`] when one is set,
+//!   else tokio's `lookup_host`, i.e. the system resolver), each address
 //!   tried in turn until one accepts the connection.
 //! - Defaults follow RFC 5321 4.5.3.2 loosely: 30 s to connect, 5 minutes per
 //!   reply; the EHLO name is the machine's host name.
@@ -31,6 +32,8 @@ pub struct StaticSmtpRelay {
     host: String,
     port: u16,
     options: ConnectOptions,
+    #[cfg(feature = "mx")]
+    resolver: Option<crate::dns::Resolver>,
 }
 
 impl StaticSmtpRelay {
@@ -50,6 +53,8 @@ impl StaticSmtpRelay {
                 command_timeout: Duration::from_secs(300),
                 source_address: None,
             },
+            #[cfg(feature = "mx")]
+            resolver: None,
         }
     }
 
@@ -74,6 +79,15 @@ impl StaticSmtpRelay {
     /// The local address to connect from (default: chosen by the system).
     pub fn source_address(mut self, ip: IpAddr) -> Self {
         self.options.source_address = Some(ip);
+        self
+    }
+
+    /// Resolve the host name with this resolver instead of the system's
+    /// (the MX relay passes its own, so one configured resolver answers every
+    /// lookup).
+    #[cfg(feature = "mx")]
+    pub fn resolver(mut self, resolver: crate::dns::Resolver) -> Self {
+        self.resolver = Some(resolver);
         self
     }
 
