@@ -86,10 +86,7 @@ impl Peer {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return peer;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what} did not listen on {addr} within 10s"
-            );
+            assert!(Instant::now() < deadline, "{what} did not listen on {addr} within 10s");
             sleep(Duration::from_millis(20));
         }
     }
@@ -164,14 +161,9 @@ impl SmtpSink {
         let mut command = Command::new(program);
         command.args(["-u", "nobody"]).args(extra);
         let dump = dump.then(|| {
-            let dir = tempfile::Builder::new()
-                .prefix("sink")
-                .tempdir()
-                .expect("tempdir");
+            let dir = tempfile::Builder::new().prefix("sink").tempdir().expect("tempdir");
             set_mode(dir.path(), 0o777);
-            command
-                .arg("-d")
-                .arg(format!("{}/%M.", dir.path().display()));
+            command.arg("-d").arg(format!("{}/%M.", dir.path().display()));
             dir
         });
         command.arg(addr.to_string()).arg("1000");
@@ -246,9 +238,7 @@ pub fn parse_dump(bytes: &[u8]) -> DumpedMessage {
     // X-Client-Addr, X-Client-Proto, X-Helo-Args, X-Mail-Args, X-Rcpt-Args*,
     // then smtp-sink's own three-line Received header.
     loop {
-        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-            break;
-        };
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else { break };
         let line = String::from_utf8_lossy(&rest[..nl]).into_owned();
         if let Some(v) = line.strip_prefix("X-Mail-Args: ") {
             mail_args = v.to_string();
@@ -314,8 +304,7 @@ mod tests {
         use std::io::{Read, Write};
         let sink = SmtpSink::start(&[], true);
         let mut s = TcpStream::connect(sink.addr()).unwrap();
-        s.write_all(b"HELO t\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
-            .unwrap();
+        s.write_all(b"HELO t\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n").unwrap();
         let mut buf = [0u8; 4096];
         let mut seen = Vec::new();
         while !String::from_utf8_lossy(&seen).contains("354") {

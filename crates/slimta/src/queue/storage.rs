@@ -71,22 +71,14 @@ pub trait QueueStorage: Send + Sync + 'static {
     ) -> impl Future<Output = io::Result<String>> + Send;
 
     /// Sets when the next attempt is due.
-    fn set_timestamp(
-        &self,
-        id: &str,
-        timestamp: SystemTime,
-    ) -> impl Future<Output = io::Result<()>> + Send;
+    fn set_timestamp(&self, id: &str, timestamp: SystemTime) -> impl Future<Output = io::Result<()>> + Send;
 
     /// Adds one to the attempt count and returns the new count.
     fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send;
 
     /// Records recipients (indices into the stored recipient list) as
     /// delivered. Idempotent; indices already recorded stay recorded.
-    fn set_recipients_delivered(
-        &self,
-        id: &str,
-        indices: &[usize],
-    ) -> impl Future<Output = io::Result<()>> + Send;
+    fn set_recipients_delivered(&self, id: &str, indices: &[usize]) -> impl Future<Output = io::Result<()>> + Send;
 
     /// Records the last delivery error (for operators; not needed for
     /// correctness, so backends may store it lazily).
@@ -109,22 +101,10 @@ pub type StorageFuture<'a, T> = Pin<Box<dyn Future<Output = io::Result<T>> + Sen
 /// The object-safe form of [`QueueStorage`], for backends chosen at run time.
 #[allow(missing_docs)]
 pub trait DynStorage: Send + Sync + 'static {
-    fn write_boxed<'a>(
-        &'a self,
-        envelope: &'a Envelope,
-        timestamp: SystemTime,
-    ) -> StorageFuture<'a, String>;
-    fn set_timestamp_boxed<'a>(
-        &'a self,
-        id: &'a str,
-        timestamp: SystemTime,
-    ) -> StorageFuture<'a, ()>;
+    fn write_boxed<'a>(&'a self, envelope: &'a Envelope, timestamp: SystemTime) -> StorageFuture<'a, String>;
+    fn set_timestamp_boxed<'a>(&'a self, id: &'a str, timestamp: SystemTime) -> StorageFuture<'a, ()>;
     fn increment_attempts_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, u32>;
-    fn set_recipients_delivered_boxed<'a>(
-        &'a self,
-        id: &'a str,
-        indices: &'a [usize],
-    ) -> StorageFuture<'a, ()>;
+    fn set_recipients_delivered_boxed<'a>(&'a self, id: &'a str, indices: &'a [usize]) -> StorageFuture<'a, ()>;
     fn set_last_error_boxed<'a>(&'a self, id: &'a str, error: &'a str) -> StorageFuture<'a, ()>;
     fn load_boxed(&self) -> StorageFuture<'_, Vec<(String, SystemTime)>>;
     fn get_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, StoredEnvelope>;
@@ -132,28 +112,16 @@ pub trait DynStorage: Send + Sync + 'static {
 }
 
 impl<S: QueueStorage> DynStorage for S {
-    fn write_boxed<'a>(
-        &'a self,
-        envelope: &'a Envelope,
-        timestamp: SystemTime,
-    ) -> StorageFuture<'a, String> {
+    fn write_boxed<'a>(&'a self, envelope: &'a Envelope, timestamp: SystemTime) -> StorageFuture<'a, String> {
         Box::pin(self.write(envelope, timestamp))
     }
-    fn set_timestamp_boxed<'a>(
-        &'a self,
-        id: &'a str,
-        timestamp: SystemTime,
-    ) -> StorageFuture<'a, ()> {
+    fn set_timestamp_boxed<'a>(&'a self, id: &'a str, timestamp: SystemTime) -> StorageFuture<'a, ()> {
         Box::pin(self.set_timestamp(id, timestamp))
     }
     fn increment_attempts_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, u32> {
         Box::pin(self.increment_attempts(id))
     }
-    fn set_recipients_delivered_boxed<'a>(
-        &'a self,
-        id: &'a str,
-        indices: &'a [usize],
-    ) -> StorageFuture<'a, ()> {
+    fn set_recipients_delivered_boxed<'a>(&'a self, id: &'a str, indices: &'a [usize]) -> StorageFuture<'a, ()> {
         Box::pin(self.set_recipients_delivered(id, indices))
     }
     fn set_last_error_boxed<'a>(&'a self, id: &'a str, error: &'a str) -> StorageFuture<'a, ()> {
@@ -173,35 +141,19 @@ impl<S: QueueStorage> DynStorage for S {
 macro_rules! forward_dyn_storage {
     ($ty:ty) => {
         impl QueueStorage for $ty {
-            fn write(
-                &self,
-                envelope: &Envelope,
-                timestamp: SystemTime,
-            ) -> impl Future<Output = io::Result<String>> + Send {
+            fn write(&self, envelope: &Envelope, timestamp: SystemTime) -> impl Future<Output = io::Result<String>> + Send {
                 async move { (**self).write_boxed(envelope, timestamp).await }
             }
-            fn set_timestamp(
-                &self,
-                id: &str,
-                timestamp: SystemTime,
-            ) -> impl Future<Output = io::Result<()>> + Send {
+            fn set_timestamp(&self, id: &str, timestamp: SystemTime) -> impl Future<Output = io::Result<()>> + Send {
                 async move { (**self).set_timestamp_boxed(id, timestamp).await }
             }
             fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send {
                 async move { (**self).increment_attempts_boxed(id).await }
             }
-            fn set_recipients_delivered(
-                &self,
-                id: &str,
-                indices: &[usize],
-            ) -> impl Future<Output = io::Result<()>> + Send {
+            fn set_recipients_delivered(&self, id: &str, indices: &[usize]) -> impl Future<Output = io::Result<()>> + Send {
                 async move { (**self).set_recipients_delivered_boxed(id, indices).await }
             }
-            fn set_last_error(
-                &self,
-                id: &str,
-                error: &str,
-            ) -> impl Future<Output = io::Result<()>> + Send {
+            fn set_last_error(&self, id: &str, error: &str) -> impl Future<Output = io::Result<()>> + Send {
                 async move { (**self).set_last_error_boxed(id, error).await }
             }
             fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send {

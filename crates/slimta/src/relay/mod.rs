@@ -213,10 +213,7 @@ mod tests {
 
     #[test]
     fn missing_per_recipient_result_is_transient() {
-        let d = Delivery::per_recipient(
-            Reply::new(250, "2.0.0", "ok"),
-            vec![Ok(Reply::new(250, "", "a"))],
-        );
+        let d = Delivery::per_recipient(Reply::new(250, "2.0.0", "ok"), vec![Ok(Reply::new(250, "", "a"))]);
         assert!(d.result_for(0).is_ok());
         assert!(d.result_for(1).unwrap_err().is_transient());
     }

@@ -9,6 +9,4 @@
 pub mod client;
 pub mod server;
 
-pub use server::{
-    Event, EventKind, MailParams, RcptParams, Server, ServerConfig, Step, Transaction,
-};
+pub use server::{Event, EventKind, MailParams, RcptParams, Server, ServerConfig, Step, Transaction};
