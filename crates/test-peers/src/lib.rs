@@ -368,3 +368,25 @@ impl Dnsmasq {
         self.peer.addr
     }
 }
+
+impl SmtpSink {
+    /// Like [`SmtpSink::start`] on a given address, for tests that need
+    /// several sinks on one port (127.0.0.2:P and 127.0.0.3:P, as MX hosts
+    /// that share the relay's port).
+    pub fn start_at(addr: SocketAddr, extra: &[&str], dump: bool) -> Self {
+        let program = require("smtp-sink", "postfix");
+        let mut command = Command::new(program);
+        command.args(["-u", "nobody"]).args(extra);
+        let dump = dump.then(|| {
+            let dir = tempfile::Builder::new().prefix("sink").tempdir().expect("tempdir");
+            set_mode(dir.path(), 0o777);
+            command.arg("-d").arg(format!("{}/%M.", dir.path().display()));
+            dir
+        });
+        command.arg(addr.to_string()).arg("1000");
+        Self {
+            peer: Peer::spawn(command, addr, "smtp-sink"),
+            dump,
+        }
+    }
+}

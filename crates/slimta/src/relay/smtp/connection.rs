@@ -94,7 +94,7 @@ pub(crate) struct ConnectOptions {
 #[derive(Debug)]
 pub(crate) struct SessionError {
     pub(crate) error: RelayError,
-    #[allow(dead_code, reason = "read by the MX relay")]
+    #[cfg_attr(not(feature = "mx"), allow(dead_code, reason = "read by the MX relay"))]
     pub(crate) before_transaction: bool,
 }
 
@@ -142,9 +142,11 @@ async fn connect_one(addr: SocketAddr, options: &ConnectOptions) -> std::io::Res
 
 impl Connection {
     /// Connects to the first of `addrs` that accepts, reads the banner and
-    /// says EHLO. `peer` names the destination in error texts (`host:port`).
+    /// says EHLO. `host` (a name or an IP address) names the destination in
+    /// error texts: `host:port` before the connection, `host[ip]:port` (or
+    /// `ip:port`) once it is known which address answered.
     pub(crate) async fn open(
-        peer: &str,
+        host: &str,
         addrs: &[SocketAddr],
         options: &ConnectOptions,
     ) -> Result<Self, SessionError> {
@@ -154,9 +156,20 @@ impl Connection {
         };
         let mut last_error = None;
         let mut stream = None;
+        let port = addrs.first().map_or(0, SocketAddr::port);
+        let mut peer = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         for &addr in addrs {
             match connect_one(addr, options).await {
                 Ok(s) => {
+                    if host.parse::<IpAddr>().is_ok() {
+                        peer = addr.to_string();
+                    } else {
+                        peer = format!("{host}[{}]:{}", addr.ip(), addr.port());
+                    }
                     stream = Some(s);
                     break;
                 }
@@ -168,13 +181,13 @@ impl Connection {
         }
         let Some(stream) = stream else {
             let why = last_error.unwrap_or_else(|| "no address to connect to".into());
-            return Err(early(connect_failed(peer, why)));
+            return Err(early(connect_failed(&peer, why)));
         };
         let _ = stream.set_nodelay(true);
         let mut conn = Connection {
             stream,
             buf: Vec::with_capacity(4096),
-            peer: peer.to_string(),
+            peer,
             command_timeout: options.command_timeout,
             extensions: Extensions::default(),
             broken: false,

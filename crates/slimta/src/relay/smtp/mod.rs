@@ -2,6 +2,8 @@
 //!
 //! - [`StaticSmtpRelay`] sends everything to one configured host (a smarthost
 //!   or the next hop of a gateway).
+//! - `MxSmtpRelay` (feature `mx`) sends each recipient domain to its mail
+//!   exchangers, found in the DNS.
 //!
 //! Both speak through `connection.rs`, the tokio driver of one SMTP client
 //! session, which in turn uses the sans-IO client pieces in
@@ -11,6 +13,10 @@
 //! implementation of the protocol rules and of the error texts.
 
 mod connection;
+#[cfg(feature = "mx")]
+mod mx;
 mod static_relay;
 
+#[cfg(feature = "mx")]
+pub use mx::MxSmtpRelay;
 pub use static_relay::StaticSmtpRelay;

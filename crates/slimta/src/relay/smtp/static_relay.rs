@@ -91,13 +91,14 @@ impl StaticSmtpRelay {
         self
     }
 
-    /// The destination as written in error texts: `host:port`, with an
-    /// IPv6 literal in brackets.
-    fn peer(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+    /// A relay with the same settings to another host (the MX relay's
+    /// per-destination relays are made this way).
+    #[cfg(feature = "mx")]
+    pub(crate) fn with_host(&self, host: &str, port: u16) -> Self {
+        Self {
+            host: host.to_string(),
+            port,
+            ..self.clone()
         }
     }
 
@@ -113,6 +114,17 @@ impl StaticSmtpRelay {
                 format!("Cannot resolve {}: {why}", self.host),
             ))
         };
+        #[cfg(feature = "mx")]
+        if let Some(resolver) = &self.resolver {
+            let ips = resolver
+                .ips(host)
+                .await
+                .map_err(|e| cannot(e.to_string()))?;
+            return Ok(ips
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, self.port))
+                .collect());
+        }
         match tokio::net::lookup_host((host, self.port)).await {
             Ok(addrs) => {
                 let addrs: Vec<SocketAddr> = addrs.collect();
@@ -133,7 +145,7 @@ impl StaticSmtpRelay {
             error,
             before_transaction: true,
         })?;
-        let mut conn = Connection::open(&self.peer(), &addrs, &self.options).await?;
+        let mut conn = Connection::open(&self.host, &addrs, &self.options).await?;
         tracing::debug!(peer = conn.peer(), extensions = ?conn.extensions(), "SMTP session open");
         let result = conn.deliver(envelope).await;
         conn.quit().await;
