@@ -12,6 +12,8 @@
 #![warn(missing_docs)]
 
 pub mod date;
+#[cfg(feature = "mx")]
+pub mod dns;
 pub mod edge;
 pub mod envelope;
 pub mod handoff;

@@ -328,3 +328,78 @@ mod tests {
         assert_eq!(got[0].content, b"Subject: t\n\nhi\n");
     }
 }
+
+/// dnsmasq answering fixed records on a free port of 127.0.0.1 (UDP and TCP),
+/// authoritative for `.test` (unknown `.test` names are NXDOMAIN) and with no
+/// upstream: nothing it is asked reaches another resolver.
+#[derive(Debug)]
+pub struct Dnsmasq {
+    /// The running process.
+    pub peer: Peer,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq with record flags such as
+    /// `"--mx-host=example.test,mx1.example.test,10"` or
+    /// `"--host-record=mx1.example.test,127.0.0.2"` (see peers.md).
+    pub fn start(records: &[&str]) -> Self {
+        let program = require("dnsmasq", "dnsmasq");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("bad address");
+        let mut command = Command::new(program);
+        command
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+            ])
+            .args([
+                "--listen-address=127.0.0.1",
+                "--local=/test/",
+                "--local-ttl=300",
+            ])
+            .arg(format!("--port={port}"))
+            .arg("--conf-file=/dev/null")
+            .arg("--user=root")
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Self {
+            peer: Peer::spawn(command, addr, "dnsmasq"),
+        }
+    }
+
+    /// Where it answers (UDP and TCP).
+    pub fn addr(&self) -> SocketAddr {
+        self.peer.addr
+    }
+}
+
+impl SmtpSink {
+    /// Like [`SmtpSink::start`] on a given address, for tests that need
+    /// several sinks on one port (127.0.0.2:P and 127.0.0.3:P, as MX hosts
+    /// that share the relay's port).
+    pub fn start_at(addr: SocketAddr, extra: &[&str], dump: bool) -> Self {
+        let program = require("smtp-sink", "postfix");
+        let mut command = Command::new(program);
+        command.args(["-u", "nobody"]).args(extra);
+        let dump = dump.then(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("sink")
+                .tempdir()
+                .expect("tempdir");
+            set_mode(dir.path(), 0o777);
+            command
+                .arg("-d")
+                .arg(format!("{}/%M.", dir.path().display()));
+            dir
+        });
+        command.arg(addr.to_string()).arg("1000");
+        Self {
+            peer: Peer::spawn(command, addr, "smtp-sink"),
+            dump,
+        }
+    }
+}

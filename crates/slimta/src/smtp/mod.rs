@@ -7,6 +7,7 @@
 //! edge, the LMTP edge and the tests share one implementation.
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod server;
