@@ -180,10 +180,10 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
         let info = &session.info;
         match outcome {
             Ok(end) => {
-                tracing::info!(session = info.id, client = %peer, messages = session.messages, "disconnect ({end})")
+                tracing::info!(session = info.id, client = %peer, messages = session.messages, "disconnect ({end})");
             }
             Err(e) => {
-                tracing::info!(session = info.id, client = %peer, messages = session.messages, error = %e, "disconnect (i/o error)")
+                tracing::info!(session = info.id, client = %peer, messages = session.messages, error = %e, "disconnect (i/o error)");
             }
         }
     }
