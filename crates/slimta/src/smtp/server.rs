@@ -2027,6 +2027,25 @@ mod tests {
             ]))
         );
         assert_eq!(out.events, txn_ev(&["DATA"]));
+        // The first BDAT accepted with the driver's own text: sent after the chunk.
+        let mut decide = |kind: &EventKind, reply: Reply| match kind {
+            EventKind::Data => Reply::new(250, "2.0.0", "chunk ok"),
+            _ => reply,
+        };
+        let out = drive(
+            config(),
+            None,
+            &[&txn(b"BDAT 4\r\nNOOPBDAT 1 LAST\r\nx")],
+            &mut decide,
+        );
+        assert_eq!(
+            out.output,
+            wire(&txn_out(&[
+                "250 2.0.0 chunk ok",
+                "250 2.6.0 Message accepted"
+            ]))
+        );
+        assert_eq!(out.events, txn_ev(&["DATA", r#"MSG a@b ["c@d"] "NOOPx""#]));
     }
 
     #[test]
