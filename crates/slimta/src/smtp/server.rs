@@ -67,6 +67,9 @@
 //!   `552 5.3.4` and ends the transaction. Out-of-sequence chunks (no
 //!   EHLO, CHUNKING off, no MAIL or RCPT) are read and discarded, then
 //!   answered `503 5.5.1`.
+//! - HELO/EHLO reset the transaction only when answered 2xx (RFC 5321
+//!   4.1.4: "if the EHLO command is acceptable"); a refused EHLO leaves the
+//!   session as it was.
 //! - A DATA answered with anything but 354 keeps the transaction (the client
 //!   may RSET or retry); the bytes that follow are commands.
 //! - The transaction ends when the Message event is raised, so
@@ -1543,7 +1546,10 @@ mod tests {
             chunking: false,
             ..config()
         };
-        let got = run(c, b"EHLO c\r\nHELP\r\nMAIL FROM:<a@b> SMTPUTF8\r\n");
+        let got = run_all_splits(
+            &c,
+            b"EHLO c\r\nHELP\r\nMAIL FROM:<a@b> SMTPUTF8\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n",
+        );
         assert_eq!(
             got.output,
             wire(&[
@@ -1552,8 +1558,13 @@ mod tests {
                 "250 ENHANCEDSTATUSCODES",
                 "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
                 "555 5.5.4 Unsupported parameter: SMTPUTF8",
+                "250 2.1.0 Sender <a@b> ok",
+                "250 2.1.5 Recipient <c@d> ok",
+                "503 5.5.1 Error: CHUNKING not offered",
+                "250 2.0.0 Ok",
             ])
         );
+        assert!(!got.closed);
     }
 
     #[test]
@@ -2016,6 +2027,25 @@ mod tests {
             ]))
         );
         assert_eq!(out.events, txn_ev(&["DATA"]));
+        // The first BDAT accepted with the driver's own text: sent after the chunk.
+        let mut decide = |kind: &EventKind, reply: Reply| match kind {
+            EventKind::Data => Reply::new(250, "2.0.0", "chunk ok"),
+            _ => reply,
+        };
+        let out = drive(
+            config(),
+            None,
+            &[&txn(b"BDAT 4\r\nNOOPBDAT 1 LAST\r\nx")],
+            &mut decide,
+        );
+        assert_eq!(
+            out.output,
+            wire(&txn_out(&[
+                "250 2.0.0 chunk ok",
+                "250 2.6.0 Message accepted"
+            ]))
+        );
+        assert_eq!(out.events, txn_ev(&["DATA", r#"MSG a@b ["c@d"] "NOOPx""#]));
     }
 
     #[test]
