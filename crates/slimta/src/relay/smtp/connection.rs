@@ -227,9 +227,30 @@ impl Connection {
     }
 
     /// Whether the session may carry another transaction.
-    #[allow(dead_code, reason = "read by the connection pool")]
     pub(crate) fn is_reusable(&self) -> bool {
         !self.broken
+    }
+
+    /// Whether an idle session is still quiet: nothing buffered, nothing
+    /// arrived, not closed. A server that timed the session out has usually
+    /// sent an unsolicited `421` and closed; such a session is never reused.
+    pub(crate) fn is_quiet(&mut self) -> bool {
+        if self.broken || !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 512];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            Ok(n) => {
+                self.buf.extend_from_slice(&probe[..n]);
+                self.broken = true;
+                false
+            }
+            Err(_) => {
+                self.broken = true;
+                false
+            }
+        }
     }
 
     /// `host:port` of the server, as used in error texts.

@@ -95,6 +95,20 @@ impl MxSmtpRelay {
         self
     }
 
+    /// The most sessions open to one exchanger at once (default 20); see
+    /// [`StaticSmtpRelay::pool_size`].
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.template = self.template.pool_size(size);
+        self
+    }
+
+    /// How long a session to an exchanger may wait idle for the next message
+    /// (default zero: no reuse); see [`StaticSmtpRelay::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.template = self.template.idle_timeout(timeout);
+        self
+    }
+
     fn relay_for(&self, host: &str) -> Arc<StaticSmtpRelay> {
         let mut relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
         relays
