@@ -22,6 +22,8 @@ fn dns() -> Dnsmasq {
         "--mx-host=nullmx.test,.,0",
         "--host-record=plain.test,127.0.0.3",
         "--mx-host=dangling.test,nowhere.test,10",
+        "--mx-host=equal.test,mx2.example.test,10",
+        "--mx-host=equal.test,mx1.example.test,10",
     ])
 }
 
@@ -266,4 +268,29 @@ async fn forced_mx_skips_the_lookup() {
         .expect("delivered");
     assert!(delivery.result_for(0).is_ok());
     assert_eq!(target.wait_for_messages(1, Duration::from_secs(5)).len(), 1);
+}
+
+#[tokio::test]
+async fn retries_rotate_among_equal_preferences() {
+    let dns = dns();
+    let port = free_port();
+    let (mx1, mx2) = (sink([127, 0, 0, 2], port), sink([127, 0, 0, 3], port));
+    let relay = relay(&dns, port);
+    for attempt in 1..=2 {
+        let delivery = relay
+            .attempt(&envelope(&["q@equal.test"]), attempt)
+            .await
+            .expect("delivered");
+        assert!(delivery.result_for(0).is_ok());
+    }
+    assert_eq!(
+        mx1.wait_for_messages(1, Duration::from_secs(5)).len(),
+        1,
+        "attempt 1: mx1 (first by name)"
+    );
+    assert_eq!(
+        mx2.wait_for_messages(1, Duration::from_secs(5)).len(),
+        1,
+        "attempt 2: mx2"
+    );
 }

@@ -26,7 +26,22 @@
 //! - A connection that saw a 421, an I/O error, a timeout or a malformed reply
 //!   is marked broken and never reused.
 //! - One timeout (`command_timeout`) bounds each read of a reply and each
-//!   write, including the write of the message.
+//!   write, including the write of the message. QUIT waits at most
+//!   [`QUIT_TIMEOUT`] for its reply: the mail is already delivered then.
+//! - `BODY=8BITMIME` is declared when the envelope is 8-bit (or binary,
+//!   which the DATA encoder has made line-based) and the server offers it.
+//!   When it does not, the message is sent anyway, undeclared, as Postfix
+//!   does by default: bouncing or downgrading it would be worse for nearly
+//!   every real server.
+//! - `SMTPUTF8` is declared when the envelope asks for it and the server
+//!   offers it. If the server does not and an address is not ASCII, the
+//!   attempt fails with a permanent `553 5.6.7` (RFC 6531 3.2); with ASCII
+//!   addresses the message is sent without it.
+//! - Addresses holding control characters are never written (they would
+//!   inject commands): a bad sender fails the attempt with `501 5.1.7`, a
+//!   bad recipient gets `501 5.1.3` and the others are still delivered.
+//! - A message larger than the server's advertised SIZE fails permanently
+//!   with `552 5.3.4` before MAIL FROM is sent.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +57,9 @@ use crate::reply::{EnhancedCode, Reply};
 use crate::smtp::client::{
     Extensions, MailFromParams, ReplyError, encode_data, mail_from, parse_reply, rcpt_to,
 };
+
+/// The longest wait for the reply to QUIT.
+pub(crate) const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where in the session a reply was expected or a write happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -531,6 +549,7 @@ impl Connection {
     /// QUIT and close. The reply is read (briefly) but does not matter: the
     /// transactions are over.
     pub(crate) async fn quit(mut self) {
+        self.command_timeout = self.command_timeout.min(QUIT_TIMEOUT);
         if !self.broken && self.write(b"QUIT\r\n", Stage::Quit).await.is_ok() {
             let _ = self.read_reply(Stage::Quit).await;
         }

@@ -28,13 +28,17 @@
 //!   failed as a whole, the whole error is returned, as the static relay
 //!   does; otherwise the result is per recipient and the [`Delivery`]'s reply
 //!   is the first group's final reply.
-//! - Equal-preference exchangers keep the DNS order (no randomisation yet).
+//! - Exchangers of equal preference are ordered by name and then rotated by
+//!   the attempt number, so a retry starts at a different one (RFC 5321 5.1
+//!   asks for load spreading among them; rotation spreads retries
+//!   deterministically, which tests can check, where randomisation could not
+//!   be checked).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::dns::{MxAnswer, Resolver};
+use crate::dns::{MxAnswer, MxHost, Resolver};
 use crate::envelope::{Envelope, domain_of};
 use crate::relay::{Delivery, Relay, RelayError};
 use crate::reply::Reply;
@@ -118,12 +122,12 @@ impl MxSmtpRelay {
     }
 
     /// The exchangers of `domain`, most preferred first.
-    async fn destinations(&self, domain: &str) -> Result<Vec<String>, RelayError> {
+    async fn destinations(&self, domain: &str, attempt: u32) -> Result<Vec<String>, RelayError> {
         if let Some(host) = self.forced.get(domain) {
             return Ok(vec![host.clone()]);
         }
         match self.resolver.mx(domain).await {
-            Ok(MxAnswer::Hosts(hosts)) => Ok(hosts.into_iter().map(|h| h.host).collect()),
+            Ok(MxAnswer::Hosts(hosts)) => Ok(rotate_equal_preferences(hosts, attempt)),
             Ok(MxAnswer::NoMx) => Ok(vec![domain.to_string()]),
             Ok(MxAnswer::NullMx) => Err(RelayError::permanent(Reply::new(
                 556,
@@ -148,8 +152,9 @@ impl MxSmtpRelay {
         &self,
         envelope: &Envelope,
         domain: &str,
+        attempt: u32,
     ) -> Result<Delivery, RelayError> {
-        let hosts = self.destinations(domain).await?;
+        let hosts = self.destinations(domain, attempt).await?;
         let mut last = None;
         for host in hosts {
             match self.relay_for(&host).deliver(envelope).await {
@@ -171,8 +176,21 @@ impl MxSmtpRelay {
     }
 }
 
+/// Host names in preference order; within one preference sorted by name and
+/// rotated left by `attempt - 1`.
+fn rotate_equal_preferences(mut hosts: Vec<MxHost>, attempt: u32) -> Vec<String> {
+    hosts.sort_by(|a, b| (a.preference, &a.host).cmp(&(b.preference, &b.host)));
+    let shift = usize::try_from(attempt.saturating_sub(1)).unwrap_or(0);
+    let mut out = Vec::with_capacity(hosts.len());
+    for run in hosts.chunk_by(|a, b| a.preference == b.preference) {
+        let k = shift % run.len();
+        out.extend(run[k..].iter().chain(&run[..k]).map(|h| h.host.clone()));
+    }
+    out
+}
+
 impl Relay for MxSmtpRelay {
-    async fn attempt(&self, envelope: &Envelope, _attempt: u32) -> Result<Delivery, RelayError> {
+    async fn attempt(&self, envelope: &Envelope, attempt: u32) -> Result<Delivery, RelayError> {
         // Group recipient indices by lower-cased domain, in first-seen order.
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
         let mut results: Vec<Option<Result<Reply, RelayError>>> =
@@ -200,7 +218,7 @@ impl Relay for MxSmtpRelay {
                 .map(|&i| envelope.recipients[i].clone())
                 .collect();
             let part = envelope.with_recipients(recipients);
-            match self.deliver_domain(&part, domain).await {
+            match self.deliver_domain(&part, domain, attempt).await {
                 Ok(delivery) => {
                     reply.get_or_insert_with(|| delivery.reply().clone());
                     for (k, &i) in indices.iter().enumerate() {
@@ -225,5 +243,31 @@ impl Relay for MxSmtpRelay {
             _ => Reply::new(554, "5.5.1", "No valid recipients"),
         });
         Ok(Delivery::per_recipient(reply, results))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_preferences_rotate_with_the_attempt() {
+        let mx = |preference, host: &str| MxHost {
+            preference,
+            host: host.into(),
+        };
+        let hosts = vec![
+            mx(20, "z"),
+            mx(10, "b"),
+            mx(10, "a"),
+            mx(10, "c"),
+            mx(30, "y"),
+        ];
+        let order = |attempt| rotate_equal_preferences(hosts.clone(), attempt);
+        assert_eq!(order(1), ["a", "b", "c", "z", "y"]);
+        assert_eq!(order(2), ["b", "c", "a", "z", "y"]);
+        assert_eq!(order(3), ["c", "a", "b", "z", "y"]);
+        assert_eq!(order(4), order(1));
+        assert_eq!(order(0), order(1));
     }
 }
