@@ -520,9 +520,8 @@ mod tests {
     fn reply_parser_never_panics_and_round_trips() {
         use proptest::prelude::*;
         proptest!(|(input in prop::collection::vec(any::<u8>(), 0..300))| {
-            match parse_reply(&input) {
-                Ok((_, used)) => prop_assert!(used > 0 && used <= input.len()),
-                Err(_) => {}
+            if let Ok((_, used)) = parse_reply(&input) {
+                prop_assert!(used > 0 && used <= input.len());
             }
         });
         let line = "[ -~]{0,40}";
