@@ -294,3 +294,22 @@ async fn retries_rotate_among_equal_preferences() {
         "attempt 2: mx2"
     );
 }
+
+#[tokio::test]
+async fn address_literals_skip_the_dns() {
+    let dns = dns();
+    let port = free_port();
+    let target = sink([127, 0, 0, 3], port);
+    let rcpts = ["lit@[127.0.0.3]", "bad@[not-an-ip]"];
+    let delivery = relay(&dns, port)
+        .attempt(&envelope(&rcpts), 1)
+        .await
+        .expect("per recipient");
+    assert!(delivery.result_for(0).is_ok());
+    let bad = delivery.result_for(1).unwrap_err();
+    assert!(bad.is_permanent());
+    assert_eq!(bad.reply().code(), 553);
+    let got = target.wait_for_messages(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_args, vec!["<lit@[127.0.0.3]>"]);
+}

@@ -16,6 +16,8 @@
 //!   of RFC 5321 5.1). A null MX (RFC 7505) is a permanent
 //!   `556 5.1.10`; a domain that does not exist (NXDOMAIN) a permanent
 //!   `550 5.1.2`; any other DNS failure is transient.
+//! - An address literal (`user@[192.0.2.1]`, `user@[IPv6:2001:db8::1]`) is
+//!   delivered to that address, without DNS (RFC 5321 4.1.3).
 //! - `force_mx` routes a domain to a fixed host without any MX lookup (the
 //!   host's addresses are still resolved through the relay's resolver).
 //! - One [`StaticSmtpRelay`] per exchanger host is kept in a map, so settings
@@ -126,6 +128,17 @@ impl MxSmtpRelay {
         if let Some(host) = self.forced.get(domain) {
             return Ok(vec![host.clone()]);
         }
+        if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+            let ip = literal.strip_prefix("ipv6:").unwrap_or(literal);
+            return match ip.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(vec![ip.to_string()]),
+                Err(_) => Err(RelayError::permanent(Reply::new(
+                    553,
+                    "5.1.2",
+                    format!("Invalid address literal {domain}"),
+                ))),
+            };
+        }
         match self.resolver.mx(domain).await {
             Ok(MxAnswer::Hosts(hosts)) => Ok(rotate_equal_preferences(hosts, attempt)),
             Ok(MxAnswer::NoMx) => Ok(vec![domain.to_string()]),
@@ -201,10 +214,7 @@ impl Relay for MxSmtpRelay {
                 results[i] = Some(Err(RelayError::permanent(reply)));
                 continue;
             };
-            let domain = domain
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase();
+            let domain = domain.to_ascii_lowercase();
             match groups.iter_mut().find(|(d, _)| *d == domain) {
                 Some((_, indices)) => indices.push(i),
                 None => groups.push((domain, vec![i])),
