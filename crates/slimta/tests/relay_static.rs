@@ -571,3 +571,21 @@ async fn message_over_the_advertised_size_is_refused_before_mail() {
         ["EHLO relay.test", "QUIT"]
     );
 }
+
+#[tokio::test]
+async fn many_recipients_beyond_the_pipelining_batch() {
+    let sink = SmtpSink::start(&[], true);
+    let rcpts: Vec<String> = (0..150).map(|i| format!("r{i}@y.test")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let delivery = relay_to(sink.addr())
+        .attempt(&envelope(&refs, MESSAGE), 1)
+        .await
+        .expect("delivered");
+    for i in 0..rcpts.len() {
+        assert!(delivery.result_for(i).is_ok(), "{i}");
+    }
+    let got = sink.wait_for_messages(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+    let want: Vec<String> = rcpts.iter().map(|r| format!("<{r}>")).collect();
+    assert_eq!(got[0].rcpt_args, want);
+}

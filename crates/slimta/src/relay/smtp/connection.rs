@@ -4,7 +4,8 @@
 //! A [`Connection`] connects, reads the banner, says EHLO (HELO when EHLO is
 //! refused with 5xx) and then runs transactions: MAIL, RCPT per recipient,
 //! DATA, the message, the final reply. With PIPELINING the MAIL, RCPT and DATA
-//! commands go out in one write (RFC 2920); without it, in lockstep.
+//! commands go out in one write (RFC 2920); without it, or with more than
+//! [`PIPELINE_MAX_RCPTS`] recipients, in lockstep.
 //!
 //! Design decisions:
 //! - Every failure is a [`RelayError`] whose reply names the stage and the
@@ -58,6 +59,12 @@ use crate::smtp::client::{
     Extensions, MailFromParams, ReplyError, encode_data, mail_from, parse_reply, rcpt_to,
 };
 
+/// The most RCPT commands sent in one pipelined write. The replies to a
+/// larger batch could fill the socket buffers in both directions while the
+/// client is still writing (RFC 2920 3.1 warns of that deadlock); larger
+/// envelopes go in lockstep.
+pub(crate) const PIPELINE_MAX_RCPTS: usize = 100;
+
 /// The longest wait for the reply to QUIT.
 pub(crate) const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -70,6 +77,7 @@ pub(crate) enum Stage {
     Mail,
     Rcpt,
     Data,
+    Message,
     EndOfData,
     Rset,
     Quit,
@@ -84,6 +92,7 @@ impl Stage {
             Stage::Mail => "MAIL FROM",
             Stage::Rcpt => "RCPT TO",
             Stage::Data => "DATA",
+            Stage::Message => "message data",
             Stage::EndOfData => "end of data",
             Stage::Rset => "RSET",
             Stage::Quit => "QUIT",
@@ -424,7 +433,7 @@ impl Connection {
         let mut data = Vec::new();
         encode_data(&envelope.message, &mut data);
 
-        let pipelined = self.extensions.pipelining;
+        let pipelined = self.extensions.pipelining && rcpts.len() <= PIPELINE_MAX_RCPTS;
         if pipelined {
             let mut batch = mail;
             for (_, cmd) in &rcpts {
@@ -523,7 +532,7 @@ impl Connection {
         if reply.code() != 354 {
             return Err(self.remote_error(&reply, Stage::Data));
         }
-        self.write(data, Stage::EndOfData).await?;
+        self.write(data, Stage::Message).await?;
         let reply = self.read_reply(Stage::EndOfData).await?;
         if reply.is_positive() {
             Ok(reply)
