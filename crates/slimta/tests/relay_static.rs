@@ -664,3 +664,29 @@ async fn addresses_with_control_characters_are_never_sent() {
     assert!(err.is_permanent());
     assert_eq!(err.reply().enhanced().unwrap().to_string(), "5.1.7");
 }
+
+#[tokio::test]
+async fn connects_from_the_configured_source_address() {
+    let sink = SmtpSink::start(&[], true);
+    let relay = relay_to(sink.addr()).source_address("127.0.0.5".parse().unwrap());
+    assert!(
+        relay
+            .attempt(&envelope(&["rcpt@y.test"], MESSAGE), 1)
+            .await
+            .unwrap()
+            .result_for(0)
+            .is_ok()
+    );
+    assert_eq!(sink.wait_for_messages(1, Duration::from_secs(5)).len(), 1);
+    let dir = sink.dump_dir().unwrap();
+    let dumps: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned())
+        .collect();
+    assert_eq!(dumps.len(), 1);
+    assert!(
+        dumps[0].starts_with("X-Client-Addr: 127.0.0.5\n"),
+        "{:?}",
+        dumps[0]
+    );
+}

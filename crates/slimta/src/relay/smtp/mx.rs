@@ -101,6 +101,12 @@ impl MxSmtpRelay {
         self
     }
 
+    /// The local address to connect from (default: chosen by the system).
+    pub fn source_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.template = self.template.source_address(ip);
+        self
+    }
+
     /// The most sessions open to one exchanger at once (default 20); see
     /// [`StaticSmtpRelay::pool_size`].
     pub fn pool_size(mut self, size: usize) -> Self {
