@@ -9,7 +9,7 @@ use std::time::Duration;
 use slimta::dns::{MxAnswer, MxHost, Resolver};
 use slimta::relay::smtp::MxSmtpRelay;
 use slimta::{Envelope, Relay};
-use test_peers::{Dnsmasq, SmtpSink, crlf_to_lf, free_port};
+use test_peers::{Dnsmasq, SmtpSink, crlf_to_lf};
 
 const MESSAGE: &[u8] = b"Subject: mx\r\n\r\nvia MX\r\n";
 
@@ -22,6 +22,8 @@ fn dns() -> Dnsmasq {
         "--mx-host=nullmx.test,.,0",
         "--host-record=plain.test,127.0.0.3",
         "--mx-host=dangling.test,nowhere.test,10",
+        "--mx-host=equal.test,mx2.example.test,10",
+        "--mx-host=equal.test,mx1.example.test,10",
     ])
 }
 
@@ -32,6 +34,15 @@ fn relay(dns: &Dnsmasq, port: u16) -> MxSmtpRelay {
         .ehlo_as("relay.test")
         .connect_timeout(Duration::from_secs(5))
         .command_timeout(Duration::from_secs(10))
+}
+
+/// A port for the exchangers on 127.0.0.2/127.0.0.3, held on 127.0.0.1 while
+/// the returned listener lives, so that no test running in parallel picks
+/// the same port for its own exchangers.
+fn mx_port() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
 }
 
 fn sink(ip: [u8; 4], port: u16) -> SmtpSink {
@@ -76,7 +87,7 @@ async fn resolver_reads_mx_records_from_the_local_server() {
 #[tokio::test]
 async fn most_preferred_mx_gets_the_mail() {
     let dns = dns();
-    let port = free_port();
+    let (_reserved, port) = mx_port();
     let (mx1, mx2) = (sink([127, 0, 0, 2], port), sink([127, 0, 0, 3], port));
     let delivery = relay(&dns, port)
         .attempt(&envelope(&["a@example.test"]), 1)
@@ -92,7 +103,7 @@ async fn most_preferred_mx_gets_the_mail() {
 #[tokio::test]
 async fn next_mx_when_the_first_is_down() {
     let dns = dns();
-    let port = free_port();
+    let (_reserved, port) = mx_port();
     let mx2 = sink([127, 0, 0, 3], port);
     let delivery = relay(&dns, port)
         .attempt(&envelope(&["a@example.test"]), 1)
@@ -105,7 +116,7 @@ async fn next_mx_when_the_first_is_down() {
 #[tokio::test]
 async fn next_mx_when_the_first_refuses_the_session() {
     let dns = dns();
-    let port = free_port();
+    let (_reserved, port) = mx_port();
     let _mx1 = SmtpSink::start_at(
         SocketAddr::from(([127, 0, 0, 2], port)),
         &["-Q", "EHLO"],
@@ -123,7 +134,7 @@ async fn next_mx_when_the_first_refuses_the_session() {
 #[tokio::test]
 async fn no_further_mx_once_the_transaction_was_judged() {
     let dns = dns();
-    let port = free_port();
+    let (_reserved, port) = mx_port();
     let _mx1 = SmtpSink::start_at(
         SocketAddr::from(([127, 0, 0, 2], port)),
         &["-r", "MAIL"],
@@ -147,7 +158,7 @@ async fn no_further_mx_once_the_transaction_was_judged() {
 #[tokio::test]
 async fn all_mx_down_is_transient() {
     let dns = dns();
-    let port = free_port();
+    let (_reserved, port) = mx_port();
     let err = relay(&dns, port)
         .attempt(&envelope(&["a@example.test"]), 1)
         .await
@@ -163,7 +174,7 @@ async fn all_mx_down_is_transient() {
 #[tokio::test]
 async fn domain_without_mx_uses_its_address() {
     let dns = dns();
-    let port = free_port();
+    let (_reserved, port) = mx_port();
     let target = sink([127, 0, 0, 3], port);
     let delivery = relay(&dns, port)
         .attempt(&envelope(&["b@plain.test"]), 1)
@@ -178,7 +189,7 @@ async fn domain_without_mx_uses_its_address() {
 #[tokio::test]
 async fn null_mx_and_nxdomain_are_permanent() {
     let dns = dns();
-    let port = free_port();
+    let (_reserved, port) = mx_port();
     let relay = relay(&dns, port);
     let err = relay
         .attempt(&envelope(&["c@nullmx.test"]), 1)
@@ -204,14 +215,14 @@ async fn null_mx_and_nxdomain_are_permanent() {
 async fn other_dns_failures_are_transient() {
     // dnsmasq refuses names outside .test (it has no upstream).
     let dns = dns();
-    let err = relay(&dns, free_port())
+    let err = relay(&dns, mx_port().1)
         .attempt(&envelope(&["e@example.org"]), 1)
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert_eq!(err.reply().enhanced().unwrap().to_string(), "4.4.3");
     // An MX whose host does not resolve: transient, like Postfix.
-    let err = relay(&dns, free_port())
+    let err = relay(&dns, mx_port().1)
         .attempt(&envelope(&["f@dangling.test"]), 1)
         .await
         .unwrap_err();
@@ -221,7 +232,7 @@ async fn other_dns_failures_are_transient() {
 #[tokio::test]
 async fn recipients_grouped_by_domain_and_merged_in_order() {
     let dns = dns();
-    let port = free_port();
+    let (_reserved, port) = mx_port();
     let (mx1, plain) = (sink([127, 0, 0, 2], port), sink([127, 0, 0, 3], port));
     let rcpts = [
         "a1@example.test",
@@ -256,7 +267,7 @@ async fn recipients_grouped_by_domain_and_merged_in_order() {
 #[tokio::test]
 async fn forced_mx_skips_the_lookup() {
     let dns = dns();
-    let port = free_port();
+    let (_reserved, port) = mx_port();
     let target = sink([127, 0, 0, 3], port);
     // forced.test has no records at all; mx2's name resolves via dnsmasq.
     let relay = relay(&dns, port).force_mx("Forced.test", "mx2.example.test");
@@ -266,4 +277,48 @@ async fn forced_mx_skips_the_lookup() {
         .expect("delivered");
     assert!(delivery.result_for(0).is_ok());
     assert_eq!(target.wait_for_messages(1, Duration::from_secs(5)).len(), 1);
+}
+
+#[tokio::test]
+async fn retries_rotate_among_equal_preferences() {
+    let dns = dns();
+    let (_reserved, port) = mx_port();
+    let (mx1, mx2) = (sink([127, 0, 0, 2], port), sink([127, 0, 0, 3], port));
+    let relay = relay(&dns, port);
+    for attempt in 1..=2 {
+        let delivery = relay
+            .attempt(&envelope(&["q@equal.test"]), attempt)
+            .await
+            .expect("delivered");
+        assert!(delivery.result_for(0).is_ok());
+    }
+    assert_eq!(
+        mx1.wait_for_messages(1, Duration::from_secs(5)).len(),
+        1,
+        "attempt 1: mx1 (first by name)"
+    );
+    assert_eq!(
+        mx2.wait_for_messages(1, Duration::from_secs(5)).len(),
+        1,
+        "attempt 2: mx2"
+    );
+}
+
+#[tokio::test]
+async fn address_literals_skip_the_dns() {
+    let dns = dns();
+    let (_reserved, port) = mx_port();
+    let target = sink([127, 0, 0, 3], port);
+    let rcpts = ["lit@[127.0.0.3]", "bad@[not-an-ip]"];
+    let delivery = relay(&dns, port)
+        .attempt(&envelope(&rcpts), 1)
+        .await
+        .expect("per recipient");
+    assert!(delivery.result_for(0).is_ok());
+    let bad = delivery.result_for(1).unwrap_err();
+    assert!(bad.is_permanent());
+    assert_eq!(bad.reply().code(), 553);
+    let got = target.wait_for_messages(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_args, vec!["<lit@[127.0.0.3]>"]);
 }

@@ -202,6 +202,9 @@ async fn sink_faults_are_classified_by_stage() {
         case("-f", ".", true, 500, "(in reply to end of data)"),
         case("-q", ".", false, 451, "while waiting for end of data reply"),
         case("-Q", ".", false, 421, "(in reply to end of data)"),
+        case("-r", "EHLO", false, 450, "(in reply to EHLO)"),
+        case("-Q", "EHLO", false, 421, "(in reply to EHLO)"),
+        case("-f", "EHLO,HELO", true, 500, "(in reply to HELO)"),
         case("-f", "CONNECT", true, 500, "(in reply to banner)"),
         case("-Q", "CONNECT", false, 421, "(in reply to banner)"),
     ];
@@ -569,5 +572,121 @@ async fn message_over_the_advertised_size_is_refused_before_mail() {
     assert_eq!(
         transcript.lock().unwrap().commands,
         ["EHLO relay.test", "QUIT"]
+    );
+}
+
+#[tokio::test]
+async fn many_recipients_beyond_the_pipelining_batch() {
+    let sink = SmtpSink::start(&[], true);
+    let rcpts: Vec<String> = (0..150).map(|i| format!("r{i}@y.test")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let delivery = relay_to(sink.addr())
+        .attempt(&envelope(&refs, MESSAGE), 1)
+        .await
+        .expect("delivered");
+    for i in 0..rcpts.len() {
+        assert!(delivery.result_for(i).is_ok(), "{i}");
+    }
+    let got = sink.wait_for_messages(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+    let want: Vec<String> = rcpts.iter().map(|r| format!("<{r}>")).collect();
+    assert_eq!(got[0].rcpt_args, want);
+}
+
+#[tokio::test]
+async fn smtputf8_is_declared_only_when_offered_and_needed() {
+    // smtp-sink does not offer SMTPUTF8.
+    let sink = SmtpSink::start(&[], true);
+    let relay = relay_to(sink.addr());
+    let mut env = envelope(&["\u{7528}\u{6237}@y.test"], MESSAGE);
+    env.smtputf8 = true;
+    let err = relay.attempt(&env, 1).await.unwrap_err();
+    assert!(err.is_permanent());
+    assert_eq!(err.reply().enhanced().unwrap().to_string(), "5.6.7");
+    // ASCII addresses go through without it.
+    let mut env = envelope(&["ascii@y.test"], MESSAGE);
+    env.smtputf8 = true;
+    assert!(relay.attempt(&env, 1).await.unwrap().result_for(0).is_ok());
+    let got = sink.wait_for_messages(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].mail_args, "<sender@x.test>");
+
+    // A server that offers it gets it, with the address byte for byte.
+    let (addr, transcript) = scripted("220 scripted.test\r\n", 1024, |cmd| {
+        Some(
+            match cmd {
+                c if c.starts_with("EHLO") => "250-scripted.test\r\n250 SMTPUTF8\r\n",
+                c if c.starts_with("MAIL") || c.starts_with("RCPT") => "250 Ok\r\n",
+                "DATA" => "354 Go ahead\r\n",
+                "." => "250 Ok\r\n",
+                "QUIT" => "221 Bye\r\n",
+                _ => "500 What?\r\n",
+            }
+            .to_string(),
+        )
+    })
+    .await;
+    let mut env = envelope(&["\u{7528}\u{6237}@y.test"], MESSAGE);
+    env.smtputf8 = true;
+    assert!(
+        relay_to(addr)
+            .attempt(&env, 1)
+            .await
+            .unwrap()
+            .result_for(0)
+            .is_ok()
+    );
+    let t = transcript.lock().unwrap();
+    assert_eq!(t.commands[1], "MAIL FROM:<sender@x.test> SMTPUTF8");
+    assert_eq!(t.commands[2], "RCPT TO:<\u{7528}\u{6237}@y.test>");
+}
+
+#[tokio::test]
+async fn addresses_with_control_characters_are_never_sent() {
+    let sink = SmtpSink::start(&[], true);
+    let relay = relay_to(sink.addr());
+    let rcpts = ["good@y.test", "evil@y.test>\r\nRCPT TO:<injected@y.test"];
+    let delivery = relay
+        .attempt(&envelope(&rcpts, MESSAGE), 1)
+        .await
+        .expect("per recipient");
+    assert!(delivery.result_for(0).is_ok());
+    let bad = delivery.result_for(1).unwrap_err();
+    assert!(bad.is_permanent());
+    assert_eq!(bad.reply().code(), 501);
+    let got = sink.wait_for_messages(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_args, vec!["<good@y.test>"]);
+
+    let mut env = envelope(&["good@y.test"], MESSAGE);
+    env.sender = "a@x.test>\r\nRSET".into();
+    let err = relay.attempt(&env, 1).await.unwrap_err();
+    assert!(err.is_permanent());
+    assert_eq!(err.reply().enhanced().unwrap().to_string(), "5.1.7");
+}
+
+#[tokio::test]
+async fn connects_from_the_configured_source_address() {
+    let sink = SmtpSink::start(&[], true);
+    let relay = relay_to(sink.addr()).source_address("127.0.0.5".parse().unwrap());
+    assert!(
+        relay
+            .attempt(&envelope(&["rcpt@y.test"], MESSAGE), 1)
+            .await
+            .unwrap()
+            .result_for(0)
+            .is_ok()
+    );
+    assert_eq!(sink.wait_for_messages(1, Duration::from_secs(5)).len(), 1);
+    let dir = sink.dump_dir().unwrap();
+    let dumps: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned())
+        .collect();
+    assert_eq!(dumps.len(), 1);
+    assert!(
+        dumps[0].starts_with("X-Client-Addr: 127.0.0.5\n"),
+        "{:?}",
+        dumps[0]
     );
 }

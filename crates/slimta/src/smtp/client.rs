@@ -517,6 +517,27 @@ mod tests {
     }
 
     #[test]
+    fn reply_parser_never_panics_and_round_trips() {
+        use proptest::prelude::*;
+        proptest!(|(input in prop::collection::vec(any::<u8>(), 0..300))| {
+            if let Ok((_, used)) = parse_reply(&input) {
+                prop_assert!(used > 0 && used <= input.len());
+            }
+        });
+        let line = "[ -~]{0,40}";
+        proptest!(|(code in 200u16..600, lines in prop::collection::vec(line, 1..5), rest in prop::collection::vec(any::<u8>(), 0..20))| {
+            let reply = Reply::new(code, "", lines.join("\n"));
+            let mut wire = reply.to_bytes();
+            let len = wire.len();
+            wire.extend_from_slice(&rest);
+            let (parsed, used) = parse_reply(&wire).unwrap();
+            prop_assert_eq!(used, len);
+            prop_assert_eq!(parsed.code(), code);
+            prop_assert_eq!(parsed.to_bytes(), reply.to_bytes());
+        });
+    }
+
+    #[test]
     fn reads_ehlo_extensions() {
         let (reply, _) = parse_ok(
             b"250-mx.test\r\n250-pipelining\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n\

@@ -4,7 +4,8 @@
 //! A [`Connection`] connects, reads the banner, says EHLO (HELO when EHLO is
 //! refused with 5xx) and then runs transactions: MAIL, RCPT per recipient,
 //! DATA, the message, the final reply. With PIPELINING the MAIL, RCPT and DATA
-//! commands go out in one write (RFC 2920); without it, in lockstep.
+//! commands go out in one write (RFC 2920); without it, or with more than
+//! [`PIPELINE_MAX_RCPTS`] recipients, in lockstep.
 //!
 //! Design decisions:
 //! - Every failure is a [`RelayError`] whose reply names the stage and the
@@ -26,7 +27,22 @@
 //! - A connection that saw a 421, an I/O error, a timeout or a malformed reply
 //!   is marked broken and never reused.
 //! - One timeout (`command_timeout`) bounds each read of a reply and each
-//!   write, including the write of the message.
+//!   write, including the write of the message. QUIT waits at most
+//!   [`QUIT_TIMEOUT`] for its reply: the mail is already delivered then.
+//! - `BODY=8BITMIME` is declared when the envelope is 8-bit (or binary,
+//!   which the DATA encoder has made line-based) and the server offers it.
+//!   When it does not, the message is sent anyway, undeclared, as Postfix
+//!   does by default: bouncing or downgrading it would be worse for nearly
+//!   every real server.
+//! - `SMTPUTF8` is declared when the envelope asks for it and the server
+//!   offers it. If the server does not and an address is not ASCII, the
+//!   attempt fails with a permanent `553 5.6.7` (RFC 6531 3.2); with ASCII
+//!   addresses the message is sent without it.
+//! - Addresses holding control characters are never written (they would
+//!   inject commands): a bad sender fails the attempt with `501 5.1.7`, a
+//!   bad recipient gets `501 5.1.3` and the others are still delivered.
+//! - A message larger than the server's advertised SIZE fails permanently
+//!   with `552 5.3.4` before MAIL FROM is sent.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +59,15 @@ use crate::smtp::client::{
     Extensions, MailFromParams, ReplyError, encode_data, mail_from, parse_reply, rcpt_to,
 };
 
+/// The most RCPT commands sent in one pipelined write. The replies to a
+/// larger batch could fill the socket buffers in both directions while the
+/// client is still writing (RFC 2920 3.1 warns of that deadlock); larger
+/// envelopes go in lockstep.
+pub(crate) const PIPELINE_MAX_RCPTS: usize = 100;
+
+/// The longest wait for the reply to QUIT.
+pub(crate) const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where in the session a reply was expected or a write happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stage {
@@ -52,6 +77,7 @@ pub(crate) enum Stage {
     Mail,
     Rcpt,
     Data,
+    Message,
     EndOfData,
     Rset,
     Quit,
@@ -66,6 +92,7 @@ impl Stage {
             Stage::Mail => "MAIL FROM",
             Stage::Rcpt => "RCPT TO",
             Stage::Data => "DATA",
+            Stage::Message => "message data",
             Stage::EndOfData => "end of data",
             Stage::Rset => "RSET",
             Stage::Quit => "QUIT",
@@ -227,9 +254,30 @@ impl Connection {
     }
 
     /// Whether the session may carry another transaction.
-    #[allow(dead_code, reason = "read by the connection pool")]
     pub(crate) fn is_reusable(&self) -> bool {
         !self.broken
+    }
+
+    /// Whether an idle session is still quiet: nothing buffered, nothing
+    /// arrived, not closed. A server that timed the session out has usually
+    /// sent an unsolicited `421` and closed; such a session is never reused.
+    pub(crate) fn is_quiet(&mut self) -> bool {
+        if self.broken || !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 512];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            Ok(n) => {
+                self.buf.extend_from_slice(&probe[..n]);
+                self.broken = true;
+                false
+            }
+            Err(_) => {
+                self.broken = true;
+                false
+            }
+        }
     }
 
     /// `host:port` of the server, as used in error texts.
@@ -385,7 +433,7 @@ impl Connection {
         let mut data = Vec::new();
         encode_data(&envelope.message, &mut data);
 
-        let pipelined = self.extensions.pipelining;
+        let pipelined = self.extensions.pipelining && rcpts.len() <= PIPELINE_MAX_RCPTS;
         if pipelined {
             let mut batch = mail;
             for (_, cmd) in &rcpts {
@@ -484,7 +532,7 @@ impl Connection {
         if reply.code() != 354 {
             return Err(self.remote_error(&reply, Stage::Data));
         }
-        self.write(data, Stage::EndOfData).await?;
+        self.write(data, Stage::Message).await?;
         let reply = self.read_reply(Stage::EndOfData).await?;
         if reply.is_positive() {
             Ok(reply)
@@ -510,6 +558,7 @@ impl Connection {
     /// QUIT and close. The reply is read (briefly) but does not matter: the
     /// transactions are over.
     pub(crate) async fn quit(mut self) {
+        self.command_timeout = self.command_timeout.min(QUIT_TIMEOUT);
         if !self.broken && self.write(b"QUIT\r\n", Stage::Quit).await.is_ok() {
             let _ = self.read_reply(Stage::Quit).await;
         }

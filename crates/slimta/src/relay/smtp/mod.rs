@@ -15,6 +15,7 @@
 mod connection;
 #[cfg(feature = "mx")]
 mod mx;
+mod pool;
 mod static_relay;
 
 #[cfg(feature = "mx")]

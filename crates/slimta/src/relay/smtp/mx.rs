@@ -16,6 +16,8 @@
 //!   of RFC 5321 5.1). A null MX (RFC 7505) is a permanent
 //!   `556 5.1.10`; a domain that does not exist (NXDOMAIN) a permanent
 //!   `550 5.1.2`; any other DNS failure is transient.
+//! - An address literal (`user@[192.0.2.1]`, `user@[IPv6:2001:db8::1]`) is
+//!   delivered to that address, without DNS (RFC 5321 4.1.3).
 //! - `force_mx` routes a domain to a fixed host without any MX lookup (the
 //!   host's addresses are still resolved through the relay's resolver).
 //! - One [`StaticSmtpRelay`] per exchanger host is kept in a map, so settings
@@ -28,13 +30,17 @@
 //!   failed as a whole, the whole error is returned, as the static relay
 //!   does; otherwise the result is per recipient and the [`Delivery`]'s reply
 //!   is the first group's final reply.
-//! - Equal-preference exchangers keep the DNS order (no randomisation yet).
+//! - Exchangers of equal preference are ordered by name and then rotated by
+//!   the attempt number, so a retry starts at a different one (RFC 5321 5.1
+//!   asks for load spreading among them; rotation spreads retries
+//!   deterministically, which tests can check, where randomisation could not
+//!   be checked).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::dns::{MxAnswer, Resolver};
+use crate::dns::{MxAnswer, MxHost, Resolver};
 use crate::envelope::{Envelope, domain_of};
 use crate::relay::{Delivery, Relay, RelayError};
 use crate::reply::Reply;
@@ -95,6 +101,26 @@ impl MxSmtpRelay {
         self
     }
 
+    /// The local address to connect from (default: chosen by the system).
+    pub fn source_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.template = self.template.source_address(ip);
+        self
+    }
+
+    /// The most sessions open to one exchanger at once (default 20); see
+    /// [`StaticSmtpRelay::pool_size`].
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.template = self.template.pool_size(size);
+        self
+    }
+
+    /// How long a session to an exchanger may wait idle for the next message
+    /// (default zero: no reuse); see [`StaticSmtpRelay::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.template = self.template.idle_timeout(timeout);
+        self
+    }
+
     fn relay_for(&self, host: &str) -> Arc<StaticSmtpRelay> {
         let mut relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
         relays
@@ -104,12 +130,23 @@ impl MxSmtpRelay {
     }
 
     /// The exchangers of `domain`, most preferred first.
-    async fn destinations(&self, domain: &str) -> Result<Vec<String>, RelayError> {
+    async fn destinations(&self, domain: &str, attempt: u32) -> Result<Vec<String>, RelayError> {
         if let Some(host) = self.forced.get(domain) {
             return Ok(vec![host.clone()]);
         }
+        if let Some(literal) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+            let ip = literal.strip_prefix("ipv6:").unwrap_or(literal);
+            return match ip.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(vec![ip.to_string()]),
+                Err(_) => Err(RelayError::permanent(Reply::new(
+                    553,
+                    "5.1.2",
+                    format!("Invalid address literal {domain}"),
+                ))),
+            };
+        }
         match self.resolver.mx(domain).await {
-            Ok(MxAnswer::Hosts(hosts)) => Ok(hosts.into_iter().map(|h| h.host).collect()),
+            Ok(MxAnswer::Hosts(hosts)) => Ok(rotate_equal_preferences(hosts, attempt)),
             Ok(MxAnswer::NoMx) => Ok(vec![domain.to_string()]),
             Ok(MxAnswer::NullMx) => Err(RelayError::permanent(Reply::new(
                 556,
@@ -134,8 +171,9 @@ impl MxSmtpRelay {
         &self,
         envelope: &Envelope,
         domain: &str,
+        attempt: u32,
     ) -> Result<Delivery, RelayError> {
-        let hosts = self.destinations(domain).await?;
+        let hosts = self.destinations(domain, attempt).await?;
         let mut last = None;
         for host in hosts {
             match self.relay_for(&host).deliver(envelope).await {
@@ -157,8 +195,21 @@ impl MxSmtpRelay {
     }
 }
 
+/// Host names in preference order; within one preference sorted by name and
+/// rotated left by `attempt - 1`.
+fn rotate_equal_preferences(mut hosts: Vec<MxHost>, attempt: u32) -> Vec<String> {
+    hosts.sort_by(|a, b| (a.preference, &a.host).cmp(&(b.preference, &b.host)));
+    let shift = usize::try_from(attempt.saturating_sub(1)).unwrap_or(0);
+    let mut out = Vec::with_capacity(hosts.len());
+    for run in hosts.chunk_by(|a, b| a.preference == b.preference) {
+        let k = shift % run.len();
+        out.extend(run[k..].iter().chain(&run[..k]).map(|h| h.host.clone()));
+    }
+    out
+}
+
 impl Relay for MxSmtpRelay {
-    async fn attempt(&self, envelope: &Envelope, _attempt: u32) -> Result<Delivery, RelayError> {
+    async fn attempt(&self, envelope: &Envelope, attempt: u32) -> Result<Delivery, RelayError> {
         // Group recipient indices by lower-cased domain, in first-seen order.
         let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
         let mut results: Vec<Option<Result<Reply, RelayError>>> =
@@ -169,10 +220,7 @@ impl Relay for MxSmtpRelay {
                 results[i] = Some(Err(RelayError::permanent(reply)));
                 continue;
             };
-            let domain = domain
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase();
+            let domain = domain.to_ascii_lowercase();
             match groups.iter_mut().find(|(d, _)| *d == domain) {
                 Some((_, indices)) => indices.push(i),
                 None => groups.push((domain, vec![i])),
@@ -186,7 +234,7 @@ impl Relay for MxSmtpRelay {
                 .map(|&i| envelope.recipients[i].clone())
                 .collect();
             let part = envelope.with_recipients(recipients);
-            match self.deliver_domain(&part, domain).await {
+            match self.deliver_domain(&part, domain, attempt).await {
                 Ok(delivery) => {
                     reply.get_or_insert_with(|| delivery.reply().clone());
                     for (k, &i) in indices.iter().enumerate() {
@@ -211,5 +259,31 @@ impl Relay for MxSmtpRelay {
             _ => Reply::new(554, "5.5.1", "No valid recipients"),
         });
         Ok(Delivery::per_recipient(reply, results))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_preferences_rotate_with_the_attempt() {
+        let mx = |preference, host: &str| MxHost {
+            preference,
+            host: host.into(),
+        };
+        let hosts = vec![
+            mx(20, "z"),
+            mx(10, "b"),
+            mx(10, "a"),
+            mx(10, "c"),
+            mx(30, "y"),
+        ];
+        let order = |attempt| rotate_equal_preferences(hosts.clone(), attempt);
+        assert_eq!(order(1), ["a", "b", "c", "z", "y"]);
+        assert_eq!(order(2), ["b", "c", "a", "z", "y"]);
+        assert_eq!(order(3), ["c", "a", "b", "z", "y"]);
+        assert_eq!(order(4), order(1));
+        assert_eq!(order(0), order(1));
     }
 }

@@ -15,9 +15,13 @@
 //!   tried in turn until one accepts the connection.
 //! - Defaults follow RFC 5321 4.5.3.2 loosely: 30 s to connect, 5 minutes per
 //!   reply; the EHLO name is the machine's host name.
-//! - One connection per attempt, closed with QUIT afterwards.
+//! - Sessions come from a pool (`pool.rs`): at most `pool_size` at once
+//!   (default 20); with an `idle_timeout` (default zero: QUIT after every
+//!   delivery) a session waits that long for the next message and is
+//!   reused after a successful RSET. Clones of a relay share its pool.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::envelope::Envelope;
@@ -25,6 +29,7 @@ use crate::relay::{Delivery, Relay, RelayError};
 use crate::reply::Reply;
 
 use super::connection::{ConnectOptions, Connection, SessionError};
+use super::pool::Pool;
 
 /// Delivers every envelope to one SMTP server.
 #[derive(Clone, Debug)]
@@ -34,7 +39,12 @@ pub struct StaticSmtpRelay {
     options: ConnectOptions,
     #[cfg(feature = "mx")]
     resolver: Option<crate::dns::Resolver>,
+    pool_size: usize,
+    idle_timeout: Duration,
+    pool: Arc<Pool>,
 }
+
+const DEFAULT_POOL_SIZE: usize = 20;
 
 impl StaticSmtpRelay {
     /// A relay to `host` (an IP address or a name) on `port`.
@@ -55,7 +65,27 @@ impl StaticSmtpRelay {
             },
             #[cfg(feature = "mx")]
             resolver: None,
+            pool_size: DEFAULT_POOL_SIZE,
+            idle_timeout: Duration::ZERO,
+            pool: Arc::new(Pool::new(DEFAULT_POOL_SIZE, Duration::ZERO)),
         }
+    }
+
+    /// The most sessions open to the host at once, busy and idle together
+    /// (default 20, Postfix's `default_destination_concurrency_limit`).
+    /// Deliveries beyond it wait for a session. Values below 1 count as 1.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self.pool = Arc::new(Pool::new(size, self.idle_timeout));
+        self
+    }
+
+    /// How long a session may wait idle for the next message before it is
+    /// closed (default zero: QUIT right after each delivery).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self.pool = Arc::new(Pool::new(self.pool_size, timeout));
+        self
     }
 
     /// The name to send with EHLO/HELO (default: this machine's host name).
@@ -98,6 +128,7 @@ impl StaticSmtpRelay {
         Self {
             host: host.to_string(),
             port,
+            pool: Arc::new(Pool::new(self.pool_size, self.idle_timeout)),
             ..self.clone()
         }
     }
@@ -141,14 +172,21 @@ impl StaticSmtpRelay {
     /// One attempt, telling the caller whether it failed before the
     /// transaction started (the MX relay then tries the next host).
     pub(crate) async fn deliver(&self, envelope: &Envelope) -> Result<Delivery, SessionError> {
-        let addrs = self.resolve().await.map_err(|error| SessionError {
-            error,
-            before_transaction: true,
-        })?;
-        let mut conn = Connection::open(&self.host, &addrs, &self.options).await?;
-        tracing::debug!(peer = conn.peer(), extensions = ?conn.extensions(), "SMTP session open");
+        let _permit = self.pool.permit().await;
+        let mut conn = match self.pool.take_idle().await {
+            Some(conn) => conn,
+            None => {
+                let addrs = self.resolve().await.map_err(|error| SessionError {
+                    error,
+                    before_transaction: true,
+                })?;
+                let conn = Connection::open(&self.host, &addrs, &self.options).await?;
+                tracing::debug!(peer = conn.peer(), extensions = ?conn.extensions(), "SMTP session open");
+                conn
+            }
+        };
         let result = conn.deliver(envelope).await;
-        conn.quit().await;
+        self.pool.release(conn).await;
         result
     }
 }
