@@ -30,6 +30,9 @@
 //! - The configuration setters may be called at any time (they take effect
 //!   on the next handoff or attempt), except `max_concurrency`, which is
 //!   read by [`Queue::start`].
+//! - Bounces ([`crate::bounce`]) are queued like any message but skip the
+//!   queue policies (they are the MTA's own mail, and a policy that refuses
+//!   them would lose the report).
 
 mod attempt;
 pub mod backoff;
@@ -66,6 +69,7 @@ struct Config {
     max_concurrency: usize,
     policies: Arc<Vec<Arc<dyn DynQueuePolicy>>>,
     relay_policies: Arc<Vec<Arc<dyn DynRelayPolicy>>>,
+    hostname: Arc<str>,
 }
 
 struct Inner<S, R> {
@@ -107,6 +111,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                     max_concurrency: DEFAULT_MAX_CONCURRENCY,
                     policies: Arc::default(),
                     relay_policies: Arc::default(),
+                    hostname: gethostname::gethostname().to_string_lossy().into(),
                 }),
                 started: OnceLock::new(),
                 scheduler: Mutex::new(None),
@@ -142,6 +147,15 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     #[must_use]
     pub fn max_concurrency(self, limit: usize) -> Self {
         self.configure(|c| c.max_concurrency = limit.max(1));
+        self
+    }
+
+    /// The host name bounces give as their `Reporting-MTA` and sender
+    /// domain. Default: the system's host name.
+    #[must_use]
+    pub fn with_hostname(self, hostname: impl Into<String>) -> Self {
+        let hostname: String = hostname.into();
+        self.configure(|c| c.hostname = hostname.into());
         self
     }
 
