@@ -566,3 +566,22 @@ async fn a_storage_failure_is_a_452_and_nothing_is_attempted() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(relay.calls().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn backends_and_relays_chosen_at_run_time_work_too() {
+    use slimta::DynRelay;
+    use slimta::queue::DynStorage;
+
+    fn assert_shareable<T: Handoff + Clone + Send + Sync + 'static>(_: &T) {}
+
+    let relay = ScriptedRelay::new(|_, _| ok());
+    let storage: Box<dyn DynStorage> = Box::new(MemoryStorage::new());
+    let boxed_relay: Box<dyn DynRelay> = Box::new(relay.clone());
+    let queue = Queue::new(storage, boxed_relay);
+    assert_shareable(&queue);
+    queue.start().await.unwrap();
+    queued_id(&queue, envelope(&["a@x.test"])).await;
+    relay.wait_calls(1).await;
+    settle().await;
+    assert!(queue.storage().load().await.unwrap().is_empty());
+}
