@@ -128,7 +128,12 @@ impl DiskStorage {
             fs::create_dir_all(dir)?;
         }
         let fsyncs = Arc::new(AtomicU64::new(0));
+        // The subdirectories, and the spool's own entry if it was just
+        // created, must survive a crash before the first message does.
         sync_dir(&root, &fsyncs)?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent, &fsyncs)?;
+        }
 
         let lock = OpenOptions::new()
             .create(true)
