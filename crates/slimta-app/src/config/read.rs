@@ -254,10 +254,8 @@ fn read_edge(
         .table(errors, "auth")
         .and_then(|t| read_edge_auth(t, errors));
     let reverse_dns = s.or(errors, "reverse_dns", true, boolean);
-    if kind == Some("smtp") || kind == Some("http") {
-        if !listen_unix.is_empty() {
-            errors.push(s.key_path("listen"), "unix sockets are for lmtp edges only");
-        }
+    if matches!(kind, Some("smtp" | "http")) && !listen_unix.is_empty() {
+        errors.push(s.key_path("listen"), "unix sockets are for lmtp edges only");
     }
     s.finish(errors, &[], None);
     Some(EdgeConfig {
@@ -625,13 +623,11 @@ enum ListenEntry {
 
 /// `"IP:PORT"`, `"[IPv6]:PORT"` or `"unix:/path"`.
 fn listen_entry(value: &Value) -> Result<ListenEntry, String> {
-    if let Value::String(text) = value {
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("empty unix socket path".into());
-            }
-            return Ok(ListenEntry::Unix(PathBuf::from(path)));
+    if let Some(path) = value.as_str().and_then(|t| t.strip_prefix("unix:")) {
+        if path.is_empty() {
+            return Err("empty unix socket path".into());
         }
+        return Ok(ListenEntry::Unix(PathBuf::from(path)));
     }
     socket_addr(value).map(ListenEntry::Tcp)
 }
