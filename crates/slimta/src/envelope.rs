@@ -199,7 +199,11 @@ mod tests {
 
     #[test]
     fn header_len_finds_the_blank_line() {
-        let mut e = Envelope::new("a@x", vec!["b@y".into()], b"A: 1\r\nB: 2\r\n\r\nbody\r\n".to_vec());
+        let mut e = Envelope::new(
+            "a@x",
+            vec!["b@y".into()],
+            b"A: 1\r\nB: 2\r\n\r\nbody\r\n".to_vec(),
+        );
         assert_eq!(e.header_len(), 14);
         e.message = b"\r\nbody".to_vec();
         assert_eq!(e.header_len(), 2);
@@ -219,7 +223,13 @@ mod tests {
         assert_eq!(domain_of("a@b.test"), Some("b.test"));
         assert_eq!(domain_of("\"a@b\"@c.test"), Some("c.test"));
         assert_eq!(domain_of("postmaster"), None);
-        for p in [Protocol::Smtp, Protocol::Esmtpsa, Protocol::Lmtp, Protocol::Http, Protocol::Local] {
+        for p in [
+            Protocol::Smtp,
+            Protocol::Esmtpsa,
+            Protocol::Lmtp,
+            Protocol::Http,
+            Protocol::Local,
+        ] {
             assert_eq!(Protocol::parse(p.as_str()), Some(p));
         }
     }

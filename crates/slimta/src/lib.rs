@@ -12,6 +12,9 @@
 #![warn(missing_docs)]
 
 pub mod bounce;
+pub mod date;
+#[cfg(feature = "mx")]
+pub mod dns;
 pub mod edge;
 pub mod envelope;
 pub mod handoff;

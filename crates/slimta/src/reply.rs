@@ -183,7 +183,11 @@ impl Reply {
     pub fn render_into(&self, out: &mut Vec<u8>) {
         use std::io::Write;
         let enhanced = self.enhanced();
-        let mut lines = self.text.split('\n').map(|l| l.trim_end_matches('\r')).peekable();
+        let mut lines = self
+            .text
+            .split('\n')
+            .map(|l| l.trim_end_matches('\r'))
+            .peekable();
         loop {
             let line = lines.next().unwrap_or("");
             let last = lines.peek().is_none();
@@ -235,7 +239,10 @@ mod tests {
     fn renders_single_and_multi_line() {
         let cases: &[(Reply, &str)] = &[
             (Reply::new(250, "2.1.0", "Ok"), "250 2.1.0 Ok\r\n"),
-            (Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"), "354 End data with <CR><LF>.<CR><LF>\r\n"),
+            (
+                Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"),
+                "354 End data with <CR><LF>.<CR><LF>\r\n",
+            ),
             (
                 Reply::new(250, "", "mx.example.test\nPIPELINING\nSIZE 100"),
                 "250-mx.example.test\r\n250-PIPELINING\r\n250 SIZE 100\r\n",
@@ -245,10 +252,17 @@ mod tests {
                 "214-2.0.0 a\r\n214 2.0.0 b\r\n",
             ),
             (Reply::new(250, "2.0.0", ""), "250 2.0.0\r\n"),
-            (Reply::new(550, "5.7.1", "evil\rtext"), "550 5.7.1 evil text\r\n"),
+            (
+                Reply::new(550, "5.7.1", "evil\rtext"),
+                "550 5.7.1 evil text\r\n",
+            ),
         ];
         for (reply, wire) in cases {
-            assert_eq!(String::from_utf8(reply.to_bytes()).unwrap(), *wire, "{reply:?}");
+            assert_eq!(
+                String::from_utf8(reply.to_bytes()).unwrap(),
+                *wire,
+                "{reply:?}"
+            );
         }
     }
 
@@ -265,7 +279,9 @@ mod tests {
     fn parses_enhanced_codes_strictly() {
         assert_eq!("4.4.2".parse(), Ok(EnhancedCode::new(4, 4, 2)));
         assert_eq!("5.1.10".parse(), Ok(EnhancedCode::new(5, 1, 10)));
-        for bad in ["", "2", "2.1", "3.0.0", "2.1.0.0", "2.1000.0", "a.b.c", "2..0"] {
+        for bad in [
+            "", "2", "2.1", "3.0.0", "2.1.0.0", "2.1000.0", "a.b.c", "2..0",
+        ] {
             assert!(bad.parse::<EnhancedCode>().is_err(), "{bad}");
         }
     }

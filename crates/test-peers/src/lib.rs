@@ -86,7 +86,10 @@ impl Peer {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return peer;
             }
-            assert!(Instant::now() < deadline, "{what} did not listen on {addr} within 10s");
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not listen on {addr} within 10s"
+            );
             sleep(Duration::from_millis(20));
         }
     }
@@ -161,9 +164,14 @@ impl SmtpSink {
         let mut command = Command::new(program);
         command.args(["-u", "nobody"]).args(extra);
         let dump = dump.then(|| {
-            let dir = tempfile::Builder::new().prefix("sink").tempdir().expect("tempdir");
+            let dir = tempfile::Builder::new()
+                .prefix("sink")
+                .tempdir()
+                .expect("tempdir");
             set_mode(dir.path(), 0o777);
-            command.arg("-d").arg(format!("{}/%M.", dir.path().display()));
+            command
+                .arg("-d")
+                .arg(format!("{}/%M.", dir.path().display()));
             dir
         });
         command.arg(addr.to_string()).arg("1000");
@@ -237,8 +245,7 @@ pub fn parse_dump(bytes: &[u8]) -> DumpedMessage {
     let mut rest = bytes;
     // X-Client-Addr, X-Client-Proto, X-Helo-Args, X-Mail-Args, X-Rcpt-Args*,
     // then smtp-sink's own three-line Received header.
-    loop {
-        let Some(nl) = rest.iter().position(|&b| b == b'\n') else { break };
+    while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
         let line = String::from_utf8_lossy(&rest[..nl]).into_owned();
         if let Some(v) = line.strip_prefix("X-Mail-Args: ") {
             mail_args = v.to_string();
@@ -304,7 +311,8 @@ mod tests {
         use std::io::{Read, Write};
         let sink = SmtpSink::start(&[], true);
         let mut s = TcpStream::connect(sink.addr()).unwrap();
-        s.write_all(b"HELO t\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n").unwrap();
+        s.write_all(b"HELO t\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+            .unwrap();
         let mut buf = [0u8; 4096];
         let mut seen = Vec::new();
         while !String::from_utf8_lossy(&seen).contains("354") {
@@ -318,5 +326,80 @@ mod tests {
         let got = sink.wait_for_messages(1, Duration::from_secs(5));
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].content, b"Subject: t\n\nhi\n");
+    }
+}
+
+/// dnsmasq answering fixed records on a free port of 127.0.0.1 (UDP and TCP),
+/// authoritative for `.test` (unknown `.test` names are NXDOMAIN) and with no
+/// upstream: nothing it is asked reaches another resolver.
+#[derive(Debug)]
+pub struct Dnsmasq {
+    /// The running process.
+    pub peer: Peer,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq with record flags such as
+    /// `"--mx-host=example.test,mx1.example.test,10"` or
+    /// `"--host-record=mx1.example.test,127.0.0.2"` (see peers.md).
+    pub fn start(records: &[&str]) -> Self {
+        let program = require("dnsmasq", "dnsmasq");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("bad address");
+        let mut command = Command::new(program);
+        command
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+            ])
+            .args([
+                "--listen-address=127.0.0.1",
+                "--local=/test/",
+                "--local-ttl=300",
+            ])
+            .arg(format!("--port={port}"))
+            .arg("--conf-file=/dev/null")
+            .arg("--user=root")
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Self {
+            peer: Peer::spawn(command, addr, "dnsmasq"),
+        }
+    }
+
+    /// Where it answers (UDP and TCP).
+    pub fn addr(&self) -> SocketAddr {
+        self.peer.addr
+    }
+}
+
+impl SmtpSink {
+    /// Like [`SmtpSink::start`] on a given address, for tests that need
+    /// several sinks on one port (127.0.0.2:P and 127.0.0.3:P, as MX hosts
+    /// that share the relay's port).
+    pub fn start_at(addr: SocketAddr, extra: &[&str], dump: bool) -> Self {
+        let program = require("smtp-sink", "postfix");
+        let mut command = Command::new(program);
+        command.args(["-u", "nobody"]).args(extra);
+        let dump = dump.then(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("sink")
+                .tempdir()
+                .expect("tempdir");
+            set_mode(dir.path(), 0o777);
+            command
+                .arg("-d")
+                .arg(format!("{}/%M.", dir.path().display()));
+            dir
+        });
+        command.arg(addr.to_string()).arg("1000");
+        Self {
+            peer: Peer::spawn(command, addr, "smtp-sink"),
+            dump,
+        }
     }
 }

@@ -1,1 +1,15 @@
-//! Edges: where mail enters (filled in by the edge work).
+//! Edges: where mail enters.
+//!
+//! An edge owns listeners and sessions and turns each finished transaction
+//! into an [`Envelope`](crate::Envelope) for a [`Handoff`](crate::Handoff).
+//! Its answer to the client says only whether the queue took responsibility,
+//! never whether delivery succeeded.
+
+pub mod accept_domains;
+pub mod listener;
+pub mod smtp;
+pub mod validators;
+
+pub use accept_domains::AcceptDomains;
+pub use smtp::SmtpEdge;
+pub use validators::{AcceptAll, SessionInfo, Validators};

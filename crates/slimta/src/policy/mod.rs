@@ -25,6 +25,8 @@
 //!   Reply>` and `Fn(&mut Envelope) -> Result<(), RelayError>`), for the many
 //!   policies that need no I/O.
 
+pub mod headers;
+
 use std::future::Future;
 use std::pin::Pin;
 

@@ -27,6 +27,10 @@ impl Relay for BlackholeRelay {
         _envelope: &Envelope,
         _attempt: u32,
     ) -> impl Future<Output = Result<Delivery, RelayError>> + Send {
-        std::future::ready(Ok(Delivery::all(Reply::new(250, "2.0.0", "Message discarded"))))
+        std::future::ready(Ok(Delivery::all(Reply::new(
+            250,
+            "2.0.0",
+            "Message discarded",
+        ))))
     }
 }

@@ -181,22 +181,14 @@ impl<R: Relay> DynRelay for R {
 }
 
 impl Relay for Box<dyn DynRelay> {
-    fn attempt(
-        &self,
-        envelope: &Envelope,
-        attempt: u32,
-    ) -> impl Future<Output = Result<Delivery, RelayError>> + Send {
-        async move { (**self).attempt_boxed(envelope, attempt).await }
+    async fn attempt(&self, envelope: &Envelope, attempt: u32) -> Result<Delivery, RelayError> {
+        (**self).attempt_boxed(envelope, attempt).await
     }
 }
 
 impl Relay for Arc<dyn DynRelay> {
-    fn attempt(
-        &self,
-        envelope: &Envelope,
-        attempt: u32,
-    ) -> impl Future<Output = Result<Delivery, RelayError>> + Send {
-        async move { (**self).attempt_boxed(envelope, attempt).await }
+    async fn attempt(&self, envelope: &Envelope, attempt: u32) -> Result<Delivery, RelayError> {
+        (**self).attempt_boxed(envelope, attempt).await
     }
 }
 
@@ -213,7 +205,10 @@ mod tests {
 
     #[test]
     fn missing_per_recipient_result_is_transient() {
-        let d = Delivery::per_recipient(Reply::new(250, "2.0.0", "ok"), vec![Ok(Reply::new(250, "", "a"))]);
+        let d = Delivery::per_recipient(
+            Reply::new(250, "2.0.0", "ok"),
+            vec![Ok(Reply::new(250, "", "a"))],
+        );
         assert!(d.result_for(0).is_ok());
         assert!(d.result_for(1).unwrap_err().is_transient());
     }

@@ -6,6 +6,12 @@
 //! writing. That keeps the protocol testable byte for byte and lets the SMTP
 //! edge, the LMTP edge and the tests share one implementation.
 
+pub mod address;
+pub mod client;
+pub mod command;
+pub mod data;
 pub mod server;
 
-pub use server::{Event, EventKind, MailParams, RcptParams, Server, ServerConfig, Step, Transaction};
+pub use server::{
+    Event, EventKind, MailParams, RcptParams, Server, ServerConfig, Step, Transaction,
+};

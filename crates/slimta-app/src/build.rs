@@ -1,0 +1,280 @@
+//! Turns a checked [`Config`] into running edges, queues and relays.
+//!
+//! This is the only place that knows both the config schema and the
+//! library; everything here is wiring. Backends are picked at run time, so
+//! relays are `Arc<dyn DynRelay>`; queues are an enum over the two storage
+//! types ([`AppQueue`]) so that each keeps its concrete, unboxed storage and
+//! the memory queue can be drained at shutdown.
+//!
+//! Shutdown order: edges stop accepting and drain their sessions (each edge
+//! waits at most its drain timeout); then each queue's scheduler stops. A
+//! memory queue first gets up to [`MEMORY_DRAIN`] to deliver what it holds,
+//! because whatever is still in memory at exit is lost (a memory queue is
+//! not durable by definition; use `type = "disk"` for that). A disk queue
+//! stops at once: its messages are on disk and resume at the next start.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slimta::edge::{AcceptDomains, SmtpEdge, listener};
+use slimta::policy::headers::{AddDateHeader, AddMessageIdHeader, AddReceivedHeader};
+use slimta::queue::Queue;
+use slimta::queue::backoff::ExponentialBackoff;
+use slimta::queue::disk::DiskStorage;
+use slimta::queue::memory::MemoryStorage;
+use slimta::relay::BlackholeRelay;
+use slimta::relay::smtp::{MxSmtpRelay, StaticSmtpRelay};
+use slimta::smtp::ServerConfig;
+use slimta::{DynRelay, Envelope, Handoff, HandoffResult};
+use tokio::sync::watch;
+
+use crate::config::{
+    Config, EdgeConfig, PolicyName, QueueConfig, RelayConfig, SmtpClientConfig, StorageConfig,
+};
+
+/// How long a memory queue may keep delivering after the edges stopped.
+const MEMORY_DRAIN: Duration = Duration::from_secs(10);
+
+type AppRelay = Arc<dyn DynRelay>;
+
+/// A queue of either storage type.
+#[derive(Clone)]
+pub enum AppQueue {
+    /// `type = "memory"`.
+    Memory(Queue<MemoryStorage, AppRelay>),
+    /// `type = "disk"`.
+    Disk(Queue<DiskStorage, AppRelay>),
+}
+
+impl Handoff for AppQueue {
+    async fn handoff(&self, envelope: Envelope) -> Vec<HandoffResult> {
+        match self {
+            AppQueue::Memory(q) => q.handoff(envelope).await,
+            AppQueue::Disk(q) => q.handoff(envelope).await,
+        }
+    }
+}
+
+impl AppQueue {
+    async fn start(&self) -> std::io::Result<()> {
+        match self {
+            AppQueue::Memory(q) => q.start().await,
+            AppQueue::Disk(q) => q.start().await,
+        }
+    }
+
+    /// Lets a memory queue finish what it holds (bounded), then stops.
+    async fn stop(&self, name: &str) {
+        match self {
+            AppQueue::Memory(q) => {
+                let deadline = tokio::time::Instant::now() + MEMORY_DRAIN;
+                while !q.storage().is_empty() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let left = q.storage().len();
+                if left > 0 {
+                    tracing::warn!(
+                        queue = name,
+                        messages = left,
+                        "memory queue stopped with undelivered messages; they are lost"
+                    );
+                }
+                q.stop();
+            }
+            AppQueue::Disk(q) => q.stop(),
+        }
+    }
+}
+
+/// Runs everything `config` describes until `shutdown` becomes `true`.
+///
+/// # Errors
+///
+/// When something cannot be started (a listener cannot bind, a spool
+/// cannot be opened); the message is printed and the process exits 1.
+pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let hostname = &config.process.hostname;
+    let resolver = build_resolver(config)?;
+    let mut relays: BTreeMap<&str, AppRelay> = BTreeMap::new();
+    for (name, relay) in &config.relays {
+        relays.insert(name, build_relay(name, relay, hostname, resolver.as_ref())?);
+    }
+    let mut queues: BTreeMap<&str, AppQueue> = BTreeMap::new();
+    for (name, queue) in &config.queues {
+        let relay = relays
+            .get(queue.relay.as_str())
+            .cloned()
+            .ok_or_else(|| format!("queue.{name}.relay: no relay named {:?}", queue.relay))?;
+        let built = build_queue(name, queue, relay, hostname)?;
+        built
+            .start()
+            .await
+            .map_err(|e| format!("queue.{name}: cannot load stored messages: {e}"))?;
+        queues.insert(name, built);
+    }
+    let mut edges = tokio::task::JoinSet::new();
+    for (name, edge) in &config.edges {
+        let queue = queues
+            .get(edge.queue.as_str())
+            .cloned()
+            .ok_or_else(|| format!("edge.{name}.queue: no queue named {:?}", edge.queue))?;
+        let smtp = build_smtp_edge(edge, queue, hostname);
+        for addr in &edge.listen {
+            let listener = listener::bind(*addr)
+                .await
+                .map_err(|e| format!("edge.{name}.listen: cannot listen on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(edge = %name, address = %local, "listening");
+            let smtp = smtp.clone();
+            let shutdown = shutdown.clone();
+            edges.spawn(async move { smtp.serve(listener, shutdown).await });
+        }
+    }
+    while let Some(done) = edges.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "an edge task failed");
+        }
+    }
+    for (name, queue) in &queues {
+        queue.stop(name).await;
+    }
+    Ok(())
+}
+
+fn build_resolver(config: &Config) -> Result<Option<slimta::dns::Resolver>, String> {
+    if !config
+        .relays
+        .values()
+        .any(|r| matches!(r, RelayConfig::Mx(_) | RelayConfig::Static(_)))
+    {
+        return Ok(None);
+    }
+    let resolver = if config.dns.nameservers.is_empty() {
+        slimta::dns::Resolver::system()
+    } else {
+        slimta::dns::Resolver::new(&config.dns.nameservers)
+    };
+    resolver
+        .map(Some)
+        .map_err(|e| format!("dns: cannot set up the resolver: {}", e.message()))
+}
+
+fn build_relay(
+    name: &str,
+    relay: &RelayConfig,
+    hostname: &str,
+    resolver: Option<&slimta::dns::Resolver>,
+) -> Result<AppRelay, String> {
+    let ehlo = |client: &SmtpClientConfig| {
+        client
+            .ehlo_as
+            .clone()
+            .unwrap_or_else(|| hostname.to_string())
+    };
+    Ok(match relay {
+        RelayConfig::Blackhole => Arc::new(BlackholeRelay::new()),
+        RelayConfig::Static(r) => {
+            let mut relay = StaticSmtpRelay::new(r.host.clone(), r.port)
+                .ehlo_as(ehlo(&r.client))
+                .connect_timeout(r.client.connect_timeout)
+                .command_timeout(r.client.command_timeout)
+                .pool_size(r.client.pool_size)
+                .idle_timeout(r.client.idle_timeout);
+            if let Some(ip) = r.client.source_addresses.first() {
+                relay = relay.source_address(*ip);
+            }
+            if let Some(resolver) = resolver {
+                relay = relay.resolver(resolver.clone());
+            }
+            Arc::new(relay)
+        }
+        RelayConfig::Mx(r) => {
+            let resolver = resolver.ok_or_else(|| format!("relay.{name}: no resolver"))?;
+            let mut relay = MxSmtpRelay::new(resolver.clone())
+                .port(r.port)
+                .ehlo_as(ehlo(&r.client))
+                .connect_timeout(r.client.connect_timeout)
+                .command_timeout(r.client.command_timeout)
+                .pool_size(r.client.pool_size)
+                .idle_timeout(r.client.idle_timeout);
+            if let Some(ip) = r.client.source_addresses.first() {
+                relay = relay.source_address(*ip);
+            }
+            for (domain, host) in &r.force_mx {
+                relay = relay.force_mx(domain.clone(), host.clone());
+            }
+            Arc::new(relay)
+        }
+        other => {
+            return Err(format!(
+                "relay.{name}.type: \"{}\" relays are not supported yet",
+                other.type_name()
+            ));
+        }
+    })
+}
+
+fn build_queue(
+    name: &str,
+    config: &QueueConfig,
+    relay: AppRelay,
+    hostname: &str,
+) -> Result<AppQueue, String> {
+    let backoff = ExponentialBackoff {
+        initial_delay: config.retry.initial_delay,
+        factor: config.retry.factor,
+        max_delay: config.retry.max_delay,
+        max_age: config.retry.max_age,
+        max_attempts: config.retry.maximum,
+    };
+    macro_rules! configure {
+        ($queue:expr) => {{
+            let mut queue = $queue
+                .with_backoff(backoff)
+                .max_concurrency(config.max_concurrency);
+            for policy in &config.policies {
+                queue = match policy {
+                    PolicyName::AddDateHeader => queue.add_policy(AddDateHeader),
+                    PolicyName::AddMessageIdHeader => {
+                        queue.add_policy(AddMessageIdHeader::new(hostname))
+                    }
+                    PolicyName::AddReceivedHeader => {
+                        queue.add_policy(AddReceivedHeader::new(hostname))
+                    }
+                };
+            }
+            queue
+        }};
+    }
+    Ok(match &config.storage {
+        StorageConfig::Memory => {
+            AppQueue::Memory(configure!(Queue::new(MemoryStorage::new(), relay)))
+        }
+        StorageConfig::Disk { path } => {
+            let storage = DiskStorage::open(path).map_err(|e| {
+                format!(
+                    "queue.{name}.path: cannot open the spool {}: {e}",
+                    path.display()
+                )
+            })?;
+            AppQueue::Disk(configure!(Queue::new(storage, relay)))
+        }
+    })
+}
+
+fn build_smtp_edge(
+    edge: &EdgeConfig,
+    queue: AppQueue,
+    hostname: &str,
+) -> SmtpEdge<AppQueue, AcceptDomains> {
+    let mut server = ServerConfig::new(hostname);
+    server.max_size = usize::try_from(edge.max_size).unwrap_or(usize::MAX);
+    server.max_recipients = edge.max_recipients;
+    SmtpEdge::new(hostname, queue)
+        .validators(AcceptDomains::new(&edge.accept_domains))
+        .server_config(server)
+        .command_timeout(edge.command_timeout)
+        .data_timeout(edge.data_timeout)
+        .max_connections(edge.max_connections)
+}

@@ -1,0 +1,603 @@
+//! Walks the parsed TOML table section by section into [`Config`].
+//!
+//! Each `read_*` function reads one kind of section with [`Section`] and
+//! pushes every problem to [`Errors`]; references between sections (an
+//! edge's queue, a queue's relay) are checked against the names present in
+//! the file, even when the named section has errors of its own, so one
+//! mistake is reported once. Checks that span sections (two edges on one
+//! address, two disk queues on one spool) run after the sections are read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::fields::{
+    Errors, Section, boolean, check_domain, choice, count, domain, email_address, expected, float,
+    integer, ip_addr, log_level, nameserver, non_empty_string, port, positive_duration, quoted,
+    socket_addr, string,
+};
+use super::{
+    CommandRelayConfig, Config, ConfigError, Credentials, DnsConfig, EdgeConfig, EdgeKind,
+    HttpRelayConfig, LmtpRelayConfig, LmtpTarget, LogFormat, MxRelayConfig, PipeRelayConfig,
+    PolicyName, ProcessConfig, QueueConfig, RelayConfig, RetryConfig, SmtpClientConfig,
+    StaticRelayConfig, StorageConfig, TlsMode,
+};
+
+pub(super) fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let path = match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        }
+        None => "syntax".to_owned(),
+    };
+    ConfigError::new(path, format!("TOML syntax: {}", error.message().trim_end()))
+}
+
+fn policy(value: &Value) -> Result<PolicyName, String> {
+    let name = string(value)?;
+    PolicyName::ALL
+        .into_iter()
+        .find(|p| p.as_str() == name)
+        .ok_or_else(|| {
+            let names = PolicyName::ALL.map(PolicyName::as_str);
+            format!(
+                "unknown value \"{name}\" (expected one of: {})",
+                quoted(&names)
+            )
+        })
+}
+
+pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
+    let mut section = Section::new(String::new(), root);
+    let process = match section.table(errors, "process") {
+        Some(s) => read_process(s, errors),
+        None => read_process(Section::new("process".into(), &Table::new()), errors),
+    };
+    let dns = match section.table(errors, "dns") {
+        Some(s) => read_dns(s, errors),
+        None => DnsConfig::default(),
+    };
+    let edge_tables = named_tables(&mut section, errors, "edge");
+    let queue_tables = named_tables(&mut section, errors, "queue");
+    let relay_tables = named_tables(&mut section, errors, "relay");
+    section.finish(errors, &[], None);
+
+    if edge_tables.is_empty() {
+        errors.push(
+            "edge",
+            "no edge configured: add an [edge.NAME] section so slimta listens somewhere",
+        );
+    }
+
+    let relays: BTreeMap<String, RelayConfig> = relay_tables
+        .iter()
+        .filter_map(|(name, s)| {
+            read_relay(Section::new(format!("relay.{name}"), s), errors).map(|r| (name.clone(), r))
+        })
+        .collect();
+
+    let mut queues = BTreeMap::new();
+    for (name, table) in &queue_tables {
+        let section = Section::new(format!("queue.{name}"), table);
+        if let Some(queue) = read_queue(section, errors, &relay_tables) {
+            queues.insert(name.clone(), queue);
+        }
+    }
+    check_spool_paths(&queues, errors);
+
+    let mut edges = BTreeMap::new();
+    for (name, table) in &edge_tables {
+        let section = Section::new(format!("edge.{name}"), table);
+        if let Some(edge) = read_edge(section, errors, &queue_tables) {
+            edges.insert(name.clone(), edge);
+        }
+    }
+    check_listen_addresses(&edges, errors);
+
+    Config {
+        process,
+        edges,
+        queues,
+        relays,
+        dns,
+    }
+}
+
+/// `[edge.NAME]`-style sections: a table of tables.
+fn named_tables<'a>(
+    section: &mut Section<'a>,
+    errors: &mut Errors,
+    key: &'static str,
+) -> BTreeMap<String, &'a Table> {
+    let mut out = BTreeMap::new();
+    let Some(value) = section.take(key) else {
+        return out;
+    };
+    let Value::Table(table) = value else {
+        errors.push(key, expected(&format!("[{key}.NAME] sections"), value));
+        return out;
+    };
+    for (name, value) in table {
+        match value {
+            Value::Table(t) => {
+                out.insert(name.clone(), t);
+            }
+            other => errors.push(
+                format!("{key}.{name}"),
+                expected(&format!("a [{key}.{name}] section"), other),
+            ),
+        }
+    }
+    out
+}
+
+fn read_process(mut s: Section<'_>, errors: &mut Errors) -> ProcessConfig {
+    let hostname = s
+        .opt(errors, "hostname", domain)
+        .unwrap_or_else(system_hostname);
+    let log_level = s.or(errors, "log_level", "info".to_owned(), log_level);
+    let log_format = match s.opt(errors, "log_format", choice(&["text", "json"])) {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    let user = s.opt(errors, "user", non_empty_string);
+    let group = s.opt(errors, "group", non_empty_string);
+    let pid_file = s
+        .opt(errors, "pid_file", non_empty_string)
+        .map(PathBuf::from);
+    s.finish(errors, &[], None);
+    ProcessConfig {
+        hostname,
+        log_level,
+        log_format,
+        user,
+        group,
+        pid_file,
+    }
+}
+
+/// The system's host name, or `localhost` when it is not valid UTF-8 or
+/// not a valid name (a banner must never carry garbage).
+fn system_hostname() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .and_then(|name| check_domain(&name).ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn read_dns(mut s: Section<'_>, errors: &mut Errors) -> DnsConfig {
+    let nameservers = s
+        .list(errors, "nameservers", nameserver)
+        .unwrap_or_default();
+    s.finish(errors, &[], None);
+    DnsConfig { nameservers }
+}
+
+fn read_edge(
+    mut s: Section<'_>,
+    errors: &mut Errors,
+    queues: &BTreeMap<String, &Table>,
+) -> Option<EdgeConfig> {
+    let kind = s.required(errors, "type", choice(&["smtp", "lmtp", "http"]));
+    let listen = s.required(errors, "listen", |v| match v {
+        Value::Array(items) if items.is_empty() => Err("must list at least one address".into()),
+        _ => Ok(()),
+    });
+    // `listen` was only checked for emptiness above; read its items now.
+    let addresses = if listen.is_some() {
+        s.list(errors, "listen", socket_addr)
+    } else {
+        None
+    };
+    let queue = s.required(errors, "queue", non_empty_string);
+    // Checked against the names present, even if that section has errors
+    // of its own, so one mistake is not reported twice.
+    if let Some(queue) = queue.as_ref().filter(|q| !queues.contains_key(*q)) {
+        errors.push(s.key_path("queue"), format!("no queue named \"{queue}\""));
+    }
+    let accept_domains = s.list(errors, "accept_domains", domain).unwrap_or_default();
+    let max_size = s.or(errors, "max_size", 10_485_760, integer(1, u64::MAX));
+    let max_recipients = s.or(errors, "max_recipients", 100, count);
+    let max_connections = s.or(errors, "max_connections", 1000, count);
+    let command_timeout = s.or(
+        errors,
+        "command_timeout",
+        Duration::from_secs(300),
+        positive_duration,
+    );
+    let data_timeout = s.or(
+        errors,
+        "data_timeout",
+        Duration::from_secs(600),
+        positive_duration,
+    );
+    s.finish(errors, &[], None);
+    Some(EdgeConfig {
+        kind: match kind? {
+            "lmtp" => EdgeKind::Lmtp,
+            "http" => EdgeKind::Http,
+            _ => EdgeKind::Smtp,
+        },
+        listen: addresses?,
+        queue: queue?,
+        accept_domains,
+        max_size,
+        max_recipients,
+        max_connections,
+        command_timeout,
+        data_timeout,
+    })
+}
+
+/// Two edges on one address would fail at bind time; say so now.
+fn check_listen_addresses(edges: &BTreeMap<String, EdgeConfig>, errors: &mut Errors) {
+    let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    for (name, edge) in edges {
+        for (i, addr) in edge.listen.iter().enumerate() {
+            let here = format!("edge.{name}.listen[{i}]");
+            // Port 0 asks the system for a free port: never a clash.
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some(first) = seen.get(addr) {
+                errors.push(here, format!("{addr} is already used by {first}"));
+            } else {
+                seen.insert(*addr, here);
+            }
+        }
+    }
+}
+
+fn read_queue(
+    mut s: Section<'_>,
+    errors: &mut Errors,
+    relays: &BTreeMap<String, &Table>,
+) -> Option<QueueConfig> {
+    let kind = s.required(errors, "type", choice(&["memory", "disk"]));
+    let storage = match kind {
+        Some("disk") => s
+            .required(errors, "path", non_empty_string)
+            .map(|p| StorageConfig::Disk {
+                path: PathBuf::from(p),
+            }),
+        Some(_) => Some(StorageConfig::Memory),
+        None => None,
+    };
+    let relay = s.required(errors, "relay", non_empty_string);
+    if let Some(relay) = relay.as_ref().filter(|r| !relays.contains_key(*r)) {
+        errors.push(s.key_path("relay"), format!("no relay named \"{relay}\""));
+    }
+    let max_concurrency = s.or(errors, "max_concurrency", 100, count);
+    let bounce_headers_only = s.or(errors, "bounce_headers_only", false, boolean);
+    let postmaster = s.opt(errors, "postmaster", email_address);
+    let policies = s.list(errors, "policies", policy).unwrap_or_default();
+    let mut unique = BTreeSet::new();
+    for (i, p) in policies.iter().enumerate() {
+        if !unique.insert(*p) {
+            errors.push(
+                format!("{}[{i}]", s.key_path("policies")),
+                format!("\"{}\" is listed twice", p.as_str()),
+            );
+        }
+    }
+    let retry = match s.table(errors, "retry") {
+        Some(r) => read_retry(r, errors),
+        None => RetryConfig::default(),
+    };
+    s.finish(errors, &["path"], kind);
+    Some(QueueConfig {
+        storage: storage?,
+        relay: relay?,
+        max_concurrency,
+        bounce_headers_only,
+        postmaster,
+        policies,
+        retry,
+    })
+}
+
+fn read_retry(mut s: Section<'_>, errors: &mut Errors) -> RetryConfig {
+    let d = RetryConfig::default();
+    let initial_delay = s.or(errors, "initial_delay", d.initial_delay, positive_duration);
+    let factor = s.or(errors, "factor", d.factor, |v| {
+        let f = float(v)?;
+        if f.is_finite() && f >= 1.0 {
+            Ok(f)
+        } else {
+            Err(format!("must be a number of at least 1.0, found {f}"))
+        }
+    });
+    let max_delay = s.or(errors, "max_delay", d.max_delay, positive_duration);
+    let max_age = s.or(errors, "max_age", d.max_age, positive_duration);
+    let maximum = s.or(errors, "maximum", 0, |v| {
+        integer(0, u32::MAX.into())(v).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    });
+    if max_delay < initial_delay {
+        errors.push(
+            s.key_path("max_delay"),
+            format!(
+                "shorter than initial_delay ({} < {})",
+                humantime::format_duration(max_delay),
+                humantime::format_duration(initial_delay)
+            ),
+        );
+    }
+    s.finish(errors, &[], None);
+    RetryConfig {
+        initial_delay,
+        factor,
+        max_delay,
+        max_age,
+        maximum,
+    }
+}
+
+/// Two disk queues sharing a spool would load each other's messages.
+fn check_spool_paths(queues: &BTreeMap<String, QueueConfig>, errors: &mut Errors) {
+    let mut seen: BTreeMap<&PathBuf, &str> = BTreeMap::new();
+    for (name, queue) in queues {
+        if let StorageConfig::Disk { path } = &queue.storage {
+            if let Some(first) = seen.get(path) {
+                errors.push(
+                    format!("queue.{name}.path"),
+                    format!("already the spool of queue \"{first}\""),
+                );
+            } else {
+                seen.insert(path, name);
+            }
+        }
+    }
+}
+
+const RELAY_TYPES: [&str; 8] = [
+    "static",
+    "mx",
+    "blackhole",
+    "lmtp",
+    "http",
+    "pipe",
+    "maildrop",
+    "dovecot",
+];
+
+/// Every key any relay type uses, for "unknown key for type" messages.
+const RELAY_KEYS: [&str; 19] = [
+    "host",
+    "port",
+    "force_mx",
+    "path",
+    "url",
+    "timeout",
+    "command",
+    "per_recipient",
+    "args",
+    "ehlo_as",
+    "connect_timeout",
+    "command_timeout",
+    "pool_size",
+    "idle_timeout",
+    "tls",
+    "tls_verify",
+    "credentials",
+    "source_addresses",
+    "type",
+];
+
+fn read_relay(mut s: Section<'_>, errors: &mut Errors) -> Option<RelayConfig> {
+    let kind = s.required(errors, "type", choice(&RELAY_TYPES));
+    let relay = match kind? {
+        "static" => {
+            let host = s.required(errors, "host", non_empty_string);
+            let port = s.or(errors, "port", 25, port);
+            let client = read_smtp_client(&mut s, errors, true);
+            host.map(|host| RelayConfig::Static(StaticRelayConfig { host, port, client }))
+        }
+        "mx" => {
+            let port = s.or(errors, "port", 25, port);
+            let force_mx = s
+                .table(errors, "force_mx")
+                .map(|t| read_force_mx(&t, errors))
+                .unwrap_or_default();
+            let client = read_smtp_client(&mut s, errors, false);
+            Some(RelayConfig::Mx(MxRelayConfig {
+                port,
+                force_mx,
+                client,
+            }))
+        }
+        "lmtp" => {
+            let path = s.opt(errors, "path", non_empty_string);
+            let host = s.opt(errors, "host", non_empty_string);
+            let port = s.or(errors, "port", 24, port);
+            let target = match (path, host) {
+                (Some(path), None) => Some(LmtpTarget::Unix(PathBuf::from(path))),
+                (None, Some(host)) => Some(LmtpTarget::Tcp { host, port }),
+                (Some(_), Some(_)) => {
+                    errors.push(s.key_path("path"), "give either path or host, not both");
+                    None
+                }
+                (None, None) => {
+                    errors.push(
+                        s.key_path("path"),
+                        "missing required key (an LMTP relay needs path or host)",
+                    );
+                    None
+                }
+            };
+            let client = read_smtp_client(&mut s, errors, true);
+            target.map(|target| RelayConfig::Lmtp(LmtpRelayConfig { target, client }))
+        }
+        "http" => {
+            let url = s.required(errors, "url", |v| {
+                let u = string(v)?;
+                if u.starts_with("http://") || u.starts_with("https://") {
+                    Ok(u)
+                } else {
+                    Err(format!(
+                        "invalid URL \"{u}\" (expected http:// or https://)"
+                    ))
+                }
+            });
+            let timeout = s.or(
+                errors,
+                "timeout",
+                Duration::from_secs(60),
+                positive_duration,
+            );
+            let ehlo_as = s.opt(errors, "ehlo_as", domain);
+            url.map(|url| {
+                RelayConfig::Http(HttpRelayConfig {
+                    url,
+                    timeout,
+                    ehlo_as,
+                })
+            })
+        }
+        "pipe" => {
+            let command = s.required(errors, "command", |v| match v {
+                Value::Array(items) if items.is_empty() => {
+                    Err("must name at least the program".to_owned())
+                }
+                _ => Ok(()),
+            });
+            let command = if command.is_some() {
+                s.list(errors, "command", non_empty_string)
+            } else {
+                None
+            };
+            let per_recipient = s.or(errors, "per_recipient", false, boolean);
+            let timeout = s.or(
+                errors,
+                "timeout",
+                Duration::from_secs(60),
+                positive_duration,
+            );
+            command.map(|command| {
+                RelayConfig::Pipe(PipeRelayConfig {
+                    command,
+                    per_recipient,
+                    timeout,
+                })
+            })
+        }
+        kind @ ("maildrop" | "dovecot") => {
+            let default = if kind == "maildrop" {
+                "/usr/bin/maildrop"
+            } else {
+                "/usr/lib/dovecot/dovecot-lda"
+            };
+            let path = s
+                .or(errors, "path", default.to_owned(), non_empty_string)
+                .into();
+            let args = s.list(errors, "args", string).unwrap_or_default();
+            let timeout = s.or(
+                errors,
+                "timeout",
+                Duration::from_secs(60),
+                positive_duration,
+            );
+            let config = CommandRelayConfig {
+                path,
+                args,
+                timeout,
+            };
+            Some(if kind == "maildrop" {
+                RelayConfig::Maildrop(config)
+            } else {
+                RelayConfig::Dovecot(config)
+            })
+        }
+        _ => Some(RelayConfig::Blackhole),
+    };
+    s.finish(errors, &RELAY_KEYS, kind);
+    relay
+}
+
+fn read_smtp_client(s: &mut Section<'_>, errors: &mut Errors, verify: bool) -> SmtpClientConfig {
+    let ehlo_as = s.opt(errors, "ehlo_as", domain);
+    let connect_timeout = s.or(
+        errors,
+        "connect_timeout",
+        Duration::from_secs(30),
+        positive_duration,
+    );
+    let command_timeout = s.or(
+        errors,
+        "command_timeout",
+        Duration::from_secs(300),
+        positive_duration,
+    );
+    let pool_size = s.or(errors, "pool_size", 10, count);
+    let idle_timeout = s.or(
+        errors,
+        "idle_timeout",
+        Duration::from_secs(10),
+        positive_duration,
+    );
+    let tls = match s.opt(
+        errors,
+        "tls",
+        choice(&["off", "opportunistic", "required", "immediate"]),
+    ) {
+        Some("off") => TlsMode::Off,
+        Some("required") => TlsMode::Required,
+        Some("immediate") => TlsMode::Immediate,
+        _ => TlsMode::Opportunistic,
+    };
+    let tls_verify = s.or(errors, "tls_verify", verify, boolean);
+    let credentials = s
+        .table(errors, "credentials")
+        .and_then(|c| read_credentials(c, errors));
+    let source_addresses = s
+        .list(errors, "source_addresses", ip_addr)
+        .unwrap_or_default();
+    SmtpClientConfig {
+        ehlo_as,
+        connect_timeout,
+        command_timeout,
+        pool_size,
+        idle_timeout,
+        tls,
+        tls_verify,
+        credentials,
+        source_addresses,
+    }
+}
+
+fn read_credentials(mut s: Section<'_>, errors: &mut Errors) -> Option<Credentials> {
+    let username = s.required(errors, "username", non_empty_string);
+    let password = s.required(errors, "password", string);
+    s.finish(errors, &[], None);
+    Some(Credentials {
+        username: username?,
+        password: password?,
+    })
+}
+
+fn read_force_mx(s: &Section<'_>, errors: &mut Errors) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (key, value) in s.table {
+        let path = s.key_path(&format!("\"{key}\""));
+        let domain = match check_domain(key) {
+            Ok(d) => d,
+            Err(why) => {
+                errors.push(path, format!("invalid domain \"{key}\": {why}"));
+                continue;
+            }
+        };
+        match non_empty_string(value) {
+            Ok(host) => {
+                out.insert(domain, host);
+            }
+            Err(message) => errors.push(path, message),
+        }
+    }
+    out
+}

@@ -1,0 +1,414 @@
+//! The SMTP edge: listeners, sessions, and the hand-off to the queue.
+//!
+//! [`SmtpEdge`] is the tokio driver of the sans-IO [`Server`] state machine:
+//! it reads bytes, feeds them in, asks the [`Validators`] about each event,
+//! hands finished messages to a [`Handoff`] (the queue), and writes replies.
+//! All protocol behaviour lives in `smtp::server`; this file only decides
+//! about I/O, time and policy.
+//!
+//! Decisions:
+//! - Replies are written when the state machine has consumed every buffered
+//!   byte, so a pipelined group of commands is answered with one write
+//!   (RFC 2920) and a lockstep client still gets each reply at once.
+//! - An idle session holds no read buffer: it waits for readability and only
+//!   then reads into a stack buffer, so 10,000 idle connections cost little
+//!   more than their sockets.
+//! - The message reply reflects only whether the queue took responsibility
+//!   (DESIGN.md): `250 2.6.0 Message queued as ID` once every part is
+//!   durable, otherwise the first failed part's reply (see `handoff`).
+//! - Shutdown: a session waiting for a command gets `421 4.3.2` and is
+//!   closed; a session inside DATA finishes the message first, so nothing a
+//!   client finished sending is cut off.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::envelope::{Envelope, Protocol};
+use crate::handoff::{Handoff, HandoffResult};
+use crate::reply::Reply;
+use crate::smtp::{EventKind, Server, ServerConfig, Step, Transaction};
+
+use super::listener::{self, ListenerLimits};
+use super::validators::{AcceptAll, SessionInfo, Validators};
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Size of the read buffer used for each read (on the stack, not kept while
+/// idle).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An SMTP edge: accepts sessions and hands messages to a queue.
+pub struct SmtpEdge<H, V = AcceptAll> {
+    server_config: Arc<ServerConfig>,
+    handoff: Arc<H>,
+    validators: Arc<V>,
+    command_timeout: Duration,
+    data_timeout: Duration,
+    max_connections: usize,
+    drain_timeout: Duration,
+}
+
+impl<H, V> Clone for SmtpEdge<H, V> {
+    fn clone(&self) -> Self {
+        Self {
+            server_config: self.server_config.clone(),
+            handoff: self.handoff.clone(),
+            validators: self.validators.clone(),
+            command_timeout: self.command_timeout,
+            data_timeout: self.data_timeout,
+            max_connections: self.max_connections,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+impl<H: Handoff> SmtpEdge<H, AcceptAll> {
+    /// An edge handing messages to `handoff`, with [`ServerConfig::new`]
+    /// limits for `hostname` and validators that accept everything (set
+    /// real ones with [`SmtpEdge::validators`]).
+    pub fn new(hostname: impl Into<String>, handoff: H) -> Self {
+        Self {
+            server_config: Arc::new(ServerConfig::new(hostname)),
+            handoff: Arc::new(handoff),
+            validators: Arc::new(AcceptAll),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            max_connections: 1000,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
+    /// Uses `validators` for every session.
+    pub fn validators<W: Validators>(self, validators: W) -> SmtpEdge<H, W> {
+        SmtpEdge {
+            server_config: self.server_config,
+            handoff: self.handoff,
+            validators: Arc::new(validators),
+            command_timeout: self.command_timeout,
+            data_timeout: self.data_timeout,
+            max_connections: self.max_connections,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+
+    /// Replaces the protocol limits and extensions.
+    pub fn server_config(mut self, config: ServerConfig) -> Self {
+        self.server_config = Arc::new(config);
+        self
+    }
+
+    /// Idle time allowed while waiting for a command (RFC 5321 4.5.3.2: at
+    /// least 5 minutes).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Idle time allowed between two reads of message data.
+    pub fn data_timeout(mut self, timeout: Duration) -> Self {
+        self.data_timeout = timeout;
+        self
+    }
+
+    /// Sessions served at once; more clients get `421 4.3.2` and are closed.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// How long shutdown waits for running sessions.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Serves `listener` until `shutdown` becomes true, then drains.
+    pub async fn serve(&self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let host = &self.server_config.hostname;
+        let limits = ListenerLimits {
+            max_connections: self.max_connections,
+            refusal: Reply::new(
+                421,
+                "4.3.2",
+                format!("{host} Too many connections, try again later"),
+            )
+            .to_bytes(),
+            drain_timeout: self.drain_timeout,
+        };
+        let edge = self.clone();
+        let session_shutdown = shutdown.clone();
+        listener::serve(listener, limits, shutdown, move |stream, peer| {
+            let edge = edge.clone();
+            let shutdown = session_shutdown.clone();
+            async move { edge.run_session(stream, peer, shutdown).await }
+        })
+        .await;
+    }
+
+    /// Runs one SMTP session on an accepted connection.
+    pub async fn run_session(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut info = SessionInfo {
+            id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            local_addr: stream.local_addr().ok(),
+            ..SessionInfo::default()
+        };
+        info.client.ip = Some(peer.ip());
+        info.client.port = peer.port();
+        tracing::info!(session = info.id, client = %peer, "connect");
+        let mut session = Session {
+            edge: self,
+            stream,
+            server: Server::new(self.server_config.clone()),
+            info,
+            messages: 0,
+        };
+        let outcome = session.run(&mut shutdown).await;
+        let info = &session.info;
+        match outcome {
+            Ok(end) => {
+                tracing::info!(session = info.id, client = %peer, messages = session.messages, "disconnect ({end})");
+            }
+            Err(e) => {
+                tracing::info!(session = info.id, client = %peer, messages = session.messages, error = %e, "disconnect (i/o error)");
+            }
+        }
+    }
+}
+
+struct Session<'a, H, V> {
+    edge: &'a SmtpEdge<H, V>,
+    stream: TcpStream,
+    server: Server,
+    info: SessionInfo,
+    messages: u64,
+}
+
+impl<H: Handoff, V: Validators> Session<'_, H, V> {
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> io::Result<&'static str> {
+        let mut banner = self.server.default_banner();
+        self.edge.validators.banner(&mut banner, &self.info).await;
+        self.server.greet(banner);
+        loop {
+            match self.server.step() {
+                Step::Event(event) => {
+                    let reply = self.decide(event.kind, event.reply).await;
+                    self.server.respond(reply);
+                }
+                Step::NeedInput => {
+                    self.flush().await?;
+                    let data = self.server.reading_data();
+                    let timeout = if data {
+                        self.edge.data_timeout
+                    } else {
+                        self.edge.command_timeout
+                    };
+                    let read = tokio::select! {
+                        read = tokio::time::timeout(timeout, read_into(&self.stream, &mut self.server)) => read,
+                        () = listener::wait_true(shutdown), if !data => {
+                            self.server.shutting_down();
+                            self.flush().await?;
+                            return Ok("shutdown");
+                        }
+                    };
+                    match read {
+                        Ok(Ok(0)) => return Ok("client closed"),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(_elapsed) => {
+                            self.server.timed_out();
+                            self.flush().await?;
+                            return Ok("timeout");
+                        }
+                    }
+                }
+                Step::Close => {
+                    self.flush().await?;
+                    let _ = self.stream.shutdown().await;
+                    return Ok("closed by server");
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        let out = self.server.output();
+        if !out.is_empty() {
+            self.stream.write_all(out).await?;
+            self.server.clear_output();
+        }
+        Ok(())
+    }
+
+    async fn decide(&mut self, kind: EventKind, mut reply: Reply) -> Reply {
+        let validators = &*self.edge.validators;
+        match kind {
+            EventKind::Helo { domain, extended } => {
+                validators.ehlo(&mut reply, &self.info, &domain).await;
+                if reply.is_positive() {
+                    self.info.client.helo = Some(domain);
+                    self.info.client.protocol = if extended {
+                        Protocol::Esmtp
+                    } else {
+                        Protocol::Smtp
+                    };
+                    self.info.sender = None;
+                    self.info.recipients.clear();
+                }
+            }
+            EventKind::Mail { sender, params } => {
+                validators
+                    .mail(&mut reply, &self.info, &sender, &params)
+                    .await;
+                if reply.is_positive() {
+                    self.info.sender = Some(sender);
+                    self.info.recipients.clear();
+                }
+            }
+            EventKind::Rcpt { recipient, params } => {
+                validators
+                    .rcpt(&mut reply, &self.info, &recipient, &params)
+                    .await;
+                if reply.is_positive() {
+                    self.info.recipients.push(recipient);
+                }
+            }
+            EventKind::Data => validators.data(&mut reply, &self.info).await,
+            EventKind::Message(transaction) => {
+                reply = self.deliver(*transaction, reply).await;
+                self.info.sender = None;
+                self.info.recipients.clear();
+            }
+            EventKind::Quit => {}
+        }
+        if !reply.is_positive() && !reply.is_intermediate() {
+            tracing::debug!(session = self.info.id, %reply, "refused");
+        }
+        reply
+    }
+
+    /// Builds the envelope, lets `have_data` judge it, hands it to the queue
+    /// and words the reply.
+    async fn deliver(&mut self, transaction: Transaction, mut reply: Reply) -> Reply {
+        let Transaction {
+            sender,
+            mail_params,
+            recipients,
+            data,
+        } = transaction;
+        let mut envelope = Envelope::new(sender, recipients, data);
+        envelope.client = self.info.client.clone();
+        envelope.receive_time = SystemTime::now();
+        envelope.body = mail_params.body;
+        envelope.smtputf8 = mail_params.smtputf8;
+        let validators = &*self.edge.validators;
+        validators
+            .have_data(&mut reply, &self.info, &envelope)
+            .await;
+        if !reply.is_positive() {
+            tracing::info!(session = self.info.id, sender = %envelope.sender, %reply, "message refused");
+            return reply;
+        }
+        let (sender, size, rcpts) = (
+            envelope.sender.clone(),
+            envelope.message.len(),
+            envelope.recipients.len(),
+        );
+        let results = self.edge.handoff.handoff(envelope).await;
+        let reply = queued_reply(&results);
+        let mut reply = reply;
+        validators.queued(&mut reply, &self.info, &results).await;
+        if reply.is_positive() {
+            self.messages += 1;
+        }
+        tracing::info!(
+            session = self.info.id,
+            sender = %sender,
+            recipients = rcpts,
+            size,
+            %reply,
+            "message"
+        );
+        reply
+    }
+}
+
+/// The reply for the queue's answer: every part durable -> 250 with the ids,
+/// otherwise the first failure (the client retries it all; see `handoff`).
+fn queued_reply(results: &[HandoffResult]) -> Reply {
+    if let Some(failure) = results.iter().find_map(|r| r.result.as_ref().err()) {
+        return failure.clone();
+    }
+    if results.is_empty() {
+        return Reply::new(
+            451,
+            "4.3.0",
+            "Message was not queued (no part left after policies)",
+        );
+    }
+    let ids: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r.result.as_deref().ok())
+        .collect();
+    Reply::new(
+        250,
+        "2.6.0",
+        format!("Message queued as {}", ids.join(", ")),
+    )
+}
+
+/// Waits for input without holding a buffer, then reads one chunk into the
+/// state machine. Returns the byte count (0 at end of stream).
+async fn read_into(stream: &TcpStream, server: &mut Server) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        let mut chunk = [0u8; READ_CHUNK];
+        match stream.try_read(&mut chunk) {
+            Ok(n) => {
+                if n > 0 {
+                    server.receive(&chunk[..n]);
+                }
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_reply_needs_every_part() {
+        let ok = |id: &str| HandoffResult {
+            recipients: vec!["a@x".into()],
+            result: Ok(id.into()),
+        };
+        assert_eq!(
+            queued_reply(&[ok("A"), ok("B")]).to_string(),
+            "250 2.6.0 Message queued as A, B"
+        );
+        let full = Reply::new(452, "4.3.1", "Insufficient system storage");
+        let failed = HandoffResult {
+            recipients: vec!["b@x".into()],
+            result: Err(full.clone()),
+        };
+        assert_eq!(queued_reply(&[ok("A"), failed]), full);
+        assert_eq!(queued_reply(&[]).code(), 451);
+    }
+}
