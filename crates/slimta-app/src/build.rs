@@ -232,7 +232,8 @@ fn build_queue(
         ($queue:expr) => {{
             let mut queue = $queue
                 .with_backoff(backoff)
-                .max_concurrency(config.max_concurrency);
+                .max_concurrency(config.max_concurrency)
+                .with_hostname(hostname);
             for policy in &config.policies {
                 queue = match policy {
                     PolicyName::AddDateHeader => queue.add_policy(AddDateHeader),

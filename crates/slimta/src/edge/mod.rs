@@ -8,6 +8,7 @@
 pub mod accept_domains;
 pub mod listener;
 pub mod smtp;
+pub mod transport;
 pub mod validators;
 
 pub use accept_domains::AcceptDomains;
