@@ -6,8 +6,12 @@
 //! never whether delivery succeeded.
 
 pub mod accept_domains;
+pub mod credentials;
 pub mod listener;
+pub mod proxy;
 pub mod smtp;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod validators;
 
 pub use accept_domains::AcceptDomains;
