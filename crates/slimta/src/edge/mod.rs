@@ -7,6 +7,8 @@
 
 pub mod accept_domains;
 pub mod credentials;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod listener;
 pub mod proxy;
 pub mod smtp;
