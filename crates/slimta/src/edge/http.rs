@@ -254,6 +254,8 @@ impl<H: Handoff> HttpEdge<H> {
             let tls = tls.clone();
             let shutdown = session_shutdown.clone();
             async move {
+                // A TCP listener always knows its peer.
+                let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
                 serve_connection(stream, peer, router, tls, timeout, shutdown).await;
             }
         })
