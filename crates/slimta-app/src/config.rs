@@ -541,16 +541,16 @@ impl Config {
                 ));
             }
             let unwired = [
-                ("tls", edge.tls.is_some()),
-                ("auth", edge.auth.is_some()),
-                ("proxy_protocol", edge.proxy_protocol != ProxyProtocol::Off),
+                (
+                    "tls",
+                    edge.tls.is_some() && !edge.tls_immediately,
+                    "STARTTLS is not supported yet (tls_immediately = true is)",
+                ),
+                ("auth", edge.auth.is_some(), "not supported yet"),
             ];
-            for (key, set) in unwired {
+            for (key, set, why) in unwired {
                 if set {
-                    errors.push(ConfigError::new(
-                        format!("edge.{name}.{key}"),
-                        "not supported yet",
-                    ));
+                    errors.push(ConfigError::new(format!("edge.{name}.{key}"), why));
                 }
             }
         }

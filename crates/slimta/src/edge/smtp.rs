@@ -32,6 +32,7 @@ use crate::reply::Reply;
 use crate::smtp::{EventKind, Server, ServerConfig, Step, Transaction};
 
 use super::listener::{self, Accept, ListenerLimits};
+use super::proxy::ProxyMode;
 use super::transport::Transport;
 use super::validators::{AcceptAll, SessionInfo, Validators};
 
@@ -46,6 +47,10 @@ pub struct SmtpEdge<H, V = AcceptAll> {
     data_timeout: Duration,
     max_connections: usize,
     drain_timeout: Duration,
+    proxy: Option<ProxyMode>,
+    #[cfg(feature = "tls")]
+    tls: Option<super::tls::ReloadableTls>,
+    tls_immediately: bool,
 }
 
 impl<H, V> Clone for SmtpEdge<H, V> {
@@ -58,6 +63,10 @@ impl<H, V> Clone for SmtpEdge<H, V> {
             data_timeout: self.data_timeout,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
+            proxy: self.proxy,
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
+            tls_immediately: self.tls_immediately,
         }
     }
 }
@@ -75,6 +84,10 @@ impl<H: Handoff> SmtpEdge<H, AcceptAll> {
             data_timeout: Duration::from_secs(600),
             max_connections: 1000,
             drain_timeout: Duration::from_secs(30),
+            proxy: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            tls_immediately: false,
         }
     }
 }
@@ -90,7 +103,35 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
             data_timeout: self.data_timeout,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
+            proxy: self.proxy,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+            tls_immediately: self.tls_immediately,
         }
+    }
+
+    /// Expects a PROXY protocol header (v1, v2 or either) before anything
+    /// else on every TCP connection; the client address then comes from it.
+    /// A malformed header, or none within the command timeout, closes the
+    /// connection without a banner.
+    pub fn proxy_protocol(mut self, mode: Option<ProxyMode>) -> Self {
+        self.proxy = mode;
+        self
+    }
+
+    /// Certificates for STARTTLS (offered when the state machine's config
+    /// says so) and implicit TLS.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: super::tls::ReloadableTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// TLS on connect (port 465 style) instead of STARTTLS; needs
+    /// [`SmtpEdge::tls`].
+    pub fn tls_immediately(mut self, on: bool) -> Self {
+        self.tls_immediately = on;
+        self
     }
 
     /// Replaces the protocol limits and extensions.
@@ -156,7 +197,7 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
     /// for unix sockets.
     pub async fn run_session(
         &self,
-        stream: Transport,
+        mut stream: Transport,
         peer: Option<SocketAddr>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -169,8 +210,43 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
             info.client.ip = Some(peer.ip());
             info.client.port = peer.port();
         }
-        let peer = peer.map_or_else(|| "unix".to_string(), |p| p.to_string());
-        tracing::info!(session = info.id, client = %peer, "connect");
+        let mut peer = peer.map_or_else(|| "unix".to_string(), |p| p.to_string());
+        if let Some(mode) = self.proxy {
+            match stream.take_proxy_header(mode, self.command_timeout).await {
+                Ok(header) => {
+                    if let Some(source) = header.source {
+                        info.client.ip = Some(source.ip());
+                        info.client.port = source.port();
+                        peer = format!("{source} via {peer}");
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(session = info.id, client = %peer, error = %e, "PROXY header refused; closed without a banner");
+                    return;
+                }
+            }
+        }
+        #[cfg(feature = "tls")]
+        if self.tls_immediately {
+            let Some(tls) = &self.tls else {
+                tracing::error!(session = info.id, "tls_immediately without certificates");
+                return;
+            };
+            let acceptor = tls.acceptor();
+            let handshake = stream.start_tls(&acceptor);
+            match tokio::time::timeout(self.command_timeout, handshake).await {
+                Ok(Ok(tls_info)) => info.client.tls = Some(tls_info),
+                Ok(Err(e)) => {
+                    tracing::info!(session = info.id, client = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(session = info.id, client = %peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+        tracing::info!(session = info.id, client = %peer, tls = stream.is_tls(), "connect");
         let mut session = Session {
             edge: self,
             stream,
