@@ -527,3 +527,23 @@ async fn https_with_curl_cacert() {
     assert_eq!(queue.taken().len(), 1);
     running.stop().await;
 }
+
+/// A client that connects and sends nothing (or stops inside the headers)
+/// does not hold a connection slot forever: it is closed after `timeout`.
+#[tokio::test]
+async fn silent_clients_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let queue = TestQueue::new(Ok("Q".into()));
+    let running = start(edge(&queue).timeout(Duration::from_millis(500))).await;
+    for sent in [&b""[..], b"POST / HTTP/1.1\r\nHost: x\r\n"] {
+        let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        let mut buf = Vec::new();
+        // End of stream or a reset (possibly after a 408 answer): either way
+        // the edge let go of the connection.
+        let _closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf))
+            .await
+            .expect("the edge closes a silent connection");
+    }
+    running.stop().await;
+}

@@ -86,7 +86,7 @@ static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An HTTP edge: accepts messages by `POST` and hands them to a queue.
 pub struct HttpEdge<H> {
-    shared: Arc<Shared<H>>,
+    shared: Shared<H>,
     tls: Option<ReloadableTls>,
     max_connections: usize,
     drain_timeout: Duration,
@@ -103,15 +103,31 @@ impl<H> Clone for HttpEdge<H> {
     }
 }
 
+/// The per-request settings; `serve` puts one copy behind an `Arc`.
 struct Shared<H> {
     hostname: String,
-    handoff: H,
+    handoff: Arc<H>,
     accept_domains: AcceptDomains,
     credentials: Option<Credentials>,
     max_size: usize,
     max_recipients: usize,
     timeout: Duration,
     auth_failure_delay: Duration,
+}
+
+impl<H> Clone for Shared<H> {
+    fn clone(&self) -> Self {
+        Self {
+            hostname: self.hostname.clone(),
+            handoff: self.handoff.clone(),
+            accept_domains: self.accept_domains.clone(),
+            credentials: self.credentials.clone(),
+            max_size: self.max_size,
+            max_recipients: self.max_recipients,
+            timeout: self.timeout,
+            auth_failure_delay: self.auth_failure_delay,
+        }
+    }
 }
 
 /// What the handler knows about the connection a request came on.
@@ -128,85 +144,57 @@ impl<H: Handoff> HttpEdge<H> {
     /// recipients, 60 s to send the headers and again the body.
     pub fn new(hostname: impl Into<String>, handoff: H) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Shared {
                 hostname: hostname.into(),
-                handoff,
+                handoff: Arc::new(handoff),
                 accept_domains: AcceptDomains::new(Vec::<String>::new()),
                 credentials: None,
                 max_size: 10 * 1024 * 1024,
                 max_recipients: 100,
                 timeout: Duration::from_secs(60),
                 auth_failure_delay: Duration::from_secs(1),
-            }),
+            },
             tls: None,
             max_connections: 1000,
             drain_timeout: Duration::from_secs(30),
         }
     }
 
-    fn shared_mut(&mut self) -> &mut Shared<H> {
-        Arc::get_mut(&mut self.shared).expect("HttpEdge is configured before it is cloned")
-    }
-
     /// Recipients in these domains are accepted without authentication.
-    ///
-    /// # Panics
-    ///
-    /// When called on a clone of an edge (configure first, then clone).
     pub fn accept_domains(mut self, domains: AcceptDomains) -> Self {
-        self.shared_mut().accept_domains = domains;
+        self.shared.accept_domains = domains;
         self
     }
 
     /// Requires HTTP Basic authentication against `credentials`; an
     /// authenticated request may send to any domain.
-    ///
-    /// # Panics
-    ///
-    /// When called on a clone of an edge.
     pub fn credentials(mut self, credentials: Credentials) -> Self {
-        self.shared_mut().credentials = Some(credentials);
+        self.shared.credentials = Some(credentials);
         self
     }
 
     /// The largest message (body) accepted; larger ones get 413.
-    ///
-    /// # Panics
-    ///
-    /// When called on a clone of an edge.
     pub fn max_size(mut self, bytes: usize) -> Self {
-        self.shared_mut().max_size = bytes;
+        self.shared.max_size = bytes;
         self
     }
 
     /// The most recipients one request may name.
-    ///
-    /// # Panics
-    ///
-    /// When called on a clone of an edge.
     pub fn max_recipients(mut self, max: usize) -> Self {
-        self.shared_mut().max_recipients = max.max(1);
+        self.shared.max_recipients = max.max(1);
         self
     }
 
     /// Time allowed for the request headers, and again for the body (and
     /// for the TLS handshake).
-    ///
-    /// # Panics
-    ///
-    /// When called on a clone of an edge.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.shared_mut().timeout = timeout;
+        self.shared.timeout = timeout;
         self
     }
 
     /// How long a request with wrong credentials waits for its 401.
-    ///
-    /// # Panics
-    ///
-    /// When called on a clone of an edge.
     pub fn auth_failure_delay(mut self, delay: Duration) -> Self {
-        self.shared_mut().auth_failure_delay = delay;
+        self.shared.auth_failure_delay = delay;
         self
     }
 
@@ -233,7 +221,7 @@ impl<H: Handoff> HttpEdge<H> {
     fn router(&self) -> Router {
         Router::new()
             .fallback(handle::<H>)
-            .with_state(self.shared.clone())
+            .with_state(Arc::new(self.shared.clone()))
     }
 
     /// Serves `listener` until `shutdown` becomes true; then stops accepting,

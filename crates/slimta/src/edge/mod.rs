@@ -11,6 +11,8 @@ pub mod credentials;
 pub mod http;
 pub mod listener;
 pub mod proxy;
+#[cfg(feature = "mx")]
+pub mod reverse_dns;
 pub mod smtp;
 #[cfg(feature = "tls")]
 pub mod tls;

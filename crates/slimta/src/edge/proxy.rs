@@ -676,4 +676,105 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn valid_header() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                (
+                    any::<[u8; 4]>(),
+                    any::<[u8; 4]>(),
+                    any::<u16>(),
+                    any::<u16>()
+                )
+                    .prop_map(|(s, d, sp, dp)| {
+                        format!(
+                            "PROXY TCP4 {} {} {sp} {dp}\r\n",
+                            Ipv4Addr::from(s),
+                            Ipv4Addr::from(d)
+                        )
+                        .into_bytes()
+                    }),
+                (
+                    any::<[u8; 16]>(),
+                    any::<[u8; 16]>(),
+                    any::<u16>(),
+                    any::<u16>()
+                )
+                    .prop_map(|(s, d, sp, dp)| {
+                        format!(
+                            "PROXY TCP6 {} {} {sp} {dp}\r\n",
+                            Ipv6Addr::from(s),
+                            Ipv6Addr::from(d)
+                        )
+                        .into_bytes()
+                    }),
+                (
+                    any::<[u8; 12]>(),
+                    proptest::collection::vec(any::<u8>(), 0..64)
+                )
+                    .prop_map(|(block, tlv)| {
+                        let mut out = V2_SIGNATURE.to_vec();
+                        out.extend_from_slice(&[0x21, 0x11]);
+                        let len = u16::try_from(12 + tlv.len()).unwrap();
+                        out.extend_from_slice(&len.to_be_bytes());
+                        out.extend_from_slice(&block);
+                        out.extend_from_slice(&tlv);
+                        out
+                    }),
+            ]
+        }
+
+        proptest! {
+            /// An error never turns into success with more bytes, and
+            /// "need more" never appears beyond the longest header.
+            #[test]
+            fn errors_are_final(
+                start in 0..4usize,
+                rest in proptest::collection::vec(any::<u8>(), 0..300),
+            ) {
+                // Random bytes behind each signature, so the parser gets past
+                // the first byte.
+                let starts: [&[u8]; 4] = [b"", b"PROXY ", b"PROXY TCP4 1", &V2_SIGNATURE];
+                let mut bytes = starts[start].to_vec();
+                bytes.extend_from_slice(&rest);
+                let mut seen_error = false;
+                for i in 0..=bytes.len() {
+                    match parse(&bytes[..i]) {
+                        Err(_) => seen_error = true,
+                        Ok(None) => {
+                            prop_assert!(!seen_error, "error then need-more at {}", i);
+                            prop_assert!(i < ProxyMode::Auto.max_len());
+                        }
+                        Ok(Some((_, n))) => {
+                            prop_assert!(!seen_error);
+                            prop_assert!(n <= i);
+                            break;
+                        }
+                    }
+                }
+            }
+
+            /// A valid header followed by anything parses the same, and
+            /// mutating one byte never panics.
+            #[test]
+            fn valid_headers_round_trip(
+                header in valid_header(),
+                tail in proptest::collection::vec(any::<u8>(), 0..32),
+                flip in any::<(usize, u8)>(),
+            ) {
+                let (h, n) = parse(&header).unwrap().unwrap();
+                prop_assert_eq!(n, header.len());
+                prop_assert!(h.source.is_some());
+                let mut full = header;
+                full.extend_from_slice(&tail);
+                prop_assert_eq!(parse(&full), Ok(Some((h, n))));
+                let i = flip.0 % full.len();
+                full[i] ^= flip.1;
+                let _ = parse(&full);
+            }
+        }
+    }
 }
