@@ -154,7 +154,7 @@ pub async fn run(
                 match tls.reload() {
                     Ok(()) => tracing::info!(edge = %name, "TLS certificate reloaded"),
                     Err(e) => {
-                        tracing::error!(edge = %name, error = %e, "TLS reload failed; keeping the old certificate")
+                        tracing::error!(edge = %name, error = %e, "TLS reload failed; keeping the old certificate");
                     }
                 }
             }

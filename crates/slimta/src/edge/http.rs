@@ -73,7 +73,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::envelope::{Envelope, Protocol, TlsInfo};
-use crate::handoff::{Handoff, HandoffResult};
+use crate::handoff::Handoff;
 use crate::reply::Reply;
 use crate::smtp::address::{parse_forward_path, parse_reverse_path};
 
@@ -459,7 +459,7 @@ impl<H: Handoff> Shared<H> {
         envelope.smtputf8 = smtputf8;
         envelope.receive_time = SystemTime::now();
         let results = self.handoff.handoff(envelope).await;
-        let reply = queued_reply(&results);
+        let reply = crate::handoff::queued_reply(&results);
         reply_response(status_for(&reply), &reply)
     }
 
@@ -632,30 +632,6 @@ fn normalize_line_ends(message: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
-}
-
-/// Every part durable -> 250 with the ids; otherwise the first failure (the
-/// same rule as the SMTP edge; see `handoff`).
-fn queued_reply(results: &[HandoffResult]) -> Reply {
-    if let Some(failure) = results.iter().find_map(|r| r.result.as_ref().err()) {
-        return failure.clone();
-    }
-    if results.is_empty() {
-        return Reply::new(
-            451,
-            "4.3.0",
-            "Message was not queued (no part left after policies)",
-        );
-    }
-    let ids: Vec<&str> = results
-        .iter()
-        .filter_map(|r| r.result.as_deref().ok())
-        .collect();
-    Reply::new(
-        250,
-        "2.6.0",
-        format!("Message queued as {}", ids.join(", ")),
-    )
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use crate::envelope::{Envelope, Protocol};
-use crate::handoff::{Handoff, HandoffResult};
+use crate::handoff::Handoff;
 use crate::reply::Reply;
 use crate::smtp::{EventKind, Server, ServerConfig, Step, Transaction};
 
@@ -406,7 +406,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
             envelope.recipients.len(),
         );
         let results = self.edge.handoff.handoff(envelope).await;
-        let reply = queued_reply(&results);
+        let reply = crate::handoff::queued_reply(&results);
         let mut reply = reply;
         validators.queued(&mut reply, &self.info, &results).await;
         if reply.is_positive() {
@@ -421,53 +421,5 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
             "message"
         );
         reply
-    }
-}
-
-/// The reply for the queue's answer: every part durable -> 250 with the ids,
-/// otherwise the first failure (the client retries it all; see `handoff`).
-fn queued_reply(results: &[HandoffResult]) -> Reply {
-    if let Some(failure) = results.iter().find_map(|r| r.result.as_ref().err()) {
-        return failure.clone();
-    }
-    if results.is_empty() {
-        return Reply::new(
-            451,
-            "4.3.0",
-            "Message was not queued (no part left after policies)",
-        );
-    }
-    let ids: Vec<&str> = results
-        .iter()
-        .filter_map(|r| r.result.as_deref().ok())
-        .collect();
-    Reply::new(
-        250,
-        "2.6.0",
-        format!("Message queued as {}", ids.join(", ")),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queued_reply_needs_every_part() {
-        let ok = |id: &str| HandoffResult {
-            recipients: vec!["a@x".into()],
-            result: Ok(id.into()),
-        };
-        assert_eq!(
-            queued_reply(&[ok("A"), ok("B")]).to_string(),
-            "250 2.6.0 Message queued as A, B"
-        );
-        let full = Reply::new(452, "4.3.1", "Insufficient system storage");
-        let failed = HandoffResult {
-            recipients: vec!["b@x".into()],
-            result: Err(full.clone()),
-        };
-        assert_eq!(queued_reply(&[ok("A"), failed]), full);
-        assert_eq!(queued_reply(&[]).code(), 451);
     }
 }
