@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use slimta::edge::credentials::Credentials;
+use slimta::edge::http::HttpEdge;
 use slimta::edge::proxy::ProxyMode;
+use slimta::edge::reverse_dns::ReverseDns;
 use slimta::edge::tls::{ReloadableTls, TlsConfig};
 use slimta::edge::{AcceptDomains, SmtpEdge, listener};
 use slimta::policy::headers::{AddDateHeader, AddMessageIdHeader, AddReceivedHeader};
@@ -32,9 +35,12 @@ use slimta::{DynRelay, Envelope, Handoff, HandoffResult};
 use tokio::sync::watch;
 
 use crate::config::{
-    Config, EdgeConfig, PolicyName, ProxyProtocol, QueueConfig, RelayConfig, SmtpClientConfig,
-    StorageConfig,
+    Config, EdgeConfig, EdgeKind, PolicyName, ProxyProtocol, QueueConfig, RelayConfig,
+    SmtpClientConfig, StorageConfig,
 };
+
+/// How long a client's reverse DNS lookup may delay its banner.
+const REVERSE_DNS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a memory queue may keep delivering after the edges stopped.
 const MEMORY_DRAIN: Duration = Duration::from_secs(10);
@@ -136,16 +142,44 @@ pub async fn run(
             }
             None => None,
         };
-        let smtp = build_smtp_edge(edge, queue, hostname, tls);
+        let credentials = match &edge.auth {
+            Some(auth) => Some(
+                Credentials::from_map(auth.users.clone())
+                    .map_err(|e| format!("edge.{name}.auth.users: {e}"))?,
+            ),
+            None => None,
+        };
+        let mut listeners = Vec::new();
         for addr in &edge.listen {
             let listener = listener::bind(*addr)
                 .await
                 .map_err(|e| format!("edge.{name}.listen: cannot listen on {addr}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(edge = %name, address = %local, "listening");
-            let smtp = smtp.clone();
-            let shutdown = shutdown.clone();
-            edges.spawn(async move { smtp.serve(listener, shutdown).await });
+            listeners.push(listener);
+        }
+        match edge.kind {
+            EdgeKind::Http => {
+                let http = build_http_edge(edge, queue, hostname, tls, credentials);
+                for listener in listeners {
+                    let http = http.clone();
+                    let shutdown = shutdown.clone();
+                    edges.spawn(async move { http.serve(listener, shutdown).await });
+                }
+            }
+            EdgeKind::Smtp | EdgeKind::Lmtp => {
+                let mut smtp = build_smtp_edge(edge, queue, hostname, tls);
+                if edge.reverse_dns {
+                    let resolver = ReverseDns::new(&config.dns.nameservers, REVERSE_DNS_TIMEOUT)
+                        .map_err(|e| format!("edge.{name}.reverse_dns: {e}"))?;
+                    smtp = smtp.reverse_dns(resolver);
+                }
+                for listener in listeners {
+                    let smtp = smtp.clone();
+                    let shutdown = shutdown.clone();
+                    edges.spawn(async move { smtp.serve(listener, shutdown).await });
+                }
+            }
         }
     }
     let reloader = tokio::spawn(async move {
@@ -292,6 +326,28 @@ fn build_queue(
             AppQueue::Disk(configure!(Queue::new(storage, relay)))
         }
     })
+}
+
+fn build_http_edge(
+    edge: &EdgeConfig,
+    queue: AppQueue,
+    hostname: &str,
+    tls: Option<ReloadableTls>,
+    credentials: Option<Credentials>,
+) -> HttpEdge<AppQueue> {
+    let mut http = HttpEdge::new(hostname, queue)
+        .accept_domains(AcceptDomains::new(&edge.accept_domains))
+        .max_size(usize::try_from(edge.max_size).unwrap_or(usize::MAX))
+        .max_recipients(edge.max_recipients)
+        .timeout(edge.command_timeout)
+        .max_connections(edge.max_connections);
+    if let Some(tls) = tls {
+        http = http.tls(tls);
+    }
+    if let Some(credentials) = credentials {
+        http = http.credentials(credentials);
+    }
+    http
 }
 
 fn build_smtp_edge(

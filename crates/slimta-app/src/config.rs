@@ -534,7 +534,7 @@ impl Config {
             }
         }
         for (name, edge) in &self.edges {
-            if edge.kind != EdgeKind::Smtp {
+            if edge.kind == EdgeKind::Lmtp {
                 errors.push(ConfigError::new(
                     format!("edge.{name}.type"),
                     format!("\"{}\" edges are not supported yet", edge.kind.as_str()),
@@ -543,10 +543,14 @@ impl Config {
             let unwired = [
                 (
                     "tls",
-                    edge.tls.is_some() && !edge.tls_immediately,
+                    edge.tls.is_some() && !edge.tls_immediately && edge.kind != EdgeKind::Http,
                     "STARTTLS is not supported yet (tls_immediately = true is)",
                 ),
-                ("auth", edge.auth.is_some(), "not supported yet"),
+                (
+                    "auth",
+                    edge.auth.is_some() && edge.kind != EdgeKind::Http,
+                    "SMTP AUTH is not supported yet (HTTP Basic auth is)",
+                ),
             ];
             for (key, set, why) in unwired {
                 if set {

@@ -160,3 +160,85 @@ fn a_proxy_line_on_a_plain_listener_is_just_a_bad_command() {
     c.cmd("PROXY TCP4 192.0.2.1 127.0.0.1 1234 25", "500 5.5.2");
     c.cmd("EHLO after.test", "250");
 }
+
+fn http_config(sink: std::net::SocketAddr, extra: &str) -> String {
+    relay_config(sink, "").replace(
+        "type = \"smtp\"\nlisten",
+        &format!("type = \"http\"\n{extra}\nlisten"),
+    )
+}
+
+fn b64(s: &str) -> String {
+    // Python does the base64 so the test does not share our encoder.
+    support::python(
+        "import base64,sys; print(base64.b64encode(sys.argv[1].encode()).decode())",
+        &[s],
+    )
+    .trim()
+    .to_string()
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new(support::program("curl", "curl"))
+        .args(["-s", "-S", "-i", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn curl_posts_a_message_through_the_http_edge() {
+    let sink = SmtpSink::start(&[], true);
+    let slimta = Slimta::start(&http_config(sink.addr(), ""));
+    let url = format!("http://{}/messages", slimta.addr());
+    let body = slimta.path().join("m.eml");
+    std::fs::write(&body, b"Subject: over http\r\n\r\nhello\r\n").unwrap();
+    let data = format!("@{}", body.display());
+    let sender = format!("X-Envelope-Sender: {}", b64("h@x.test"));
+    let rcpt = format!("X-Envelope-Recipient: {}", b64("r@example.test"));
+    let response = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: message/rfc822",
+        "-H",
+        &sender,
+        "-H",
+        &rcpt,
+        "-H",
+        "X-Ehlo: curl.test",
+        "--data-binary",
+        &data,
+        &url,
+    ]);
+    assert!(response.starts_with("HTTP/1.1 204"), "{response}");
+    assert!(
+        response.contains("x-smtp-reply: 250; message=\"2.6.0 Message queued as "),
+        "{response}"
+    );
+    let got = sink.wait_for_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "{}", slimta.log());
+    assert_eq!(got[0].rcpt_args, vec!["<r@example.test>"]);
+    support::assert_delivered_as_sent(&got[0].content, b"Subject: over http\r\n\r\nhello\r\n");
+
+    // Relay control is the SMTP edge's: another domain is refused (5xx -> 500).
+    let elsewhere = format!("X-Envelope-Recipient: {}", b64("r@elsewhere.test"));
+    let refused = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: message/rfc822",
+        "-H",
+        &sender,
+        "-H",
+        &elsewhere,
+        "--data-binary",
+        &data,
+        &url,
+    ]);
+    assert!(refused.starts_with("HTTP/1.1 500"), "{refused}");
+    assert!(refused.contains("550; message=\"5.7.1"), "{refused}");
+    let get = curl(&[&url]);
+    assert!(get.starts_with("HTTP/1.1 405"), "{get}");
+}

@@ -51,6 +51,8 @@ pub struct SmtpEdge<H, V = AcceptAll> {
     #[cfg(feature = "tls")]
     tls: Option<super::tls::ReloadableTls>,
     tls_immediately: bool,
+    #[cfg(feature = "mx")]
+    reverse_dns: Option<Arc<super::reverse_dns::ReverseDns>>,
 }
 
 impl<H, V> Clone for SmtpEdge<H, V> {
@@ -67,6 +69,8 @@ impl<H, V> Clone for SmtpEdge<H, V> {
             #[cfg(feature = "tls")]
             tls: self.tls.clone(),
             tls_immediately: self.tls_immediately,
+            #[cfg(feature = "mx")]
+            reverse_dns: self.reverse_dns.clone(),
         }
     }
 }
@@ -88,6 +92,8 @@ impl<H: Handoff> SmtpEdge<H, AcceptAll> {
             #[cfg(feature = "tls")]
             tls: None,
             tls_immediately: false,
+            #[cfg(feature = "mx")]
+            reverse_dns: None,
         }
     }
 }
@@ -107,7 +113,18 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
             #[cfg(feature = "tls")]
             tls: self.tls,
             tls_immediately: self.tls_immediately,
+            #[cfg(feature = "mx")]
+            reverse_dns: self.reverse_dns,
         }
+    }
+
+    /// Looks up the client's forward-confirmed reverse DNS name before the
+    /// banner (bounded by the resolver's own timeout). Loopback clients are
+    /// `localhost` without a query.
+    #[cfg(feature = "mx")]
+    pub fn reverse_dns(mut self, resolver: super::reverse_dns::ReverseDns) -> Self {
+        self.reverse_dns = Some(Arc::new(resolver));
+        self
     }
 
     /// Expects a PROXY protocol header (v1, v2 or either) before anything
@@ -246,7 +263,21 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
                 }
             }
         }
-        tracing::info!(session = info.id, client = %peer, tls = stream.is_tls(), "connect");
+        #[cfg(feature = "mx")]
+        if let (Some(resolver), Some(ip)) = (&self.reverse_dns, info.client.ip) {
+            info.client.host = if ip.to_canonical().is_loopback() {
+                Some("localhost".to_string())
+            } else {
+                resolver.confirmed_name(ip).await
+            };
+        }
+        tracing::info!(
+            session = info.id,
+            client = %peer,
+            host = info.client.host.as_deref().unwrap_or("unknown"),
+            tls = stream.is_tls(),
+            "connect"
+        );
         let mut session = Session {
             edge: self,
             stream,
