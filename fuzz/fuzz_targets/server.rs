@@ -46,6 +46,7 @@ fn drive(reads: &[&[u8]], refuse: u64) -> (Vec<u8>, Vec<String>) {
                     None => break,
                 }
             }
+            Step::StartTls => server.tls_established(),
             Step::Close => break,
         }
     }

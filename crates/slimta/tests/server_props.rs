@@ -107,6 +107,7 @@ fn drive(config: ServerConfig, reads: &[Vec<u8>], refuse: &[bool]) -> (Vec<u8>, 
                     None => break,
                 }
             }
+            Step::StartTls => server.tls_established(),
             Step::Close => break,
         }
     }
@@ -236,6 +237,7 @@ proptest! {
                     Some(r) => server.receive(&r),
                     None => break,
                 },
+                Step::StartTls => server.tls_established(),
                 Step::Close => break,
             }
         }

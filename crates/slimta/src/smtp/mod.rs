@@ -10,6 +10,7 @@ pub mod address;
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod sasl;
 pub mod server;
 
 pub use server::{

@@ -96,10 +96,15 @@ use std::sync::Arc;
 
 use memchr::memmem;
 
-use crate::envelope::BodyType;
+use crate::envelope::{BodyType, Protocol};
 use crate::reply::Reply;
 use crate::smtp::command::{self, BdatArgs, Offered, Verb};
 use crate::smtp::data::{Body, DataReader};
+use crate::smtp::sasl::{self, AuthAttempt, Mechanism};
+
+/// Longest AUTH command line including CRLF: `AUTH CRAM-MD5 ` (the longest
+/// mechanism name) and a [`sasl::MAX_RESPONSE`] initial response.
+const AUTH_LINE_MAX: usize = 5 + 8 + 1 + sasl::MAX_RESPONSE + 2;
 
 /// Limits and offered extensions of a server.
 #[derive(Clone, Debug)]
@@ -127,11 +132,27 @@ pub struct ServerConfig {
     pub smtputf8: bool,
     /// Offer CHUNKING / BDAT (RFC 3030).
     pub chunking: bool,
+    /// Offer STARTTLS (RFC 3207) while the session is not encrypted. The
+    /// driver must then answer [`Step::StartTls`] with a handshake.
+    pub starttls: bool,
+    /// SASL mechanisms offered with AUTH (RFC 4954), in this order. Empty:
+    /// AUTH is neither offered nor recognised (500).
+    pub auth_mechanisms: Vec<Mechanism>,
+    /// Offer and accept PLAIN and LOGIN before TLS. Off: they are left out
+    /// of the EHLO reply and refused with `538 5.7.11` until STARTTLS.
+    pub auth_plaintext: bool,
+    /// Refuse MAIL with `530 5.7.0 Authentication required` until AUTH
+    /// succeeded.
+    pub auth_required: bool,
+    /// Speak LMTP (RFC 2033): LHLO instead of HELO/EHLO, and one reply per
+    /// accepted recipient after the message.
+    pub lmtp: bool,
 }
 
 impl ServerConfig {
     /// Defaults of an operator-friendly server named `hostname`: 10 MiB,
-    /// 100 recipients, 20 errors, 512/1000 line limits, every extension on.
+    /// 100 recipients, 20 errors, 512/1000 line limits, every extension on
+    /// except the ones the driver must back up (STARTTLS, AUTH) and LMTP.
     pub fn new(hostname: impl Into<String>) -> Self {
         Self {
             hostname: hostname.into(),
@@ -144,6 +165,11 @@ impl ServerConfig {
             eightbitmime: true,
             smtputf8: true,
             chunking: true,
+            starttls: false,
+            auth_mechanisms: Vec::new(),
+            auth_plaintext: false,
+            auth_required: false,
+            lmtp: false,
         }
     }
 }
@@ -181,8 +207,9 @@ pub struct Transaction {
 /// What the machine needs a decision on.
 #[derive(Debug)]
 pub enum EventKind {
-    /// HELO (`extended == false`) or EHLO. The default reply of EHLO lists
-    /// the extensions.
+    /// HELO (`extended == false`) or EHLO; in LMTP mode
+    /// ([`ServerConfig::lmtp`]) always LHLO, with `extended == true`. The
+    /// default reply of EHLO and LHLO lists the extensions.
     Helo {
         /// The argument.
         domain: String,
@@ -212,6 +239,18 @@ pub enum EventKind {
     Message(Box<Transaction>),
     /// QUIT (default reply `221 2.0.0 Bye`).
     Quit,
+    /// STARTTLS, in sequence and offered (default reply
+    /// `220 2.0.0 Ready to start TLS`). Answered 220, the machine discards
+    /// all buffered input and the next [`Server::step`] is
+    /// [`Step::StartTls`]; any other answer (`454 4.7.0 TLS not
+    /// available`) keeps the session in plaintext.
+    StartTls,
+    /// AUTH credentials are complete (default reply `535 5.7.8
+    /// Authentication credentials invalid`). The driver verifies them and
+    /// answers `235 2.7.0 Authentication successful` on success; a 2xx
+    /// records [`AuthAttempt::authcid`] as [`Server::authenticated`], any
+    /// other answer counts as a bad command.
+    Auth(AuthAttempt),
 }
 
 /// An event with the reply the machine proposes.
@@ -232,6 +271,10 @@ pub enum Step {
     NeedInput,
     /// Flush [`Server::output`] and close the connection.
     Close,
+    /// STARTTLS was accepted: flush [`Server::output`], do the TLS
+    /// handshake, then call [`Server::tls_established`] or
+    /// [`Server::tls_failed`]. Until then every `step()` returns this.
+    StartTls,
 }
 
 /// One SMTP server session.
@@ -249,6 +292,10 @@ pub struct Server {
     rejected: bool,
     txn: Option<Txn>,
     errors: u32,
+    /// TLS is active (after STARTTLS or implicit TLS).
+    tls: bool,
+    /// The authentication identity after a successful AUTH.
+    authenticated: Option<String>,
 }
 
 /// What the input is currently read as.
@@ -258,9 +305,15 @@ enum Mode {
     /// An over-long command line is skipped up to its CRLF.
     DiscardLine {
         after_cr: bool,
+        /// The line is part of an AUTH exchange (`500 5.5.6`).
+        auth: bool,
     },
     Data(DataReader),
     Chunk(Chunk),
+    /// An AUTH exchange waits for the client's next line.
+    Auth(sasl::Exchange),
+    /// STARTTLS was accepted; the driver does the handshake.
+    StartTls,
     Closed,
 }
 
@@ -287,6 +340,9 @@ enum AfterChunk {
         error: bool,
         /// Ends the transaction.
         reset: bool,
+        /// How many times it is written (LMTP answers a LAST chunk once
+        /// per recipient; 1 otherwise).
+        copies: usize,
     },
 }
 
@@ -311,13 +367,30 @@ struct Txn {
 /// The event awaiting [`Server::respond`].
 #[derive(Debug)]
 enum Pending {
-    Helo { extended: bool },
-    Mail { sender: String, params: MailParams },
-    Rcpt { recipient: String },
+    Helo {
+        extended: bool,
+    },
+    Mail {
+        sender: String,
+        params: MailParams,
+    },
+    Rcpt {
+        recipient: String,
+    },
     Data,
-    Bdat { size: u64, last: bool },
-    Message,
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+    /// `recipients` replies are due in LMTP mode.
+    Message {
+        recipients: usize,
+    },
     Quit,
+    StartTls,
+    Auth {
+        identity: String,
+    },
 }
 
 /// Result of one unit of work inside [`Server::step`].
@@ -341,6 +414,8 @@ impl Server {
             rejected: false,
             txn: None,
             errors: 0,
+            tls: false,
+            authenticated: None,
         }
     }
 
@@ -349,9 +424,14 @@ impl Server {
         &self.config
     }
 
-    /// `220 <hostname> ESMTP slimta-rs`.
+    /// `220 <hostname> ESMTP slimta-rs` (`LMTP` in LMTP mode).
     pub fn default_banner(&self) -> Reply {
-        Reply::new(220, "", format!("{} ESMTP slimta-rs", self.config.hostname))
+        let protocol = if self.config.lmtp { "LMTP" } else { "ESMTP" };
+        Reply::new(
+            220,
+            "",
+            format!("{} {protocol} slimta-rs", self.config.hostname),
+        )
     }
 
     /// Writes the banner. 221/421 close the session; a 554 banner keeps it
@@ -368,9 +448,10 @@ impl Server {
         self.write(&banner);
     }
 
-    /// Appends received bytes. Call only after [`Step::NeedInput`].
+    /// Appends received bytes. Call only after [`Step::NeedInput`]. Bytes
+    /// received while a STARTTLS handshake is due are discarded.
     pub fn receive(&mut self, input: &[u8]) {
-        if matches!(self.mode, Mode::Closed) {
+        if matches!(self.mode, Mode::Closed | Mode::StartTls) {
             return;
         }
         // Only a partial command line (< max_command_line) can be left over,
@@ -394,7 +475,9 @@ impl Server {
         loop {
             let progress = match self.mode {
                 Mode::Closed => return Step::Close,
+                Mode::StartTls => return Step::StartTls,
                 Mode::Command => self.step_command(),
+                Mode::Auth(_) => self.step_auth(),
                 Mode::DiscardLine { .. } => self.step_discard(),
                 Mode::Data(_) => self.step_data(),
                 Mode::Chunk(_) => self.step_chunk(),
@@ -418,7 +501,7 @@ impl Server {
             .take()
             .expect("Server::respond without an event to answer");
         if reply.closes_session() {
-            if matches!(pending, Pending::Message) {
+            if matches!(pending, Pending::Message { .. }) {
                 self.txn = None;
             }
             self.write(&reply);
@@ -463,17 +546,20 @@ impl Server {
                 if accepted && let Some(txn) = self.txn.as_mut() {
                     txn.bdat = true;
                 }
+                let copies = if last { self.final_reply_copies() } else { 1 };
                 let after = match (accepted, last) {
                     (true, true) => AfterChunk::Message,
                     (true, false) => AfterChunk::Reply {
                         reply,
                         error: false,
                         reset: false,
+                        copies: 1,
                     },
                     (false, _) => AfterChunk::Reply {
                         reply,
                         error: false,
                         reset: true,
+                        copies,
                     },
                 };
                 self.mode = Mode::Chunk(Chunk {
@@ -482,11 +568,124 @@ impl Server {
                     after,
                 });
             }
-            Pending::Message => {
+            Pending::Message { recipients } => {
                 self.txn = None;
-                self.write(&reply);
+                let copies = if self.config.lmtp { recipients } else { 1 };
+                for _ in 0..copies {
+                    self.write(&reply);
+                }
             }
             Pending::Quit => self.write(&reply),
+            Pending::StartTls => {
+                self.write(&reply);
+                if reply.code() == 220 {
+                    // CVE-2011-0411: nothing sent in plaintext after the
+                    // command may be answered inside TLS.
+                    self.input = Vec::new();
+                    self.pos = 0;
+                    self.mode = Mode::StartTls;
+                }
+            }
+            Pending::Auth { identity } => {
+                if reply.is_positive() {
+                    self.authenticated = Some(identity);
+                    self.write(&reply);
+                } else {
+                    self.error(&reply);
+                }
+            }
+        }
+    }
+
+    /// Answers a Message event in LMTP mode with one reply per accepted
+    /// recipient, in RCPT order (RFC 2033 section 4.2).
+    ///
+    /// # Panics
+    ///
+    /// If the unanswered event is not [`EventKind::Message`], if the session
+    /// is not in LMTP mode, or if `replies` does not have one reply per
+    /// recipient of the transaction.
+    pub fn respond_per_recipient(&mut self, replies: Vec<Reply>) {
+        let Some(Pending::Message { recipients }) = self.pending else {
+            panic!("Server::respond_per_recipient without a Message event to answer");
+        };
+        assert!(
+            self.config.lmtp,
+            "Server::respond_per_recipient outside LMTP mode"
+        );
+        assert_eq!(
+            replies.len(),
+            recipients,
+            "Server::respond_per_recipient needs one reply per recipient"
+        );
+        self.pending = None;
+        self.txn = None;
+        for reply in &replies {
+            self.write(reply);
+        }
+    }
+
+    /// The TLS handshake after [`Step::StartTls`] succeeded: the session
+    /// starts over as after the banner (RFC 3207 section 4.2: no HELO/EHLO,
+    /// no transaction, no authentication; the error count is kept), with
+    /// STARTTLS no longer offered. For implicit TLS (port 465), call it
+    /// before [`Server::greet`].
+    pub fn tls_established(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        self.tls = true;
+        self.hello = Hello::None;
+        self.txn = None;
+        self.authenticated = None;
+        self.pending = None;
+        self.input = Vec::new();
+        self.pos = 0;
+        self.mode = Mode::Command;
+    }
+
+    /// The TLS handshake after [`Step::StartTls`] failed: writes
+    /// `421 4.7.0 <host> Error: TLS handshake failed` and closes.
+    pub fn tls_failed(&mut self) {
+        let text = format!("{} Error: TLS handshake failed", self.config.hostname);
+        if matches!(self.mode, Mode::StartTls) {
+            self.mode = Mode::Command;
+        }
+        self.close_with(&Reply::new(421, "4.7.0", text));
+    }
+
+    /// Whether the session is encrypted ([`Server::tls_established`] was
+    /// called).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The authentication identity (the authcid) after a successful AUTH.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    /// The protocol as written in `Received: ... with` (RFC 3848): LMTP in
+    /// LMTP mode, SMTP until an EHLO was accepted, ESMTP after it, with `S`
+    /// for TLS and `A` for AUTH.
+    pub fn protocol(&self) -> Protocol {
+        let (tls, auth) = (self.tls, self.authenticated.is_some());
+        if self.config.lmtp {
+            match (tls, auth) {
+                (false, false) => Protocol::Lmtp,
+                (true, false) => Protocol::Lmtps,
+                (false, true) => Protocol::Lmtpa,
+                (true, true) => Protocol::Lmtpsa,
+            }
+        } else if self.hello == Hello::Ehlo {
+            match (tls, auth) {
+                (false, false) => Protocol::Esmtp,
+                (true, false) => Protocol::Esmtps,
+                (false, true) => Protocol::Esmtpa,
+                (true, true) => Protocol::Esmtpsa,
+            }
+        } else {
+            Protocol::Smtp
         }
     }
 
@@ -587,15 +786,26 @@ impl Server {
             self.pos = 0;
             return Progress::NeedInput;
         }
-        let max = self.config.max_command_line.max(3);
+        let prefix = &avail[..5.min(avail.len())];
+        // Decided from the line's first octets only, so the answer does not
+        // depend on how the line was split into reads.
+        let auth_line = !self.config.auth_mechanisms.is_empty() && command::looks_like_auth(prefix);
+        let mut max = self.config.max_command_line.max(3);
+        if auth_line {
+            max = max.max(AUTH_LINE_MAX);
+        }
         let window = &avail[..avail.len().min(max)];
         if let Some(i) = memmem::find(window, b"\r\n") {
             let start = self.pos;
             self.pos += i + 2;
             // The line is borrowed from `input` while `self` changes; the
             // handlers never touch `input`.
-            let input = std::mem::take(&mut self.input);
+            let mut input = std::mem::take(&mut self.input);
             let progress = self.handle_line(&input[start..start + i]);
+            if auth_line {
+                // An initial response holds credentials: keep them no longer.
+                input[start..start + i].fill(0);
+            }
             if !matches!(self.mode, Mode::Closed) {
                 self.input = input;
             }
@@ -604,17 +814,53 @@ impl Server {
         if avail.len() < max {
             return Progress::NeedInput;
         }
-        if command::looks_like_bdat(&avail[..5.min(avail.len())]) {
+        if command::looks_like_bdat(prefix) {
             return self.bad_bdat();
         }
         // Keep the last octet of the window: it may be the CR of the CRLF.
         self.pos += max - 1;
-        self.mode = Mode::DiscardLine { after_cr: false };
+        self.mode = Mode::DiscardLine {
+            after_cr: false,
+            auth: auth_line,
+        };
+        Progress::Continue
+    }
+
+    /// A line of an AUTH exchange: a response, or `*`.
+    fn step_auth(&mut self) -> Progress {
+        let avail = &self.input[self.pos..];
+        if avail.is_empty() {
+            self.input.clear();
+            self.pos = 0;
+            return Progress::NeedInput;
+        }
+        let max = sasl::MAX_RESPONSE + 2;
+        let window = &avail[..avail.len().min(max)];
+        if let Some(i) = memmem::find(window, b"\r\n") {
+            let start = self.pos;
+            self.pos += i + 2;
+            let Mode::Auth(exchange) = std::mem::replace(&mut self.mode, Mode::Command) else {
+                unreachable!()
+            };
+            let line = &mut self.input[start..start + i];
+            let outcome = sasl::respond(exchange, line);
+            line.fill(0);
+            return self.auth_outcome(outcome);
+        }
+        if avail.len() < max {
+            return Progress::NeedInput;
+        }
+        // Too long: the exchange ends; the rest of the line is skipped.
+        self.pos += max - 1;
+        self.mode = Mode::DiscardLine {
+            after_cr: false,
+            auth: true,
+        };
         Progress::Continue
     }
 
     fn step_discard(&mut self) -> Progress {
-        let Mode::DiscardLine { after_cr } = &mut self.mode else {
+        let Mode::DiscardLine { after_cr, auth } = &mut self.mode else {
             unreachable!()
         };
         let avail = &self.input[self.pos..];
@@ -626,8 +872,13 @@ impl Server {
         match end {
             Some(n) => {
                 self.pos += n;
+                let auth = *auth;
                 self.mode = Mode::Command;
-                self.error(&Reply::new(500, "5.5.2", "Error: line too long"))
+                if auth {
+                    self.error(&auth_line_too_long())
+                } else {
+                    self.error(&Reply::new(500, "5.5.2", "Error: line too long"))
+                }
             }
             None => {
                 if !avail.is_empty() {
@@ -694,6 +945,7 @@ impl Server {
                 reply,
                 error,
                 reset,
+                copies,
             } => {
                 if reset {
                     self.txn = None;
@@ -701,7 +953,9 @@ impl Server {
                 if error {
                     self.error(&reply)
                 } else {
-                    self.write(&reply);
+                    for _ in 0..copies {
+                        self.write(&reply);
+                    }
                     Progress::Continue
                 }
             }
@@ -710,21 +964,28 @@ impl Server {
 
     /// The end of DATA or the LAST chunk: refuse, or raise Message.
     fn finish_message(&mut self, long_line: bool) -> Progress {
+        let copies = self.final_reply_copies();
         let Some(mut txn) = self.txn.take() else {
             return Progress::Continue;
         };
-        if txn.body.exceeded() {
-            self.write(&too_big());
-            return Progress::Continue;
-        }
-        if long_line {
+        let refusal = if txn.body.exceeded() {
+            Some(too_big())
+        } else if long_line {
             let text = format!(
                 "Message contains a line longer than {} octets",
                 self.config.max_text_line
             );
-            self.write(&Reply::new(554, "5.6.0", text));
+            Some(Reply::new(554, "5.6.0", text))
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            for _ in 0..copies {
+                self.write(&reply);
+            }
             return Progress::Continue;
         }
+        let recipients = txn.recipients.len();
         let transaction = Transaction {
             data: txn.body.take(),
             sender: txn.sender,
@@ -735,8 +996,34 @@ impl Server {
         self.event(
             EventKind::Message(Box::new(transaction)),
             reply,
-            Pending::Message,
+            Pending::Message { recipients },
         )
+    }
+
+    /// Replies owed for the end of the message: one per accepted recipient
+    /// in LMTP mode (RFC 2033 section 4.2), one otherwise.
+    fn final_reply_copies(&self) -> usize {
+        match &self.txn {
+            Some(txn) if self.config.lmtp => txn.recipients.len().max(1),
+            _ => 1,
+        }
+    }
+
+    /// Continues, completes or fails an AUTH exchange.
+    fn auth_outcome(&mut self, outcome: sasl::Outcome) -> Progress {
+        match outcome {
+            sasl::Outcome::Continue(exchange, reply) => {
+                self.write(&reply);
+                self.mode = Mode::Auth(exchange);
+                Progress::Continue
+            }
+            sasl::Outcome::Done(attempt) => {
+                let identity = attempt.authcid.clone();
+                let reply = Reply::new(535, "5.7.8", "Authentication credentials invalid");
+                self.event(EventKind::Auth(attempt), reply, Pending::Auth { identity })
+            }
+            sasl::Outcome::Failed(reply) => self.error(&reply),
+        }
     }
 
     /// A BDAT line we cannot trust: its chunk would be read as commands.
@@ -776,7 +1063,13 @@ impl Server {
             return self.sequence("no SMTP service here, only QUIT");
         }
         match verb {
-            Verb::Helo | Verb::Ehlo => self.helo(verb == Verb::Ehlo, arg),
+            Verb::Helo | Verb::Ehlo if self.config.lmtp => {
+                self.error(&Reply::new(500, "5.5.1", "Error: use LHLO"))
+            }
+            Verb::Helo | Verb::Ehlo => self.helo(verb, arg),
+            Verb::Lhlo if self.config.lmtp => self.helo(verb, arg),
+            Verb::Starttls if self.config.starttls => self.starttls(arg),
+            Verb::Auth if !self.config.auth_mechanisms.is_empty() => self.auth(arg),
             Verb::Mail => self.mail(arg),
             Verb::Rcpt => self.rcpt(arg),
             Verb::Data => self.data(arg),
@@ -812,24 +1105,34 @@ impl Server {
             }
             Verb::Expn => self.error(&Reply::new(502, "5.5.1", "EXPN not supported")),
             Verb::Help => {
-                let bdat = if self.config.chunking { " BDAT" } else { "" };
-                let text =
-                    format!("Commands: HELO EHLO MAIL RCPT DATA{bdat} RSET NOOP QUIT VRFY HELP");
+                let c = &self.config;
+                let hello = if c.lmtp { "LHLO" } else { "HELO EHLO" };
+                let starttls = if c.starttls { " STARTTLS" } else { "" };
+                let auth = if c.auth_mechanisms.is_empty() {
+                    ""
+                } else {
+                    " AUTH"
+                };
+                let bdat = if c.chunking { " BDAT" } else { "" };
+                let text = format!(
+                    "Commands: {hello}{starttls}{auth} MAIL RCPT DATA{bdat} RSET NOOP QUIT VRFY HELP"
+                );
                 self.write(&Reply::new(214, "2.0.0", text));
                 Progress::Continue
             }
-            Verb::Unknown | Verb::Bdat => {
+            Verb::Unknown | Verb::Bdat | Verb::Lhlo | Verb::Starttls | Verb::Auth => {
                 self.error(&Reply::new(500, "5.5.2", "Error: command not recognized"))
             }
         }
     }
 
-    fn helo(&mut self, extended: bool, arg: Option<&str>) -> Progress {
+    fn helo(&mut self, verb: Verb, arg: Option<&str>) -> Progress {
+        let extended = verb != Verb::Helo;
         let Some(domain) = command::parse_helo_arg(arg) else {
-            return self.error(&usage(if extended {
-                "EHLO hostname"
-            } else {
-                "HELO hostname"
+            return self.error(&usage(match verb {
+                Verb::Helo => "HELO hostname",
+                Verb::Lhlo => "LHLO hostname",
+                _ => "EHLO hostname",
             }));
         };
         let c = &self.config;
@@ -848,6 +1151,20 @@ impl Server {
             if c.chunking {
                 text.push_str("\nCHUNKING");
             }
+            if c.starttls && !self.tls {
+                text.push_str("\nSTARTTLS");
+            }
+            let mut auth = String::new();
+            for m in &c.auth_mechanisms {
+                if self.mechanism_allowed(*m) {
+                    auth.push(' ');
+                    auth.push_str(m.name());
+                }
+            }
+            if !auth.is_empty() {
+                text.push_str("\nAUTH");
+                text.push_str(&auth);
+            }
             text.push_str("\nENHANCEDSTATUSCODES");
             Reply::new(250, "", text)
         } else {
@@ -862,7 +1179,10 @@ impl Server {
 
     fn mail(&mut self, arg: Option<&str>) -> Progress {
         if self.hello == Hello::None {
-            return self.sequence("send HELO/EHLO first");
+            return self.sequence(self.hello_first());
+        }
+        if self.config.auth_required && self.authenticated.is_none() {
+            return self.error(&Reply::new(530, "5.7.0", "Authentication required"));
         }
         if self.txn.is_some() {
             return self.sequence("nested MAIL command");
@@ -888,7 +1208,7 @@ impl Server {
 
     fn rcpt(&mut self, arg: Option<&str>) -> Progress {
         if self.hello == Hello::None {
-            return self.sequence("send HELO/EHLO first");
+            return self.sequence(self.hello_first());
         }
         let Some(txn) = self.txn.as_ref() else {
             return self.sequence("need MAIL command");
@@ -913,7 +1233,7 @@ impl Server {
 
     fn data(&mut self, arg: Option<&str>) -> Progress {
         if self.hello == Hello::None {
-            return self.sequence("send HELO/EHLO first");
+            return self.sequence(self.hello_first());
         }
         match &self.txn {
             None => return self.sequence("need MAIL command"),
@@ -935,7 +1255,7 @@ impl Server {
         } else if !self.config.chunking || self.hello == Hello::Helo {
             Some("CHUNKING not offered")
         } else if self.hello == Hello::None {
-            Some("send HELO/EHLO first")
+            Some(self.hello_first())
         } else {
             match &self.txn {
                 None => Some("need MAIL command"),
@@ -952,6 +1272,7 @@ impl Server {
                     reply: Reply::new(503, "5.5.1", format!("Error: {what}")),
                     error: true,
                     reset: false,
+                    copies: 1,
                 },
             });
             return Progress::Continue;
@@ -960,6 +1281,7 @@ impl Server {
             unreachable!("checked above")
         };
         if txn.body.size().saturating_add(size) > self.config.max_size as u64 {
+            let copies = if last { self.final_reply_copies() } else { 1 };
             self.mode = Mode::Chunk(Chunk {
                 remaining: size,
                 store: false,
@@ -967,6 +1289,7 @@ impl Server {
                     reply: too_big(),
                     error: false,
                     reset: true,
+                    copies,
                 },
             });
             return Progress::Continue;
@@ -985,6 +1308,88 @@ impl Server {
             },
         });
         Progress::Continue
+    }
+
+    fn starttls(&mut self, arg: Option<&str>) -> Progress {
+        if self.tls {
+            return self.sequence("TLS already active");
+        }
+        if self.hello != Hello::Ehlo {
+            return self.sequence(self.ehlo_first());
+        }
+        if self.txn.is_some() {
+            return self.sequence("STARTTLS not permitted during a mail transaction");
+        }
+        if has_arg(arg) {
+            return self.error(&usage("STARTTLS"));
+        }
+        let reply = Reply::new(220, "2.0.0", "Ready to start TLS");
+        self.event(EventKind::StartTls, reply, Pending::StartTls)
+    }
+
+    fn auth(&mut self, arg: Option<&str>) -> Progress {
+        if self.hello != Hello::Ehlo {
+            return self.sequence(self.ehlo_first());
+        }
+        if self.authenticated.is_some() {
+            return self.error(&Reply::new(503, "5.5.1", "Already authenticated"));
+        }
+        if self.txn.is_some() {
+            return self.error(&Reply::new(
+                503,
+                "5.5.1",
+                "AUTH not permitted during a mail transaction",
+            ));
+        }
+        let Some((name, initial)) = command::parse_auth(arg) else {
+            return self.error(&usage("AUTH mechanism [initial-response]"));
+        };
+        let mechanism =
+            Mechanism::from_name(name).filter(|m| self.config.auth_mechanisms.contains(m));
+        let Some(mechanism) = mechanism else {
+            return self.error(&Reply::new(
+                504,
+                "5.5.4",
+                "Unrecognized authentication type",
+            ));
+        };
+        if !self.mechanism_allowed(mechanism) {
+            return self.error(&Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        if initial.is_some_and(|ir| ir.len() > sasl::MAX_RESPONSE) {
+            return self.error(&auth_line_too_long());
+        }
+        let host = &self.config.hostname;
+        let outcome = sasl::start(mechanism, initial.map(str::as_bytes), || {
+            sasl::cram_challenge(host)
+        });
+        self.auth_outcome(outcome)
+    }
+
+    /// Whether `mechanism` may be used now: PLAIN and LOGIN need TLS unless
+    /// [`ServerConfig::auth_plaintext`].
+    fn mechanism_allowed(&self, mechanism: Mechanism) -> bool {
+        self.tls || self.config.auth_plaintext || !mechanism.sends_password()
+    }
+
+    fn hello_first(&self) -> &'static str {
+        if self.config.lmtp {
+            "send LHLO first"
+        } else {
+            "send HELO/EHLO first"
+        }
+    }
+
+    fn ehlo_first(&self) -> &'static str {
+        if self.config.lmtp {
+            "send LHLO first"
+        } else {
+            "send EHLO first"
+        }
     }
 
     /// Writes a refusal from the parser, counting it if it is a protocol
@@ -1013,6 +1418,11 @@ fn too_big() -> Reply {
         "5.3.4",
         "Message size exceeds fixed maximum message size",
     )
+}
+
+/// RFC 4954 section 6: an AUTH line (command or response) over the limit.
+fn auth_line_too_long() -> Reply {
+    Reply::new(500, "5.5.6", "Authentication Exchange line is too long")
 }
 
 fn has_arg(arg: Option<&str>) -> bool {

@@ -2,6 +2,7 @@
 //! one byte at a time and in random splits.
 
 use super::*;
+use crate::smtp::sasl::AuthSecret;
 
 const BANNER: &str = "220 mx.test ESMTP slimta-rs\r\n";
 const EHLO: &[&str] = &[
@@ -52,8 +53,24 @@ fn describe(kind: &EventKind) -> String {
             String::from_utf8_lossy(&t.data)
         ),
         EventKind::Quit => "QUIT".into(),
+        EventKind::StartTls => "STARTTLS".into(),
+        EventKind::Auth(a) => {
+            let secret = match &a.secret {
+                AuthSecret::Password(p) => format!("password {p:?}"),
+                AuthSecret::CramMd5 { digest_hex, .. } => format!("digest {digest_hex}"),
+            };
+            let authzid = a
+                .authzid
+                .as_deref()
+                .map(|z| format!(" as {z}"))
+                .unwrap_or_default();
+            format!("AUTH {} {}{authzid} {secret}", a.mechanism, a.authcid)
+        }
     }
 }
+
+/// Written into the output where the driver did the TLS handshake.
+const TLS_MARK: &str = "--- TLS ---";
 
 /// Drives a session like the edge does, feeding `chunks` one per
 /// NeedInput; `decide` may replace the proposed reply.
@@ -63,12 +80,28 @@ fn drive(
     chunks: &[&[u8]],
     decide: &mut dyn FnMut(&EventKind, Reply) -> Reply,
 ) -> Outcome {
+    drive_phases(config, banner, &[chunks.to_vec()], decide, true)
+}
+
+/// Like [`drive`], with the input in phases: the first is sent in
+/// plaintext, each [`Step::StartTls`] ends the current phase (whatever of
+/// it was not read yet is plaintext the TLS layer swallows) and the next
+/// phase is read after the handshake, which succeeds if `tls_ok`. The
+/// output shows the handshake as a [`TLS_MARK`] line.
+fn drive_phases(
+    config: ServerConfig,
+    banner: Option<Reply>,
+    phases: &[Vec<&[u8]>],
+    decide: &mut dyn FnMut(&EventKind, Reply) -> Reply,
+    tls_ok: bool,
+) -> Outcome {
     let mut server = Server::new(Arc::new(config));
     let banner = banner.unwrap_or_else(|| server.default_banner());
     server.greet(banner);
     let mut output = std::mem::take(&mut server.output);
     let mut events = Vec::new();
-    let mut chunks = chunks.iter();
+    let mut phases = phases.iter();
+    let mut chunks = phases.next().map(|p| p.iter()).unwrap_or_default();
     let closed = loop {
         match server.step() {
             Step::Event(ev) => {
@@ -83,6 +116,18 @@ fn drive(
                     Some(c) => server.receive(c),
                     None => break false,
                 }
+            }
+            Step::StartTls => {
+                output.extend_from_slice(server.output());
+                server.clear_output();
+                output.extend_from_slice(TLS_MARK.as_bytes());
+                output.extend_from_slice(b"\r\n");
+                if tls_ok {
+                    server.tls_established();
+                } else {
+                    server.tls_failed();
+                }
+                chunks = phases.next().map(|p| p.iter()).unwrap_or_default();
             }
             Step::Close => break true,
         }
@@ -1043,7 +1088,7 @@ fn timeouts_shutdown_and_data_mode() {
                 s.respond(ev.reply);
             }
             Step::NeedInput => break,
-            Step::Close => unreachable!(),
+            Step::Close | Step::StartTls => unreachable!(),
         }
     }
     assert_eq!(events, 4);
@@ -1095,10 +1140,16 @@ fn feed_endless(server: &mut Server, prefix: &[u8], pattern: &[u8], total: usize
                 server.clear_output();
                 server.receive(&chunk);
                 fed += chunk.len();
-                assert!(server.input.len() <= chunk.len() + server.config.max_command_line);
+                let line_limit = if server.config.auth_mechanisms.is_empty() {
+                    server.config.max_command_line
+                } else {
+                    server.config.max_command_line.max(AUTH_LINE_MAX)
+                };
+                assert!(server.input.len() <= chunk.len() + line_limit);
                 let kept = server.txn.as_ref().map_or(0, |t| t.body.data().len());
                 assert!(kept <= server.config.max_size, "kept {kept}");
             }
+            Step::StartTls => server.tls_established(),
             Step::Close => break,
         }
     }
