@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! let mut server = Server::new(config);
-//! let mut banner = server.default_banner();   // "220 host ESMTP slimta-rs"
+//! if implicit_tls { handshake()?; server.tls_established(); }   // port 465: before the banner
+//! let mut banner = server.default_banner();   // "220 host ESMTP slimta-rs" ("LMTP" in LMTP mode)
 //! validators.banner(&mut banner).await;
 //! server.greet(banner);                       // written to output; 421/221/5xx handling inside
 //! loop {
@@ -12,6 +13,8 @@
 //!         Step::Event(mut ev) => {             // a decision is needed
 //!             validators.X(&mut ev.reply, ..).await;
 //!             server.respond(ev.reply);        // MUST answer before the next step()
+//!             // LMTP Message: respond(r) writes r once per recipient, or
+//!             // server.respond_per_recipient(vec![r1, r2, ..]) (RCPT order)
 //!         }
 //!         Step::NeedInput => {                 // flush output, then read more
 //!             write_all(server.output()); server.clear_output();
@@ -19,18 +22,46 @@
 //!             match read(timeout) { Ok(0) => break, Ok(n) => server.receive(&buf[..n]),
 //!                                   Err(timeout) => { server.timed_out(); flush; break } }
 //!         }
+//!         Step::StartTls => {                  // after a 220 to EventKind::StartTls
+//!             write_all(server.output()); server.clear_output();   // the 220, in plaintext
+//!             // drop anything the driver itself buffered; read nothing in plaintext
+//!             match handshake(timeout) { Ok(tls) => { stream = tls; server.tls_established() }
+//!                                        Err(_) => server.tls_failed() }   // 421 4.7.0, Close next
+//!         }
 //!         Step::Close => { flush output; break }
 //!     }
 //! }
 //! ```
 //!
+//! Events and their default replies (the driver may replace any):
+//!
+//! | event | default reply | the machine applies |
+//! |---|---|---|
+//! | `Helo { domain, extended }` | 250 + extensions | 2xx: HELO/EHLO/LHLO done, transaction reset |
+//! | `Mail { sender, params }` | `250 2.1.0` | 2xx: transaction starts |
+//! | `Rcpt { recipient, params }` | `250 2.1.5` | 2xx: recipient added |
+//! | `Data` | 354 (DATA) / `250 2.0.0` (first BDAT) | 354: data mode; BDAT non-2xx ends the transaction |
+//! | `Message(txn)` | `250 2.6.0 Message accepted` | transaction ended; LMTP: one reply per recipient |
+//! | `Quit` | `221 2.0.0 Bye` | closes |
+//! | `StartTls` | `220 2.0.0 Ready to start TLS` | 220: buffered input discarded, next step is `Step::StartTls`; else plaintext goes on |
+//! | `Auth(attempt)` | `535 5.7.8 Authentication credentials invalid` | 2xx: `authenticated()` is the authcid; else a bad command |
+//!
+//! In LMTP mode a `Helo` event is always LHLO (`extended == true`; the
+//! driver knows it from [`ServerConfig::lmtp`], and [`Server::protocol`]
+//! says `LMTP*` once accepted). The driver records
+//! [`Server::protocol`] in the envelope when the Message event comes.
+//!
 //! Commands the machine answers by itself (never surfaced as events): NOOP,
 //! RSET, VRFY (252), EXPN (502), HELP (214), syntax errors, sequence errors
 //! (503), unknown commands (500), unknown parameters (555), line too long,
 //! size declared too large (552), too many recipients (452 4.5.3), too many
-//! errors (421 and close). Events are surfaced only where a validator or the
-//! queue must decide: HELO/EHLO, MAIL, RCPT, DATA (before 354 or before the
-//! first BDAT chunk is accepted), the complete message, and QUIT.
+//! errors (421 and close), and the AUTH exchange up to complete credentials
+//! (334 continuations, 501 cancel/bad base64/malformed, 504 unknown
+//! mechanism, 538 encryption required, 500 5.5.6 line too long). Events are
+//! surfaced only where a validator or the queue must decide: HELO/EHLO/LHLO,
+//! MAIL, RCPT, DATA (before 354 or before the first BDAT chunk is
+//! accepted), the complete message, QUIT, STARTTLS and complete AUTH
+//! credentials.
 //!
 //! Each event carries the reply the machine would send by default; the driver
 //! may change it. The machine then applies the *final* reply: a 2xx to MAIL
@@ -41,14 +72,15 @@
 //!
 //! Memory stays bounded: the machine keeps at most one read buffer of
 //! unprocessed input, a command line up to the command-line limit (longer
-//! lines are discarded up to their CRLF and answered `500 5.5.2`), and
-//! message data up to `max_size` (beyond it data is counted and discarded and
-//! the message is answered `552 5.3.4`).
+//! lines are discarded up to their CRLF and answered `500 5.5.2`), an AUTH
+//! line up to 12,288 octets of response (see below), and message data up to
+//! `max_size` (beyond it data is counted and discarded and the message is
+//! answered `552 5.3.4`).
 //!
 //! How the work is split: [`command`] parses verbs,
 //! arguments and parameters, [`address`](super::address) validates paths,
-//! [`data`](super::data) reads DATA content; this file owns the session
-//! (sequence, limits, events, output).
+//! [`data`](super::data) reads DATA content, [`sasl`] runs the AUTH
+//! exchange; this file owns the session (sequence, limits, events, output).
 //!
 //! Decisions (beyond RFC 5321 and the contract above):
 //! - Command lines end only at CRLF. The sequence of a command is checked
@@ -76,17 +108,63 @@
 //!   [`Server::in_transaction`] is false while the driver decides on it.
 //! - Protocol errors counted towards `max_bad_commands`: 500-504 and 555 the
 //!   machine sends itself (unknown, bare CR/LF, invalid UTF-8, line too
-//!   long, syntax, sequence, EXPN, not offered parameters). Policy answers
-//!   (452, 552, 553, 554) and the driver's replies do not count. When the
+//!   long, syntax, sequence, EXPN, not offered parameters), 530 and 538,
+//!   and a failed AUTH whoever answered it (see above). Policy answers
+//!   (452, 552, 553, 554) and the driver's other replies do not count. When the
 //!   count reaches the limit, `421 4.7.0` follows the reply that reached it
 //!   and the session closes. `max_bad_commands == 0` means no limit.
 //! - Any banner that is not 2xx and does not close the session (221/421) is
 //!   treated like 554: only QUIT is served; everything else, BDAT chunks
 //!   included (read and discarded), gets `503 5.5.1 Error: no SMTP service
 //!   here, only QUIT`.
-//! - `RSET`, `QUIT` and `DATA` take no argument (501); `NOOP` and `HELP`
-//!   ignore theirs; HELO/EHLO need exactly one token. STARTTLS and AUTH are
-//!   not offered by this machine and are unknown commands (500).
+//! - `RSET`, `QUIT`, `DATA` and `STARTTLS` take no argument (501); `NOOP`
+//!   and `HELP` ignore theirs; HELO/EHLO/LHLO need exactly one token.
+//! - STARTTLS, AUTH and LHLO are unknown commands (500) unless configured
+//!   ([`ServerConfig::starttls`], [`ServerConfig::auth_mechanisms`],
+//!   [`ServerConfig::lmtp`]); everything below assumes they are.
+//! - STARTTLS (RFC 3207): offered in the EHLO reply only before TLS. Before
+//!   EHLO (or after HELO) and during a transaction it gets `503 5.5.1`;
+//!   once TLS is active it gets `503 5.5.1 Error: TLS already active` (a
+//!   sequence error, counted, rather than 500: the client may simply have
+//!   lost track). Answered 220, every buffered byte after the STARTTLS line
+//!   is discarded, and [`Server::receive`] drops input until the handshake
+//!   is over (CVE-2011-0411). [`Server::tls_established`] starts the
+//!   session over: no EHLO, no transaction, no authentication (RFC 3207
+//!   4.2); the error count is kept (the limit is per connection).
+//! - AUTH (RFC 4954) needs EHLO/LHLO first (503), is refused once
+//!   authenticated (`503 5.5.1 Already authenticated`) and inside a
+//!   transaction (`503 5.5.1 AUTH not permitted during a mail
+//!   transaction`); the sequence is checked before the mechanism. A
+//!   mechanism not configured is `504 5.5.4 Unrecognized authentication
+//!   type`. PLAIN and LOGIN are neither offered nor accepted before TLS
+//!   (`538 5.7.11`) unless [`ServerConfig::auth_plaintext`]; CRAM-MD5 is
+//!   offered in plaintext. If no configured mechanism is usable yet, the
+//!   EHLO reply has no AUTH line.
+//! - AUTH lines may be long: a line that starts with `AUTH ` (when AUTH is
+//!   configured) may have up to `AUTH CRAM-MD5 ` plus 12,288 octets, and a
+//!   continuation line 12,288 octets; a longer response is answered
+//!   `500 5.5.6 Authentication Exchange line is too long` (the rest of the
+//!   line is discarded, never stored) and ends the exchange. Whether a line
+//!   gets the long limit is decided from its first five octets, so it does
+//!   not depend on how the line was split into reads.
+//! - Every failed AUTH counts as a bad command: the machine's own 500, 501,
+//!   503, 504 and 538, and any non-2xx answer of the driver to
+//!   [`EventKind::Auth`] (535, 454). After a 2xx the identity is the authcid
+//!   (the authzid, if any, is for the driver to allow or refuse). The line
+//!   bytes holding credentials are overwritten in the input buffer once
+//!   parsed; the machine keeps no secret after raising the event.
+//! - [`ServerConfig::auth_required`]: MAIL before a successful AUTH gets
+//!   `530 5.7.0 Authentication required`, counted as a bad command (it is a
+//!   sequence error in all but code).
+//! - LMTP (RFC 2033): HELO and EHLO get `500 5.5.1 Error: use LHLO`
+//!   (counted). After the final dot and after `BDAT ... LAST`, every reply
+//!   that ends the message is written once per accepted recipient: the
+//!   driver's ([`Server::respond`] repeats one reply,
+//!   [`Server::respond_per_recipient`] gives each its own) and the
+//!   machine's own (552 too big, 554 long line, and a non-2xx answer to a
+//!   first chunk that is also the LAST). A 421 is written once and closes.
+//! - [`Server::protocol`]: HELO gives SMTP, EHLO ESMTP, LHLO LMTP, with `S`
+//!   after TLS and `A` after AUTH (RFC 3848).
 //! - Non-ASCII in a command is allowed only as valid UTF-8
 //!   (`500 5.5.2 Error: invalid UTF-8 in command` otherwise); whether an
 //!   address may use it is decided by SMTPUTF8 (`553 5.6.7`).
