@@ -698,8 +698,8 @@ impl Server {
         );
         self.pending = None;
         self.txn = None;
-        for reply in &replies {
-            self.write(reply);
+        for reply in replies {
+            self.write(&reply);
         }
     }
 

@@ -80,21 +80,37 @@ fn drive(
     chunks: &[&[u8]],
     decide: &mut dyn FnMut(&EventKind, Reply) -> Reply,
 ) -> Outcome {
-    drive_phases(config, banner, &[chunks.to_vec()], decide, true)
+    drive_phases(config, banner, &[chunks.to_vec()], decide, OPTS)
 }
+
+/// How the test driver handles what is not an ordinary event.
+#[derive(Clone, Copy)]
+struct Opts {
+    /// The TLS handshake succeeds.
+    tls_ok: bool,
+    /// Answers Message events with [`Server::respond_per_recipient`].
+    per_recipient: Option<fn(&Transaction) -> Vec<Reply>>,
+}
+
+const OPTS: Opts = Opts {
+    tls_ok: true,
+    per_recipient: None,
+};
 
 /// Like [`drive`], with the input in phases: the first is sent in
 /// plaintext, each [`Step::StartTls`] ends the current phase (whatever of
 /// it was not read yet is plaintext the TLS layer swallows) and the next
-/// phase is read after the handshake, which succeeds if `tls_ok`. The
-/// output shows the handshake as a [`TLS_MARK`] line.
+/// phase is read after the handshake, which succeeds if `opts.tls_ok`. The
+/// output shows the handshake as a [`TLS_MARK`] line, and CRAM-MD5
+/// challenges (random) as `334 <challenge>`.
 fn drive_phases(
     config: ServerConfig,
     banner: Option<Reply>,
     phases: &[Vec<&[u8]>],
     decide: &mut dyn FnMut(&EventKind, Reply) -> Reply,
-    tls_ok: bool,
+    opts: Opts,
 ) -> Outcome {
+    let lmtp = config.lmtp;
     let mut server = Server::new(Arc::new(config));
     let banner = banner.unwrap_or_else(|| server.default_banner());
     server.greet(banner);
@@ -105,9 +121,20 @@ fn drive_phases(
     let closed = loop {
         match server.step() {
             Step::Event(ev) => {
-                events.push(describe(&ev.kind));
-                let reply = decide(&ev.kind, ev.reply);
-                server.respond(reply);
+                let mut event = describe(&ev.kind);
+                if lmtp && let Some(rest) = event.strip_prefix("EHLO ") {
+                    event = format!("LHLO {rest}");
+                }
+                events.push(event);
+                match (&ev.kind, opts.per_recipient) {
+                    (EventKind::Message(t), Some(per_recipient)) => {
+                        server.respond_per_recipient(per_recipient(t));
+                    }
+                    _ => {
+                        let reply = decide(&ev.kind, ev.reply);
+                        server.respond(reply);
+                    }
+                }
             }
             Step::NeedInput => {
                 output.extend_from_slice(server.output());
@@ -122,7 +149,7 @@ fn drive_phases(
                 server.clear_output();
                 output.extend_from_slice(TLS_MARK.as_bytes());
                 output.extend_from_slice(b"\r\n");
-                if tls_ok {
+                if opts.tls_ok {
                     server.tls_established();
                 } else {
                     server.tls_failed();
@@ -133,11 +160,57 @@ fn drive_phases(
         }
     };
     output.extend_from_slice(server.output());
+    let output = String::from_utf8(output).unwrap();
     Outcome {
-        output: String::from_utf8(output).unwrap(),
+        output: hide_cram_challenges(&output),
         events,
         closed,
     }
+}
+
+/// Replaces each `334 base64(<...@mx.test>)` line by `334 <challenge>`.
+fn hide_cram_challenges(output: &str) -> String {
+    use base64::Engine as _;
+    let mut out = String::with_capacity(output.len());
+    for line in output.split_inclusive("\r\n") {
+        let challenge = line
+            .strip_prefix("334 ")
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim_end())
+                    .ok()
+            })
+            .and_then(|c| String::from_utf8(c).ok())
+            .filter(|c| c.starts_with('<') && c.ends_with("@mx.test>"));
+        if challenge.is_some() {
+            out.push_str("334 <challenge>\r\n");
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// Runs the phases whole, byte by byte and in random splits (each phase
+/// split on its own, the phase boundaries kept); all must agree.
+fn run_phases(
+    config: &ServerConfig,
+    phases: &[&[u8]],
+    decide: fn(&EventKind, Reply) -> Reply,
+    opts: Opts,
+) -> Outcome {
+    let run = |split: &dyn Fn(&[u8]) -> Vec<&[u8]>| {
+        let pieces: Vec<Vec<&[u8]>> = phases.iter().map(|p| split(p)).collect();
+        drive_phases(config.clone(), None, &pieces, &mut { decide }, opts)
+    };
+    let whole = run(&|p| vec![p]);
+    let bytewise = run(&|p| p.chunks(1).collect());
+    assert_eq!(whole, bytewise, "byte by byte: {phases:?}");
+    for seed in 1..6 {
+        let split = run(&|p| split_at(p, &cuts(p.len(), seed)));
+        assert_eq!(whole, split, "seed {seed}: {phases:?}");
+    }
+    whole
 }
 
 fn accept(_: &EventKind, reply: Reply) -> Reply {
@@ -1116,6 +1189,10 @@ fn timeouts_shutdown_and_data_mode() {
     assert!(matches!(s.step(), Step::Close));
 }
 
+mod auth;
+mod lmtp;
+mod starttls;
+
 #[test]
 #[should_panic(expected = "respond")]
 fn step_before_respond_panics() {
@@ -1187,4 +1264,18 @@ fn memory_stays_bounded() {
         4 << 20,
     );
     assert!(s.reading_data());
+}
+
+/// The EHLO reply of [`config`] with `extra` capability lines (`250-X`)
+/// before ENHANCEDSTATUSCODES.
+fn ehlo_ext(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v = EHLO[..EHLO.len() - 1].to_vec();
+    v.extend_from_slice(extra);
+    v.push(EHLO[EHLO.len() - 1]);
+    v
+}
+
+/// Concatenates groups of expected lines.
+fn lines(groups: &[&[&'static str]]) -> Vec<&'static str> {
+    groups.concat()
 }
