@@ -568,7 +568,9 @@ impl Server {
         }
     }
 
-    /// Answers the last [`Step::Event`].
+    /// Answers the last [`Step::Event`]. In LMTP mode a reply to
+    /// [`EventKind::Message`] is written once per accepted recipient (see
+    /// [`Server::respond_per_recipient`] for different replies).
     ///
     /// # Panics
     ///

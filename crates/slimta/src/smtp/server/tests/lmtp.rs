@@ -310,3 +310,32 @@ fn per_recipient_421_closes() {
     assert_eq!(s.output(), b"421 4.3.0 going down\r\n");
     assert!(matches!(s.step(), Step::Close));
 }
+
+fn refuse_chunks(kind: &EventKind, reply: Reply) -> Reply {
+    match kind {
+        EventKind::Data => Reply::new(554, "5.7.1", "No chunks for you"),
+        _ => refuse_no(kind, reply),
+    }
+}
+
+#[test]
+fn refused_first_chunk_that_is_last_is_per_recipient() {
+    let no = "554 5.7.1 No chunks for you";
+    let input = [RCPTS, b"BDAT 2 LAST\r\nxyNOOP\r\n"].concat();
+    check_lmtp(
+        &input,
+        refuse_chunks,
+        OPTS,
+        &[EHLO, RCPTS_OUT, &[no, no, no, "250 2.0.0 Ok"]],
+        &[RCPTS_EV, &["DATA"]],
+    );
+    // Not the last chunk: one reply, the transaction ends.
+    let input = [RCPTS, b"BDAT 2\r\nxyBDAT 1 LAST\r\nz"].concat();
+    check_lmtp(
+        &input,
+        refuse_chunks,
+        OPTS,
+        &[EHLO, RCPTS_OUT, &[no, "503 5.5.1 Error: need MAIL command"]],
+        &[RCPTS_EV, &["DATA"]],
+    );
+}
