@@ -178,7 +178,9 @@ fn build_relay(
             let mut relay = StaticSmtpRelay::new(r.host.clone(), r.port)
                 .ehlo_as(ehlo(&r.client))
                 .connect_timeout(r.client.connect_timeout)
-                .command_timeout(r.client.command_timeout);
+                .command_timeout(r.client.command_timeout)
+                .pool_size(r.client.pool_size)
+                .idle_timeout(r.client.idle_timeout);
             if let Some(ip) = r.client.source_addresses.first() {
                 relay = relay.source_address(*ip);
             }
@@ -193,7 +195,12 @@ fn build_relay(
                 .port(r.port)
                 .ehlo_as(ehlo(&r.client))
                 .connect_timeout(r.client.connect_timeout)
-                .command_timeout(r.client.command_timeout);
+                .command_timeout(r.client.command_timeout)
+                .pool_size(r.client.pool_size)
+                .idle_timeout(r.client.idle_timeout);
+            if let Some(ip) = r.client.source_addresses.first() {
+                relay = relay.source_address(*ip);
+            }
             for (domain, host) in &r.force_mx {
                 relay = relay.force_mx(domain.clone(), host.clone());
             }
@@ -225,7 +232,8 @@ fn build_queue(
         ($queue:expr) => {{
             let mut queue = $queue
                 .with_backoff(backoff)
-                .max_concurrency(config.max_concurrency);
+                .max_concurrency(config.max_concurrency)
+                .with_hostname(hostname);
             for policy in &config.policies {
                 queue = match policy {
                     PolicyName::AddDateHeader => queue.add_policy(AddDateHeader),

@@ -11,6 +11,7 @@
 //! - [`smtp`]: the protocol itself, without I/O.
 #![warn(missing_docs)]
 
+pub mod bounce;
 pub mod date;
 #[cfg(feature = "mx")]
 pub mod dns;

@@ -32,6 +32,8 @@ struct State {
     script: Box<Script>,
     whole: Mutex<Option<Box<WholeScript>>>,
     calls: Mutex<Vec<Call>>,
+    bounces: Mutex<Vec<Envelope>>,
+    fail_bounces: AtomicBool,
     count: watch::Sender<usize>,
     hold: Duration,
     active: AtomicUsize,
@@ -58,11 +60,19 @@ impl ScriptedRelay {
             script: Box::new(script),
             whole: Mutex::new(None),
             calls: Mutex::default(),
+            bounces: Mutex::default(),
+            fail_bounces: AtomicBool::new(false),
             count: watch::channel(0).0,
             hold,
             active: AtomicUsize::new(0),
             max_active: AtomicUsize::new(0),
         }))
+    }
+
+    /// The messages from `<>` (bounces) this relay was given; they are
+    /// delivered unless `fail_bounces` is set, and not counted as calls.
+    fn bounces(&self) -> Vec<Envelope> {
+        self.0.bounces.lock().unwrap().clone()
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -89,6 +99,17 @@ impl Relay for ScriptedRelay {
         let state = self.0.clone();
         let envelope = envelope.clone();
         async move {
+            if envelope.sender.is_empty() {
+                state.bounces.lock().unwrap().push(envelope);
+                if state.fail_bounces.load(Ordering::SeqCst) {
+                    return Err(RelayError::permanent(Reply::new(
+                        550,
+                        "5.1.1",
+                        "bounce refused",
+                    )));
+                }
+                return Ok(Delivery::all(Reply::new(250, "2.0.0", "bounce delivered")));
+            }
             let now = state.active.fetch_add(1, Ordering::SeqCst) + 1;
             state.max_active.fetch_max(now, Ordering::SeqCst);
             if !state.hold.is_zero() {
@@ -203,17 +224,47 @@ async fn transient_failure_is_retried_after_the_backoff_delay() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn permanent_failure_is_not_retried() {
+async fn permanent_failure_is_not_retried_and_bounces_to_the_sender() {
     let relay = ScriptedRelay::new(|_, _| never());
     let storage = MemoryStorage::new();
     let queue = Queue::new(storage.clone(), relay.clone())
-        .with_backoff(fixed_backoff(Duration::from_secs(1)));
+        .with_backoff(fixed_backoff(Duration::from_secs(1)))
+        .with_hostname("mx.example.test");
     queue.start().await.unwrap();
     queued_id(&queue, envelope(&["a@x.test"])).await;
     relay.wait_calls(1).await;
     tokio::time::sleep(Duration::from_secs(86_400)).await;
     assert_eq!(relay.calls().len(), 1);
     assert!(storage.is_empty());
+    let bounces = relay.bounces();
+    assert_eq!(bounces.len(), 1);
+    assert_eq!(bounces[0].recipients, ["sender@example.test"]);
+    let text = String::from_utf8(bounces[0].message.clone()).unwrap();
+    assert!(
+        text.contains("Reporting-MTA: dns; mx.example.test\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Final-Recipient: rfc822; a@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n")
+    );
+    assert!(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_bounce_is_not_bounced() {
+    let relay = ScriptedRelay::new(|_, _| ok());
+    relay.0.fail_bounces.store(true, Ordering::SeqCst);
+    let storage = MemoryStorage::new();
+    let queue = Queue::new(storage.clone(), relay.clone());
+    queue.start().await.unwrap();
+    let mut bounce = envelope(&["a@x.test"]);
+    bounce.sender = String::new();
+    queued_id(&queue, bounce).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(storage.is_empty());
+    // Only the null-sender message itself; no report about it was sent.
+    assert_eq!(relay.bounces().len(), 1);
+    assert!(relay.calls().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -256,6 +307,14 @@ async fn a_delivered_recipient_is_never_sent_again() {
     assert!(storage.is_empty());
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(relay.calls().len(), 3);
+    let bounces = relay.bounces();
+    assert_eq!(bounces.len(), 1);
+    let text = String::from_utf8_lossy(&bounces[0].message).into_owned();
+    assert!(text.contains("Final-Recipient: rfc822; c@x.test\r\n"));
+    assert!(
+        !text.contains("Final-Recipient: rfc822; a@x.test")
+            && !text.contains("Final-Recipient: rfc822; b@x.test")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -327,6 +386,13 @@ async fn gives_up_at_max_age_and_not_before() {
     );
     tokio::time::sleep(Duration::from_secs(86_400)).await;
     assert_eq!(relay.calls().len(), calls.len(), "retried after giving up");
+    let bounces = relay.bounces();
+    assert_eq!(bounces.len(), 1);
+    let text = String::from_utf8_lossy(&bounces[0].message).into_owned();
+    assert!(
+        text.contains("Status: 5.4.1\r\nDiagnostic-Code: smtp; 554 5.4.1 try later (gave up after"),
+        "{text}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -499,4 +565,80 @@ async fn a_storage_failure_is_a_452_and_nothing_is_attempted() {
     );
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(relay.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn backends_and_relays_chosen_at_run_time_work_too() {
+    use slimta::DynRelay;
+    use slimta::queue::DynStorage;
+
+    fn assert_shareable<T: Handoff + Clone + Send + Sync + 'static>(_: &T) {}
+
+    let relay = ScriptedRelay::new(|_, _| ok());
+    let storage: Box<dyn DynStorage> = Box::new(MemoryStorage::new());
+    let boxed_relay: Box<dyn DynRelay> = Box::new(relay.clone());
+    let queue = Queue::new(storage, boxed_relay);
+    assert_shareable(&queue);
+    queue.start().await.unwrap();
+    queued_id(&queue, envelope(&["a@x.test"])).await;
+    relay.wait_calls(1).await;
+    settle().await;
+    assert!(queue.storage().load().await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn thousands_of_deferred_messages_wait_without_attempts() {
+    const MESSAGES: usize = 5000;
+    let relay = ScriptedRelay::new(|_, attempt| if attempt == 1 { later() } else { ok() });
+    let storage = MemoryStorage::new();
+    let queue = Queue::new(storage.clone(), relay.clone())
+        .with_backoff(fixed_backoff(Duration::from_secs(3600)));
+    queue.start().await.unwrap();
+    for i in 0..MESSAGES {
+        queued_id(&queue, envelope(&[&format!("r{i}@x.test")])).await;
+    }
+    relay.wait_calls(MESSAGES).await;
+    settle().await;
+    let first_round = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3599)).await;
+    assert_eq!(
+        relay.calls().len(),
+        MESSAGES,
+        "a deferred message was attempted early"
+    );
+    assert_eq!(queue.waiting(), MESSAGES);
+    let calls = relay.wait_calls(2 * MESSAGES).await;
+    assert!(
+        calls[MESSAGES..]
+            .iter()
+            .all(|c| c.at - first_round <= Duration::from_secs(3600))
+    );
+    settle().await;
+    assert!(storage.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_relay_does_not_strand_the_message() {
+    let panicked = Arc::new(AtomicBool::new(false));
+    let relay = ScriptedRelay::new({
+        let panicked = panicked.clone();
+        move |_, _| {
+            if !panicked.swap(true, Ordering::SeqCst) {
+                panic!("relay bug (expected by this test)");
+            }
+            ok()
+        }
+    });
+    let storage = MemoryStorage::new();
+    let queue = Queue::new(storage.clone(), relay.clone());
+    queue.start().await.unwrap();
+    queued_id(&queue, envelope(&["a@x.test"])).await;
+    // The first call panics inside the relay; the message is tried again a
+    // minute later instead of waiting for a restart.
+    let calls = relay.wait_calls(2).await;
+    assert!(panicked.load(Ordering::SeqCst));
+    assert_eq!(calls[1].at - calls[0].at, Duration::from_secs(60));
+    assert_eq!(calls[1].recipients, ["a@x.test"]);
+    settle().await;
+    assert!(storage.is_empty());
 }

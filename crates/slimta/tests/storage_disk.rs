@@ -100,7 +100,7 @@ async fn a_truncated_message_file_is_all_or_nothing() {
             // Not deleted: kept aside for a human.
             assert_eq!(
                 files_in(&path.join("corrupt")),
-                [id.clone()],
+                std::slice::from_ref(&id),
                 "cut at {cut}"
             );
         } else {

@@ -10,9 +10,7 @@
 //! - Replies are written when the state machine has consumed every buffered
 //!   byte, so a pipelined group of commands is answered with one write
 //!   (RFC 2920) and a lockstep client still gets each reply at once.
-//! - An idle session holds no read buffer: it waits for readability and only
-//!   then reads into a stack buffer, so 10,000 idle connections cost little
-//!   more than their sockets.
+//! - An idle session holds no read buffer (see `transport`).
 //! - The message reply reflects only whether the queue took responsibility
 //!   (DESIGN.md): `250 2.6.0 Message queued as ID` once every part is
 //!   durable, otherwise the first failed part's reply (see `handoff`).
@@ -26,8 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::envelope::{Envelope, Protocol};
@@ -35,14 +31,11 @@ use crate::handoff::{Handoff, HandoffResult};
 use crate::reply::Reply;
 use crate::smtp::{EventKind, Server, ServerConfig, Step, Transaction};
 
-use super::listener::{self, ListenerLimits};
+use super::listener::{self, Accept, ListenerLimits};
+use super::transport::Transport;
 use super::validators::{AcceptAll, SessionInfo, Validators};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Size of the read buffer used for each read (on the stack, not kept while
-/// idle).
-const READ_CHUNK: usize = 16 * 1024;
 
 /// An SMTP edge: accepts sessions and hands messages to a queue.
 pub struct SmtpEdge<H, V = AcceptAll> {
@@ -131,8 +124,13 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
         self
     }
 
-    /// Serves `listener` until `shutdown` becomes true, then drains.
-    pub async fn serve(&self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    /// Serves `listener` (TCP or unix) until `shutdown` becomes true, then
+    /// drains.
+    pub async fn serve<L>(&self, listener: L, shutdown: watch::Receiver<bool>)
+    where
+        L: Accept,
+        L::Stream: Into<Transport>,
+    {
         let host = &self.server_config.hostname;
         let limits = ListenerLimits {
             max_connections: self.max_connections,
@@ -149,25 +147,29 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
         listener::serve(listener, limits, shutdown, move |stream, peer| {
             let edge = edge.clone();
             let shutdown = session_shutdown.clone();
-            async move { edge.run_session(stream, peer, shutdown).await }
+            async move { edge.run_session(stream.into(), peer, shutdown).await }
         })
         .await;
     }
 
-    /// Runs one SMTP session on an accepted connection.
+    /// Runs one SMTP session on an accepted connection; `peer` is `None`
+    /// for unix sockets.
     pub async fn run_session(
         &self,
-        stream: TcpStream,
-        peer: SocketAddr,
+        stream: Transport,
+        peer: Option<SocketAddr>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut info = SessionInfo {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
-            local_addr: stream.local_addr().ok(),
+            local_addr: stream.local_addr(),
             ..SessionInfo::default()
         };
-        info.client.ip = Some(peer.ip());
-        info.client.port = peer.port();
+        if let Some(peer) = peer {
+            info.client.ip = Some(peer.ip());
+            info.client.port = peer.port();
+        }
+        let peer = peer.map_or_else(|| "unix".to_string(), |p| p.to_string());
         tracing::info!(session = info.id, client = %peer, "connect");
         let mut session = Session {
             edge: self,
@@ -191,7 +193,7 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
 
 struct Session<'a, H, V> {
     edge: &'a SmtpEdge<H, V>,
-    stream: TcpStream,
+    stream: Transport,
     server: Server,
     info: SessionInfo,
     messages: u64,
@@ -217,7 +219,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                         self.edge.command_timeout
                     };
                     let read = tokio::select! {
-                        read = tokio::time::timeout(timeout, read_into(&self.stream, &mut self.server)) => read,
+                        read = tokio::time::timeout(timeout, self.stream.read_into(&mut self.server)) => read,
                         () = listener::wait_true(shutdown), if !data => {
                             self.server.shutting_down();
                             self.flush().await?;
@@ -379,25 +381,6 @@ fn queued_reply(results: &[HandoffResult]) -> Reply {
         "2.6.0",
         format!("Message queued as {}", ids.join(", ")),
     )
-}
-
-/// Waits for input without holding a buffer, then reads one chunk into the
-/// state machine. Returns the byte count (0 at end of stream).
-async fn read_into(stream: &TcpStream, server: &mut Server) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        let mut chunk = [0u8; READ_CHUNK];
-        match stream.try_read(&mut chunk) {
-            Ok(n) => {
-                if n > 0 {
-                    server.receive(&chunk[..n]);
-                }
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 //!    next attempt send to them again.
 //! 2. Transient failures: count the attempt, ask the [`Backoff`]
 //!    (`None` turns them into permanent failures).
-//! 3. Permanent failures: hand them to the bounce hook, then record them as
-//!    done (the storage's "delivered" set means "never attempt again").
+//! 3. Permanent failures: queue a bounce for them ([`crate::bounce`]), then
+//!    record them as done (the storage's "delivered" set means "never attempt again").
 //! 4. Reschedule the transient ones, or remove the message when nothing is
 //!    pending.
 //!
@@ -19,6 +19,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::time::Duration;
 
+use crate::bounce::{self, FailedRecipient};
 use crate::envelope::Envelope;
 use crate::relay::{Relay, RelayError};
 use crate::reply::Reply;
@@ -261,7 +262,8 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     }
 
     /// The bounce hook: takes the permanently failed recipients of a stored
-    /// message. Returns only when the report is durable (or not needed).
+    /// message and returns once their report is durably queued (or is not
+    /// to be sent: the message was itself a bounce).
     async fn bounce(
         &self,
         id: &str,
@@ -277,7 +279,26 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                 "permanent delivery failure"
             );
         }
-        Ok(())
+        let failed: Vec<FailedRecipient> = failures
+            .iter()
+            .map(|f| FailedRecipient {
+                recipient: f.recipient.clone(),
+                reply: f.error.reply().clone(),
+            })
+            .collect();
+        let hostname = self.config(|c| c.hostname.clone());
+        let Some(report) = bounce::report(&stored.envelope, &failed, &hostname, clock::now())
+        else {
+            tracing::warn!(id = %id, "no bounce for a message from the null sender; dropped");
+            return Ok(());
+        };
+        match self.store(&report).await {
+            Ok(bounce_id) => {
+                tracing::info!(id = %id, bounce = %bounce_id, to = %stored.envelope.sender, "bounce queued");
+                Ok(())
+            }
+            Err(reply) => Err(io::Error::other(reply.to_string())),
+        }
     }
 }
 

@@ -10,8 +10,8 @@
 //!
 //! Files by concern: [`backoff`] (retry delays), `schedule` (the due-time
 //! index), `attempt` (one delivery attempt and what is recorded after it),
-//! [`clock`] (the time base), [`memory`] (in-memory storage), [`storage`]
-//! (the storage contract).
+//! [`clock`] (the time base), [`storage`] (the storage contract),
+//! [`memory`] (in-memory storage), [`disk`] (the durable spool).
 //!
 //! Design decisions:
 //! - Exactly-once per recipient as far as storage allows: an attempt sends
@@ -30,6 +30,9 @@
 //! - The configuration setters may be called at any time (they take effect
 //!   on the next handoff or attempt), except `max_concurrency`, which is
 //!   read by [`Queue::start`].
+//! - Bounces ([`crate::bounce`]) are queued like any message but skip the
+//!   queue policies (they are the MTA's own mail, and a policy that refuses
+//!   them would lose the report).
 
 mod attempt;
 pub mod backoff;
@@ -66,6 +69,7 @@ struct Config {
     max_concurrency: usize,
     policies: Arc<Vec<Arc<dyn DynQueuePolicy>>>,
     relay_policies: Arc<Vec<Arc<dyn DynRelayPolicy>>>,
+    hostname: Arc<str>,
 }
 
 struct Inner<S, R> {
@@ -107,6 +111,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                     max_concurrency: DEFAULT_MAX_CONCURRENCY,
                     policies: Arc::default(),
                     relay_policies: Arc::default(),
+                    hostname: gethostname::gethostname().to_string_lossy().into(),
                 }),
                 started: OnceLock::new(),
                 scheduler: Mutex::new(None),
@@ -142,6 +147,15 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     #[must_use]
     pub fn max_concurrency(self, limit: usize) -> Self {
         self.configure(|c| c.max_concurrency = limit.max(1));
+        self
+    }
+
+    /// The host name bounces give as their `Reporting-MTA` and sender
+    /// domain. Default: the system's host name.
+    #[must_use]
+    pub fn with_hostname(self, hostname: impl Into<String>) -> Self {
+        let hostname: String = hostname.into();
+        self.configure(|c| c.hostname = hostname.into());
         self
     }
 
@@ -206,7 +220,8 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     }
 
     /// Stops the scheduler: no new attempts start. Attempts in progress run
-    /// to completion; stored messages stay stored for the next start.
+    /// to completion; stored messages stay stored. A stopped queue is not
+    /// started again; a new `Queue` over the same storage takes over.
     pub fn stop(&self) {
         if let Some(task) = self
             .inner
@@ -289,19 +304,39 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
 }
 
 impl<S: QueueStorage, R: Relay> Handoff for Queue<S, R> {
+    /// Runs the queue policies, then stores the parts concurrently (so a
+    /// group-committing backend can share fsyncs between them).
+    ///
+    /// Each part is stored by a spawned task: if the caller gives up on the
+    /// handoff (its client hung up), a write already under way still
+    /// finishes and is scheduled, instead of sitting unscheduled in storage
+    /// until the next restart. A task that panics is answered `451 4.3.0`.
     async fn handoff(&self, envelope: Envelope) -> Vec<HandoffResult> {
-        let mut results = Vec::new();
-        for part in self.apply_policies(envelope).await {
-            results.push(match part {
-                Ok(envelope) => HandoffResult {
-                    result: self.store(&envelope).await,
-                    recipients: envelope.recipients,
-                },
-                Err((recipients, reply)) => HandoffResult {
-                    recipients,
-                    result: Err(reply),
-                },
+        let parts = self.apply_policies(envelope).await;
+        let mut pending = Vec::with_capacity(parts.len());
+        for part in parts {
+            pending.push(match part {
+                Ok(envelope) => {
+                    let recipients = envelope.recipients.clone();
+                    let queue = self.clone();
+                    (
+                        recipients,
+                        Ok(tokio::spawn(async move { queue.store(&envelope).await })),
+                    )
+                }
+                Err((recipients, reply)) => (recipients, Err(reply)),
             });
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for (recipients, part) in pending {
+            let result = match part {
+                Ok(task) => task.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "queue write task failed");
+                    Err(Reply::new(451, "4.3.0", "Local error in processing"))
+                }),
+                Err(reply) => Err(reply),
+            };
+            results.push(HandoffResult { recipients, result });
         }
         results
     }

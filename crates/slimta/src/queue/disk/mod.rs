@@ -10,9 +10,10 @@
 //! corrupt/<id>    files that failed to parse at start-up, kept for a human
 //! ```
 //!
-//! The file format is documented in [`format`](self) (`disk/format.rs`): a
-//! magic and version header, the envelope as the first record, and an
-//! append-only journal of checksummed metadata records.
+//! The file format (version 1) is specified at the top of
+//! `queue/disk/format.rs`: a magic and version header, the envelope (every
+//! field, the message bytes exactly) as the first record, and an
+//! append-only journal of CRC-checked metadata records.
 //!
 //! Decisions:
 //! - **New messages**: written to `tmp/<id>`, fsync'd, renamed to
@@ -128,7 +129,12 @@ impl DiskStorage {
             fs::create_dir_all(dir)?;
         }
         let fsyncs = Arc::new(AtomicU64::new(0));
+        // The subdirectories, and the spool's own entry if it was just
+        // created, must survive a crash before the first message does.
         sync_dir(&root, &fsyncs)?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent, &fsyncs)?;
+        }
 
         let lock = OpenOptions::new()
             .create(true)
