@@ -349,6 +349,13 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                     let _ = self.stream.shutdown().await;
                     return Ok("closed by server");
                 }
+                // Placeholder until the driver does TLS: StartTls events are
+                // answered 454 below, so this is not reached.
+                Step::StartTls => {
+                    self.server.tls_failed();
+                    self.flush().await?;
+                    return Ok("tls not available");
+                }
             }
         }
     }
@@ -402,6 +409,10 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                 self.info.recipients.clear();
             }
             EventKind::Quit => {}
+            // Placeholders until the driver does TLS and verifies
+            // credentials: TLS is refused, AUTH keeps the proposed 535.
+            EventKind::StartTls => reply = Reply::new(454, "4.7.0", "TLS not available"),
+            EventKind::Auth(_) => {}
         }
         if !reply.is_positive() && !reply.is_intermediate() {
             tracing::debug!(session = self.info.id, %reply, "refused");
