@@ -31,6 +31,7 @@ use slimta::queue::memory::MemoryStorage;
 use slimta::relay::BlackholeRelay;
 use slimta::relay::smtp::{MxSmtpRelay, StaticSmtpRelay};
 use slimta::smtp::ServerConfig;
+use slimta::smtp::sasl::Mechanism;
 use slimta::{DynRelay, Envelope, Handoff, HandoffResult};
 use tokio::sync::watch;
 
@@ -168,11 +169,23 @@ pub async fn run(
                 }
             }
             EdgeKind::Smtp | EdgeKind::Lmtp => {
-                let mut smtp = build_smtp_edge(edge, queue, hostname, tls);
+                let mut smtp = build_smtp_edge(edge, queue, hostname, tls, credentials);
                 if edge.reverse_dns {
                     let resolver = ReverseDns::new(&config.dns.nameservers, REVERSE_DNS_TIMEOUT)
                         .map_err(|e| format!("edge.{name}.reverse_dns: {e}"))?;
                     smtp = smtp.reverse_dns(resolver);
+                }
+                for path in &edge.listen_unix {
+                    let listener = listener::bind_unix(path).map_err(|e| {
+                        format!(
+                            "edge.{name}.listen: cannot listen on unix:{}: {e}",
+                            path.display()
+                        )
+                    })?;
+                    tracing::info!(edge = %name, address = %format!("unix:{}", path.display()), "listening");
+                    let smtp = smtp.clone();
+                    let shutdown = shutdown.clone();
+                    edges.spawn(async move { smtp.serve(listener, shutdown).await });
                 }
                 for listener in listeners {
                     let smtp = smtp.clone();
@@ -355,11 +368,23 @@ fn build_smtp_edge(
     queue: AppQueue,
     hostname: &str,
     tls: Option<ReloadableTls>,
+    credentials: Option<Credentials>,
 ) -> SmtpEdge<AppQueue, AcceptDomains> {
     let mut server = ServerConfig::new(hostname);
     server.max_size = usize::try_from(edge.max_size).unwrap_or(usize::MAX);
     server.max_recipients = edge.max_recipients;
-    let smtp = SmtpEdge::new(hostname, queue)
+    server.lmtp = edge.kind == EdgeKind::Lmtp;
+    server.starttls = tls.is_some() && !edge.tls_immediately;
+    if let Some(auth) = &edge.auth {
+        server.auth_mechanisms = auth
+            .mechanisms
+            .iter()
+            .filter_map(|m| Mechanism::from_name(m))
+            .collect();
+        server.auth_plaintext = auth.allow_plaintext;
+        server.auth_required = auth.required;
+    }
+    let mut smtp = SmtpEdge::new(hostname, queue)
         .validators(AcceptDomains::new(&edge.accept_domains))
         .server_config(server)
         .command_timeout(edge.command_timeout)
@@ -372,6 +397,9 @@ fn build_smtp_edge(
             ProxyProtocol::Auto => Some(ProxyMode::Auto),
         })
         .tls_immediately(edge.tls_immediately);
+    if let Some(credentials) = credentials {
+        smtp = smtp.credentials(credentials);
+    }
     match tls {
         Some(tls) => smtp.tls(tls),
         None => smtp,

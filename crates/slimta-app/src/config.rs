@@ -533,31 +533,6 @@ impl Config {
                 ));
             }
         }
-        for (name, edge) in &self.edges {
-            if edge.kind == EdgeKind::Lmtp {
-                errors.push(ConfigError::new(
-                    format!("edge.{name}.type"),
-                    format!("\"{}\" edges are not supported yet", edge.kind.as_str()),
-                ));
-            }
-            let unwired = [
-                (
-                    "tls",
-                    edge.tls.is_some() && !edge.tls_immediately && edge.kind != EdgeKind::Http,
-                    "STARTTLS is not supported yet (tls_immediately = true is)",
-                ),
-                (
-                    "auth",
-                    edge.auth.is_some() && edge.kind != EdgeKind::Http,
-                    "SMTP AUTH is not supported yet (HTTP Basic auth is)",
-                ),
-            ];
-            for (key, set, why) in unwired {
-                if set {
-                    errors.push(ConfigError::new(format!("edge.{name}.{key}"), why));
-                }
-            }
-        }
         for (name, relay) in &self.relays {
             let client = match relay {
                 RelayConfig::Static(r) => Some(&r.client),
