@@ -571,7 +571,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                     return true;
                 }
                 Ok(Err(e)) => {
-                    tracing::info!(session = self.info.id, error = %e, "STARTTLS handshake failed")
+                    tracing::info!(session = self.info.id, error = %e, "STARTTLS handshake failed");
                 }
                 Err(_) => tracing::info!(session = self.info.id, "STARTTLS handshake timed out"),
             }
