@@ -539,6 +539,10 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                         Some(part) => crate::handoff::queued_reply(std::slice::from_ref(part)),
                         None => crate::handoff::queued_reply(&[]),
                     };
+                    // Name the recipient, so each of the replies that come
+                    // in RCPT order says whom it is about.
+                    let text = format!("<{recipient}> {}", one.text());
+                    one.set_text(text);
                     validators.queued(&mut one, &self.info, &results).await;
                     replies.push(one);
                 }
