@@ -507,3 +507,27 @@ fn lmtp_answers_each_accepted_recipient_in_order_after_data_and_bdat() {
     let got = sink.wait_for_messages(4, WAIT);
     assert_eq!(got.len(), 4, "{}", slimta.log());
 }
+
+#[test]
+fn a_failed_starttls_handshake_gets_421() {
+    let s = start("", false);
+    let mut c = Client::connect(s.slimta.addr());
+    c.expect("220 ");
+    c.cmd("EHLO bad-tls.test", "250");
+    c.cmd("STARTTLS", "220 2.0.0");
+    // Not a TLS ClientHello.
+    c.send(b"this is not TLS at all\r\n\r\n\r\n");
+    let mut seen = Vec::new();
+    {
+        use std::io::Read;
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = c.stream.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("421 4.7.0"), "{text:?}");
+}

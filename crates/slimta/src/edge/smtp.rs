@@ -405,7 +405,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                         continue;
                     }
                     self.server.tls_failed();
-                    // The handshake took the stream; the 421 is best effort.
+                    // Best effort: after a timeout the stream is gone.
                     let _ = self.flush().await;
                     return Ok("TLS handshake failed");
                 }
