@@ -33,6 +33,17 @@ impl State {
     }
 }
 
+/// Where a message stands in the schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Waiting for its due time.
+    Waiting,
+    /// Handed out by [`Schedule::next_due`]: being attempted.
+    InFlight,
+    /// Not known (never scheduled, or forgotten).
+    Unknown,
+}
+
 /// Due times of the messages the queue knows about.
 #[derive(Default)]
 pub(crate) struct Schedule {
@@ -72,6 +83,44 @@ impl Schedule {
     /// removed from storage).
     pub(crate) fn forget(&self, id: &str) {
         self.lock().known.remove(id);
+    }
+
+    fn placement(state: &State, id: &str) -> Placement {
+        if !state.known.contains(id) {
+            Placement::Unknown
+        } else if state.due.values().any(|v| v == id) {
+            Placement::Waiting
+        } else {
+            Placement::InFlight
+        }
+    }
+
+    /// Moves a waiting message's due time to `at` (an operator's "retry
+    /// now"). Scans the index: operator commands are rare, and the index
+    /// stays one map.
+    pub(crate) fn move_to(&self, id: &str, at: Instant) -> Placement {
+        let mut state = self.lock();
+        let placement = Self::placement(&state, id);
+        if placement == Placement::Waiting {
+            state.due.retain(|_, v| v != id);
+            state.push(id.to_owned(), at);
+            drop(state);
+            self.wake.notify_one();
+        }
+        placement
+    }
+
+    /// Takes a waiting message out of the schedule (it is being deleted).
+    /// A message in flight stays known: its attempt finds it gone and
+    /// forgets it.
+    pub(crate) fn remove_waiting(&self, id: &str) -> Placement {
+        let mut state = self.lock();
+        let placement = Self::placement(&state, id);
+        if placement == Placement::Waiting {
+            state.due.retain(|_, v| v != id);
+            state.known.remove(id);
+        }
+        placement
     }
 
     /// How many messages are waiting for an attempt (not counting those
@@ -130,6 +179,23 @@ mod tests {
         assert_eq!(s.next_due().await, "late");
         assert_eq!(s.next_due().await, "early");
         assert_eq!(Instant::now(), now + Duration::from_secs(120));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn operators_move_and_remove_waiting_messages() {
+        let s = Schedule::default();
+        let now = Instant::now();
+        s.insert("a".into(), now + Duration::from_secs(3600));
+        s.insert("b".into(), now + Duration::from_secs(7200));
+        assert_eq!(s.move_to("b", now), Placement::Waiting);
+        assert_eq!(s.next_due().await, "b");
+        assert_eq!(Instant::now(), now, "moved to now, no wait");
+        assert_eq!(s.move_to("b", now), Placement::InFlight);
+        assert_eq!(s.remove_waiting("b"), Placement::InFlight);
+        assert_eq!(s.move_to("zzz", now), Placement::Unknown);
+        assert_eq!(s.remove_waiting("a"), Placement::Waiting);
+        assert_eq!(s.waiting(), 0);
+        assert!(s.insert("a".into(), now), "removed ids are forgotten");
     }
 
     #[tokio::test(start_paused = true)]
