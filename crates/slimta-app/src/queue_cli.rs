@@ -25,10 +25,10 @@ use crate::control::{self, Request, Response};
 #[derive(Debug, Args)]
 pub struct QueueCommand {
     /// The configuration the daemon runs with (default: the embedded one).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Which `[queue.NAME]` (default: the only disk queue).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     pub queue: Option<String>,
     /// What to do.
     #[command(subcommand)]

@@ -152,7 +152,10 @@ pool_size = 1
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    let missing: Vec<&String> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
     let duplicates = counts.values().filter(|&&n| n > 1).count();
     let unacked_delivered = counts.keys().filter(|id| !acked.contains(*id)).count();
     println!(

@@ -423,7 +423,10 @@ mod tests {
             &opts(false, at(0)),
         )
         .unwrap();
-        assert_eq!((b.sender.as_str(), b.recipients.as_slice()), ("", &["alice@example.test".to_string()][..]));
+        assert_eq!(
+            (b.sender.as_str(), b.recipients.as_slice()),
+            ("", &["alice@example.test".to_string()][..])
+        );
         let text = String::from_utf8(b.message).unwrap();
         assert!(text.contains("Subject: Delayed Mail"));
         assert!(text.contains(
@@ -436,15 +439,30 @@ mod tests {
     fn a_failed_bounce_goes_to_the_postmaster_once() {
         let failed = [failure("bob@x.test", Reply::new(550, "5.1.1", "no"))];
         let bounce = report(&original(), &failed, &opts(false, at(0))).unwrap();
-        let to_alice = [failure("alice@example.test", Reply::new(550, "5.1.1", "gone"))];
-        let notice =
-            postmaster_report(&bounce, &to_alice, "postmaster@mx.test", &opts(false, at(0)))
-                .unwrap();
+        let to_alice = [failure(
+            "alice@example.test",
+            Reply::new(550, "5.1.1", "gone"),
+        )];
+        let notice = postmaster_report(
+            &bounce,
+            &to_alice,
+            "postmaster@mx.test",
+            &opts(false, at(0)),
+        )
+        .unwrap();
         assert_eq!(notice.sender, "");
         assert_eq!(notice.recipients, ["postmaster@mx.test"]);
-        let to_postmaster = [failure("Postmaster@mx.test", Reply::new(550, "5.1.1", "no"))];
+        let to_postmaster = [failure(
+            "Postmaster@mx.test",
+            Reply::new(550, "5.1.1", "no"),
+        )];
         assert_eq!(
-            postmaster_report(&notice, &to_postmaster, "postmaster@mx.test", &opts(false, at(0))),
+            postmaster_report(
+                &notice,
+                &to_postmaster,
+                "postmaster@mx.test",
+                &opts(false, at(0))
+            ),
             None
         );
     }

@@ -155,7 +155,11 @@ async fn retry_now_moves_the_due_time_and_delete_removes() {
     // b never comes back; a is retried on its own schedule.
     tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
     settle().await;
-    assert!(relay.seen()[3..].iter().all(|e| e.recipients == ["a@y.test"]));
+    assert!(
+        relay.seen()[3..]
+            .iter()
+            .all(|e| e.recipients == ["a@y.test"])
+    );
     assert_eq!(queue.retry_all().await.unwrap(), 1);
     assert_eq!(storage.len(), 1);
 }
@@ -179,7 +183,10 @@ async fn one_delay_warning_after_the_configured_time() {
     assert_eq!(warnings.len(), 1, "exactly one warning");
     assert_eq!(warnings[0].recipients, ["s@x.test"]);
     let text = String::from_utf8_lossy(&warnings[0].message);
-    assert!(text.contains("Action: delayed\r\nStatus: 4.4.1\r\n"), "{text}");
+    assert!(
+        text.contains("Action: delayed\r\nStatus: 4.4.1\r\n"),
+        "{text}"
+    );
     assert!(text.contains("Content-Type: text/rfc822-headers"), "{text}");
 }
 
@@ -187,7 +194,13 @@ async fn one_delay_warning_after_the_configured_time() {
 async fn a_failed_bounce_goes_to_the_postmaster_and_a_failed_notice_is_dropped() {
     // Everything to fail.test is refused for good, including the bounce to
     // the sender there; the postmaster's notice is delivered.
-    let relay = Recorder::new(|_, r| if r.ends_with("@fail.test") { refused() } else { ok() });
+    let relay = Recorder::new(|_, r| {
+        if r.ends_with("@fail.test") {
+            refused()
+        } else {
+            ok()
+        }
+    });
     let queue = Queue::new(MemoryStorage::new(), relay.clone())
         .with_hostname("mx.test")
         .postmaster(Some("postmaster@mx.test".into()));
@@ -216,7 +229,11 @@ async fn a_failed_bounce_goes_to_the_postmaster_and_a_failed_notice_is_dropped()
         .await;
     settle().await;
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    assert_eq!(relay.seen().len(), 3, "message, bounce, notice; nothing more");
+    assert_eq!(
+        relay.seen().len(),
+        3,
+        "message, bounce, notice; nothing more"
+    );
     assert!(queue.storage().is_empty());
 
     // Without a postmaster, a failed bounce is dropped.

@@ -15,10 +15,9 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::fields::{
-    Errors, Section, boolean, check_domain, choice, count, domain, duration, email_address, expected,
-    float,
-    integer, ip_addr, log_level, nameserver, non_empty_string, port, positive_duration, quoted,
-    socket_addr, string,
+    Errors, Section, boolean, check_domain, choice, count, domain, duration, email_address,
+    expected, float, integer, ip_addr, log_level, nameserver, non_empty_string, port,
+    positive_duration, quoted, socket_addr, string,
 };
 use super::{
     CommandRelayConfig, Config, ConfigError, Credentials, DnsConfig, EdgeAuthConfig, EdgeConfig,

@@ -526,11 +526,15 @@ type = "blackhole"
     let errors = crate::parse(text).unwrap_err();
     let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert!(
-        shown.iter().any(|e| e.starts_with("queue.other.delay_warning: ")),
+        shown
+            .iter()
+            .any(|e| e.starts_with("queue.other.delay_warning: ")),
         "{shown:?}"
     );
     assert!(
-        shown.iter().any(|e| e.starts_with("queue.other.stats_interval: ")),
+        shown
+            .iter()
+            .any(|e| e.starts_with("queue.other.stats_interval: ")),
         "{shown:?}"
     );
     let ok = crate::parse(&text.replace("[queue.other]\ntype = \"memory\"\nrelay = \"out\"\ndelay_warning = \"0s\"\nstats_interval = \"soon\"\n", "")).unwrap();

@@ -2,7 +2,7 @@
 //! and restarted on the same spool, the `slimta queue` command, and a
 //! scripted SMTP server for faults smtp-sink cannot make.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -304,13 +304,11 @@ fn serve(
 /// The `Message-Id` header value in a dumped message, if any.
 pub fn message_id(content: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(content);
-    text.lines()
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("message-id")
-                .then(|| value.trim().to_string())
-        })
+    text.lines().take_while(|l| !l.is_empty()).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("message-id")
+            .then(|| value.trim().to_string())
+    })
 }
 
 /// A path under a directory, as a string.

@@ -45,8 +45,8 @@ mod schedule;
 pub mod storage;
 
 use std::io;
-use std::time::Duration;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
