@@ -15,15 +15,15 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn ok(out: Output) -> String {
+fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "exit {}: {}{}",
         out.status,
-        text(&out),
+        text(out),
         String::from_utf8_lossy(&out.stderr)
     );
-    text(&out)
+    text(out)
 }
 
 fn ids(list: &str) -> Vec<String> {
@@ -90,7 +90,7 @@ connect_timeout = "5s"
     // (recorded just after the attempt is logged: poll for it).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let list = loop {
-        let list = ok(daemon.queue_cmd(&["list"]));
+        let list = ok(&daemon.queue_cmd(&["list"]));
         let recorded = list
             .lines()
             .skip(1)
@@ -120,7 +120,7 @@ connect_timeout = "5s"
     let ids = ids(&list);
 
     // show: envelope, queue facts and headers.
-    let show = ok(daemon.queue_cmd(&["show", &ids[0]]));
+    let show = ok(&daemon.queue_cmd(&["show", &ids[0]]));
     assert!(show.contains(&format!("id: {}\n", ids[0])), "{show}");
     assert!(show.contains("sender: <s@x.test>\n"), "{show}");
     assert!(
@@ -133,7 +133,7 @@ connect_timeout = "5s"
 
     // retry ID: attempted again at once, not in an hour.
     assert_eq!(
-        ok(daemon.queue_cmd(&["retry", &ids[0]])),
+        ok(&daemon.queue_cmd(&["retry", &ids[0]])),
         format!("{}: due now\n", ids[0])
     );
     assert!(
@@ -143,7 +143,7 @@ connect_timeout = "5s"
     );
     // retry --all: both.
     assert_eq!(
-        ok(daemon.queue_cmd(&["retry", "--all"])),
+        ok(&daemon.queue_cmd(&["retry", "--all"])),
         "2 messages due now\n"
     );
     assert!(
@@ -154,13 +154,13 @@ connect_timeout = "5s"
 
     // delete ID: gone from the list and the spool; a second delete fails.
     assert_eq!(
-        ok(daemon.queue_cmd(&["delete", &ids[1]])),
+        ok(&daemon.queue_cmd(&["delete", &ids[1]])),
         format!("{}: deleted\n", ids[1])
     );
     let again = daemon.queue_cmd(&["delete", &ids[1]]);
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("no queued message"));
-    let list = ok(daemon.queue_cmd(&["list"]));
+    let list = ok(&daemon.queue_cmd(&["list"]));
     assert_eq!(self::ids(&list), [ids[0].clone()], "{list}");
     assert!(!daemon.dir.path().join("spool/msg").join(&ids[1]).exists());
 
@@ -173,7 +173,7 @@ connect_timeout = "5s"
         "{}",
         daemon.log_tail(20)
     );
-    let stats = ok(daemon.queue_cmd(&["stats"]));
+    let stats = ok(&daemon.queue_cmd(&["stats"]));
     assert!(stats.starts_with("messages: 1\n"), "{stats}");
     assert!(stats.contains("\nfsyncs: "), "{stats}");
 
@@ -187,13 +187,13 @@ connect_timeout = "5s"
         "{}",
         daemon.log_tail(5)
     );
-    let list = ok(daemon.queue_cmd(&["list"]));
+    let list = ok(&daemon.queue_cmd(&["list"]));
     assert_eq!(self::ids(&list), [ids[0].clone()], "{list}");
     // First attempt, "retry ID", "retry --all".
     assert!(list.contains("\t3\t"), "three attempts recorded: {list}");
-    let show = ok(daemon.queue_cmd(&["show", &ids[0]]));
+    let show = ok(&daemon.queue_cmd(&["show", &ids[0]]));
     assert!(show.contains("attempts: 3\n"), "{show}");
-    assert!(ok(daemon.queue_cmd(&["retry", &ids[0]])).contains("at the next start"));
+    assert!(ok(&daemon.queue_cmd(&["retry", &ids[0]])).contains("at the next start"));
 
     // The daemon picks the offline retry up at its start: attempt 4 at once.
     daemon.start();
@@ -206,10 +206,10 @@ connect_timeout = "5s"
     daemon.kill9();
     assert!(socket.exists());
     assert_eq!(
-        ok(daemon.queue_cmd(&["delete", &ids[0]])),
+        ok(&daemon.queue_cmd(&["delete", &ids[0]])),
         format!("{}: deleted\n", ids[0])
     );
-    let list = ok(daemon.queue_cmd(&["list"]));
+    let list = ok(&daemon.queue_cmd(&["list"]));
     assert_eq!(list.lines().count(), 1, "{list}");
 
     // Usage and configuration errors exit 2.

@@ -33,7 +33,7 @@ impl Recorder {
         self.seen.lock().unwrap().clone()
     }
 
-    fn from_null(&self) -> Vec<Envelope> {
+    fn sent_by_null(&self) -> Vec<Envelope> {
         self.seen()
             .into_iter()
             .filter(|e| e.sender.is_empty())
@@ -176,10 +176,10 @@ async fn one_delay_warning_after_the_configured_time() {
     // Attempts at 0h, 1h, ... 8h: the first past 4h sends the warning.
     tokio::time::sleep(Duration::from_secs(3 * 3600 + 60)).await;
     settle().await;
-    assert!(relay.from_null().is_empty(), "no warning before 4h");
+    assert!(relay.sent_by_null().is_empty(), "no warning before 4h");
     tokio::time::sleep(Duration::from_secs(5 * 3600)).await;
     settle().await;
-    let warnings = relay.from_null();
+    let warnings = relay.sent_by_null();
     assert_eq!(warnings.len(), 1, "exactly one warning");
     assert_eq!(warnings[0].recipients, ["s@x.test"]);
     let text = String::from_utf8_lossy(&warnings[0].message);
@@ -209,11 +209,11 @@ async fn a_failed_bounce_goes_to_the_postmaster_and_a_failed_notice_is_dropped()
         .handoff(message("sender@fail.test", &["rcpt@fail.test"]))
         .await;
     settle().await;
-    let from_null = relay.from_null();
-    assert_eq!(from_null.len(), 2, "the bounce, then the notice");
-    assert_eq!(from_null[0].recipients, ["sender@fail.test"]);
-    assert_eq!(from_null[1].recipients, ["postmaster@mx.test"]);
-    let notice = String::from_utf8_lossy(&from_null[1].message);
+    let sent_by_null = relay.sent_by_null();
+    assert_eq!(sent_by_null.len(), 2, "the bounce, then the notice");
+    assert_eq!(sent_by_null[0].recipients, ["sender@fail.test"]);
+    assert_eq!(sent_by_null[1].recipients, ["postmaster@mx.test"]);
+    let notice = String::from_utf8_lossy(&sent_by_null[1].message);
     assert!(notice.contains("Final-Recipient: rfc822; sender@fail.test"));
     assert!(notice.contains("Remote-MTA: dns; mx.test"));
     assert!(notice.contains("Content-Type: message/rfc822"));
@@ -257,7 +257,7 @@ async fn bounces_return_the_whole_message_or_only_headers() {
         queue.start().await.unwrap();
         queue.handoff(message("s@x.test", &["a@y.test"])).await;
         settle().await;
-        let bounces = relay.from_null();
+        let bounces = relay.sent_by_null();
         assert_eq!(bounces.len(), 1);
         let text = String::from_utf8_lossy(&bounces[0].message);
         assert_eq!(text.contains("body\r\n"), !headers_only, "{text}");
