@@ -9,8 +9,16 @@
 //!    (`None` turns them into permanent failures).
 //! 3. Permanent failures: queue a bounce for them ([`crate::bounce`]), then
 //!    record them as done (the storage's "delivered" set means "never attempt again").
+//!    A failed message from `<>` gets no bounce; with a postmaster
+//!    configured it gets a notice to the postmaster instead, unless it *was*
+//!    a notice to the postmaster (then it is logged and dropped: no loop).
 //! 4. Reschedule the transient ones, or remove the message when nothing is
-//!    pending.
+//!    pending. With `delay_warning` set, the first failed attempt past that
+//!    age also queues one `Action: delayed` report to the sender, recorded
+//!    in storage (`set_delay_warned`) so a restart does not send it again.
+//!    The warning is checked only at attempts, so it goes out at the first
+//!    retry after the threshold (at most one backoff delay late), which
+//!    costs no timer per message.
 //!
 //! A failing storage step is logged and the message is retried later; the
 //! queue errs towards delivering twice rather than losing mail.

@@ -13,7 +13,7 @@
 //! never start two concurrent attempts on one message (two attempts could
 //! deliver twice).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -23,13 +23,29 @@ use tokio::time::{Instant, sleep_until};
 struct State {
     due: BTreeMap<(Instant, u64), String>,
     known: HashSet<String>,
+    /// Where each waiting id sits in `due`, for operator commands.
+    keys: HashMap<String, (Instant, u64)>,
     seq: u64,
 }
 
 impl State {
     fn push(&mut self, id: String, at: Instant) {
         self.seq += 1;
-        self.due.insert((at, self.seq), id);
+        let key = (at, self.seq);
+        if let Some(old) = self.keys.insert(id.clone(), key) {
+            self.due.remove(&old);
+        }
+        self.due.insert(key, id);
+    }
+
+    fn take_waiting(&mut self, id: &str) -> bool {
+        match self.keys.remove(id) {
+            Some(key) => {
+                self.due.remove(&key);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -88,7 +104,7 @@ impl Schedule {
     fn placement(state: &State, id: &str) -> Placement {
         if !state.known.contains(id) {
             Placement::Unknown
-        } else if state.due.values().any(|v| v == id) {
+        } else if state.keys.contains_key(id) {
             Placement::Waiting
         } else {
             Placement::InFlight
@@ -96,13 +112,12 @@ impl Schedule {
     }
 
     /// Moves a waiting message's due time to `at` (an operator's "retry
-    /// now"). Scans the index: operator commands are rare, and the index
-    /// stays one map.
+    /// now").
     pub(crate) fn move_to(&self, id: &str, at: Instant) -> Placement {
         let mut state = self.lock();
         let placement = Self::placement(&state, id);
         if placement == Placement::Waiting {
-            state.due.retain(|_, v| v != id);
+            state.take_waiting(id);
             state.push(id.to_owned(), at);
             drop(state);
             self.wake.notify_one();
@@ -117,7 +132,7 @@ impl Schedule {
         let mut state = self.lock();
         let placement = Self::placement(&state, id);
         if placement == Placement::Waiting {
-            state.due.retain(|_, v| v != id);
+            state.take_waiting(id);
             state.known.remove(id);
         }
         placement
@@ -136,7 +151,9 @@ impl Schedule {
             let head = self.lock().due.first_key_value().map(|(k, _)| k.0);
             match head {
                 Some(at) if at <= Instant::now() => {
-                    if let Some((_, id)) = self.lock().due.pop_first() {
+                    let mut state = self.lock();
+                    if let Some((_, id)) = state.due.pop_first() {
+                        state.keys.remove(&id);
                         return id;
                     }
                 }
