@@ -150,3 +150,130 @@ nameservers = ["127.0.0.1:9"]
     drop(refusing);
     daemon.stop();
 }
+
+/// The config of the two tests below: example.test to 127.0.0.2 and
+/// x.test to 127.0.0.3, both on `port`; `extra` goes into `[queue.main]`.
+fn routed_config(port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[process]
+hostname = "mx.example.test"
+
+[edge.in]
+type = "smtp"
+listen = ["127.0.0.1:{{port}}"]
+queue = "main"
+accept_domains = ["example.test"]
+
+[queue.main]
+type = "disk"
+path = "{{dir}}/spool"
+relay = "out"
+{extra}
+
+[queue.main.retry]
+initial_delay = "1s"
+max_delay = "1s"
+
+[relay.out]
+type = "mx"
+port = {port}
+force_mx = {{ "example.test" = "127.0.0.2", "x.test" = "127.0.0.3" }}
+
+[dns]
+nameservers = ["127.0.0.1:9"]
+"#
+    )
+}
+
+#[test]
+fn one_delay_warning_reaches_the_sender() {
+    let port = free_port();
+    // Nothing listens on 127.0.0.2:port: the recipient is deferred forever.
+    let sender_side = SmtpSink::start_at(format!("127.0.0.3:{port}").parse().unwrap(), &[], true);
+    let mut daemon = Daemon::new(&routed_config(port, r#"delay_warning = "2s""#));
+    daemon.start();
+    let reply = send(
+        daemon.addr(),
+        "sender@x.test",
+        &["slow@example.test"],
+        "Subject: slow\r\nMessage-Id: <slow.1@x.test>\r\n\r\nstill coming\r\n",
+    );
+    assert!(reply.starts_with("250 "), "{reply}");
+    let got = sender_side.wait_for_messages(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1, "no warning; log:\n{}", daemon.log_tail(30));
+    // Retries go on every second; a second warning would show up by now.
+    std::thread::sleep(Duration::from_secs(4));
+    let got = sender_side.messages();
+    assert_eq!(got.len(), 1, "exactly one warning");
+    assert_eq!(got[0].mail_args.split(' ').next(), Some("<>"));
+    assert_eq!(got[0].rcpt_args, ["<sender@x.test>"]);
+    let file = daemon.dir.path().join("warning.eml");
+    std::fs::write(&file, &got[0].content).unwrap();
+    let out = std::process::Command::new(test_peers::require("python3", "python3"))
+        .arg("-c")
+        .arg(PARSE)
+        .arg(&file)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8_lossy(&out.stdout).into_owned();
+    for needle in [
+        r#""report_type": "delivery-status""#,
+        r#""parts": ["text/plain", "message/delivery-status", "text/rfc822-headers"]"#,
+        r#""Final-Recipient": "rfc822; slow@example.test""#,
+        r#""Action": "delayed""#,
+        r#""Status": "4."#,
+        r#""Diagnostic-Code": "smtp; 4"#,
+    ] {
+        assert!(json.contains(needle), "missing {needle} in {json}");
+    }
+    // The message itself is still queued.
+    assert!(daemon.log().contains("delay warning queued"));
+    daemon.stop();
+}
+
+#[test]
+fn a_bounce_that_fails_goes_to_the_postmaster() {
+    let port = free_port();
+    let refusing = SmtpSink::start_at(
+        format!("127.0.0.2:{port}").parse().unwrap(),
+        &["-f", "RCPT"],
+        false,
+    );
+    let postmaster = SmtpSink::start_at(format!("127.0.0.3:{port}").parse().unwrap(), &[], true);
+    let mut daemon = Daemon::new(&routed_config(port, r#"postmaster = "postmaster@x.test""#));
+    daemon.start();
+    // The sender is in example.test too, so its bounce is refused as well.
+    let reply = send(
+        daemon.addr(),
+        "gone@example.test",
+        &["rcpt@example.test"],
+        "Subject: twice doomed\r\n\r\nbody\r\n",
+    );
+    assert!(reply.starts_with("250 "), "{reply}");
+    let got = postmaster.wait_for_messages(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1, "no notice; log:\n{}", daemon.log_tail(30));
+    assert_eq!(got[0].mail_args.split(' ').next(), Some("<>"));
+    assert_eq!(got[0].rcpt_args, ["<postmaster@x.test>"]);
+    let report = String::from_utf8_lossy(&got[0].content);
+    assert!(
+        report.contains("Final-Recipient: rfc822; gone@example.test"),
+        "{report}"
+    );
+    // The failed bounce comes back whole, with its own report inside.
+    assert!(report.contains("Content-Type: message/rfc822"), "{report}");
+    assert!(
+        report.contains("Final-Recipient: rfc822; rcpt@example.test"),
+        "{report}"
+    );
+    // Nothing more: the notice was delivered, and nothing goes to <>.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(postmaster.messages().len(), 1);
+    drop(refusing);
+    daemon.stop();
+}
