@@ -246,6 +246,13 @@ pub struct QueueConfig {
     /// Where bounces that themselves fail go; without it they are logged
     /// and dropped.
     pub postmaster: Option<String>,
+    /// Send one delay warning (`Action: delayed`) to the sender of a
+    /// message still undelivered this long after it arrived
+    /// (`delay_warning`). Default: none.
+    pub delay_warning: Option<Duration>,
+    /// Log the queue's size and oldest age this often (`stats_interval`,
+    /// default 60 s; `"0s"` turns it off).
+    pub stats_interval: Option<Duration>,
     /// Queue policies applied in order before a message is stored.
     /// Default none.
     pub policies: Vec<PolicyName>,

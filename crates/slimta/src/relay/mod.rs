@@ -39,6 +39,7 @@ enum Kind {
 pub struct RelayError {
     kind: Kind,
     reply: Reply,
+    remote_mta: Option<String>,
 }
 
 impl RelayError {
@@ -47,6 +48,7 @@ impl RelayError {
         Self {
             kind: Kind::Transient,
             reply,
+            remote_mta: None,
         }
     }
 
@@ -55,6 +57,7 @@ impl RelayError {
         Self {
             kind: Kind::Permanent,
             reply,
+            remote_mta: None,
         }
     }
 
@@ -82,6 +85,19 @@ impl RelayError {
     /// up locally such as `451 4.4.1 Connection refused`).
     pub fn reply(&self) -> &Reply {
         &self.reply
+    }
+
+    /// Names the server that gave the reply (a host name or address), for
+    /// the `Remote-MTA` field of a bounce.
+    #[must_use]
+    pub fn with_remote_mta(mut self, host: impl Into<String>) -> Self {
+        self.remote_mta = Some(host.into());
+        self
+    }
+
+    /// The server that gave the reply, when the relay said which.
+    pub fn remote_mta(&self) -> Option<&str> {
+        self.remote_mta.as_deref()
     }
 }
 
