@@ -540,27 +540,6 @@ impl Config {
                 ));
             }
         }
-        for (name, edge) in &self.edges {
-            if edge.kind != EdgeKind::Smtp {
-                errors.push(ConfigError::new(
-                    format!("edge.{name}.type"),
-                    format!("\"{}\" edges are not supported yet", edge.kind.as_str()),
-                ));
-            }
-            let unwired = [
-                ("tls", edge.tls.is_some()),
-                ("auth", edge.auth.is_some()),
-                ("proxy_protocol", edge.proxy_protocol != ProxyProtocol::Off),
-            ];
-            for (key, set) in unwired {
-                if set {
-                    errors.push(ConfigError::new(
-                        format!("edge.{name}.{key}"),
-                        "not supported yet",
-                    ));
-                }
-            }
-        }
         for (name, relay) in &self.relays {
             let client = match relay {
                 RelayConfig::Static(r) => Some(&r.client),

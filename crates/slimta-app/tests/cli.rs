@@ -296,7 +296,7 @@ fn sigterm_stops_the_daemon_with_exit_0_and_sighup_does_not() {
     let mut daemon = Daemon::start(&["--config", path.to_str().unwrap()], dir.path(), None);
     daemon.wait_for("slimta starting");
     daemon.signal("HUP");
-    daemon.wait_for("reload not supported yet");
+    daemon.wait_for("SIGHUP: reloading TLS certificates");
     daemon.signal("TERM");
     let status = daemon.wait_exit();
     assert_eq!(status.code(), Some(0), "stderr:\n{}", daemon.stderr());

@@ -474,7 +474,6 @@ per_recipient = true
     assert_eq!(
         got,
         [
-            "edge.lmtp.type: \"lmtp\" edges are not supported yet",
             "relay.lda.type: \"dovecot\" relays are not supported yet",
             "relay.pipe.type: \"pipe\" relays are not supported yet",
             "relay.smart.tls: TLS to relays is not supported yet",

@@ -15,8 +15,11 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::smtp::Server;
 
-/// Size of one read.
+/// Size of one read of a plain socket (on the stack, never kept while idle).
 const READ_CHUNK: usize = 16 * 1024;
+/// Size of one read of a TLS stream (a heap buffer held while waiting).
+#[cfg(feature = "tls")]
+const TLS_READ_CHUNK: usize = 8 * 1024;
 
 /// A session's connection.
 #[derive(Debug)]
@@ -25,6 +28,11 @@ pub enum Transport {
     Tcp(TcpStream),
     /// A unix-domain socket connection (LMTP from a local MDA, say).
     Unix(UnixStream),
+    /// TLS over TCP (implicit TLS or after STARTTLS).
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Nothing: the stream was taken for a TLS upgrade that failed.
+    Detached,
 }
 
 impl From<TcpStream> for Transport {
@@ -44,22 +52,134 @@ impl Transport {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Transport::Tcp(s) => s.local_addr().ok(),
-            Transport::Unix(_) => None,
+            #[cfg(feature = "tls")]
+            Transport::Tls(s) => s.get_ref().0.local_addr().ok(),
+            Transport::Unix(_) | Transport::Detached => None,
+        }
+    }
+
+    /// Whether the stream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Transport::Tls(_) = self {
+            return true;
+        }
+        false
+    }
+
+    /// The underlying TCP stream, for reading a PROXY header before anything
+    /// else.
+    pub fn tcp_mut(&mut self) -> Option<&mut TcpStream> {
+        match self {
+            Transport::Tcp(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Reads a PROXY protocol header (HAProxy v1/v2) from a TCP stream,
+    /// consuming exactly its bytes: whatever follows (SMTP commands, or a
+    /// TLS ClientHello on an implicit-TLS port) stays in the socket. The
+    /// bytes are examined with `peek`; while the header is incomplete we
+    /// wait for more in 5 ms steps (headers arrive in one segment in
+    /// practice), bounded by `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidData` for a malformed header, `TimedOut` when it is not
+    /// complete in time, `UnexpectedEof` when the client closes first.
+    pub async fn take_proxy_header(
+        &mut self,
+        mode: super::proxy::ProxyMode,
+        timeout: std::time::Duration,
+    ) -> io::Result<super::proxy::ProxyHeader> {
+        use tokio::io::AsyncReadExt;
+        let Transport::Tcp(tcp) = self else {
+            return Err(io::Error::other("a PROXY header needs a TCP stream"));
+        };
+        let read = async {
+            let mut buf = vec![0u8; mode.max_len()];
+            let mut seen = 0;
+            loop {
+                let n = tcp.peek(&mut buf).await?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed inside the PROXY header",
+                    ));
+                }
+                match mode.parse(&buf[..n]) {
+                    Ok(Some((header, used))) => {
+                        tcp.read_exact(&mut buf[..used]).await?;
+                        return Ok(header);
+                    }
+                    Ok(None) => {
+                        if n == seen {
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        }
+                        seen = n;
+                    }
+                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, read).await.map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, "PROXY header not complete in time")
+        })?
+    }
+
+    /// Runs a server TLS handshake on a TCP stream and switches to TLS. When
+    /// the handshake fails the plain stream is kept, so the session can still
+    /// say `421 4.7.0` before closing; if this future is dropped mid-way (a
+    /// timeout) the stream is gone ([`Transport::Detached`]).
+    ///
+    /// # Errors
+    ///
+    /// When this is not a plain TCP stream or the handshake fails.
+    #[cfg(feature = "tls")]
+    pub async fn start_tls(
+        &mut self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+    ) -> io::Result<crate::envelope::TlsInfo> {
+        let Transport::Tcp(tcp) = std::mem::replace(self, Transport::Detached) else {
+            return Err(io::Error::other("TLS needs a plain TCP stream"));
+        };
+        match acceptor.accept(tcp).into_fallible().await {
+            Ok(tls) => {
+                let info = super::tls::tls_info(tls.get_ref().1);
+                *self = Transport::Tls(Box::new(tls));
+                Ok(info)
+            }
+            Err((error, tcp)) => {
+                *self = Transport::Tcp(tcp);
+                Err(error)
+            }
         }
     }
 
     /// Waits for input, then feeds one read into `server`. Returns the byte
     /// count (0 at end of stream).
     pub async fn read_into(&mut self, server: &mut Server) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Transport::Tls(s) = self {
+            use tokio::io::AsyncReadExt;
+            let mut chunk = vec![0u8; TLS_READ_CHUNK];
+            let n = s.read(&mut chunk).await?;
+            if n > 0 {
+                server.receive(&chunk[..n]);
+            }
+            return Ok(n);
+        }
         loop {
             match self {
                 Transport::Tcp(s) => s.readable().await?,
                 Transport::Unix(s) => s.readable().await?,
+                _ => return Ok(0),
             }
             let mut chunk = [0u8; READ_CHUNK];
             let read = match self {
                 Transport::Tcp(s) => s.try_read(&mut chunk),
                 Transport::Unix(s) => s.try_read(&mut chunk),
+                _ => return Ok(0),
             };
             match read {
                 Ok(n) => {
@@ -79,6 +199,12 @@ impl Transport {
         match self {
             Transport::Tcp(s) => s.write_all(bytes).await,
             Transport::Unix(s) => s.write_all(bytes).await,
+            #[cfg(feature = "tls")]
+            Transport::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+            Transport::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }
 
@@ -87,6 +213,9 @@ impl Transport {
         match self {
             Transport::Tcp(s) => s.shutdown().await,
             Transport::Unix(s) => s.shutdown().await,
+            #[cfg(feature = "tls")]
+            Transport::Tls(s) => s.shutdown().await,
+            Transport::Detached => Ok(()),
         }
     }
 }
