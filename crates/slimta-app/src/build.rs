@@ -8,7 +8,7 @@
 //!
 //! Shutdown order: edges stop accepting and drain their sessions (each edge
 //! waits at most its drain timeout); then each queue's scheduler stops. A
-//! memory queue first gets up to [`MEMORY_DRAIN`] to deliver what it holds,
+//! memory queue first gets up to `MEMORY_DRAIN` to deliver what it holds,
 //! because whatever is still in memory at exit is lost (a memory queue is
 //! not durable by definition; use `type = "disk"` for that). A disk queue
 //! stops at once: its messages are on disk and resume at the next start,

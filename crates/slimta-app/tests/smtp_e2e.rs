@@ -284,6 +284,12 @@ fn recipient_limit_answers_452() {
 fn connection_limit_refuses_only_new_clients() {
     let sink = SmtpSink::start(&[], false);
     let slimta = Slimta::start(&relay_config(sink.addr(), "max_connections = 2"));
+    // The start-up probe (a connect and close) is a session too: wait until
+    // it has ended so it does not hold one of the two slots.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !slimta.log().contains("disconnect") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut first = session(&slimta);
     let mut second = session(&slimta);
     let mut third = Client::connect(slimta.addr());
