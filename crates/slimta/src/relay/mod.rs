@@ -16,6 +16,7 @@
 //!   `Box<dyn DynRelay>` / `Arc<dyn DynRelay>` implement [`Relay`] again.
 
 pub mod blackhole;
+pub mod lmtp;
 pub mod smtp;
 
 use std::fmt;

@@ -48,9 +48,13 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use std::path::Path;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio::time::timeout;
+
+use super::stream::{Quiet, Stream};
 
 use crate::envelope::{BodyType, Envelope};
 use crate::relay::{Delivery, RelayError};
@@ -73,6 +77,7 @@ pub(crate) const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum Stage {
     Banner,
     Ehlo,
+    Lhlo,
     Helo,
     Mail,
     Rcpt,
@@ -88,6 +93,7 @@ impl Stage {
         match self {
             Stage::Banner => "banner",
             Stage::Ehlo => "EHLO",
+            Stage::Lhlo => "LHLO",
             Stage::Helo => "HELO",
             Stage::Mail => "MAIL FROM",
             Stage::Rcpt => "RCPT TO",
@@ -106,9 +112,17 @@ impl fmt::Display for Stage {
     }
 }
 
+/// SMTP (RFC 5321) or LMTP (RFC 2033).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Smtp,
+    Lmtp,
+}
+
 /// How to open a connection.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectOptions {
+    pub(crate) dialect: Dialect,
     pub(crate) ehlo_as: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
@@ -134,7 +148,8 @@ impl From<SessionError> for RelayError {
 /// One SMTP session with a server, after the banner and EHLO.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Stream,
+    dialect: Dialect,
     buf: Vec<u8>,
     peer: String,
     command_timeout: Duration,
@@ -211,15 +226,46 @@ impl Connection {
             return Err(early(connect_failed(&peer, why)));
         };
         let _ = stream.set_nodelay(true);
+        Self::start(Stream::Tcp(stream), peer, options)
+            .await
+            .map_err(early)
+    }
+
+    /// Connects to the unix socket at `path`, reads the banner and greets.
+    pub(crate) async fn open_unix(
+        path: &Path,
+        options: &ConnectOptions,
+    ) -> Result<Self, SessionError> {
+        let early = |error| SessionError {
+            error,
+            before_transaction: true,
+        };
+        let peer = path.display().to_string();
+        let stream = match timeout(options.connect_timeout, UnixStream::connect(path)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(early(connect_failed(&peer, e))),
+            Err(_) => return Err(early(connect_failed(&peer, "connect timed out"))),
+        };
+        Self::start(Stream::Unix(stream), peer, options)
+            .await
+            .map_err(early)
+    }
+
+    async fn start(
+        stream: Stream,
+        peer: String,
+        options: &ConnectOptions,
+    ) -> Result<Self, RelayError> {
         let mut conn = Connection {
             stream,
+            dialect: options.dialect,
             buf: Vec::with_capacity(4096),
             peer,
             command_timeout: options.command_timeout,
             extensions: Extensions::default(),
             broken: false,
         };
-        conn.handshake(&options.ehlo_as).await.map_err(early)?;
+        conn.handshake(&options.ehlo_as).await?;
         Ok(conn)
     }
 
@@ -228,15 +274,25 @@ impl Connection {
         if !banner.is_positive() {
             return Err(self.remote_error(&banner, Stage::Banner));
         }
-        self.write(format!("EHLO {ehlo_as}\r\n").as_bytes(), Stage::Ehlo)
+        self.greet(ehlo_as).await
+    }
+
+    /// EHLO (LHLO for LMTP), falling back to HELO when an SMTP server refuses
+    /// EHLO with 5xx. LMTP has no such fallback (RFC 2033 4.1).
+    async fn greet(&mut self, ehlo_as: &str) -> Result<(), RelayError> {
+        let (verb, stage) = match self.dialect {
+            Dialect::Smtp => ("EHLO", Stage::Ehlo),
+            Dialect::Lmtp => ("LHLO", Stage::Lhlo),
+        };
+        self.write(format!("{verb} {ehlo_as}\r\n").as_bytes(), stage)
             .await?;
-        let ehlo = self.read_reply(Stage::Ehlo).await?;
+        let ehlo = self.read_reply(stage).await?;
         if ehlo.is_positive() {
             self.extensions = Extensions::from_ehlo(&ehlo);
             return Ok(());
         }
-        if !ehlo.is_permanent() {
-            return Err(self.remote_error(&ehlo, Stage::Ehlo));
+        if !ehlo.is_permanent() || self.dialect == Dialect::Lmtp {
+            return Err(self.remote_error(&ehlo, stage));
         }
         self.write(format!("HELO {ehlo_as}\r\n").as_bytes(), Stage::Helo)
             .await?;
@@ -265,15 +321,14 @@ impl Connection {
         if self.broken || !self.buf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 512];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-            Ok(n) => {
-                self.buf.extend_from_slice(&probe[..n]);
+        match self.stream.poll_quiet() {
+            Quiet::Yes => true,
+            Quiet::Data(bytes) => {
+                self.buf.extend_from_slice(&bytes);
                 self.broken = true;
                 false
             }
-            Err(_) => {
+            Quiet::Failed => {
                 self.broken = true;
                 false
             }
@@ -494,8 +549,91 @@ impl Connection {
             return Ok(finish(&refused, &Err(RelayError::from_reply(reply))));
         }
 
+        if self.dialect == Dialect::Lmtp {
+            let accepted: Vec<usize> = rcpts
+                .iter()
+                .map(|&(i, _)| i)
+                .filter(|&i| refused[i].is_none())
+                .collect();
+            return Ok(self
+                .lmtp_data_phase(pipelined, &data, refused, &accepted)
+                .await);
+        }
         let outcome = self.data_phase(pipelined, &data).await;
         Ok(finish(&refused, &outcome))
+    }
+
+    /// LMTP's DATA: after the message, one reply per accepted recipient, in
+    /// the order of their RCPT commands (RFC 2033 4.2). A recipient whose
+    /// reply never came (timeout, lost connection) gets the transient error.
+    async fn lmtp_data_phase(
+        &mut self,
+        pipelined: bool,
+        data: &[u8],
+        mut results: Vec<Option<RelayError>>,
+        accepted: &[usize],
+    ) -> Delivery {
+        let mut replies: Vec<Option<Reply>> = vec![None; results.len()];
+        let started = async {
+            if !pipelined {
+                self.write(b"DATA\r\n", Stage::Data).await?;
+            }
+            let reply = self.read_reply(Stage::Data).await?;
+            if reply.code() != 354 {
+                return Err(self.remote_error(&reply, Stage::Data));
+            }
+            self.write(data, Stage::Message).await
+        }
+        .await;
+        let mut last = None;
+        match started {
+            Err(e) => {
+                for &i in accepted {
+                    results[i] = Some(e.clone());
+                }
+                last = Some(e.reply().clone());
+            }
+            Ok(()) => {
+                let mut lost: Option<RelayError> = None;
+                for &i in accepted {
+                    if let Some(e) = &lost {
+                        results[i] = Some(e.clone());
+                        continue;
+                    }
+                    match self.read_reply(Stage::EndOfData).await {
+                        Ok(reply) if reply.is_positive() => {
+                            last = Some(reply.clone());
+                            replies[i] = Some(reply);
+                        }
+                        Ok(reply) => {
+                            let e = self.remote_error(&reply, Stage::EndOfData);
+                            last = Some(e.reply().clone());
+                            results[i] = Some(e);
+                        }
+                        Err(e) => {
+                            last = Some(e.reply().clone());
+                            results[i] = Some(e.clone());
+                            lost = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+        let results: Vec<Result<Reply, RelayError>> = results
+            .into_iter()
+            .zip(replies)
+            .map(|(error, reply)| match (error, reply) {
+                (Some(e), _) => Err(e),
+                (None, Some(reply)) => Ok(reply),
+                (None, None) => Err(RelayError::transient(Reply::new(
+                    451,
+                    "4.3.0",
+                    "no LMTP reply for this recipient",
+                ))),
+            })
+            .collect();
+        let reply = last.unwrap_or_else(|| Reply::new(451, "4.3.0", "no LMTP reply"));
+        Delivery::per_recipient(reply, results)
     }
 
     /// After a pipelined MAIL was refused: reads the RCPT and DATA replies

@@ -4,6 +4,8 @@
 //!   or the next hop of a gateway).
 //! - `MxSmtpRelay` (feature `mx`) sends each recipient domain to its mail
 //!   exchangers, found in the DNS.
+//! - [`crate::relay::lmtp::StaticLmtpRelay`] is the static relay in the
+//!   session driver's LMTP dialect.
 //!
 //! Both speak through `connection.rs`, the tokio driver of one SMTP client
 //! session, which in turn uses the sans-IO client pieces in
@@ -17,6 +19,7 @@ mod connection;
 mod mx;
 mod pool;
 mod static_relay;
+mod stream;
 
 #[cfg(feature = "mx")]
 pub use mx::MxSmtpRelay;

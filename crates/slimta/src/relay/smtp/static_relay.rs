@@ -21,6 +21,7 @@
 //!   reused after a successful RSET. Clones of a relay share its pool.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use crate::envelope::Envelope;
 use crate::relay::{Delivery, Relay, RelayError};
 use crate::reply::Reply;
 
-use super::connection::{ConnectOptions, Connection, SessionError};
+use super::connection::{ConnectOptions, Connection, Dialect, SessionError};
 use super::pool::Pool;
 
 /// Delivers every envelope to one SMTP server.
@@ -36,7 +37,8 @@ use super::pool::Pool;
 pub struct StaticSmtpRelay {
     host: String,
     port: u16,
-    options: ConnectOptions,
+    unix_path: Option<PathBuf>,
+    pub(crate) options: ConnectOptions,
     #[cfg(feature = "mx")]
     resolver: Option<crate::dns::Resolver>,
     pool_size: usize,
@@ -53,7 +55,9 @@ impl StaticSmtpRelay {
         Self {
             host: host.into(),
             port,
+            unix_path: None,
             options: ConnectOptions {
+                dialect: Dialect::Smtp,
                 ehlo_as: if ehlo_as.is_empty() {
                     "localhost".into()
                 } else {
@@ -109,6 +113,18 @@ impl StaticSmtpRelay {
     /// The local address to connect from (default: chosen by the system).
     pub fn source_address(mut self, ip: IpAddr) -> Self {
         self.options.source_address = Some(ip);
+        self
+    }
+
+    /// The same relay speaking LMTP (the LMTP relay is built this way).
+    pub(crate) fn lmtp(mut self) -> Self {
+        self.options.dialect = Dialect::Lmtp;
+        self
+    }
+
+    /// Connects to a unix socket instead of host and port.
+    pub(crate) fn unix_path(mut self, path: PathBuf) -> Self {
+        self.unix_path = Some(path);
         self
     }
 
@@ -175,6 +191,10 @@ impl StaticSmtpRelay {
         let _permit = self.pool.permit().await;
         let mut conn = match self.pool.take_idle().await {
             Some(conn) => conn,
+            None if self.unix_path.is_some() => {
+                let path = self.unix_path.as_deref().expect("checked");
+                Connection::open_unix(path, &self.options).await?
+            }
             None => {
                 let addrs = self.resolve().await.map_err(|error| SessionError {
                     error,
