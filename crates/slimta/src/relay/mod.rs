@@ -17,6 +17,7 @@
 
 pub mod blackhole;
 pub mod lmtp;
+pub mod pipe;
 pub mod smtp;
 
 use std::fmt;
