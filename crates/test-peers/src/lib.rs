@@ -611,3 +611,144 @@ impl Default for MaildropBox {
         Self::new()
     }
 }
+
+/// The Python interpreter of a virtualenv under the workspace's `target/`
+/// holding `package` (installed with pip from PyPI the first time).
+///
+/// # Panics
+///
+/// When the virtualenv cannot be made (python3 or its venv module missing,
+/// no access to PyPI).
+pub fn python_with(package: &str, module: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let venv = target.join(format!("test-venv-{package}"));
+    let python = venv.join("bin/python");
+    let has = |python: &Path| {
+        Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has(&python) {
+        return python;
+    }
+    // Built aside and renamed into place, so concurrent test binaries never
+    // see half a virtualenv.
+    let _ = fs::create_dir_all(&target);
+    let scratch = tempfile::Builder::new()
+        .prefix("venv-build")
+        .tempdir_in(&target)
+        .expect("tempdir in target/");
+    let build = scratch.path().join("venv");
+    let python3 = require("python3", "python3");
+    let status = Command::new(python3)
+        .args(["-m", "venv"])
+        .arg(&build)
+        .status()
+        .expect("run python3 -m venv");
+    assert!(
+        status.success(),
+        "python3 -m venv failed (Debian package python3-venv)"
+    );
+    let status = Command::new(build.join("bin/python"))
+        .args(["-m", "pip", "install", "-q", package])
+        .status()
+        .expect("run pip");
+    assert!(status.success(), "pip install {package} failed");
+    // Moving a virtualenv keeps `bin/python` working (it finds pyvenv.cfg
+    // next to itself); only console-script shebangs would break, and none
+    // is used. A rename that loses the race leaves the winner's in place.
+    let _ = fs::rename(&build, &venv);
+    assert!(has(&python), "{package} is not importable as {module}");
+    python
+}
+
+/// aiosmtpd (PyPI) as an SMTP server with STARTTLS or implicit TLS and
+/// AUTH PLAIN, LOGIN and CRAM-MD5, storing each message it accepts.
+#[derive(Debug)]
+pub struct AioSmtpd {
+    /// The running process.
+    pub peer: Peer,
+    dir: tempfile::TempDir,
+}
+
+/// One message stored by [`AioSmtpd`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AioMessage {
+    /// `key=value` facts: `mail_from`, `rcpt` (repeated), `tls` (`True`/`False`),
+    /// `auth` (the authenticated user), `mech`, `helo`.
+    pub meta: Vec<(String, String)>,
+    /// The message as received (CRLF line ends).
+    pub content: Vec<u8>,
+}
+
+impl AioMessage {
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.meta
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl AioSmtpd {
+    /// Starts the server on a free port with flags of
+    /// `aiosmtpd_server.py`: `--mode plain|starttls|implicit`, `--cert`,
+    /// `--key`, `--user`, `--password`, `--mechs "PLAIN LOGIN CRAM-MD5"`,
+    /// `--auth-reply "454 4.7.0 ..."`, `--auth-plaintext`.
+    pub fn start(args: &[&str]) -> Self {
+        let python = python_with("aiosmtpd", "aiosmtpd");
+        let dir = tempfile::Builder::new()
+            .prefix("aiosmtpd")
+            .tempdir()
+            .expect("tempdir");
+        let script = dir.path().join("server.py");
+        fs::write(&script, include_str!("aiosmtpd_server.py")).expect("write server.py");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut command = Command::new(python);
+        command
+            .arg(&script)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args);
+        Self {
+            peer: Peer::spawn(command, addr, "aiosmtpd"),
+            dir,
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.peer.addr
+    }
+
+    /// The messages stored so far, in order.
+    pub fn messages(&self) -> Vec<AioMessage> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let base = self.dir.path().join(n.to_string());
+            let (Ok(meta), Ok(content)) = (
+                fs::read_to_string(base.with_extension("meta")),
+                fs::read(base.with_extension("eml")),
+            ) else {
+                break;
+            };
+            let meta = meta
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            out.push(AioMessage { meta, content });
+        }
+        out
+    }
+}

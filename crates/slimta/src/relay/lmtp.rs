@@ -15,7 +15,9 @@
 //!   refused at RCPT keeps that reply, an accepted one gets its own reply
 //!   after the data. A reply that never comes (lost connection, timeout) is
 //!   transient for that recipient and every one after it.
-//! - A unix socket path is used as-is; no TLS or AUTH is attempted on it.
+//! - TLS is off: LMTP servers sit on the same machine or a trusted
+//!   network (RFC 2033 4: LMTP is not for wide-area use). A unix socket path
+//!   is used as-is.
 //! - Defaults: port 24 is LMTP's registered port but servers are usually
 //!   on a socket or a local port, so there is no default destination; the
 //!   pool keeps no idle sessions (`idle_timeout` zero) unless configured.
@@ -24,7 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::envelope::Envelope;
-use crate::relay::smtp::StaticSmtpRelay;
+use crate::relay::smtp::{StaticSmtpRelay, TlsMode};
 use crate::relay::{Delivery, Relay, RelayError};
 
 /// Delivers every envelope to one LMTP server.
@@ -38,7 +40,7 @@ impl StaticLmtpRelay {
     /// `port`.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self {
-            inner: StaticSmtpRelay::new(host, port).lmtp(),
+            inner: StaticSmtpRelay::new(host, port).lmtp().tls(TlsMode::Off),
         }
     }
 
@@ -49,6 +51,7 @@ impl StaticLmtpRelay {
         Self {
             inner: StaticSmtpRelay::new(path.display().to_string(), 0)
                 .lmtp()
+                .tls(TlsMode::Off)
                 .unix_path(path),
         }
     }

@@ -49,18 +49,25 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use std::path::Path;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio::time::timeout;
 
 use super::stream::{Quiet, Stream};
+#[cfg(feature = "tls")]
+use super::tls::TlsClient;
+use super::{Credentials, TlsMode};
 
 use crate::envelope::{BodyType, Envelope};
 use crate::relay::{Delivery, RelayError};
 use crate::reply::{EnhancedCode, Reply};
 use crate::smtp::client::{
-    Extensions, MailFromParams, ReplyError, encode_data, mail_from, parse_reply, rcpt_to,
+    AuthMechanism, Extensions, MailFromParams, ReplyError, auth_plain_response,
+    choose_auth_mechanism, cram_md5_response, encode_data, mail_from, parse_reply, rcpt_to,
+    sasl_base64,
 };
 
 /// The most RCPT commands sent in one pipelined write. The replies to a
@@ -79,6 +86,9 @@ pub(crate) enum Stage {
     Ehlo,
     Lhlo,
     Helo,
+    StartTls,
+    TlsHandshake,
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -95,6 +105,9 @@ impl Stage {
             Stage::Ehlo => "EHLO",
             Stage::Lhlo => "LHLO",
             Stage::Helo => "HELO",
+            Stage::StartTls => "STARTTLS",
+            Stage::TlsHandshake => "TLS handshake",
+            Stage::Auth => "AUTH",
             Stage::Mail => "MAIL FROM",
             Stage::Rcpt => "RCPT TO",
             Stage::Data => "DATA",
@@ -127,6 +140,34 @@ pub(crate) struct ConnectOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) source_address: Option<IpAddr>,
+    pub(crate) tls: TlsMode,
+    pub(crate) tls_verify: bool,
+    pub(crate) tls_ca_file: Option<std::path::PathBuf>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls_client: Arc<TlsClient>,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) allow_plaintext_auth: bool,
+}
+
+impl ConnectOptions {
+    /// Defaults: SMTP, opportunistic TLS with verification (the smart-host
+    /// default), no AUTH.
+    pub(crate) fn new(ehlo_as: String) -> Self {
+        Self {
+            dialect: Dialect::Smtp,
+            ehlo_as,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            source_address: None,
+            tls: TlsMode::Opportunistic,
+            tls_verify: true,
+            tls_ca_file: None,
+            #[cfg(feature = "tls")]
+            tls_client: Arc::new(TlsClient::new(true, None)),
+            credentials: None,
+            allow_plaintext_auth: false,
+        }
+    }
 }
 
 /// A failed whole attempt, with whether it failed before the server
@@ -226,7 +267,7 @@ impl Connection {
             return Err(early(connect_failed(&peer, why)));
         };
         let _ = stream.set_nodelay(true);
-        Self::start(Stream::Tcp(stream), peer, options)
+        Self::start(Stream::Tcp(stream), peer, host, options)
             .await
             .map_err(early)
     }
@@ -246,14 +287,17 @@ impl Connection {
             Ok(Err(e)) => return Err(early(connect_failed(&peer, e))),
             Err(_) => return Err(early(connect_failed(&peer, "connect timed out"))),
         };
-        Self::start(Stream::Unix(stream), peer, options)
+        Self::start(Stream::Unix(stream), peer, "", options)
             .await
             .map_err(early)
     }
 
+    /// Banner, greeting, TLS and AUTH as configured. `host` is the name the
+    /// server's certificate must carry.
     async fn start(
         stream: Stream,
         peer: String,
+        host: &str,
         options: &ConnectOptions,
     ) -> Result<Self, RelayError> {
         let mut conn = Connection {
@@ -265,8 +309,211 @@ impl Connection {
             extensions: Extensions::default(),
             broken: false,
         };
+        let tcp = matches!(conn.stream, Stream::Tcp(_));
+        if tcp && options.tls == TlsMode::Immediate {
+            conn.tls_handshake(host, options).await?;
+        }
         conn.handshake(&options.ehlo_as).await?;
+        if tcp {
+            conn.secure(host, options).await?;
+        }
+        if let Some(credentials) = &options.credentials {
+            conn.authenticate(credentials, options.allow_plaintext_auth)
+                .await?;
+        }
         Ok(conn)
+    }
+
+    /// STARTTLS as the mode asks, then EHLO again (RFC 3207 4.2: the server
+    /// forgets everything it said before).
+    async fn secure(&mut self, host: &str, options: &ConnectOptions) -> Result<(), RelayError> {
+        let required = match options.tls {
+            TlsMode::Off | TlsMode::Immediate => return Ok(()),
+            TlsMode::Opportunistic if !cfg!(feature = "tls") => return Ok(()),
+            TlsMode::Opportunistic => false,
+            TlsMode::Required => true,
+        };
+        if !self.extensions.starttls {
+            if !required {
+                return Ok(());
+            }
+            let text = format!("TLS is required, but {} does not offer STARTTLS", self.peer);
+            return Err(RelayError::transient(Reply::new(451, "4.7.4", text)));
+        }
+        self.write(b"STARTTLS\r\n", Stage::StartTls).await?;
+        let reply = self.read_reply(Stage::StartTls).await?;
+        if reply.code() != 220 {
+            if !required && !self.broken {
+                tracing::debug!(
+                    peer = self.peer,
+                    ?reply,
+                    "STARTTLS refused, staying in plaintext"
+                );
+                return Ok(());
+            }
+            let said = reply.text().replace('\n', " ");
+            let text = format!(
+                "{} refused STARTTLS, which is required: {} {said}",
+                self.peer,
+                reply.code()
+            );
+            return Err(self.broken_error(Reply::new(451, "4.7.4", text)));
+        }
+        if !self.buf.is_empty() {
+            // CVE-2011-0411: whatever followed the 220 in plaintext could be
+            // read as an answer inside TLS; the session is not trusted.
+            let text = format!(
+                "{} sent data after its STARTTLS reply (possible injection, CVE-2011-0411)",
+                self.peer
+            );
+            self.buf.clear();
+            return Err(self.broken_error(Reply::new(451, "4.7.0", text)));
+        }
+        self.tls_handshake(host, options).await?;
+        self.greet(&options.ehlo_as).await
+    }
+
+    /// Replaces the TCP stream with a TLS session over it.
+    #[cfg(feature = "tls")]
+    async fn tls_handshake(
+        &mut self,
+        host: &str,
+        options: &ConnectOptions,
+    ) -> Result<(), RelayError> {
+        let Stream::Tcp(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
+            let text = format!("TLS is not possible on the session with {}", self.peer);
+            return Err(self.broken_error(Reply::new(451, "4.7.5", text)));
+        };
+        match timeout(
+            self.command_timeout,
+            options.tls_client.handshake(host, tcp),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => {
+                self.stream = Stream::Tls(Box::new(tls));
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let text = format!("TLS handshake with {} failed: {e}", self.peer);
+                Err(self.broken_error(Reply::new(451, "4.7.5", text)))
+            }
+            Err(_) => {
+                let text = format!(
+                    "Timed out in the {} with {}",
+                    Stage::TlsHandshake,
+                    self.peer
+                );
+                Err(self.broken_error(Reply::new(451, "4.4.2", text)))
+            }
+        }
+    }
+
+    /// Without the `tls` feature every TLS session fails.
+    #[cfg(not(feature = "tls"))]
+    async fn tls_handshake(
+        &mut self,
+        _host: &str,
+        _options: &ConnectOptions,
+    ) -> Result<(), RelayError> {
+        let text = format!(
+            "{} with {} failed: slimta was built without the `tls` feature",
+            Stage::TlsHandshake,
+            self.peer
+        );
+        Err(self.broken_error(Reply::new(451, "4.7.5", text)))
+    }
+
+    /// AUTH with the strongest mechanism both sides support; PLAIN and LOGIN
+    /// only over TLS unless `allow_plaintext` (RFC 4954 4: they reveal the
+    /// password). 535 is a permanent failure (`5.7.8`), 454 and other 4xx
+    /// transient.
+    async fn authenticate(
+        &mut self,
+        credentials: &Credentials,
+        allow_plaintext: bool,
+    ) -> Result<(), RelayError> {
+        let encrypted = self.stream.is_tls();
+        let offered = self.extensions.auth.clone();
+        let Some(mechanism) = choose_auth_mechanism(&offered, encrypted || allow_plaintext) else {
+            let why = if offered.is_empty() {
+                "does not offer AUTH".to_string()
+            } else if choose_auth_mechanism(&offered, true).is_some() {
+                format!(
+                    "offers only AUTH {} without TLS, which would reveal the password",
+                    offered.join(" ")
+                )
+            } else {
+                format!("offers no supported AUTH mechanism ({})", offered.join(" "))
+            };
+            let text = format!("Cannot authenticate to {}: it {why}", self.peer);
+            return Err(RelayError::transient(Reply::new(451, "4.7.0", text)));
+        };
+        let (user, pass) = (&credentials.username, &credentials.password);
+        let reply = match mechanism {
+            AuthMechanism::Plain => {
+                let cmd = format!("AUTH PLAIN {}\r\n", auth_plain_response(user, pass));
+                self.write(cmd.as_bytes(), Stage::Auth).await?;
+                self.read_reply(Stage::Auth).await?
+            }
+            AuthMechanism::Login => {
+                self.write(b"AUTH LOGIN\r\n", Stage::Auth).await?;
+                let mut reply = self.read_reply(Stage::Auth).await?;
+                for secret in [user, pass] {
+                    if reply.code() != 334 {
+                        break;
+                    }
+                    let line = format!("{}\r\n", sasl_base64(secret.as_bytes()));
+                    self.write(line.as_bytes(), Stage::Auth).await?;
+                    reply = self.read_reply(Stage::Auth).await?;
+                }
+                reply
+            }
+            AuthMechanism::CramMd5 => {
+                self.write(b"AUTH CRAM-MD5\r\n", Stage::Auth).await?;
+                let reply = self.read_reply(Stage::Auth).await?;
+                if reply.code() == 334 {
+                    match cram_md5_response(user, pass, reply.text()) {
+                        Ok(response) => {
+                            let line = format!("{response}\r\n");
+                            self.write(line.as_bytes(), Stage::Auth).await?;
+                            self.read_reply(Stage::Auth).await?
+                        }
+                        Err(e) => {
+                            let text = format!("Cannot authenticate to {}: {e}", self.peer);
+                            return Err(self.broken_error(Reply::new(451, "4.7.0", text)));
+                        }
+                    }
+                } else {
+                    reply
+                }
+            }
+        };
+        if reply.code() == 235 {
+            return Ok(());
+        }
+        let said = reply.text().replace('\n', " ");
+        let text = format!(
+            "Authentication as {user} with {} failed: {} said: {said} (in reply to AUTH)",
+            mechanism.name(),
+            self.peer
+        );
+        let class = u8::try_from(reply.code() / 100).unwrap_or(4);
+        let error = match reply.code() {
+            535 => RelayError::permanent(Reply::from_parts(
+                535,
+                Some(reply.enhanced().unwrap_or(EnhancedCode::new(5, 7, 8))),
+                text,
+            )),
+            400..=599 => RelayError::from_reply(Reply::from_parts(
+                reply.code(),
+                Some(reply.enhanced().unwrap_or(EnhancedCode::new(class, 7, 0))),
+                text,
+            )),
+            // A 334 where the exchange should be over: out of step.
+            _ => return Err(self.broken_error(Reply::new(451, "4.7.0", text))),
+        };
+        Err(error)
     }
 
     async fn handshake(&mut self, ehlo_as: &str) -> Result<(), RelayError> {

@@ -31,6 +31,7 @@ use crate::reply::Reply;
 
 use super::connection::{ConnectOptions, Connection, Dialect, SessionError};
 use super::pool::Pool;
+use super::{Credentials, TlsMode};
 
 /// Delivers every envelope to one SMTP server.
 #[derive(Clone, Debug)]
@@ -56,17 +57,11 @@ impl StaticSmtpRelay {
             host: host.into(),
             port,
             unix_path: None,
-            options: ConnectOptions {
-                dialect: Dialect::Smtp,
-                ehlo_as: if ehlo_as.is_empty() {
-                    "localhost".into()
-                } else {
-                    ehlo_as
-                },
-                connect_timeout: Duration::from_secs(30),
-                command_timeout: Duration::from_secs(300),
-                source_address: None,
-            },
+            options: ConnectOptions::new(if ehlo_as.is_empty() {
+                "localhost".into()
+            } else {
+                ehlo_as
+            }),
             #[cfg(feature = "mx")]
             resolver: None,
             pool_size: DEFAULT_POOL_SIZE,
@@ -125,6 +120,55 @@ impl StaticSmtpRelay {
     /// Connects to a unix socket instead of host and port.
     pub(crate) fn unix_path(mut self, path: PathBuf) -> Self {
         self.unix_path = Some(path);
+        self
+    }
+
+    /// When to use TLS (default [`TlsMode::Opportunistic`]: STARTTLS when
+    /// offered).
+    pub fn tls(mut self, mode: TlsMode) -> Self {
+        self.options.tls = mode;
+        self
+    }
+
+    /// Whether the server's certificate must be valid for the host name and
+    /// signed by a trusted CA (default true). `false` still encrypts but
+    /// accepts any certificate: anyone on the path can then read and change
+    /// the mail by presenting their own, and AUTH credentials go to them.
+    /// Use it only for a host you reach over a network you trust.
+    pub fn tls_verify(mut self, verify: bool) -> Self {
+        self.options.tls_verify = verify;
+        self.rebuild_tls();
+        self
+    }
+
+    /// Trust only the CA certificates in this PEM file instead of the
+    /// system's store (a private CA; tests).
+    pub fn tls_ca_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.options.tls_ca_file = Some(file.into());
+        self.rebuild_tls();
+        self
+    }
+
+    fn rebuild_tls(&mut self) {
+        #[cfg(feature = "tls")]
+        {
+            self.options.tls_client = Arc::new(super::tls::TlsClient::new(
+                self.options.tls_verify,
+                self.options.tls_ca_file.clone(),
+            ));
+        }
+    }
+
+    /// AUTH with these credentials after EHLO (and after STARTTLS).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.options.credentials = Some(credentials);
+        self
+    }
+
+    /// Allow AUTH PLAIN and LOGIN, which reveal the password, on a session
+    /// without TLS (default false: only CRAM-MD5 is used then).
+    pub fn allow_plaintext_auth(mut self, allow: bool) -> Self {
+        self.options.allow_plaintext_auth = allow;
         self
     }
 

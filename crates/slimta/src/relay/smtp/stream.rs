@@ -26,6 +26,7 @@ pub(crate) enum Stream {
     Unix(UnixStream),
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    #[cfg_attr(not(feature = "tls"), allow(dead_code, reason = "left by STARTTLS"))]
     Detached,
 }
 
