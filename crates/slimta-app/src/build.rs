@@ -17,6 +17,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use slimta::edge::credentials::Credentials;
+use slimta::edge::http::HttpEdge;
+use slimta::edge::proxy::ProxyMode;
+use slimta::edge::reverse_dns::ReverseDns;
+use slimta::edge::tls::{ReloadableTls, TlsConfig};
 use slimta::edge::{AcceptDomains, SmtpEdge, listener};
 use slimta::policy::headers::{AddDateHeader, AddMessageIdHeader, AddReceivedHeader};
 use slimta::queue::Queue;
@@ -30,8 +35,12 @@ use slimta::{DynRelay, Envelope, Handoff, HandoffResult};
 use tokio::sync::watch;
 
 use crate::config::{
-    Config, EdgeConfig, PolicyName, QueueConfig, RelayConfig, SmtpClientConfig, StorageConfig,
+    Config, EdgeConfig, EdgeKind, PolicyName, ProxyProtocol, QueueConfig, RelayConfig,
+    SmtpClientConfig, StorageConfig,
 };
+
+/// How long a client's reverse DNS lookup may delay its banner.
+const REVERSE_DNS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a memory queue may keep delivering after the edges stopped.
 const MEMORY_DRAIN: Duration = Duration::from_secs(10);
@@ -93,7 +102,11 @@ impl AppQueue {
 ///
 /// When something cannot be started (a listener cannot bind, a spool
 /// cannot be opened); the message is printed and the process exits 1.
-pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> Result<(), String> {
+pub async fn run(
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+    mut reloads: watch::Receiver<u64>,
+) -> Result<(), String> {
     let hostname = &config.process.hostname;
     let resolver = build_resolver(config)?;
     let mut relays: BTreeMap<&str, AppRelay> = BTreeMap::new();
@@ -114,28 +127,79 @@ pub async fn run(config: &Config, shutdown: watch::Receiver<bool>) -> Result<(),
         queues.insert(name, built);
     }
     let mut edges = tokio::task::JoinSet::new();
+    let mut certificates = Vec::new();
     for (name, edge) in &config.edges {
         let queue = queues
             .get(edge.queue.as_str())
             .cloned()
             .ok_or_else(|| format!("edge.{name}.queue: no queue named {:?}", edge.queue))?;
-        let smtp = build_smtp_edge(edge, queue, hostname);
+        let tls = match &edge.tls {
+            Some(files) => {
+                let tls = ReloadableTls::new(TlsConfig::new(&files.cert, &files.key))
+                    .map_err(|e| format!("edge.{name}.tls: {e}"))?;
+                certificates.push((name.clone(), tls.clone()));
+                Some(tls)
+            }
+            None => None,
+        };
+        let credentials = match &edge.auth {
+            Some(auth) => Some(
+                Credentials::from_map(auth.users.clone())
+                    .map_err(|e| format!("edge.{name}.auth.users: {e}"))?,
+            ),
+            None => None,
+        };
+        let mut listeners = Vec::new();
         for addr in &edge.listen {
             let listener = listener::bind(*addr)
                 .await
                 .map_err(|e| format!("edge.{name}.listen: cannot listen on {addr}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(edge = %name, address = %local, "listening");
-            let smtp = smtp.clone();
-            let shutdown = shutdown.clone();
-            edges.spawn(async move { smtp.serve(listener, shutdown).await });
+            listeners.push(listener);
+        }
+        match edge.kind {
+            EdgeKind::Http => {
+                let http = build_http_edge(edge, queue, hostname, tls, credentials);
+                for listener in listeners {
+                    let http = http.clone();
+                    let shutdown = shutdown.clone();
+                    edges.spawn(async move { http.serve(listener, shutdown).await });
+                }
+            }
+            EdgeKind::Smtp | EdgeKind::Lmtp => {
+                let mut smtp = build_smtp_edge(edge, queue, hostname, tls);
+                if edge.reverse_dns {
+                    let resolver = ReverseDns::new(&config.dns.nameservers, REVERSE_DNS_TIMEOUT)
+                        .map_err(|e| format!("edge.{name}.reverse_dns: {e}"))?;
+                    smtp = smtp.reverse_dns(resolver);
+                }
+                for listener in listeners {
+                    let smtp = smtp.clone();
+                    let shutdown = shutdown.clone();
+                    edges.spawn(async move { smtp.serve(listener, shutdown).await });
+                }
+            }
         }
     }
+    let reloader = tokio::spawn(async move {
+        while reloads.changed().await.is_ok() {
+            for (name, tls) in &certificates {
+                match tls.reload() {
+                    Ok(()) => tracing::info!(edge = %name, "TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(edge = %name, error = %e, "TLS reload failed; keeping the old certificate");
+                    }
+                }
+            }
+        }
+    });
     while let Some(done) = edges.join_next().await {
         if let Err(e) = done {
             tracing::error!(error = %e, "an edge task failed");
         }
     }
+    reloader.abort();
     for (name, queue) in &queues {
         queue.stop(name).await;
     }
@@ -264,18 +328,52 @@ fn build_queue(
     })
 }
 
+fn build_http_edge(
+    edge: &EdgeConfig,
+    queue: AppQueue,
+    hostname: &str,
+    tls: Option<ReloadableTls>,
+    credentials: Option<Credentials>,
+) -> HttpEdge<AppQueue> {
+    let mut http = HttpEdge::new(hostname, queue)
+        .accept_domains(AcceptDomains::new(&edge.accept_domains))
+        .max_size(usize::try_from(edge.max_size).unwrap_or(usize::MAX))
+        .max_recipients(edge.max_recipients)
+        .timeout(edge.command_timeout)
+        .max_connections(edge.max_connections);
+    if let Some(tls) = tls {
+        http = http.tls(tls);
+    }
+    if let Some(credentials) = credentials {
+        http = http.credentials(credentials);
+    }
+    http
+}
+
 fn build_smtp_edge(
     edge: &EdgeConfig,
     queue: AppQueue,
     hostname: &str,
+    tls: Option<ReloadableTls>,
 ) -> SmtpEdge<AppQueue, AcceptDomains> {
     let mut server = ServerConfig::new(hostname);
     server.max_size = usize::try_from(edge.max_size).unwrap_or(usize::MAX);
     server.max_recipients = edge.max_recipients;
-    SmtpEdge::new(hostname, queue)
+    let smtp = SmtpEdge::new(hostname, queue)
         .validators(AcceptDomains::new(&edge.accept_domains))
         .server_config(server)
         .command_timeout(edge.command_timeout)
         .data_timeout(edge.data_timeout)
         .max_connections(edge.max_connections)
+        .proxy_protocol(match edge.proxy_protocol {
+            ProxyProtocol::Off => None,
+            ProxyProtocol::V1 => Some(ProxyMode::V1),
+            ProxyProtocol::V2 => Some(ProxyMode::V2),
+            ProxyProtocol::Auto => Some(ProxyMode::Auto),
+        })
+        .tls_immediately(edge.tls_immediately);
+    match tls {
+        Some(tls) => smtp.tls(tls),
+        None => smtp,
+    }
 }

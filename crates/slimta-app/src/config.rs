@@ -147,6 +147,67 @@ pub struct EdgeConfig {
     pub command_timeout: Duration,
     /// How long to wait for message data. Default 600 s.
     pub data_timeout: Duration,
+    /// Unix-socket paths to listen on (`listen = ["unix:/path"]`).
+    pub listen_unix: Vec<PathBuf>,
+    /// `tls = { cert = "...", key = "..." }`: PEM files for STARTTLS,
+    /// implicit TLS and HTTPS.
+    pub tls: Option<EdgeTlsConfig>,
+    /// `tls_immediately`: TLS on connect (port 465 style). Default false.
+    pub tls_immediately: bool,
+    /// `proxy_protocol`: `"off"` (default), `"v1"`, `"v2"` or `"auto"`.
+    pub proxy_protocol: ProxyProtocol,
+    /// `[edge.NAME.auth]`: SMTP AUTH / HTTP Basic; `None` when absent.
+    pub auth: Option<EdgeAuthConfig>,
+    /// `reverse_dns`: look up the client's forward-confirmed PTR name.
+    /// Default true.
+    pub reverse_dns: bool,
+}
+
+/// `edge.NAME.tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeTlsConfig {
+    /// The certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `edge.NAME.proxy_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    /// No PROXY header is expected; a `PROXY` line is a bad command.
+    #[default]
+    Off,
+    /// HAProxy PROXY v1 (text).
+    V1,
+    /// HAProxy PROXY v2 (binary).
+    V2,
+    /// Either version.
+    Auto,
+}
+
+/// `[edge.NAME.auth]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EdgeAuthConfig {
+    /// SASL mechanisms offered, upper case. Default PLAIN, LOGIN, CRAM-MD5.
+    pub mechanisms: Vec<String>,
+    /// Offer PLAIN/LOGIN before TLS. Default false.
+    pub allow_plaintext: bool,
+    /// Refuse MAIL until AUTH succeeded. Default false.
+    pub required: bool,
+    /// User name to Dovecot-style scheme-prefixed secret.
+    pub users: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for EdgeAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeAuthConfig")
+            .field("mechanisms", &self.mechanisms)
+            .field("allow_plaintext", &self.allow_plaintext)
+            .field("required", &self.required)
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// `edge.NAME.type`.
@@ -473,11 +534,28 @@ impl Config {
             }
         }
         for (name, edge) in &self.edges {
-            if edge.kind != EdgeKind::Smtp {
+            if edge.kind == EdgeKind::Lmtp {
                 errors.push(ConfigError::new(
                     format!("edge.{name}.type"),
                     format!("\"{}\" edges are not supported yet", edge.kind.as_str()),
                 ));
+            }
+            let unwired = [
+                (
+                    "tls",
+                    edge.tls.is_some() && !edge.tls_immediately && edge.kind != EdgeKind::Http,
+                    "STARTTLS is not supported yet (tls_immediately = true is)",
+                ),
+                (
+                    "auth",
+                    edge.auth.is_some() && edge.kind != EdgeKind::Http,
+                    "SMTP AUTH is not supported yet (HTTP Basic auth is)",
+                ),
+            ];
+            for (key, set, why) in unwired {
+                if set {
+                    errors.push(ConfigError::new(format!("edge.{name}.{key}"), why));
+                }
             }
         }
         for (name, relay) in &self.relays {

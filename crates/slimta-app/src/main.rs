@@ -177,8 +177,9 @@ fn init_logging(process: &ProcessConfig) -> Result<(), String> {
 /// Runs the configuration until a signal asks it to stop.
 async fn daemon(config: &Config, source: &str) -> Result<(), String> {
     let (stop, shutdown) = watch::channel(false);
+    let (reload, reloads) = watch::channel(0u64);
     let signals = Signals::install().map_err(|e| format!("cannot handle signals: {e}"))?;
-    tokio::spawn(signals.watch(stop));
+    tokio::spawn(signals.watch(stop, reload));
     let _pid_file = match &config.process.pid_file {
         Some(path) => Some(PidFile::create(path)?),
         None => None,
@@ -199,7 +200,7 @@ async fn daemon(config: &Config, source: &str) -> Result<(), String> {
             "edge configured"
         );
     }
-    slimta_app::build::run(config, shutdown).await
+    slimta_app::build::run(config, shutdown, reloads).await
 }
 
 /// The signals the daemon reacts to, registered before it announces itself
@@ -219,14 +220,15 @@ impl Signals {
         })
     }
 
-    async fn watch(mut self, stop: watch::Sender<bool>) {
+    async fn watch(mut self, stop: watch::Sender<bool>, reload: watch::Sender<u64>) {
         let mut stopping = false;
         loop {
             let (name, number) = tokio::select! {
                 _ = self.term.recv() => ("SIGTERM", 15),
                 _ = self.int.recv() => ("SIGINT", 2),
                 _ = self.hup.recv() => {
-                    tracing::warn!("SIGHUP: reload not supported yet; still running with the configuration it started with");
+                    tracing::info!("SIGHUP: reloading TLS certificates (the rest of the configuration stays as started)");
+                    reload.send_modify(|n| *n += 1);
                     continue;
                 }
             };

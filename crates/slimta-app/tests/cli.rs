@@ -105,7 +105,7 @@ port = 70000
             "{p}: edge.in.listen[1]: invalid socket address \"x\" (expected IP:PORT, e.g. \"127.0.0.1:2525\" or \"[::1]:2525\")"
         ),
         format!(
-            "{p}: edge.in.bogus: unknown key (expected one of: accept_domains, command_timeout, data_timeout, listen, max_connections, max_recipients, max_size, queue, type)"
+            "{p}: edge.in.bogus: unknown key (expected one of: accept_domains, auth, command_timeout, data_timeout, listen, max_connections, max_recipients, max_size, proxy_protocol, queue, reverse_dns, tls, tls_immediately, type)"
         ),
         format!("{p}: 5 errors"),
     ];
@@ -296,7 +296,7 @@ fn sigterm_stops_the_daemon_with_exit_0_and_sighup_does_not() {
     let mut daemon = Daemon::start(&["--config", path.to_str().unwrap()], dir.path(), None);
     daemon.wait_for("slimta starting");
     daemon.signal("HUP");
-    daemon.wait_for("reload not supported yet");
+    daemon.wait_for("SIGHUP: reloading TLS certificates");
     daemon.signal("TERM");
     let status = daemon.wait_exit();
     assert_eq!(status.code(), Some(0), "stderr:\n{}", daemon.stderr());

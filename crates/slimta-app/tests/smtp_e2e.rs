@@ -432,3 +432,47 @@ fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
+
+#[test]
+fn data_timeout_answers_421() {
+    let sink = SmtpSink::start(&[], true);
+    let slimta = Slimta::start(&relay_config(sink.addr(), r#"data_timeout = "1s""#));
+    let mut c = session(&slimta);
+    c.cmd("EHLO slow.test", "250");
+    c.cmd("MAIL FROM:<s@x.test>", "250");
+    c.cmd("RCPT TO:<r@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send(b"Subject: never finished\r\n\r\nhalf");
+    // No timing assertion: the read waits up to 20 s for the 421.
+    c.expect("421 4.4.2");
+    assert!(c.closed());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sink.messages().is_empty(), "a half message was relayed");
+}
+
+/// Memory stays bounded with many idle clients: 10,000 connections that
+/// got their banner and then say nothing.
+#[test]
+fn ten_thousand_idle_connections_stay_small() {
+    let sink = SmtpSink::start(&[], false);
+    let slimta = Slimta::start(&relay_config(sink.addr(), "max_connections = 12000"));
+    let before = slimta.rss_kib();
+    let mut idle = Vec::with_capacity(10_000);
+    for i in 0..10_000 {
+        let mut c = Client::connect(slimta.addr());
+        if i % 1000 == 0 {
+            c.expect("220 ");
+        }
+        idle.push(c);
+    }
+    // Every session is up once the last one was greeted.
+    idle.last_mut().expect("connections").expect("220 ");
+    let during = slimta.rss_kib();
+    assert!(
+        during < 150 * 1024,
+        "RSS with 10,000 idle connections is {during} KiB (before: {before} KiB)"
+    );
+    // And they still work (the first one's banner was read above).
+    idle[0].cmd("NOOP", "250");
+    eprintln!("RSS: {before} KiB before, {during} KiB with 10,000 idle connections");
+}

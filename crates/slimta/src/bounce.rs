@@ -23,6 +23,7 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
+use crate::date;
 use crate::envelope::{BodyType, ClientInfo, Envelope, Protocol};
 use crate::reply::Reply;
 
@@ -76,7 +77,7 @@ pub fn report(
          It has been given up on; the reasons follow.\r\n\
          \r\n",
         sender = original.sender,
-        date = rfc5322_date(now),
+        date = date::rfc5322(now),
         id = uuid::Uuid::new_v4().simple(),
         kind = if global {
             "global-delivery-status"
@@ -99,7 +100,7 @@ pub fn report(
         } else {
             "delivery-status"
         },
-        arrival = rfc5322_date(original.receive_time),
+        arrival = date::rfc5322(original.receive_time),
     );
     for f in failed {
         let status = f
@@ -160,48 +161,6 @@ fn one_line(reply: &Reply) -> String {
     reply.to_string().replace(['\r', '\n'], " ")
 }
 
-/// Formats `time` as an RFC 5322 date in UTC, for example
-/// `Sat, 21 Nov 2026 15:27:42 +0000`.
-pub fn rfc5322_date(time: SystemTime) -> String {
-    let secs = match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    };
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    // 1970-01-01 was a Thursday.
-    let weekday = WEEKDAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)];
-    let month = MONTHS[usize::try_from(month - 1).unwrap_or(0)];
-    format!(
-        "{weekday}, {day:02} {month} {year} {:02}:{:02}:{:02} +0000",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
-/// (year, month 1-12, day 1-31) of a day count since 1970-01-01, in the
-/// proleptic Gregorian calendar (eras of 400 years, years starting in
-/// March so the leap day comes last).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -210,27 +169,6 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(at(0)), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(at(951_782_400)),
-            "Tue, 29 Feb 2000 00:00:00 +0000"
-        );
-        assert_eq!(
-            rfc5322_date(at(1_795_274_862)),
-            "Sat, 21 Nov 2026 15:27:42 +0000"
-        );
-        assert_eq!(
-            rfc5322_date(at(4_133_980_799)),
-            "Fri, 31 Dec 2100 23:59:59 +0000"
-        );
-        assert_eq!(
-            rfc5322_date(SystemTime::UNIX_EPOCH - Duration::from_secs(1)),
-            "Wed, 31 Dec 1969 23:59:59 +0000"
-        );
     }
 
     fn original() -> Envelope {

@@ -41,3 +41,53 @@ impl<H: Handoff> Handoff for std::sync::Arc<H> {
         (**self).handoff(envelope)
     }
 }
+
+/// The one reply an SMTP or HTTP edge gives for the queue's answer: `250
+/// 2.6.0 Message queued as ID[, ID...]` when every part is durable,
+/// otherwise the first failed part's reply (the client retries all of it;
+/// see the module docs).
+pub fn queued_reply(results: &[HandoffResult]) -> Reply {
+    if let Some(failure) = results.iter().find_map(|r| r.result.as_ref().err()) {
+        return failure.clone();
+    }
+    if results.is_empty() {
+        return Reply::new(
+            451,
+            "4.3.0",
+            "Message was not queued (no part left after policies)",
+        );
+    }
+    let ids: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r.result.as_deref().ok())
+        .collect();
+    Reply::new(
+        250,
+        "2.6.0",
+        format!("Message queued as {}", ids.join(", ")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_reply_needs_every_part() {
+        let ok = |id: &str| HandoffResult {
+            recipients: vec!["a@x".into()],
+            result: Ok(id.into()),
+        };
+        assert_eq!(
+            queued_reply(&[ok("A"), ok("B")]).to_string(),
+            "250 2.6.0 Message queued as A, B"
+        );
+        let full = Reply::new(452, "4.3.1", "Insufficient system storage");
+        let failed = HandoffResult {
+            recipients: vec!["b@x".into()],
+            result: Err(full.clone()),
+        };
+        assert_eq!(queued_reply(&[ok("A"), failed]), full);
+        assert_eq!(queued_reply(&[]).code(), 451);
+    }
+}

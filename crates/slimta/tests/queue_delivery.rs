@@ -585,3 +585,60 @@ async fn backends_and_relays_chosen_at_run_time_work_too() {
     settle().await;
     assert!(queue.storage().load().await.unwrap().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn thousands_of_deferred_messages_wait_without_attempts() {
+    const MESSAGES: usize = 5000;
+    let relay = ScriptedRelay::new(|_, attempt| if attempt == 1 { later() } else { ok() });
+    let storage = MemoryStorage::new();
+    let queue = Queue::new(storage.clone(), relay.clone())
+        .with_backoff(fixed_backoff(Duration::from_secs(3600)));
+    queue.start().await.unwrap();
+    for i in 0..MESSAGES {
+        queued_id(&queue, envelope(&[&format!("r{i}@x.test")])).await;
+    }
+    relay.wait_calls(MESSAGES).await;
+    settle().await;
+    let first_round = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3599)).await;
+    assert_eq!(
+        relay.calls().len(),
+        MESSAGES,
+        "a deferred message was attempted early"
+    );
+    assert_eq!(queue.waiting(), MESSAGES);
+    let calls = relay.wait_calls(2 * MESSAGES).await;
+    assert!(
+        calls[MESSAGES..]
+            .iter()
+            .all(|c| c.at - first_round <= Duration::from_secs(3600))
+    );
+    settle().await;
+    assert!(storage.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_relay_does_not_strand_the_message() {
+    let panicked = Arc::new(AtomicBool::new(false));
+    let relay = ScriptedRelay::new({
+        let panicked = panicked.clone();
+        move |_, _| {
+            if !panicked.swap(true, Ordering::SeqCst) {
+                panic!("relay bug (expected by this test)");
+            }
+            ok()
+        }
+    });
+    let storage = MemoryStorage::new();
+    let queue = Queue::new(storage.clone(), relay.clone());
+    queue.start().await.unwrap();
+    queued_id(&queue, envelope(&["a@x.test"])).await;
+    // The first call panics inside the relay; the message is tried again a
+    // minute later instead of waiting for a restart.
+    let calls = relay.wait_calls(2).await;
+    assert!(panicked.load(Ordering::SeqCst));
+    assert_eq!(calls[1].at - calls[0].at, Duration::from_secs(60));
+    assert_eq!(calls[1].recipients, ["a@x.test"]);
+    settle().await;
+    assert!(storage.is_empty());
+}

@@ -1,13 +1,15 @@
 //! Property tests of the SMTP server state machine through its public API:
 //! arbitrary input never panics, never produces malformed output, does not
 //! depend on how it is split into reads, and DATA content round-trips
-//! through dot-stuffing.
+//! through dot-stuffing. Streams include STARTTLS, AUTH exchanges and LHLO,
+//! under an SMTP, a STARTTLS+AUTH and an LMTP+AUTH configuration; no
+//! plaintext after an accepted STARTTLS is ever answered.
 
 use std::sync::Arc;
 
 use proptest::prelude::*;
 use slimta::Reply;
-use slimta::smtp::{EventKind, Server, ServerConfig, Step};
+use slimta::smtp::{EventKind, Mechanism, Server, ServerConfig, Step};
 
 /// Pieces that make interesting streams: line-end fragments, dots, NULs,
 /// valid and invalid commands, BDAT in all its forms, high bytes.
@@ -55,7 +57,26 @@ const TOKENS: &[&[u8]] = &[
     b"RCPT",
     b"FROM:",
     b"TO:",
+    b"STARTTLS\r\n",
+    b"STARTTLS",
+    b"LHLO c\r\n",
+    b"AUTH PLAIN AGEAYg==\r\n",
+    b"AUTH PLAIN =\r\n",
+    b"AUTH PLAIN\r\n",
+    b"AUTH LOGIN\r\n",
+    b"AUTH LOGIN YWxpY2U=\r\n",
+    b"AUTH CRAM-MD5\r\n",
+    b"AUTH X\r\n",
+    b"AUTH ",
+    b"AGEAYg==",
+    b"YWxpY2UgMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\r\n",
+    b"*\r\n",
+    b"=",
 ];
+
+/// What follows an accepted STARTTLS: the client starts over inside TLS.
+const AFTER_TLS: &[u8] =
+    b"EHLO c\r\nAUTH PLAIN AGEAYg==\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n";
 
 fn config() -> ServerConfig {
     ServerConfig {
@@ -64,6 +85,48 @@ fn config() -> ServerConfig {
         max_bad_commands: 50,
         ..ServerConfig::new("mx.test")
     }
+}
+
+/// 0: plain SMTP; 1: STARTTLS and AUTH (TLS-only PLAIN/LOGIN, required);
+/// 2: LMTP with AUTH allowed in plaintext.
+fn config_variant(variant: u8) -> ServerConfig {
+    match variant % 3 {
+        0 => config(),
+        1 => ServerConfig {
+            starttls: true,
+            auth_mechanisms: Mechanism::ALL.to_vec(),
+            auth_required: true,
+            ..config()
+        },
+        _ => ServerConfig {
+            lmtp: true,
+            auth_mechanisms: Mechanism::ALL.to_vec(),
+            auth_plaintext: true,
+            ..config()
+        },
+    }
+}
+
+/// An event as a string, without the random CRAM-MD5 challenge.
+fn describe(kind: &EventKind) -> String {
+    match kind {
+        EventKind::Auth(a) => format!("Auth({} {})", a.mechanism, a.authcid),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Output with CRAM-MD5 challenges (random) replaced by a fixed line.
+fn hide_challenges(output: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(output.len());
+    for line in output.split_inclusive(|&b| b == b'\n') {
+        // A base64 `<...@mx.test>` starts with "PD" and is long.
+        if line.starts_with(b"334 PD") && line.len() > 30 {
+            out.extend_from_slice(b"334 <challenge>\r\n");
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    out
 }
 
 fn cut(input: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
@@ -79,25 +142,38 @@ fn cut(input: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     out
 }
 
-/// Drives a session; `refuse` decides which events get a 550 instead of
-/// the proposed reply. Returns (output, events).
+/// Drives a session; `refuse` decides which events get a 550 (a 535 for
+/// AUTH) instead of the proposed reply (a 235 for AUTH). After an accepted
+/// STARTTLS the reads not yet given are dropped (plaintext the TLS layer
+/// swallows) and [`AFTER_TLS`] is read instead. In LMTP mode a refused
+/// message gets per-recipient replies. Returns (output, events).
 fn drive(config: ServerConfig, reads: &[Vec<u8>], refuse: &[bool]) -> (Vec<u8>, Vec<String>) {
     let mut server = Server::new(Arc::new(config));
     server.greet(server.default_banner());
     let mut output = Vec::new();
     let mut events = Vec::new();
+    let after_tls = [AFTER_TLS.to_vec()];
     let mut reads = reads.iter();
     loop {
         match server.step() {
             Step::Event(ev) => {
                 let n = events.len();
-                events.push(format!("{:?}", ev.kind));
-                let reply = if refuse.get(n).copied().unwrap_or(false) {
-                    Reply::new(550, "5.7.1", "refused")
-                } else {
-                    ev.reply
-                };
-                server.respond(reply);
+                events.push(describe(&ev.kind));
+                let refused = refuse.get(n).copied().unwrap_or(false);
+                match (&ev.kind, refused) {
+                    (EventKind::Auth(_), true) => server.respond(ev.reply),
+                    (EventKind::Auth(_), false) => {
+                        server.respond(Reply::new(235, "2.7.0", "Authentication successful"));
+                    }
+                    (EventKind::Message(t), true) if server.config().lmtp => {
+                        let replies = (0..t.recipients.len())
+                            .map(|i| Reply::new(if i % 2 == 0 { 250 } else { 452 }, "", "r"))
+                            .collect();
+                        server.respond_per_recipient(replies);
+                    }
+                    (_, true) => server.respond(Reply::new(550, "5.7.1", "refused")),
+                    (_, false) => server.respond(ev.reply),
+                }
             }
             Step::NeedInput => {
                 output.extend_from_slice(server.output());
@@ -107,11 +183,15 @@ fn drive(config: ServerConfig, reads: &[Vec<u8>], refuse: &[bool]) -> (Vec<u8>, 
                     None => break,
                 }
             }
+            Step::StartTls => {
+                server.tls_established();
+                reads = after_tls.iter();
+            }
             Step::Close => break,
         }
     }
     output.extend_from_slice(server.output());
-    (output, events)
+    (hide_challenges(&output), events)
 }
 
 /// Every line is `ddd SP|- text CRLF` with a 2xx-5xx code, continuation
@@ -191,20 +271,63 @@ proptest! {
 
     #[test]
     fn any_stream_gives_well_formed_replies_whatever_the_split(
+        variant in 0u8..3,
         input in stream(),
         cuts in prop::collection::vec(any::<usize>(), 0..16),
         refuse in prop::collection::vec(prop::bool::weighted(0.2), 0..32),
     ) {
-        let whole = drive(config(), std::slice::from_ref(&input), &refuse);
+        let whole = drive(config_variant(variant), std::slice::from_ref(&input), &refuse);
         assert_well_formed(&whole.0);
-        let split = drive(config(), &cut(&input, &cuts), &refuse);
+        let split = drive(config_variant(variant), &cut(&input, &cuts), &refuse);
         prop_assert_eq!(&whole, &split);
     }
 
     #[test]
-    fn raw_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..2000), cuts in prop::collection::vec(any::<usize>(), 0..8)) {
-        let (output, _) = drive(config(), &cut(&input, &cuts), &[]);
+    fn raw_bytes_never_panic(
+        variant in 0u8..3,
+        input in prop::collection::vec(any::<u8>(), 0..2000),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let (output, _) = drive(config_variant(variant), &cut(&input, &cuts), &[]);
         assert_well_formed(&output);
+    }
+
+    /// CVE-2011-0411: whatever precedes and follows STARTTLS in the same
+    /// read, once the 220 is written nothing more is, until the handshake.
+    #[test]
+    fn nothing_after_an_accepted_starttls_is_answered(
+        before in stream(),
+        after in stream(),
+    ) {
+        let input = [&b"EHLO c\r\n"[..], &before, b"\r\nSTARTTLS\r\n", &after].concat();
+        let mut server = Server::new(Arc::new(config_variant(1)));
+        server.greet(server.default_banner());
+        server.receive(&input);
+        let mut accepted = false;
+        loop {
+            match server.step() {
+                Step::Event(ev) => {
+                    prop_assert!(!accepted, "event after STARTTLS: {:?}", ev.kind);
+                    accepted = matches!(ev.kind, EventKind::StartTls);
+                    server.respond(ev.reply);
+                }
+                Step::StartTls => {
+                    prop_assert!(server.output().ends_with(b"220 2.0.0 Ready to start TLS\r\n"));
+                    server.clear_output();
+                    server.receive(&after);
+                    prop_assert!(matches!(server.step(), Step::StartTls));
+                    server.tls_established();
+                    prop_assert!(matches!(server.step(), Step::NeedInput));
+                    prop_assert_eq!(server.output(), b"");
+                    prop_assert!(!server.in_transaction());
+                    break;
+                }
+                Step::NeedInput | Step::Close => {
+                    prop_assert!(!accepted);
+                    break;
+                }
+            }
+        }
     }
 
     #[test]
@@ -236,6 +359,7 @@ proptest! {
                     Some(r) => server.receive(&r),
                     None => break,
                 },
+                Step::StartTls => server.tls_established(),
                 Step::Close => break,
             }
         }

@@ -20,10 +20,10 @@ use super::fields::{
     socket_addr, string,
 };
 use super::{
-    CommandRelayConfig, Config, ConfigError, Credentials, DnsConfig, EdgeConfig, EdgeKind,
-    HttpRelayConfig, LmtpRelayConfig, LmtpTarget, LogFormat, MxRelayConfig, PipeRelayConfig,
-    PolicyName, ProcessConfig, QueueConfig, RelayConfig, RetryConfig, SmtpClientConfig,
-    StaticRelayConfig, StorageConfig, TlsMode,
+    CommandRelayConfig, Config, ConfigError, Credentials, DnsConfig, EdgeAuthConfig, EdgeConfig,
+    EdgeKind, EdgeTlsConfig, HttpRelayConfig, LmtpRelayConfig, LmtpTarget, LogFormat,
+    MxRelayConfig, PipeRelayConfig, PolicyName, ProcessConfig, ProxyProtocol, QueueConfig,
+    RelayConfig, RetryConfig, SmtpClientConfig, StaticRelayConfig, StorageConfig, TlsMode,
 };
 
 pub(super) fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
@@ -191,10 +191,24 @@ fn read_edge(
         _ => Ok(()),
     });
     // `listen` was only checked for emptiness above; read its items now.
-    let addresses = if listen.is_some() {
-        s.list(errors, "listen", socket_addr)
+    let listen_entries = if listen.is_some() {
+        s.list(errors, "listen", listen_entry)
     } else {
         None
+    };
+    let (addresses, listen_unix) = match listen_entries {
+        Some(entries) => {
+            let mut tcp = Vec::new();
+            let mut unix = Vec::new();
+            for entry in entries {
+                match entry {
+                    ListenEntry::Tcp(addr) => tcp.push(addr),
+                    ListenEntry::Unix(path) => unix.push(path),
+                }
+            }
+            (Some(tcp), unix)
+        }
+        None => (None, Vec::new()),
     };
     let queue = s.required(errors, "queue", non_empty_string);
     // Checked against the names present, even if that section has errors
@@ -218,8 +232,39 @@ fn read_edge(
         Duration::from_secs(600),
         positive_duration,
     );
+    let tls = s
+        .table(errors, "tls")
+        .and_then(|t| read_edge_tls(t, errors));
+    let tls_immediately = s.or(errors, "tls_immediately", false, boolean);
+    if tls_immediately && tls.is_none() {
+        errors.push(s.key_path("tls_immediately"), "needs `tls` (cert and key)");
+    }
+    let proxy_protocol = match s.or(
+        errors,
+        "proxy_protocol",
+        "off",
+        choice(&["off", "v1", "v2", "auto"]),
+    ) {
+        "v1" => ProxyProtocol::V1,
+        "v2" => ProxyProtocol::V2,
+        "auto" => ProxyProtocol::Auto,
+        _ => ProxyProtocol::Off,
+    };
+    let auth = s
+        .table(errors, "auth")
+        .and_then(|t| read_edge_auth(t, errors));
+    let reverse_dns = s.or(errors, "reverse_dns", true, boolean);
+    if matches!(kind, Some("smtp" | "http")) && !listen_unix.is_empty() {
+        errors.push(s.key_path("listen"), "unix sockets are for lmtp edges only");
+    }
     s.finish(errors, &[], None);
     Some(EdgeConfig {
+        listen_unix,
+        tls,
+        tls_immediately,
+        proxy_protocol,
+        auth,
+        reverse_dns,
         kind: match kind? {
             "lmtp" => EdgeKind::Lmtp,
             "http" => EdgeKind::Http,
@@ -569,6 +614,95 @@ fn read_smtp_client(s: &mut Section<'_>, errors: &mut Errors, verify: bool) -> S
         credentials,
         source_addresses,
     }
+}
+
+enum ListenEntry {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// `"IP:PORT"`, `"[IPv6]:PORT"` or `"unix:/path"`.
+fn listen_entry(value: &Value) -> Result<ListenEntry, String> {
+    if let Some(path) = value.as_str().and_then(|t| t.strip_prefix("unix:")) {
+        if path.is_empty() {
+            return Err("empty unix socket path".into());
+        }
+        return Ok(ListenEntry::Unix(PathBuf::from(path)));
+    }
+    socket_addr(value).map(ListenEntry::Tcp)
+}
+
+fn read_edge_tls(mut s: Section<'_>, errors: &mut Errors) -> Option<EdgeTlsConfig> {
+    let existing_file = |v: &Value| -> Result<PathBuf, String> {
+        let path = PathBuf::from(non_empty_string(v)?);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("no such file: {}", path.display()))
+        }
+    };
+    let cert = s.required(errors, "cert", existing_file);
+    let key = s.required(errors, "key", existing_file);
+    s.finish(errors, &[], None);
+    Some(EdgeTlsConfig {
+        cert: cert?,
+        key: key?,
+    })
+}
+
+const AUTH_MECHANISMS: [&str; 3] = ["PLAIN", "LOGIN", "CRAM-MD5"];
+
+fn read_edge_auth(mut s: Section<'_>, errors: &mut Errors) -> Option<EdgeAuthConfig> {
+    let mechanisms = s
+        .list(errors, "mechanisms", |v| {
+            let name = non_empty_string(v)?.to_ascii_uppercase();
+            if AUTH_MECHANISMS.contains(&name.as_str()) {
+                Ok(name)
+            } else {
+                Err(format!(
+                    "unknown mechanism \"{name}\" (expected one of: {})",
+                    quoted(&AUTH_MECHANISMS)
+                ))
+            }
+        })
+        .unwrap_or_else(|| AUTH_MECHANISMS.iter().map(|m| (*m).to_string()).collect());
+    let allow_plaintext = s.or(errors, "allow_plaintext", false, boolean);
+    let required = s.or(errors, "required", false, boolean);
+    let mut users = BTreeMap::new();
+    if let Some(table) = s.table(errors, "users") {
+        for (user, secret) in table.table {
+            let path = table.key_path(user);
+            match non_empty_string(secret) {
+                Ok(secret) => match scheme_of(&secret) {
+                    // Hashed secrets cannot answer CRAM-MD5; those users
+                    // just cannot use that mechanism (as with Dovecot).
+                    Some(scheme) if ["PLAIN", "ARGON2ID", "SHA512-CRYPT"].contains(&scheme) => {
+                        users.insert(user.clone(), secret);
+                    }
+                    Some(scheme) => errors.push(
+                        path,
+                        format!("unknown password scheme {{{scheme}}} (expected {{PLAIN}}, {{ARGON2ID}} or {{SHA512-CRYPT}})"),
+                    ),
+                    None => errors.push(path, "the secret needs a scheme prefix such as {PLAIN} or {ARGON2ID}"),
+                },
+                Err(message) => errors.push(path, message),
+            }
+        }
+    }
+    s.finish(errors, &[], None);
+    Some(EdgeAuthConfig {
+        mechanisms,
+        allow_plaintext,
+        required,
+        users,
+    })
+}
+
+/// `PLAIN` from `{PLAIN}secret`.
+fn scheme_of(secret: &str) -> Option<&str> {
+    let rest = secret.strip_prefix('{')?;
+    let end = rest.find('}')?;
+    Some(&rest[..end])
 }
 
 fn read_credentials(mut s: Section<'_>, errors: &mut Errors) -> Option<Credentials> {

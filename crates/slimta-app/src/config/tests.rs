@@ -52,6 +52,12 @@ fn minimal_file_gets_every_default() {
             max_connections: 1000,
             command_timeout: secs(300),
             data_timeout: secs(600),
+            listen_unix: vec![],
+            tls: None,
+            tls_immediately: false,
+            proxy_protocol: ProxyProtocol::Off,
+            auth: None,
+            reverse_dns: true,
         }
     );
 
@@ -289,7 +295,7 @@ const BAD: &[(&str, &[&str])] = &[
         &[
             "edge.in2.listen: must list at least one address",
             "edge.in2.queue: no queue named \"nope\"",
-            "edge.in2.bogus: unknown key (expected one of: accept_domains, command_timeout, data_timeout, listen, max_connections, max_recipients, max_size, queue, type)",
+            "edge.in2.bogus: unknown key (expected one of: accept_domains, auth, command_timeout, data_timeout, listen, max_connections, max_recipients, max_size, proxy_protocol, queue, reverse_dns, tls, tls_immediately, type)",
         ],
     ),
     (

@@ -88,6 +88,7 @@ type = "smtp"
 listen = ["127.0.0.1:{{port}}"]
 queue = "main"
 accept_domains = ["example.test"]
+reverse_dns = false
 {edge_extra}
 
 [queue.main]

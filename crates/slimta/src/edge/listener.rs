@@ -19,9 +19,52 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
+
+/// A listening socket the accept loop can serve: TCP or unix.
+pub trait Accept: Send + 'static {
+    /// The connected stream.
+    type Stream: AsyncWrite + Unpin + Send + 'static;
+    /// Accepts one connection; `None` as the peer for unix sockets.
+    fn accept_one(
+        &self,
+    ) -> impl Future<Output = io::Result<(Self::Stream, Option<SocketAddr>)>> + Send;
+    /// For log lines.
+    fn describe(&self) -> String;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+
+    async fn accept_one(&self) -> io::Result<(TcpStream, Option<SocketAddr>)> {
+        let (stream, peer) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Some(peer)))
+    }
+
+    fn describe(&self) -> String {
+        self.local_addr()
+            .map_or_else(|_| "tcp".into(), |a| a.to_string())
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+
+    async fn accept_one(&self) -> io::Result<(UnixStream, Option<SocketAddr>)> {
+        let (stream, _) = self.accept().await?;
+        Ok((stream, None))
+    }
+
+    fn describe(&self) -> String {
+        self.local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+            .unwrap_or_else(|| "unix".into())
+    }
+}
 
 /// How a listener treats connections.
 #[derive(Clone, Debug)]
@@ -52,26 +95,48 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// Binds a unix-domain listener at `path`, replacing a stale socket file
+/// left by a previous run (but never another kind of file).
+///
+/// # Errors
+///
+/// When the path exists and is not a socket, or cannot be bound.
+pub fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+    }
+    UnixListener::bind(path)
+}
+
 /// Accepts connections on `listener` and runs `session` for each, until
 /// `shutdown` becomes true; then drains.
-pub async fn serve<F, Fut>(
-    listener: TcpListener,
+pub async fn serve<L, F, Fut>(
+    listener: L,
     limits: ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
     session: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    L: Accept,
+    F: Fn(L::Stream, Option<SocketAddr>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let refusal: Arc<[u8]> = limits.refusal.clone().into();
-    let local = listener.local_addr().ok();
+    let local = listener.describe();
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
             biased;
             _ = wait_true(&mut shutdown) => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept_one() => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
@@ -79,13 +144,12 @@ pub async fn serve<F, Fut>(
                 pair
             }
             Err(e) => {
-                tracing::warn!(listener = ?local, error = %e, "accept failed; backing off {backoff:?}");
+                tracing::warn!(listener = %local, error = %e, "accept failed; backing off {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let fut = session(stream, peer);
@@ -95,7 +159,7 @@ pub async fn serve<F, Fut>(
                 });
             }
             Err(_) => {
-                tracing::warn!(client = %peer, "connection refused: too many connections");
+                tracing::warn!(listener = %local, client = ?peer, "connection refused: too many connections");
                 let refusal = refusal.clone();
                 tokio::spawn(async move {
                     let mut stream = stream;
@@ -111,9 +175,9 @@ pub async fn serve<F, Fut>(
     drop(listener);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     match tokio::time::timeout(limits.drain_timeout, permits.acquire_many(all)).await {
-        Ok(_) => tracing::info!(listener = ?local, "listener drained"),
+        Ok(_) => tracing::info!(listener = %local, "listener drained"),
         Err(_) => tracing::warn!(
-            listener = ?local,
+            listener = %local,
             remaining = limits.max_connections - permits.available_permits(),
             "sessions still running after the drain timeout"
         ),

@@ -6,8 +6,17 @@
 //! never whether delivery succeeded.
 
 pub mod accept_domains;
+pub mod credentials;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod listener;
+pub mod proxy;
+#[cfg(feature = "mx")]
+pub mod reverse_dns;
 pub mod smtp;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod transport;
 pub mod validators;
 
 pub use accept_domains::AcceptDomains;

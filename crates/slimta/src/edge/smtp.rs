@@ -10,9 +10,7 @@
 //! - Replies are written when the state machine has consumed every buffered
 //!   byte, so a pipelined group of commands is answered with one write
 //!   (RFC 2920) and a lockstep client still gets each reply at once.
-//! - An idle session holds no read buffer: it waits for readability and only
-//!   then reads into a stack buffer, so 10,000 idle connections cost little
-//!   more than their sockets.
+//! - An idle session holds no read buffer (see `transport`).
 //! - The message reply reflects only whether the queue took responsibility
 //!   (DESIGN.md): `250 2.6.0 Message queued as ID` once every part is
 //!   durable, otherwise the first failed part's reply (see `handoff`).
@@ -26,23 +24,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::envelope::{Envelope, Protocol};
-use crate::handoff::{Handoff, HandoffResult};
+use crate::handoff::Handoff;
 use crate::reply::Reply;
 use crate::smtp::{EventKind, Server, ServerConfig, Step, Transaction};
 
-use super::listener::{self, ListenerLimits};
+use super::listener::{self, Accept, ListenerLimits};
+use super::proxy::ProxyMode;
+use super::transport::Transport;
 use super::validators::{AcceptAll, SessionInfo, Validators};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Size of the read buffer used for each read (on the stack, not kept while
-/// idle).
-const READ_CHUNK: usize = 16 * 1024;
 
 /// An SMTP edge: accepts sessions and hands messages to a queue.
 pub struct SmtpEdge<H, V = AcceptAll> {
@@ -53,6 +47,12 @@ pub struct SmtpEdge<H, V = AcceptAll> {
     data_timeout: Duration,
     max_connections: usize,
     drain_timeout: Duration,
+    proxy: Option<ProxyMode>,
+    #[cfg(feature = "tls")]
+    tls: Option<super::tls::ReloadableTls>,
+    tls_immediately: bool,
+    #[cfg(feature = "mx")]
+    reverse_dns: Option<Arc<super::reverse_dns::ReverseDns>>,
 }
 
 impl<H, V> Clone for SmtpEdge<H, V> {
@@ -65,6 +65,12 @@ impl<H, V> Clone for SmtpEdge<H, V> {
             data_timeout: self.data_timeout,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
+            proxy: self.proxy,
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
+            tls_immediately: self.tls_immediately,
+            #[cfg(feature = "mx")]
+            reverse_dns: self.reverse_dns.clone(),
         }
     }
 }
@@ -82,6 +88,12 @@ impl<H: Handoff> SmtpEdge<H, AcceptAll> {
             data_timeout: Duration::from_secs(600),
             max_connections: 1000,
             drain_timeout: Duration::from_secs(30),
+            proxy: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            tls_immediately: false,
+            #[cfg(feature = "mx")]
+            reverse_dns: None,
         }
     }
 }
@@ -97,7 +109,46 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
             data_timeout: self.data_timeout,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
+            proxy: self.proxy,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+            tls_immediately: self.tls_immediately,
+            #[cfg(feature = "mx")]
+            reverse_dns: self.reverse_dns,
         }
+    }
+
+    /// Looks up the client's forward-confirmed reverse DNS name before the
+    /// banner (bounded by the resolver's own timeout). Loopback clients are
+    /// `localhost` without a query.
+    #[cfg(feature = "mx")]
+    pub fn reverse_dns(mut self, resolver: super::reverse_dns::ReverseDns) -> Self {
+        self.reverse_dns = Some(Arc::new(resolver));
+        self
+    }
+
+    /// Expects a PROXY protocol header (v1, v2 or either) before anything
+    /// else on every TCP connection; the client address then comes from it.
+    /// A malformed header, or none within the command timeout, closes the
+    /// connection without a banner.
+    pub fn proxy_protocol(mut self, mode: Option<ProxyMode>) -> Self {
+        self.proxy = mode;
+        self
+    }
+
+    /// Certificates for STARTTLS (offered when the state machine's config
+    /// says so) and implicit TLS.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: super::tls::ReloadableTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// TLS on connect (port 465 style) instead of STARTTLS; needs
+    /// [`SmtpEdge::tls`].
+    pub fn tls_immediately(mut self, on: bool) -> Self {
+        self.tls_immediately = on;
+        self
     }
 
     /// Replaces the protocol limits and extensions.
@@ -131,8 +182,13 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
         self
     }
 
-    /// Serves `listener` until `shutdown` becomes true, then drains.
-    pub async fn serve(&self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    /// Serves `listener` (TCP or unix) until `shutdown` becomes true, then
+    /// drains.
+    pub async fn serve<L>(&self, listener: L, shutdown: watch::Receiver<bool>)
+    where
+        L: Accept,
+        L::Stream: Into<Transport>,
+    {
         let host = &self.server_config.hostname;
         let limits = ListenerLimits {
             max_connections: self.max_connections,
@@ -149,26 +205,79 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
         listener::serve(listener, limits, shutdown, move |stream, peer| {
             let edge = edge.clone();
             let shutdown = session_shutdown.clone();
-            async move { edge.run_session(stream, peer, shutdown).await }
+            async move { edge.run_session(stream.into(), peer, shutdown).await }
         })
         .await;
     }
 
-    /// Runs one SMTP session on an accepted connection.
+    /// Runs one SMTP session on an accepted connection; `peer` is `None`
+    /// for unix sockets.
     pub async fn run_session(
         &self,
-        stream: TcpStream,
-        peer: SocketAddr,
+        mut stream: Transport,
+        peer: Option<SocketAddr>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut info = SessionInfo {
             id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
-            local_addr: stream.local_addr().ok(),
+            local_addr: stream.local_addr(),
             ..SessionInfo::default()
         };
-        info.client.ip = Some(peer.ip());
-        info.client.port = peer.port();
-        tracing::info!(session = info.id, client = %peer, "connect");
+        if let Some(peer) = peer {
+            info.client.ip = Some(peer.ip());
+            info.client.port = peer.port();
+        }
+        let mut peer = peer.map_or_else(|| "unix".to_string(), |p| p.to_string());
+        if let Some(mode) = self.proxy {
+            match stream.take_proxy_header(mode, self.command_timeout).await {
+                Ok(header) => {
+                    if let Some(source) = header.source {
+                        info.client.ip = Some(source.ip());
+                        info.client.port = source.port();
+                        peer = format!("{source} via {peer}");
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(session = info.id, client = %peer, error = %e, "PROXY header refused; closed without a banner");
+                    return;
+                }
+            }
+        }
+        #[cfg(feature = "tls")]
+        if self.tls_immediately {
+            let Some(tls) = &self.tls else {
+                tracing::error!(session = info.id, "tls_immediately without certificates");
+                return;
+            };
+            let acceptor = tls.acceptor();
+            let handshake = stream.start_tls(&acceptor);
+            match tokio::time::timeout(self.command_timeout, handshake).await {
+                Ok(Ok(tls_info)) => info.client.tls = Some(tls_info),
+                Ok(Err(e)) => {
+                    tracing::info!(session = info.id, client = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(session = info.id, client = %peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+        #[cfg(feature = "mx")]
+        if let (Some(resolver), Some(ip)) = (&self.reverse_dns, info.client.ip) {
+            info.client.host = if ip.to_canonical().is_loopback() {
+                Some("localhost".to_string())
+            } else {
+                resolver.confirmed_name(ip).await
+            };
+        }
+        tracing::info!(
+            session = info.id,
+            client = %peer,
+            host = info.client.host.as_deref().unwrap_or("unknown"),
+            tls = stream.is_tls(),
+            "connect"
+        );
         let mut session = Session {
             edge: self,
             stream,
@@ -191,7 +300,7 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
 
 struct Session<'a, H, V> {
     edge: &'a SmtpEdge<H, V>,
-    stream: TcpStream,
+    stream: Transport,
     server: Server,
     info: SessionInfo,
     messages: u64,
@@ -217,7 +326,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                         self.edge.command_timeout
                     };
                     let read = tokio::select! {
-                        read = tokio::time::timeout(timeout, read_into(&self.stream, &mut self.server)) => read,
+                        read = tokio::time::timeout(timeout, self.stream.read_into(&mut self.server)) => read,
                         () = listener::wait_true(shutdown), if !data => {
                             self.server.shutting_down();
                             self.flush().await?;
@@ -239,6 +348,13 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                     self.flush().await?;
                     let _ = self.stream.shutdown().await;
                     return Ok("closed by server");
+                }
+                // Placeholder until the driver does TLS: StartTls events are
+                // answered 454 below, so this is not reached.
+                Step::StartTls => {
+                    self.server.tls_failed();
+                    self.flush().await?;
+                    return Ok("tls not available");
                 }
             }
         }
@@ -293,6 +409,10 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                 self.info.recipients.clear();
             }
             EventKind::Quit => {}
+            // Placeholders until the driver does TLS and verifies
+            // credentials: TLS is refused, AUTH keeps the proposed 535.
+            EventKind::StartTls => reply = Reply::new(454, "4.7.0", "TLS not available"),
+            EventKind::Auth(_) => {}
         }
         if !reply.is_positive() && !reply.is_intermediate() {
             tracing::debug!(session = self.info.id, %reply, "refused");
@@ -328,7 +448,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
             envelope.recipients.len(),
         );
         let results = self.edge.handoff.handoff(envelope).await;
-        let reply = queued_reply(&results);
+        let reply = crate::handoff::queued_reply(&results);
         let mut reply = reply;
         validators.queued(&mut reply, &self.info, &results).await;
         if reply.is_positive() {
@@ -343,72 +463,5 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
             "message"
         );
         reply
-    }
-}
-
-/// The reply for the queue's answer: every part durable -> 250 with the ids,
-/// otherwise the first failure (the client retries it all; see `handoff`).
-fn queued_reply(results: &[HandoffResult]) -> Reply {
-    if let Some(failure) = results.iter().find_map(|r| r.result.as_ref().err()) {
-        return failure.clone();
-    }
-    if results.is_empty() {
-        return Reply::new(
-            451,
-            "4.3.0",
-            "Message was not queued (no part left after policies)",
-        );
-    }
-    let ids: Vec<&str> = results
-        .iter()
-        .filter_map(|r| r.result.as_deref().ok())
-        .collect();
-    Reply::new(
-        250,
-        "2.6.0",
-        format!("Message queued as {}", ids.join(", ")),
-    )
-}
-
-/// Waits for input without holding a buffer, then reads one chunk into the
-/// state machine. Returns the byte count (0 at end of stream).
-async fn read_into(stream: &TcpStream, server: &mut Server) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        let mut chunk = [0u8; READ_CHUNK];
-        match stream.try_read(&mut chunk) {
-            Ok(n) => {
-                if n > 0 {
-                    server.receive(&chunk[..n]);
-                }
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queued_reply_needs_every_part() {
-        let ok = |id: &str| HandoffResult {
-            recipients: vec!["a@x".into()],
-            result: Ok(id.into()),
-        };
-        assert_eq!(
-            queued_reply(&[ok("A"), ok("B")]).to_string(),
-            "250 2.6.0 Message queued as A, B"
-        );
-        let full = Reply::new(452, "4.3.1", "Insufficient system storage");
-        let failed = HandoffResult {
-            recipients: vec!["b@x".into()],
-            result: Err(full.clone()),
-        };
-        assert_eq!(queued_reply(&[ok("A"), failed]), full);
-        assert_eq!(queued_reply(&[]).code(), 451);
     }
 }

@@ -10,8 +10,8 @@
 //!
 //! Files by concern: [`backoff`] (retry delays), `schedule` (the due-time
 //! index), `attempt` (one delivery attempt and what is recorded after it),
-//! [`clock`] (the time base), [`memory`] (in-memory storage), [`storage`]
-//! (the storage contract).
+//! [`clock`] (the time base), [`storage`] (the storage contract),
+//! [`memory`] (in-memory storage), [`disk`] (the durable spool).
 //!
 //! Design decisions:
 //! - Exactly-once per recipient as far as storage allows: an attempt sends
@@ -220,7 +220,8 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     }
 
     /// Stops the scheduler: no new attempts start. Attempts in progress run
-    /// to completion; stored messages stay stored for the next start.
+    /// to completion; stored messages stay stored. A stopped queue is not
+    /// started again; a new `Queue` over the same storage takes over.
     pub fn stop(&self) {
         if let Some(task) = self
             .inner

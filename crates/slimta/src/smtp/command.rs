@@ -64,6 +64,12 @@ pub enum Verb {
     Expn,
     /// `HELP`.
     Help,
+    /// `STARTTLS` (RFC 3207).
+    Starttls,
+    /// `AUTH` (RFC 4954).
+    Auth,
+    /// `LHLO` (RFC 2033, LMTP only).
+    Lhlo,
     /// Anything else.
     Unknown,
 }
@@ -71,7 +77,7 @@ pub enum Verb {
 impl Verb {
     /// Recognises a command word (ASCII case-insensitive).
     pub fn parse(word: &[u8]) -> Verb {
-        const VERBS: [(&[u8], Verb); 12] = [
+        const VERBS: [(&[u8], Verb); 15] = [
             (b"HELO", Verb::Helo),
             (b"EHLO", Verb::Ehlo),
             (b"MAIL", Verb::Mail),
@@ -84,6 +90,9 @@ impl Verb {
             (b"VRFY", Verb::Vrfy),
             (b"EXPN", Verb::Expn),
             (b"HELP", Verb::Help),
+            (b"STARTTLS", Verb::Starttls),
+            (b"AUTH", Verb::Auth),
+            (b"LHLO", Verb::Lhlo),
         ];
         VERBS
             .iter()
@@ -109,6 +118,26 @@ pub fn looks_like_bdat(prefix: &[u8]) -> bool {
         .get(..n)
         .is_some_and(|w| w.eq_ignore_ascii_case(&prefix[..n]))
         && n >= 4
+}
+
+/// Whether `prefix` (the start of a line, possibly cut short) may be an
+/// AUTH command: a prefix of `AUTH ` as far as it goes. Such a line may be
+/// longer than the command-line limit (RFC 4954 section 4).
+pub fn looks_like_auth(prefix: &[u8]) -> bool {
+    let n = prefix.len().min(5);
+    b"AUTH "[..n].eq_ignore_ascii_case(&prefix[..n])
+}
+
+/// Splits the argument of AUTH into the mechanism name and the initial
+/// response (`mechanism [SP initial-response]`, RFC 4954 section 4);
+/// trailing spaces are ignored. `None` without a mechanism name.
+pub fn parse_auth(arg: Option<&str>) -> Option<(&str, Option<&str>)> {
+    let arg = arg?.trim_end_matches(' ');
+    let (name, initial) = match arg.split_once(' ') {
+        Some((name, initial)) => (name, Some(initial)),
+        None => (arg, None),
+    };
+    (!name.is_empty()).then_some((name, initial))
 }
 
 /// Arguments of `BDAT`.
@@ -395,6 +424,28 @@ mod tests {
         assert!(looks_like_bdat(b"BDAT"));
         assert!(!looks_like_bdat(b"BDATA"));
         assert!(!looks_like_bdat(b"BDA"));
+        assert_eq!(split_line(b"starttls"), (Verb::Starttls, None));
+        assert_eq!(split_line(b"LHLO x"), (Verb::Lhlo, Some(&b"x"[..])));
+        assert_eq!(split_line(b"Auth PLAIN"), (Verb::Auth, Some(&b"PLAIN"[..])));
+        assert!(looks_like_auth(b"auth PLAIN x"));
+        assert!(looks_like_auth(b"AU"));
+        assert!(!looks_like_auth(b"AUTHX"));
+        assert!(!looks_like_auth(b"AX"));
+    }
+
+    #[test]
+    fn auth_arguments() {
+        assert_eq!(parse_auth(Some("PLAIN")), Some(("PLAIN", None)));
+        assert_eq!(parse_auth(Some("PLAIN  ")), Some(("PLAIN", None)));
+        assert_eq!(parse_auth(Some("PLAIN =")), Some(("PLAIN", Some("="))));
+        assert_eq!(
+            parse_auth(Some("login dXNlcg==")),
+            Some(("login", Some("dXNlcg==")))
+        );
+        assert_eq!(parse_auth(Some("PLAIN a b")), Some(("PLAIN", Some("a b"))));
+        assert_eq!(parse_auth(Some("")), None);
+        assert_eq!(parse_auth(Some(" PLAIN")), None);
+        assert_eq!(parse_auth(None), None);
     }
 
     #[test]

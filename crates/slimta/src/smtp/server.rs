@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! let mut server = Server::new(config);
-//! let mut banner = server.default_banner();   // "220 host ESMTP slimta-rs"
+//! if implicit_tls { handshake()?; server.tls_established(); }   // port 465: before the banner
+//! let mut banner = server.default_banner();   // "220 host ESMTP slimta-rs" ("LMTP" in LMTP mode)
 //! validators.banner(&mut banner).await;
 //! server.greet(banner);                       // written to output; 421/221/5xx handling inside
 //! loop {
@@ -12,6 +13,8 @@
 //!         Step::Event(mut ev) => {             // a decision is needed
 //!             validators.X(&mut ev.reply, ..).await;
 //!             server.respond(ev.reply);        // MUST answer before the next step()
+//!             // LMTP Message: respond(r) writes r once per recipient, or
+//!             // server.respond_per_recipient(vec![r1, r2, ..]) (RCPT order)
 //!         }
 //!         Step::NeedInput => {                 // flush output, then read more
 //!             write_all(server.output()); server.clear_output();
@@ -19,18 +22,46 @@
 //!             match read(timeout) { Ok(0) => break, Ok(n) => server.receive(&buf[..n]),
 //!                                   Err(timeout) => { server.timed_out(); flush; break } }
 //!         }
+//!         Step::StartTls => {                  // after a 220 to EventKind::StartTls
+//!             write_all(server.output()); server.clear_output();   // the 220, in plaintext
+//!             // drop anything the driver itself buffered; read nothing in plaintext
+//!             match handshake(timeout) { Ok(tls) => { stream = tls; server.tls_established() }
+//!                                        Err(_) => server.tls_failed() }   // 421 4.7.0, Close next
+//!         }
 //!         Step::Close => { flush output; break }
 //!     }
 //! }
 //! ```
 //!
+//! Events and their default replies (the driver may replace any):
+//!
+//! | event | default reply | the machine applies |
+//! |---|---|---|
+//! | `Helo { domain, extended }` | 250 + extensions | 2xx: HELO/EHLO/LHLO done, transaction reset |
+//! | `Mail { sender, params }` | `250 2.1.0` | 2xx: transaction starts |
+//! | `Rcpt { recipient, params }` | `250 2.1.5` | 2xx: recipient added |
+//! | `Data` | 354 (DATA) / `250 2.0.0` (first BDAT) | 354: data mode; BDAT non-2xx ends the transaction |
+//! | `Message(txn)` | `250 2.6.0 Message accepted` | transaction ended; LMTP: one reply per recipient |
+//! | `Quit` | `221 2.0.0 Bye` | closes |
+//! | `StartTls` | `220 2.0.0 Ready to start TLS` | 220: buffered input discarded, next step is `Step::StartTls`; else plaintext goes on |
+//! | `Auth(attempt)` | `535 5.7.8 Authentication credentials invalid` | 2xx: `authenticated()` is the authcid; else a bad command |
+//!
+//! In LMTP mode a `Helo` event is always LHLO (`extended == true`; the
+//! driver knows it from [`ServerConfig::lmtp`], and [`Server::protocol`]
+//! says `LMTP*` once accepted). The driver records
+//! [`Server::protocol`] in the envelope when the Message event comes.
+//!
 //! Commands the machine answers by itself (never surfaced as events): NOOP,
 //! RSET, VRFY (252), EXPN (502), HELP (214), syntax errors, sequence errors
 //! (503), unknown commands (500), unknown parameters (555), line too long,
 //! size declared too large (552), too many recipients (452 4.5.3), too many
-//! errors (421 and close). Events are surfaced only where a validator or the
-//! queue must decide: HELO/EHLO, MAIL, RCPT, DATA (before 354 or before the
-//! first BDAT chunk is accepted), the complete message, and QUIT.
+//! errors (421 and close), and the AUTH exchange up to complete credentials
+//! (334 continuations, 501 cancel/bad base64/malformed, 504 unknown
+//! mechanism, 538 encryption required, 500 5.5.6 line too long). Events are
+//! surfaced only where a validator or the queue must decide: HELO/EHLO/LHLO,
+//! MAIL, RCPT, DATA (before 354 or before the first BDAT chunk is
+//! accepted), the complete message, QUIT, STARTTLS and complete AUTH
+//! credentials.
 //!
 //! Each event carries the reply the machine would send by default; the driver
 //! may change it. The machine then applies the *final* reply: a 2xx to MAIL
@@ -41,14 +72,15 @@
 //!
 //! Memory stays bounded: the machine keeps at most one read buffer of
 //! unprocessed input, a command line up to the command-line limit (longer
-//! lines are discarded up to their CRLF and answered `500 5.5.2`), and
-//! message data up to `max_size` (beyond it data is counted and discarded and
-//! the message is answered `552 5.3.4`).
+//! lines are discarded up to their CRLF and answered `500 5.5.2`), an AUTH
+//! line up to 12,288 octets of response (see below), and message data up to
+//! `max_size` (beyond it data is counted and discarded and the message is
+//! answered `552 5.3.4`).
 //!
 //! How the work is split: [`command`] parses verbs,
 //! arguments and parameters, [`address`](super::address) validates paths,
-//! [`data`](super::data) reads DATA content; this file owns the session
-//! (sequence, limits, events, output).
+//! [`data`](super::data) reads DATA content, [`sasl`] runs the AUTH
+//! exchange; this file owns the session (sequence, limits, events, output).
 //!
 //! Decisions (beyond RFC 5321 and the contract above):
 //! - Command lines end only at CRLF. The sequence of a command is checked
@@ -76,17 +108,63 @@
 //!   [`Server::in_transaction`] is false while the driver decides on it.
 //! - Protocol errors counted towards `max_bad_commands`: 500-504 and 555 the
 //!   machine sends itself (unknown, bare CR/LF, invalid UTF-8, line too
-//!   long, syntax, sequence, EXPN, not offered parameters). Policy answers
-//!   (452, 552, 553, 554) and the driver's replies do not count. When the
+//!   long, syntax, sequence, EXPN, not offered parameters), 530 and 538,
+//!   and a failed AUTH whoever answered it (see above). Policy answers
+//!   (452, 552, 553, 554) and the driver's other replies do not count. When the
 //!   count reaches the limit, `421 4.7.0` follows the reply that reached it
 //!   and the session closes. `max_bad_commands == 0` means no limit.
 //! - Any banner that is not 2xx and does not close the session (221/421) is
 //!   treated like 554: only QUIT is served; everything else, BDAT chunks
 //!   included (read and discarded), gets `503 5.5.1 Error: no SMTP service
 //!   here, only QUIT`.
-//! - `RSET`, `QUIT` and `DATA` take no argument (501); `NOOP` and `HELP`
-//!   ignore theirs; HELO/EHLO need exactly one token. STARTTLS and AUTH are
-//!   not offered by this machine and are unknown commands (500).
+//! - `RSET`, `QUIT`, `DATA` and `STARTTLS` take no argument (501); `NOOP`
+//!   and `HELP` ignore theirs; HELO/EHLO/LHLO need exactly one token.
+//! - STARTTLS, AUTH and LHLO are unknown commands (500) unless configured
+//!   ([`ServerConfig::starttls`], [`ServerConfig::auth_mechanisms`],
+//!   [`ServerConfig::lmtp`]); everything below assumes they are.
+//! - STARTTLS (RFC 3207): offered in the EHLO reply only before TLS. Before
+//!   EHLO (or after HELO) and during a transaction it gets `503 5.5.1`;
+//!   once TLS is active it gets `503 5.5.1 Error: TLS already active` (a
+//!   sequence error, counted, rather than 500: the client may simply have
+//!   lost track). Answered 220, every buffered byte after the STARTTLS line
+//!   is discarded, and [`Server::receive`] drops input until the handshake
+//!   is over (CVE-2011-0411). [`Server::tls_established`] starts the
+//!   session over: no EHLO, no transaction, no authentication (RFC 3207
+//!   4.2); the error count is kept (the limit is per connection).
+//! - AUTH (RFC 4954) needs EHLO/LHLO first (503), is refused once
+//!   authenticated (`503 5.5.1 Already authenticated`) and inside a
+//!   transaction (`503 5.5.1 AUTH not permitted during a mail
+//!   transaction`); the sequence is checked before the mechanism. A
+//!   mechanism not configured is `504 5.5.4 Unrecognized authentication
+//!   type`. PLAIN and LOGIN are neither offered nor accepted before TLS
+//!   (`538 5.7.11`) unless [`ServerConfig::auth_plaintext`]; CRAM-MD5 is
+//!   offered in plaintext. If no configured mechanism is usable yet, the
+//!   EHLO reply has no AUTH line.
+//! - AUTH lines may be long: a line that starts with `AUTH ` (when AUTH is
+//!   configured) may have up to `AUTH CRAM-MD5 ` plus 12,288 octets, and a
+//!   continuation line 12,288 octets; a longer response is answered
+//!   `500 5.5.6 Authentication Exchange line is too long` (the rest of the
+//!   line is discarded, never stored) and ends the exchange. Whether a line
+//!   gets the long limit is decided from its first five octets, so it does
+//!   not depend on how the line was split into reads.
+//! - Every failed AUTH counts as a bad command: the machine's own 500, 501,
+//!   503, 504 and 538, and any non-2xx answer of the driver to
+//!   [`EventKind::Auth`] (535, 454). After a 2xx the identity is the authcid
+//!   (the authzid, if any, is for the driver to allow or refuse). The line
+//!   bytes holding credentials are overwritten in the input buffer once
+//!   parsed; the machine keeps no secret after raising the event.
+//! - [`ServerConfig::auth_required`]: MAIL before a successful AUTH gets
+//!   `530 5.7.0 Authentication required`, counted as a bad command (it is a
+//!   sequence error in all but code).
+//! - LMTP (RFC 2033): HELO and EHLO get `500 5.5.1 Error: use LHLO`
+//!   (counted). After the final dot and after `BDAT ... LAST`, every reply
+//!   that ends the message is written once per accepted recipient: the
+//!   driver's ([`Server::respond`] repeats one reply,
+//!   [`Server::respond_per_recipient`] gives each its own) and the
+//!   machine's own (552 too big, 554 long line, and a non-2xx answer to a
+//!   first chunk that is also the LAST). A 421 is written once and closes.
+//! - [`Server::protocol`]: HELO gives SMTP, EHLO ESMTP, LHLO LMTP, with `S`
+//!   after TLS and `A` after AUTH (RFC 3848).
 //! - Non-ASCII in a command is allowed only as valid UTF-8
 //!   (`500 5.5.2 Error: invalid UTF-8 in command` otherwise); whether an
 //!   address may use it is decided by SMTPUTF8 (`553 5.6.7`).
@@ -96,10 +174,15 @@ use std::sync::Arc;
 
 use memchr::memmem;
 
-use crate::envelope::BodyType;
+use crate::envelope::{BodyType, Protocol};
 use crate::reply::Reply;
 use crate::smtp::command::{self, BdatArgs, Offered, Verb};
 use crate::smtp::data::{Body, DataReader};
+use crate::smtp::sasl::{self, AuthAttempt, Mechanism};
+
+/// Longest AUTH command line including CRLF: `AUTH CRAM-MD5 ` (the longest
+/// mechanism name) and a [`sasl::MAX_RESPONSE`] initial response.
+const AUTH_LINE_MAX: usize = 5 + 8 + 1 + sasl::MAX_RESPONSE + 2;
 
 /// Limits and offered extensions of a server.
 #[derive(Clone, Debug)]
@@ -127,11 +210,27 @@ pub struct ServerConfig {
     pub smtputf8: bool,
     /// Offer CHUNKING / BDAT (RFC 3030).
     pub chunking: bool,
+    /// Offer STARTTLS (RFC 3207) while the session is not encrypted. The
+    /// driver must then answer [`Step::StartTls`] with a handshake.
+    pub starttls: bool,
+    /// SASL mechanisms offered with AUTH (RFC 4954), in this order. Empty:
+    /// AUTH is neither offered nor recognised (500).
+    pub auth_mechanisms: Vec<Mechanism>,
+    /// Offer and accept PLAIN and LOGIN before TLS. Off: they are left out
+    /// of the EHLO reply and refused with `538 5.7.11` until STARTTLS.
+    pub auth_plaintext: bool,
+    /// Refuse MAIL with `530 5.7.0 Authentication required` until AUTH
+    /// succeeded.
+    pub auth_required: bool,
+    /// Speak LMTP (RFC 2033): LHLO instead of HELO/EHLO, and one reply per
+    /// accepted recipient after the message.
+    pub lmtp: bool,
 }
 
 impl ServerConfig {
     /// Defaults of an operator-friendly server named `hostname`: 10 MiB,
-    /// 100 recipients, 20 errors, 512/1000 line limits, every extension on.
+    /// 100 recipients, 20 errors, 512/1000 line limits, every extension on
+    /// except the ones the driver must back up (STARTTLS, AUTH) and LMTP.
     pub fn new(hostname: impl Into<String>) -> Self {
         Self {
             hostname: hostname.into(),
@@ -144,6 +243,11 @@ impl ServerConfig {
             eightbitmime: true,
             smtputf8: true,
             chunking: true,
+            starttls: false,
+            auth_mechanisms: Vec::new(),
+            auth_plaintext: false,
+            auth_required: false,
+            lmtp: false,
         }
     }
 }
@@ -181,8 +285,9 @@ pub struct Transaction {
 /// What the machine needs a decision on.
 #[derive(Debug)]
 pub enum EventKind {
-    /// HELO (`extended == false`) or EHLO. The default reply of EHLO lists
-    /// the extensions.
+    /// HELO (`extended == false`) or EHLO; in LMTP mode
+    /// ([`ServerConfig::lmtp`]) always LHLO, with `extended == true`. The
+    /// default reply of EHLO and LHLO lists the extensions.
     Helo {
         /// The argument.
         domain: String,
@@ -212,6 +317,18 @@ pub enum EventKind {
     Message(Box<Transaction>),
     /// QUIT (default reply `221 2.0.0 Bye`).
     Quit,
+    /// STARTTLS, in sequence and offered (default reply
+    /// `220 2.0.0 Ready to start TLS`). Answered 220, the machine discards
+    /// all buffered input and the next [`Server::step`] is
+    /// [`Step::StartTls`]; any other answer (`454 4.7.0 TLS not
+    /// available`) keeps the session in plaintext.
+    StartTls,
+    /// AUTH credentials are complete (default reply `535 5.7.8
+    /// Authentication credentials invalid`). The driver verifies them and
+    /// answers `235 2.7.0 Authentication successful` on success; a 2xx
+    /// records [`AuthAttempt::authcid`] as [`Server::authenticated`], any
+    /// other answer counts as a bad command.
+    Auth(AuthAttempt),
 }
 
 /// An event with the reply the machine proposes.
@@ -232,6 +349,10 @@ pub enum Step {
     NeedInput,
     /// Flush [`Server::output`] and close the connection.
     Close,
+    /// STARTTLS was accepted: flush [`Server::output`], do the TLS
+    /// handshake, then call [`Server::tls_established`] or
+    /// [`Server::tls_failed`]. Until then every `step()` returns this.
+    StartTls,
 }
 
 /// One SMTP server session.
@@ -249,6 +370,10 @@ pub struct Server {
     rejected: bool,
     txn: Option<Txn>,
     errors: u32,
+    /// TLS is active (after STARTTLS or implicit TLS).
+    tls: bool,
+    /// The authentication identity after a successful AUTH.
+    authenticated: Option<String>,
 }
 
 /// What the input is currently read as.
@@ -258,9 +383,15 @@ enum Mode {
     /// An over-long command line is skipped up to its CRLF.
     DiscardLine {
         after_cr: bool,
+        /// The line is part of an AUTH exchange (`500 5.5.6`).
+        auth: bool,
     },
     Data(DataReader),
     Chunk(Chunk),
+    /// An AUTH exchange waits for the client's next line.
+    Auth(sasl::Exchange),
+    /// STARTTLS was accepted; the driver does the handshake.
+    StartTls,
     Closed,
 }
 
@@ -287,6 +418,9 @@ enum AfterChunk {
         error: bool,
         /// Ends the transaction.
         reset: bool,
+        /// How many times it is written (LMTP answers a LAST chunk once
+        /// per recipient; 1 otherwise).
+        copies: usize,
     },
 }
 
@@ -311,13 +445,30 @@ struct Txn {
 /// The event awaiting [`Server::respond`].
 #[derive(Debug)]
 enum Pending {
-    Helo { extended: bool },
-    Mail { sender: String, params: MailParams },
-    Rcpt { recipient: String },
+    Helo {
+        extended: bool,
+    },
+    Mail {
+        sender: String,
+        params: MailParams,
+    },
+    Rcpt {
+        recipient: String,
+    },
     Data,
-    Bdat { size: u64, last: bool },
-    Message,
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+    /// `recipients` replies are due in LMTP mode.
+    Message {
+        recipients: usize,
+    },
     Quit,
+    StartTls,
+    Auth {
+        identity: String,
+    },
 }
 
 /// Result of one unit of work inside [`Server::step`].
@@ -341,6 +492,8 @@ impl Server {
             rejected: false,
             txn: None,
             errors: 0,
+            tls: false,
+            authenticated: None,
         }
     }
 
@@ -349,9 +502,14 @@ impl Server {
         &self.config
     }
 
-    /// `220 <hostname> ESMTP slimta-rs`.
+    /// `220 <hostname> ESMTP slimta-rs` (`LMTP` in LMTP mode).
     pub fn default_banner(&self) -> Reply {
-        Reply::new(220, "", format!("{} ESMTP slimta-rs", self.config.hostname))
+        let protocol = if self.config.lmtp { "LMTP" } else { "ESMTP" };
+        Reply::new(
+            220,
+            "",
+            format!("{} {protocol} slimta-rs", self.config.hostname),
+        )
     }
 
     /// Writes the banner. 221/421 close the session; a 554 banner keeps it
@@ -368,9 +526,10 @@ impl Server {
         self.write(&banner);
     }
 
-    /// Appends received bytes. Call only after [`Step::NeedInput`].
+    /// Appends received bytes. Call only after [`Step::NeedInput`]. Bytes
+    /// received while a STARTTLS handshake is due are discarded.
     pub fn receive(&mut self, input: &[u8]) {
-        if matches!(self.mode, Mode::Closed) {
+        if matches!(self.mode, Mode::Closed | Mode::StartTls) {
             return;
         }
         // Only a partial command line (< max_command_line) can be left over,
@@ -394,7 +553,9 @@ impl Server {
         loop {
             let progress = match self.mode {
                 Mode::Closed => return Step::Close,
+                Mode::StartTls => return Step::StartTls,
                 Mode::Command => self.step_command(),
+                Mode::Auth(_) => self.step_auth(),
                 Mode::DiscardLine { .. } => self.step_discard(),
                 Mode::Data(_) => self.step_data(),
                 Mode::Chunk(_) => self.step_chunk(),
@@ -407,7 +568,9 @@ impl Server {
         }
     }
 
-    /// Answers the last [`Step::Event`].
+    /// Answers the last [`Step::Event`]. In LMTP mode a reply to
+    /// [`EventKind::Message`] is written once per accepted recipient (see
+    /// [`Server::respond_per_recipient`] for different replies).
     ///
     /// # Panics
     ///
@@ -418,7 +581,7 @@ impl Server {
             .take()
             .expect("Server::respond without an event to answer");
         if reply.closes_session() {
-            if matches!(pending, Pending::Message) {
+            if matches!(pending, Pending::Message { .. }) {
                 self.txn = None;
             }
             self.write(&reply);
@@ -463,17 +626,20 @@ impl Server {
                 if accepted && let Some(txn) = self.txn.as_mut() {
                     txn.bdat = true;
                 }
+                let copies = if last { self.final_reply_copies() } else { 1 };
                 let after = match (accepted, last) {
                     (true, true) => AfterChunk::Message,
                     (true, false) => AfterChunk::Reply {
                         reply,
                         error: false,
                         reset: false,
+                        copies: 1,
                     },
                     (false, _) => AfterChunk::Reply {
                         reply,
                         error: false,
                         reset: true,
+                        copies,
                     },
                 };
                 self.mode = Mode::Chunk(Chunk {
@@ -482,11 +648,124 @@ impl Server {
                     after,
                 });
             }
-            Pending::Message => {
+            Pending::Message { recipients } => {
                 self.txn = None;
-                self.write(&reply);
+                let copies = if self.config.lmtp { recipients } else { 1 };
+                for _ in 0..copies {
+                    self.write(&reply);
+                }
             }
             Pending::Quit => self.write(&reply),
+            Pending::StartTls => {
+                self.write(&reply);
+                if reply.code() == 220 {
+                    // CVE-2011-0411: nothing sent in plaintext after the
+                    // command may be answered inside TLS.
+                    self.input = Vec::new();
+                    self.pos = 0;
+                    self.mode = Mode::StartTls;
+                }
+            }
+            Pending::Auth { identity } => {
+                if reply.is_positive() {
+                    self.authenticated = Some(identity);
+                    self.write(&reply);
+                } else {
+                    self.error(&reply);
+                }
+            }
+        }
+    }
+
+    /// Answers a Message event in LMTP mode with one reply per accepted
+    /// recipient, in RCPT order (RFC 2033 section 4.2).
+    ///
+    /// # Panics
+    ///
+    /// If the unanswered event is not [`EventKind::Message`], if the session
+    /// is not in LMTP mode, or if `replies` does not have one reply per
+    /// recipient of the transaction.
+    pub fn respond_per_recipient(&mut self, replies: Vec<Reply>) {
+        let Some(Pending::Message { recipients }) = self.pending else {
+            panic!("Server::respond_per_recipient without a Message event to answer");
+        };
+        assert!(
+            self.config.lmtp,
+            "Server::respond_per_recipient outside LMTP mode"
+        );
+        assert_eq!(
+            replies.len(),
+            recipients,
+            "Server::respond_per_recipient needs one reply per recipient"
+        );
+        self.pending = None;
+        self.txn = None;
+        for reply in replies {
+            self.write(&reply);
+        }
+    }
+
+    /// The TLS handshake after [`Step::StartTls`] succeeded: the session
+    /// starts over as after the banner (RFC 3207 section 4.2: no HELO/EHLO,
+    /// no transaction, no authentication; the error count is kept), with
+    /// STARTTLS no longer offered. For implicit TLS (port 465), call it
+    /// before [`Server::greet`].
+    pub fn tls_established(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        self.tls = true;
+        self.hello = Hello::None;
+        self.txn = None;
+        self.authenticated = None;
+        self.pending = None;
+        self.input = Vec::new();
+        self.pos = 0;
+        self.mode = Mode::Command;
+    }
+
+    /// The TLS handshake after [`Step::StartTls`] failed: writes
+    /// `421 4.7.0 <host> Error: TLS handshake failed` and closes.
+    pub fn tls_failed(&mut self) {
+        let text = format!("{} Error: TLS handshake failed", self.config.hostname);
+        if matches!(self.mode, Mode::StartTls) {
+            self.mode = Mode::Command;
+        }
+        self.close_with(&Reply::new(421, "4.7.0", text));
+    }
+
+    /// Whether the session is encrypted ([`Server::tls_established`] was
+    /// called).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The authentication identity (the authcid) after a successful AUTH.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    /// The protocol as written in `Received: ... with` (RFC 3848): LMTP in
+    /// LMTP mode, SMTP until an EHLO was accepted, ESMTP after it, with `S`
+    /// for TLS and `A` for AUTH.
+    pub fn protocol(&self) -> Protocol {
+        let (tls, auth) = (self.tls, self.authenticated.is_some());
+        if self.config.lmtp {
+            match (tls, auth) {
+                (false, false) => Protocol::Lmtp,
+                (true, false) => Protocol::Lmtps,
+                (false, true) => Protocol::Lmtpa,
+                (true, true) => Protocol::Lmtpsa,
+            }
+        } else if self.hello == Hello::Ehlo {
+            match (tls, auth) {
+                (false, false) => Protocol::Esmtp,
+                (true, false) => Protocol::Esmtps,
+                (false, true) => Protocol::Esmtpa,
+                (true, true) => Protocol::Esmtpsa,
+            }
+        } else {
+            Protocol::Smtp
         }
     }
 
@@ -587,15 +866,26 @@ impl Server {
             self.pos = 0;
             return Progress::NeedInput;
         }
-        let max = self.config.max_command_line.max(3);
+        let prefix = &avail[..5.min(avail.len())];
+        // Decided from the line's first octets only, so the answer does not
+        // depend on how the line was split into reads.
+        let auth_line = !self.config.auth_mechanisms.is_empty() && command::looks_like_auth(prefix);
+        let mut max = self.config.max_command_line.max(3);
+        if auth_line {
+            max = max.max(AUTH_LINE_MAX);
+        }
         let window = &avail[..avail.len().min(max)];
         if let Some(i) = memmem::find(window, b"\r\n") {
             let start = self.pos;
             self.pos += i + 2;
             // The line is borrowed from `input` while `self` changes; the
             // handlers never touch `input`.
-            let input = std::mem::take(&mut self.input);
+            let mut input = std::mem::take(&mut self.input);
             let progress = self.handle_line(&input[start..start + i]);
+            if auth_line {
+                // An initial response holds credentials: keep them no longer.
+                input[start..start + i].fill(0);
+            }
             if !matches!(self.mode, Mode::Closed) {
                 self.input = input;
             }
@@ -604,17 +894,53 @@ impl Server {
         if avail.len() < max {
             return Progress::NeedInput;
         }
-        if command::looks_like_bdat(&avail[..5.min(avail.len())]) {
+        if command::looks_like_bdat(prefix) {
             return self.bad_bdat();
         }
         // Keep the last octet of the window: it may be the CR of the CRLF.
         self.pos += max - 1;
-        self.mode = Mode::DiscardLine { after_cr: false };
+        self.mode = Mode::DiscardLine {
+            after_cr: false,
+            auth: auth_line,
+        };
+        Progress::Continue
+    }
+
+    /// A line of an AUTH exchange: a response, or `*`.
+    fn step_auth(&mut self) -> Progress {
+        let avail = &self.input[self.pos..];
+        if avail.is_empty() {
+            self.input.clear();
+            self.pos = 0;
+            return Progress::NeedInput;
+        }
+        let max = sasl::MAX_RESPONSE + 2;
+        let window = &avail[..avail.len().min(max)];
+        if let Some(i) = memmem::find(window, b"\r\n") {
+            let start = self.pos;
+            self.pos += i + 2;
+            let Mode::Auth(exchange) = std::mem::replace(&mut self.mode, Mode::Command) else {
+                unreachable!()
+            };
+            let line = &mut self.input[start..start + i];
+            let outcome = sasl::respond(exchange, line);
+            line.fill(0);
+            return self.auth_outcome(outcome);
+        }
+        if avail.len() < max {
+            return Progress::NeedInput;
+        }
+        // Too long: the exchange ends; the rest of the line is skipped.
+        self.pos += max - 1;
+        self.mode = Mode::DiscardLine {
+            after_cr: false,
+            auth: true,
+        };
         Progress::Continue
     }
 
     fn step_discard(&mut self) -> Progress {
-        let Mode::DiscardLine { after_cr } = &mut self.mode else {
+        let Mode::DiscardLine { after_cr, auth } = &mut self.mode else {
             unreachable!()
         };
         let avail = &self.input[self.pos..];
@@ -626,8 +952,13 @@ impl Server {
         match end {
             Some(n) => {
                 self.pos += n;
+                let auth = *auth;
                 self.mode = Mode::Command;
-                self.error(&Reply::new(500, "5.5.2", "Error: line too long"))
+                if auth {
+                    self.error(&auth_line_too_long())
+                } else {
+                    self.error(&Reply::new(500, "5.5.2", "Error: line too long"))
+                }
             }
             None => {
                 if !avail.is_empty() {
@@ -694,6 +1025,7 @@ impl Server {
                 reply,
                 error,
                 reset,
+                copies,
             } => {
                 if reset {
                     self.txn = None;
@@ -701,7 +1033,9 @@ impl Server {
                 if error {
                     self.error(&reply)
                 } else {
-                    self.write(&reply);
+                    for _ in 0..copies {
+                        self.write(&reply);
+                    }
                     Progress::Continue
                 }
             }
@@ -710,21 +1044,28 @@ impl Server {
 
     /// The end of DATA or the LAST chunk: refuse, or raise Message.
     fn finish_message(&mut self, long_line: bool) -> Progress {
+        let copies = self.final_reply_copies();
         let Some(mut txn) = self.txn.take() else {
             return Progress::Continue;
         };
-        if txn.body.exceeded() {
-            self.write(&too_big());
-            return Progress::Continue;
-        }
-        if long_line {
+        let refusal = if txn.body.exceeded() {
+            Some(too_big())
+        } else if long_line {
             let text = format!(
                 "Message contains a line longer than {} octets",
                 self.config.max_text_line
             );
-            self.write(&Reply::new(554, "5.6.0", text));
+            Some(Reply::new(554, "5.6.0", text))
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            for _ in 0..copies {
+                self.write(&reply);
+            }
             return Progress::Continue;
         }
+        let recipients = txn.recipients.len();
         let transaction = Transaction {
             data: txn.body.take(),
             sender: txn.sender,
@@ -735,8 +1076,34 @@ impl Server {
         self.event(
             EventKind::Message(Box::new(transaction)),
             reply,
-            Pending::Message,
+            Pending::Message { recipients },
         )
+    }
+
+    /// Replies owed for the end of the message: one per accepted recipient
+    /// in LMTP mode (RFC 2033 section 4.2), one otherwise.
+    fn final_reply_copies(&self) -> usize {
+        match &self.txn {
+            Some(txn) if self.config.lmtp => txn.recipients.len().max(1),
+            _ => 1,
+        }
+    }
+
+    /// Continues, completes or fails an AUTH exchange.
+    fn auth_outcome(&mut self, outcome: sasl::Outcome) -> Progress {
+        match outcome {
+            sasl::Outcome::Continue(exchange, reply) => {
+                self.write(&reply);
+                self.mode = Mode::Auth(exchange);
+                Progress::Continue
+            }
+            sasl::Outcome::Done(attempt) => {
+                let identity = attempt.authcid.clone();
+                let reply = Reply::new(535, "5.7.8", "Authentication credentials invalid");
+                self.event(EventKind::Auth(attempt), reply, Pending::Auth { identity })
+            }
+            sasl::Outcome::Failed(reply) => self.error(&reply),
+        }
     }
 
     /// A BDAT line we cannot trust: its chunk would be read as commands.
@@ -776,7 +1143,13 @@ impl Server {
             return self.sequence("no SMTP service here, only QUIT");
         }
         match verb {
-            Verb::Helo | Verb::Ehlo => self.helo(verb == Verb::Ehlo, arg),
+            Verb::Helo | Verb::Ehlo if self.config.lmtp => {
+                self.error(&Reply::new(500, "5.5.1", "Error: use LHLO"))
+            }
+            Verb::Helo | Verb::Ehlo => self.helo(verb, arg),
+            Verb::Lhlo if self.config.lmtp => self.helo(verb, arg),
+            Verb::Starttls if self.config.starttls => self.starttls(arg),
+            Verb::Auth if !self.config.auth_mechanisms.is_empty() => self.auth(arg),
             Verb::Mail => self.mail(arg),
             Verb::Rcpt => self.rcpt(arg),
             Verb::Data => self.data(arg),
@@ -812,24 +1185,34 @@ impl Server {
             }
             Verb::Expn => self.error(&Reply::new(502, "5.5.1", "EXPN not supported")),
             Verb::Help => {
-                let bdat = if self.config.chunking { " BDAT" } else { "" };
-                let text =
-                    format!("Commands: HELO EHLO MAIL RCPT DATA{bdat} RSET NOOP QUIT VRFY HELP");
+                let c = &self.config;
+                let hello = if c.lmtp { "LHLO" } else { "HELO EHLO" };
+                let starttls = if c.starttls { " STARTTLS" } else { "" };
+                let auth = if c.auth_mechanisms.is_empty() {
+                    ""
+                } else {
+                    " AUTH"
+                };
+                let bdat = if c.chunking { " BDAT" } else { "" };
+                let text = format!(
+                    "Commands: {hello}{starttls}{auth} MAIL RCPT DATA{bdat} RSET NOOP QUIT VRFY HELP"
+                );
                 self.write(&Reply::new(214, "2.0.0", text));
                 Progress::Continue
             }
-            Verb::Unknown | Verb::Bdat => {
+            Verb::Unknown | Verb::Bdat | Verb::Lhlo | Verb::Starttls | Verb::Auth => {
                 self.error(&Reply::new(500, "5.5.2", "Error: command not recognized"))
             }
         }
     }
 
-    fn helo(&mut self, extended: bool, arg: Option<&str>) -> Progress {
+    fn helo(&mut self, verb: Verb, arg: Option<&str>) -> Progress {
+        let extended = verb != Verb::Helo;
         let Some(domain) = command::parse_helo_arg(arg) else {
-            return self.error(&usage(if extended {
-                "EHLO hostname"
-            } else {
-                "HELO hostname"
+            return self.error(&usage(match verb {
+                Verb::Helo => "HELO hostname",
+                Verb::Lhlo => "LHLO hostname",
+                _ => "EHLO hostname",
             }));
         };
         let c = &self.config;
@@ -848,6 +1231,20 @@ impl Server {
             if c.chunking {
                 text.push_str("\nCHUNKING");
             }
+            if c.starttls && !self.tls {
+                text.push_str("\nSTARTTLS");
+            }
+            let mut auth = String::new();
+            for m in &c.auth_mechanisms {
+                if self.mechanism_allowed(*m) {
+                    auth.push(' ');
+                    auth.push_str(m.name());
+                }
+            }
+            if !auth.is_empty() {
+                text.push_str("\nAUTH");
+                text.push_str(&auth);
+            }
             text.push_str("\nENHANCEDSTATUSCODES");
             Reply::new(250, "", text)
         } else {
@@ -862,7 +1259,10 @@ impl Server {
 
     fn mail(&mut self, arg: Option<&str>) -> Progress {
         if self.hello == Hello::None {
-            return self.sequence("send HELO/EHLO first");
+            return self.sequence(self.hello_first());
+        }
+        if self.config.auth_required && self.authenticated.is_none() {
+            return self.error(&Reply::new(530, "5.7.0", "Authentication required"));
         }
         if self.txn.is_some() {
             return self.sequence("nested MAIL command");
@@ -888,7 +1288,7 @@ impl Server {
 
     fn rcpt(&mut self, arg: Option<&str>) -> Progress {
         if self.hello == Hello::None {
-            return self.sequence("send HELO/EHLO first");
+            return self.sequence(self.hello_first());
         }
         let Some(txn) = self.txn.as_ref() else {
             return self.sequence("need MAIL command");
@@ -913,7 +1313,7 @@ impl Server {
 
     fn data(&mut self, arg: Option<&str>) -> Progress {
         if self.hello == Hello::None {
-            return self.sequence("send HELO/EHLO first");
+            return self.sequence(self.hello_first());
         }
         match &self.txn {
             None => return self.sequence("need MAIL command"),
@@ -935,7 +1335,7 @@ impl Server {
         } else if !self.config.chunking || self.hello == Hello::Helo {
             Some("CHUNKING not offered")
         } else if self.hello == Hello::None {
-            Some("send HELO/EHLO first")
+            Some(self.hello_first())
         } else {
             match &self.txn {
                 None => Some("need MAIL command"),
@@ -952,6 +1352,7 @@ impl Server {
                     reply: Reply::new(503, "5.5.1", format!("Error: {what}")),
                     error: true,
                     reset: false,
+                    copies: 1,
                 },
             });
             return Progress::Continue;
@@ -960,6 +1361,7 @@ impl Server {
             unreachable!("checked above")
         };
         if txn.body.size().saturating_add(size) > self.config.max_size as u64 {
+            let copies = if last { self.final_reply_copies() } else { 1 };
             self.mode = Mode::Chunk(Chunk {
                 remaining: size,
                 store: false,
@@ -967,6 +1369,7 @@ impl Server {
                     reply: too_big(),
                     error: false,
                     reset: true,
+                    copies,
                 },
             });
             return Progress::Continue;
@@ -985,6 +1388,88 @@ impl Server {
             },
         });
         Progress::Continue
+    }
+
+    fn starttls(&mut self, arg: Option<&str>) -> Progress {
+        if self.tls {
+            return self.sequence("TLS already active");
+        }
+        if self.hello != Hello::Ehlo {
+            return self.sequence(self.ehlo_first());
+        }
+        if self.txn.is_some() {
+            return self.sequence("STARTTLS not permitted during a mail transaction");
+        }
+        if has_arg(arg) {
+            return self.error(&usage("STARTTLS"));
+        }
+        let reply = Reply::new(220, "2.0.0", "Ready to start TLS");
+        self.event(EventKind::StartTls, reply, Pending::StartTls)
+    }
+
+    fn auth(&mut self, arg: Option<&str>) -> Progress {
+        if self.hello != Hello::Ehlo {
+            return self.sequence(self.ehlo_first());
+        }
+        if self.authenticated.is_some() {
+            return self.error(&Reply::new(503, "5.5.1", "Already authenticated"));
+        }
+        if self.txn.is_some() {
+            return self.error(&Reply::new(
+                503,
+                "5.5.1",
+                "AUTH not permitted during a mail transaction",
+            ));
+        }
+        let Some((name, initial)) = command::parse_auth(arg) else {
+            return self.error(&usage("AUTH mechanism [initial-response]"));
+        };
+        let mechanism =
+            Mechanism::from_name(name).filter(|m| self.config.auth_mechanisms.contains(m));
+        let Some(mechanism) = mechanism else {
+            return self.error(&Reply::new(
+                504,
+                "5.5.4",
+                "Unrecognized authentication type",
+            ));
+        };
+        if !self.mechanism_allowed(mechanism) {
+            return self.error(&Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        if initial.is_some_and(|ir| ir.len() > sasl::MAX_RESPONSE) {
+            return self.error(&auth_line_too_long());
+        }
+        let host = &self.config.hostname;
+        let outcome = sasl::start(mechanism, initial.map(str::as_bytes), || {
+            sasl::cram_challenge(host)
+        });
+        self.auth_outcome(outcome)
+    }
+
+    /// Whether `mechanism` may be used now: PLAIN and LOGIN need TLS unless
+    /// [`ServerConfig::auth_plaintext`].
+    fn mechanism_allowed(&self, mechanism: Mechanism) -> bool {
+        self.tls || self.config.auth_plaintext || !mechanism.sends_password()
+    }
+
+    fn hello_first(&self) -> &'static str {
+        if self.config.lmtp {
+            "send LHLO first"
+        } else {
+            "send HELO/EHLO first"
+        }
+    }
+
+    fn ehlo_first(&self) -> &'static str {
+        if self.config.lmtp {
+            "send LHLO first"
+        } else {
+            "send EHLO first"
+        }
     }
 
     /// Writes a refusal from the parser, counting it if it is a protocol
@@ -1015,1146 +1500,14 @@ fn too_big() -> Reply {
     )
 }
 
+/// RFC 4954 section 6: an AUTH line (command or response) over the limit.
+fn auth_line_too_long() -> Reply {
+    Reply::new(500, "5.5.6", "Authentication Exchange line is too long")
+}
+
 fn has_arg(arg: Option<&str>) -> bool {
     arg.is_some_and(|a| !a.trim_matches(' ').is_empty())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BANNER: &str = "220 mx.test ESMTP slimta-rs\r\n";
-    const EHLO: &[&str] = &[
-        "250-mx.test",
-        "250-PIPELINING",
-        "250-SIZE 1000",
-        "250-8BITMIME",
-        "250-SMTPUTF8",
-        "250-CHUNKING",
-        "250 ENHANCEDSTATUSCODES",
-    ];
-    const SMUGGLE: &[u8] = b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nhidden\r\n.\r\n";
-
-    fn config() -> ServerConfig {
-        ServerConfig {
-            max_size: 1000,
-            ..ServerConfig::new("mx.test")
-        }
-    }
-
-    /// What a session produced: everything written after the banner, and
-    /// the events in order, each as a short string.
-    #[derive(Debug, PartialEq, Eq)]
-    struct Outcome {
-        output: String,
-        events: Vec<String>,
-        closed: bool,
-    }
-
-    fn describe(kind: &EventKind) -> String {
-        match kind {
-            EventKind::Helo { domain, extended } => {
-                format!("{} {domain}", if *extended { "EHLO" } else { "HELO" })
-            }
-            EventKind::Mail { sender, params } => {
-                let mut s = format!("MAIL {sender}");
-                if *params != MailParams::default() {
-                    s.push_str(&format!(" {params:?}"));
-                }
-                s
-            }
-            EventKind::Rcpt { recipient, .. } => format!("RCPT {recipient}"),
-            EventKind::Data => "DATA".into(),
-            EventKind::Message(t) => format!(
-                "MSG {} {:?} {:?}",
-                t.sender,
-                t.recipients,
-                String::from_utf8_lossy(&t.data)
-            ),
-            EventKind::Quit => "QUIT".into(),
-        }
-    }
-
-    /// Drives a session like the edge does, feeding `chunks` one per
-    /// NeedInput; `decide` may replace the proposed reply.
-    fn drive(
-        config: ServerConfig,
-        banner: Option<Reply>,
-        chunks: &[&[u8]],
-        decide: &mut dyn FnMut(&EventKind, Reply) -> Reply,
-    ) -> Outcome {
-        let mut server = Server::new(Arc::new(config));
-        let banner = banner.unwrap_or_else(|| server.default_banner());
-        server.greet(banner);
-        let mut output = std::mem::take(&mut server.output);
-        let mut events = Vec::new();
-        let mut chunks = chunks.iter();
-        let closed = loop {
-            match server.step() {
-                Step::Event(ev) => {
-                    events.push(describe(&ev.kind));
-                    let reply = decide(&ev.kind, ev.reply);
-                    server.respond(reply);
-                }
-                Step::NeedInput => {
-                    output.extend_from_slice(server.output());
-                    server.clear_output();
-                    match chunks.next() {
-                        Some(c) => server.receive(c),
-                        None => break false,
-                    }
-                }
-                Step::Close => break true,
-            }
-        };
-        output.extend_from_slice(server.output());
-        Outcome {
-            output: String::from_utf8(output).unwrap(),
-            events,
-            closed,
-        }
-    }
-
-    fn accept(_: &EventKind, reply: Reply) -> Reply {
-        reply
-    }
-
-    fn run(config: ServerConfig, input: &[u8]) -> Outcome {
-        drive(config, None, &[input], &mut accept)
-    }
-
-    fn wire(lines: &[&str]) -> String {
-        let mut s = String::from(BANNER);
-        for l in lines {
-            s.push_str(l);
-            s.push_str("\r\n");
-        }
-        s
-    }
-
-    fn with_ehlo(rest: &[&str]) -> Vec<&'static str> {
-        let mut v: Vec<&str> = EHLO.to_vec();
-        v.extend_from_slice(rest);
-        // The test strings live for the whole test; leak-free via 'static data.
-        v.into_iter()
-            .map(|s| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) })
-            .collect()
-    }
-
-    /// Pseudo-random cut points (xorshift), deterministic per seed.
-    fn cuts(len: usize, seed: u64) -> Vec<usize> {
-        let mut x = seed | 1;
-        let mut out = Vec::new();
-        let mut pos = 0;
-        loop {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            pos += 1 + (x % 23) as usize;
-            if pos >= len {
-                return out;
-            }
-            out.push(pos);
-        }
-    }
-
-    fn split_at<'a>(input: &'a [u8], points: &[usize]) -> Vec<&'a [u8]> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        for &p in points {
-            out.push(&input[start..p]);
-            start = p;
-        }
-        out.push(&input[start..]);
-        out
-    }
-
-    /// Runs `input` whole, byte by byte and in random splits; all must agree.
-    fn run_all_splits(config: &ServerConfig, input: &[u8]) -> Outcome {
-        let whole = run(config.clone(), input);
-        let bytes: Vec<&[u8]> = input.chunks(1).collect();
-        let bytewise = drive(config.clone(), None, &bytes, &mut accept);
-        assert_eq!(
-            whole,
-            bytewise,
-            "byte by byte: {:?}",
-            String::from_utf8_lossy(input)
-        );
-        for seed in 1..6 {
-            let pieces = split_at(input, &cuts(input.len(), seed));
-            let split = drive(config.clone(), None, &pieces, &mut accept);
-            assert_eq!(
-                whole,
-                split,
-                "seed {seed}: {:?}",
-                String::from_utf8_lossy(input)
-            );
-        }
-        whole
-    }
-
-    struct Case {
-        name: &'static str,
-        config: ServerConfig,
-        input: Vec<u8>,
-        output: Vec<&'static str>,
-        events: Vec<&'static str>,
-        closed: bool,
-    }
-
-    fn case(
-        name: &'static str,
-        input: &[u8],
-        output: Vec<&'static str>,
-        events: &[&'static str],
-    ) -> Case {
-        Case {
-            name,
-            config: config(),
-            input: input.to_vec(),
-            output,
-            events: events.to_vec(),
-            closed: false,
-        }
-    }
-
-    fn check(cases: Vec<Case>) {
-        for c in cases {
-            let got = run_all_splits(&c.config, &c.input);
-            assert_eq!(got.output, wire(&c.output), "{}", c.name);
-            assert_eq!(got.events, c.events, "{}", c.name);
-            assert_eq!(got.closed, c.closed, "{}", c.name);
-        }
-    }
-
-    const TXN: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n";
-    const TXN_OUT: &[&str] = &["250 2.1.0 Sender <a@b> ok", "250 2.1.5 Recipient <c@d> ok"];
-    const TXN_EV: [&str; 3] = ["EHLO c.test", "MAIL a@b", "RCPT c@d"];
-
-    fn txn(rest: &[u8]) -> Vec<u8> {
-        [TXN, rest].concat()
-    }
-
-    fn txn_out(rest: &[&str]) -> Vec<&'static str> {
-        let mut v = TXN_OUT.to_vec();
-        v.extend_from_slice(rest);
-        with_ehlo(&v)
-    }
-
-    fn txn_ev<'a>(rest: &[&'a str]) -> Vec<&'a str> {
-        let mut v = TXN_EV.to_vec();
-        v.extend_from_slice(rest);
-        v
-    }
-
-    #[test]
-    fn a_complete_session_byte_for_byte() {
-        let input = txn(b"DATA\r\nhello\r\n..dot\r\n.\r\nQUIT\r\n");
-        let got = run_all_splits(&config(), &input);
-        let expected = "220 mx.test ESMTP slimta-rs\r\n\
-            250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
-            250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n\
-            250 2.1.0 Sender <a@b> ok\r\n250 2.1.5 Recipient <c@d> ok\r\n\
-            354 End data with <CR><LF>.<CR><LF>\r\n250 2.6.0 Message accepted\r\n221 2.0.0 Bye\r\n";
-        assert_eq!(got.output, expected);
-        let msg = r#"MSG a@b ["c@d"] "hello\r\n.dot\r\n""#;
-        assert_eq!(got.events, txn_ev(&["DATA", msg, "QUIT"]));
-        assert!(got.closed);
-    }
-
-    #[test]
-    fn commands_and_sequence() {
-        let ok = "250 2.0.0 Ok";
-        let mut cases = vec![
-            case(
-                "helo",
-                b"HELO c.test\r\n",
-                vec!["250 mx.test"],
-                &["HELO c.test"],
-            ),
-            case(
-                "helo without argument",
-                b"HELO\r\n",
-                vec!["501 5.5.4 Syntax: HELO hostname"],
-                &[],
-            ),
-            case(
-                "ehlo blank",
-                b"EHLO \r\n",
-                vec!["501 5.5.4 Syntax: EHLO hostname"],
-                &[],
-            ),
-            case(
-                "lower case verbs",
-                b"ehlo c\r\nmail from:<a@b>\r\nrcpt to:<c@d>\r\nrset\r\nnoop\r\n",
-                with_ehlo(&[
-                    "250 2.1.0 Sender <a@b> ok",
-                    "250 2.1.5 Recipient <c@d> ok",
-                    ok,
-                    ok,
-                ]),
-                &["EHLO c", "MAIL a@b", "RCPT c@d"],
-            ),
-            case(
-                "space after colon",
-                b"EHLO c\r\nMAIL FROM: <a@b>\r\nRCPT TO: <c@d>\r\n",
-                with_ehlo(&["250 2.1.0 Sender <a@b> ok", "250 2.1.5 Recipient <c@d> ok"]),
-                &["EHLO c", "MAIL a@b", "RCPT c@d"],
-            ),
-            case(
-                "mail before helo",
-                b"MAIL FROM:<a@b>\r\n",
-                vec!["503 5.5.1 Error: send HELO/EHLO first"],
-                &[],
-            ),
-            case(
-                "rcpt before helo",
-                b"RCPT TO:<a@b>\r\n",
-                vec!["503 5.5.1 Error: send HELO/EHLO first"],
-                &[],
-            ),
-            case(
-                "data before helo",
-                b"DATA\r\n",
-                vec!["503 5.5.1 Error: send HELO/EHLO first"],
-                &[],
-            ),
-            case(
-                "rcpt before mail",
-                b"EHLO c\r\nRCPT TO:<a@b>\r\n",
-                with_ehlo(&["503 5.5.1 Error: need MAIL command"]),
-                &["EHLO c"],
-            ),
-            case(
-                "data before mail",
-                b"EHLO c\r\nDATA\r\n",
-                with_ehlo(&["503 5.5.1 Error: need MAIL command"]),
-                &["EHLO c"],
-            ),
-            case(
-                "data before rcpt",
-                b"EHLO c\r\nMAIL FROM:<a@b>\r\nDATA\r\n",
-                with_ehlo(&[
-                    "250 2.1.0 Sender <a@b> ok",
-                    "503 5.5.1 Error: need RCPT command",
-                ]),
-                &["EHLO c", "MAIL a@b"],
-            ),
-            case(
-                "nested mail",
-                b"EHLO c\r\nMAIL FROM:<a@b>\r\nMAIL FROM:<a@b>\r\n",
-                with_ehlo(&[
-                    "250 2.1.0 Sender <a@b> ok",
-                    "503 5.5.1 Error: nested MAIL command",
-                ]),
-                &["EHLO c", "MAIL a@b"],
-            ),
-            case(
-                "rset ends the transaction",
-                &txn(b"RSET\r\nRCPT TO:<c@d>\r\n"),
-                txn_out(&[ok, "503 5.5.1 Error: need MAIL command"]),
-                &TXN_EV,
-            ),
-            case(
-                "ehlo ends the transaction",
-                &txn(b"EHLO c.test\r\nRCPT TO:<c@d>\r\n"),
-                txn_out(&[&EHLO.join("\r\n"), "503 5.5.1 Error: need MAIL command"]),
-                &txn_ev(&["EHLO c.test"]),
-            ),
-            case(
-                "rset with argument",
-                b"RSET x\r\n",
-                vec!["501 5.5.4 Syntax: RSET"],
-                &[],
-            ),
-            case("noop with argument", b"NOOP x y\r\n", vec![ok], &[]),
-            case(
-                "vrfy",
-                b"VRFY root\r\nVRFY\r\n",
-                vec![
-                    "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
-                    "501 5.5.4 Syntax: VRFY address",
-                ],
-                &[],
-            ),
-            case(
-                "expn",
-                b"EXPN staff\r\n",
-                vec!["502 5.5.1 EXPN not supported"],
-                &[],
-            ),
-            case(
-                "help",
-                b"HELP\r\nhelp mail\r\n",
-                vec![
-                    "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
-                    "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
-                ],
-                &[],
-            ),
-            case(
-                "unknown and empty",
-                b"FOO\r\n\r\nMAILFROM:<a@b>\r\nSTARTTLS\r\n",
-                vec!["500 5.5.2 Error: command not recognized"; 4],
-                &[],
-            ),
-            case(
-                "bare LF and CR in commands",
-                b"NOOP\nNOOP\r\nNO\rOP\r\nNOOP\r\r\n",
-                vec!["500 5.5.2 Error: bare <CR> or <LF> in command"; 3],
-                &[],
-            ),
-            case(
-                "invalid utf-8",
-                b"NOOP \xff\xfe\r\n",
-                vec!["500 5.5.2 Error: invalid UTF-8 in command"],
-                &[],
-            ),
-            case(
-                "quit ends the session; pipelined rest ignored",
-                b"QUIT\r\nNOOP\r\n",
-                vec!["221 2.0.0 Bye"],
-                &["QUIT"],
-            ),
-            case(
-                "quit with argument",
-                b"QUIT now\r\n",
-                vec!["501 5.5.4 Syntax: QUIT"],
-                &[],
-            ),
-            case(
-                "data with argument",
-                &txn(b"DATA x\r\n"),
-                txn_out(&["501 5.5.4 Syntax: DATA"]),
-                &TXN_EV,
-            ),
-        ];
-        let n = cases.len();
-        cases[n - 3].closed = true;
-        check(cases);
-    }
-
-    #[test]
-    fn mail_and_rcpt_arguments() {
-        let cases = vec![
-            case(
-                "parameters after EHLO",
-                b"EHLO c\r\nMAIL FROM:<a@b> SIZE=100 BODY=8BITMIME SMTPUTF8 AUTH=u+2Bv\r\n",
-                with_ehlo(&["250 2.1.0 Sender <a@b> ok"]),
-                &[
-                    "EHLO c",
-                    "MAIL a@b MailParams { size: Some(100), body: EightBitMime, smtputf8: true, auth: Some(\"u+v\") }",
-                ],
-            ),
-            case(
-                "null sender",
-                b"EHLO c\r\nMAIL FROM:<>\r\n",
-                with_ehlo(&["250 2.1.0 Sender <> ok"]),
-                &["EHLO c", "MAIL "],
-            ),
-            case(
-                "parameters after HELO",
-                b"HELO c\r\nMAIL FROM:<a@b> SIZE=10\r\nMAIL FROM:<a@b> BODY=8BITMIME\r\n",
-                vec![
-                    "250 mx.test",
-                    "555 5.5.4 Unsupported parameter: SIZE",
-                    "555 5.5.4 Unsupported parameter: BODY",
-                ],
-                &["HELO c"],
-            ),
-            case(
-                "declared size too large",
-                b"EHLO c\r\nMAIL FROM:<a@b> SIZE=1001\r\n",
-                with_ehlo(&["552 5.3.4 Message size exceeds fixed maximum message size"]),
-                &["EHLO c"],
-            ),
-            case(
-                "binarymime not offered",
-                b"EHLO c\r\nMAIL FROM:<a@b> BODY=BINARYMIME\r\n",
-                with_ehlo(&["555 5.5.4 Unsupported parameter: BODY=BINARYMIME"]),
-                &["EHLO c"],
-            ),
-            case(
-                "unknown parameters",
-                b"EHLO c\r\nMAIL FROM:<a@b> RET=FULL\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d> NOTIFY=NEVER\r\n",
-                with_ehlo(&[
-                    "555 5.5.4 Unsupported parameter: RET",
-                    "250 2.1.0 Sender <a@b> ok",
-                    "555 5.5.4 Unsupported parameter: NOTIFY",
-                ]),
-                &["EHLO c", "MAIL a@b"],
-            ),
-            case(
-                "bad paths",
-                b"EHLO c\r\nMAIL FROM:a@b\r\nMAIL FROM:<a@b>\r\nRCPT TO:<>\r\nRCPT TO:<a@b\r\nRCPT TO:<Postmaster>\r\n",
-                with_ehlo(&[
-                    "501 5.1.7 Bad sender address syntax",
-                    "250 2.1.0 Sender <a@b> ok",
-                    "501 5.1.3 Bad recipient address syntax",
-                    "501 5.1.3 Bad recipient address syntax",
-                    "250 2.1.5 Recipient <Postmaster> ok",
-                ]),
-                &["EHLO c", "MAIL a@b", "RCPT Postmaster"],
-            ),
-            case(
-                "bad verbs arguments",
-                b"EHLO c\r\nMAIL TO:<a@b>\r\nMAIL\r\nMAIL FROM:<a@b>\r\nRCPT FROM:<c@d>\r\n",
-                with_ehlo(&[
-                    "501 5.5.4 Syntax: MAIL FROM:<address>",
-                    "501 5.5.4 Syntax: MAIL FROM:<address>",
-                    "250 2.1.0 Sender <a@b> ok",
-                    "501 5.5.4 Syntax: RCPT TO:<address>",
-                ]),
-                &["EHLO c", "MAIL a@b"],
-            ),
-            case(
-                "unicode needs SMTPUTF8",
-                "EHLO c\r\nMAIL FROM:<ü@b>\r\nMAIL FROM:<a@b>\r\nRCPT TO:<ü@d>\r\nRSET\r\n\
-                 MAIL FROM:<a@b> SMTPUTF8\r\nRCPT TO:<ü@d>\r\n"
-                    .as_bytes(),
-                with_ehlo(&[
-                    "553 5.6.7 Must declare SMTPUTF8 to send unicode address",
-                    "250 2.1.0 Sender <a@b> ok",
-                    "553 5.6.7 Must declare SMTPUTF8 to send unicode address",
-                    "250 2.0.0 Ok",
-                    "250 2.1.0 Sender <a@b> ok",
-                    "250 2.1.5 Recipient <ü@d> ok",
-                ]),
-                &[
-                    "EHLO c",
-                    "MAIL a@b",
-                    "MAIL a@b MailParams { size: None, body: SevenBit, smtputf8: true, auth: None }",
-                    "RCPT ü@d",
-                ],
-            ),
-            case(
-                "source route dropped",
-                b"EHLO c\r\nMAIL FROM:<@x,@y:a@b>\r\n",
-                with_ehlo(&["250 2.1.0 Sender <a@b> ok"]),
-                &["EHLO c", "MAIL a@b"],
-            ),
-        ];
-        check(cases);
-    }
-
-    #[test]
-    fn extensions_follow_the_config() {
-        let c = ServerConfig {
-            pipelining: false,
-            eightbitmime: false,
-            smtputf8: false,
-            chunking: false,
-            ..config()
-        };
-        let got = run_all_splits(
-            &c,
-            b"EHLO c\r\nHELP\r\nMAIL FROM:<a@b> SMTPUTF8\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n",
-        );
-        assert_eq!(
-            got.output,
-            wire(&[
-                "250-mx.test",
-                "250-SIZE 1000",
-                "250 ENHANCEDSTATUSCODES",
-                "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
-                "555 5.5.4 Unsupported parameter: SMTPUTF8",
-                "250 2.1.0 Sender <a@b> ok",
-                "250 2.1.5 Recipient <c@d> ok",
-                "503 5.5.1 Error: CHUNKING not offered",
-                "250 2.0.0 Ok",
-            ])
-        );
-        assert!(!got.closed);
-    }
-
-    #[test]
-    fn data_outcomes() {
-        let mut long = txn(b"DATA\r\n");
-        long.extend_from_slice(&[b'x'; 99]);
-        long.extend_from_slice(b"\r\n.\r\nMAIL FROM:<a@b>\r\n");
-        let mut big = txn(b"DATA\r\n");
-        big.extend_from_slice(&b"0123456789abcdefghijklmnopqrstuvwxyz\r\n".repeat(30));
-        big.extend_from_slice(b".\r\nMAIL FROM:<a@b>\r\n");
-        let mut fits = txn(b"DATA\r\n");
-        fits.extend_from_slice(&[b'y'; 998]);
-        fits.extend_from_slice(b"\r\n.\r\n");
-        let fits_msg: &'static str = Box::leak(
-            format!("MSG a@b [\"c@d\"] {:?}", format!("{}\r\n", "y".repeat(998))).into_boxed_str(),
-        );
-        let cases = vec![
-            case(
-                "empty message",
-                &txn(b"DATA\r\n.\r\n"),
-                txn_out(&[
-                    "354 End data with <CR><LF>.<CR><LF>",
-                    "250 2.6.0 Message accepted",
-                ]),
-                &txn_ev(&["DATA", r#"MSG a@b ["c@d"] """#]),
-            ),
-            case(
-                "two messages in one session",
-                &txn(b"DATA\r\n1\r\n.\r\nMAIL FROM:<e@f>\r\nRCPT TO:<g@h>\r\nDATA\r\n2\r\n.\r\n"),
-                txn_out(&[
-                    "354 End data with <CR><LF>.<CR><LF>",
-                    "250 2.6.0 Message accepted",
-                    "250 2.1.0 Sender <e@f> ok",
-                    "250 2.1.5 Recipient <g@h> ok",
-                    "354 End data with <CR><LF>.<CR><LF>",
-                    "250 2.6.0 Message accepted",
-                ]),
-                &txn_ev(&[
-                    "DATA",
-                    r#"MSG a@b ["c@d"] "1\r\n""#,
-                    "MAIL e@f",
-                    "RCPT g@h",
-                    "DATA",
-                    r#"MSG e@f ["g@h"] "2\r\n""#,
-                ]),
-            ),
-            Case {
-                config: ServerConfig {
-                    max_text_line: 100,
-                    ..config()
-                },
-                ..case(
-                    "line over max_text_line",
-                    &long,
-                    txn_out(&[
-                        "354 End data with <CR><LF>.<CR><LF>",
-                        "554 5.6.0 Message contains a line longer than 100 octets",
-                        "250 2.1.0 Sender <a@b> ok",
-                    ]),
-                    &txn_ev(&["DATA", "MAIL a@b"]),
-                )
-            },
-            case(
-                "line of exactly 1000 octets",
-                &fits,
-                txn_out(&[
-                    "354 End data with <CR><LF>.<CR><LF>",
-                    "250 2.6.0 Message accepted",
-                ]),
-                &txn_ev(&["DATA", fits_msg]),
-            ),
-            case(
-                "message over max_size",
-                &big,
-                txn_out(&[
-                    "354 End data with <CR><LF>.<CR><LF>",
-                    "552 5.3.4 Message size exceeds fixed maximum message size",
-                    "250 2.1.0 Sender <a@b> ok",
-                ]),
-                &txn_ev(&["DATA", "MAIL a@b"]),
-            ),
-        ];
-        check(cases);
-    }
-
-    #[test]
-    fn default_text_line_limit_is_1000() {
-        let mut input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n".to_vec();
-        input.extend_from_slice(&[b'x'; 999]);
-        input.extend_from_slice(b"\r\n.\r\n");
-        let got = run_all_splits(&ServerConfig::new("mx.test"), &input);
-        assert!(
-            got.output
-                .ends_with("\r\n554 5.6.0 Message contains a line longer than 1000 octets\r\n")
-        );
-        assert_eq!(got.events.len(), 4, "no Message event");
-    }
-
-    #[test]
-    fn message_over_max_size_without_size_parameter_for_helo_clients() {
-        let mut input = b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n".to_vec();
-        input.extend_from_slice(&b"z".repeat(1001));
-        input.extend_from_slice(b"\r\n.\r\n");
-        let got = run_all_splits(&config(), &input);
-        assert!(
-            got.output
-                .ends_with("552 5.3.4 Message size exceeds fixed maximum message size\r\n")
-        );
-        assert_eq!(got.events, ["HELO c", "MAIL a@b", "RCPT c@d", "DATA"]);
-    }
-
-    #[test]
-    fn smuggling_sequences_yield_one_message() {
-        let sequences: &[(&[u8], &[u8])] = &[
-            // (S, what S becomes in the data)
-            (b"\n.\n", b"\n.\n"),
-            (b"\n.\r", b"\n.\r"),
-            (b"\r.\n", b"\r.\n"),
-            (b"\r.\r", b"\r.\r"),
-            (b"\n.\r\n", b"\n.\r\n"),
-            (b"\r.\r\n", b"\r.\r\n"),
-            (b"\r\n.\n", b"\r\n\n"),
-            (b"\r\n.\r", b"\r\n\r"),
-            (b"\r\n\0.\r\n", b"\r\n\0.\r\n"),
-            (b"\r\n.\0\r\n", b"\r\n\0\r\n"),
-        ];
-        for &(s, kept) in sequences {
-            let content = [b"x", s, SMUGGLE].concat();
-            let input = txn(&[b"DATA\r\n", &content[..], b"QUIT\r\n"].concat());
-            let got = run_all_splits(&config(), &input);
-            let data = [b"x", kept, &SMUGGLE[..SMUGGLE.len() - 3]].concat();
-            let msg = format!("MSG a@b [\"c@d\"] {:?}", String::from_utf8_lossy(&data));
-            assert_eq!(got.events, txn_ev(&["DATA", &msg, "QUIT"]), "{s:?}");
-            assert_eq!(
-                got.output,
-                wire(&txn_out(&[
-                    "354 End data with <CR><LF>.<CR><LF>",
-                    "250 2.6.0 Message accepted",
-                    "221 2.0.0 Bye"
-                ])),
-                "{s:?}"
-            );
-            assert!(
-                !got.events.iter().any(|e| e.starts_with("MAIL evil")),
-                "{s:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn bdat() {
-        let ack = |n: u32| -> &'static str {
-            Box::leak(format!("250 2.0.0 {n} octets received").into_boxed_str())
-        };
-        let mut over = txn(b"BDAT 1001 LAST\r\n");
-        over.extend_from_slice(&[b'\n'; 1001]);
-        over.extend_from_slice(b"RCPT TO:<c@d>\r\n");
-        let mut over2 = txn(b"BDAT 600\r\n");
-        over2.extend_from_slice(&[b'a'; 600]);
-        over2.extend_from_slice(b"BDAT 401 LAST\r\n");
-        over2.extend_from_slice(&[b'b'; 401]);
-        over2.extend_from_slice(b"NOOP\r\n");
-        let mut cases = vec![
-            case(
-                "two chunks",
-                &txn(b"BDAT 5\r\nhelloBDAT 3 LAST\r\nabcNOOP\r\n"),
-                txn_out(&[ack(5), "250 2.6.0 Message accepted", "250 2.0.0 Ok"]),
-                &txn_ev(&["DATA", r#"MSG a@b ["c@d"] "helloabc""#]),
-            ),
-            case(
-                "empty last chunk first",
-                &txn(b"bdat 0 last\r\n"),
-                txn_out(&["250 2.6.0 Message accepted"]),
-                &txn_ev(&["DATA", r#"MSG a@b ["c@d"] """#]),
-            ),
-            case(
-                "chunk content is verbatim",
-                &txn(&[
-                    &b"BDAT 40 LAST\r\n"[..],
-                    b"\r\n.\r\nMAIL FROM:<evil@attacker.test>\r\n..\r",
-                ]
-                .concat()),
-                txn_out(&["250 2.6.0 Message accepted"]),
-                &txn_ev(&[
-                    "DATA",
-                    r#"MSG a@b ["c@d"] "\r\n.\r\nMAIL FROM:<evil@attacker.test>\r\n..\r""#,
-                ]),
-            ),
-            case(
-                "out of sequence chunk is consumed",
-                b"EHLO c\r\nBDAT 6\r\nQUIT\r\nNOOP\r\n",
-                with_ehlo(&["503 5.5.1 Error: need MAIL command", "250 2.0.0 Ok"]),
-                &["EHLO c"],
-            ),
-            case(
-                "chunk without rcpt",
-                b"EHLO c\r\nMAIL FROM:<a@b>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n",
-                with_ehlo(&[
-                    "250 2.1.0 Sender <a@b> ok",
-                    "503 5.5.1 Error: need RCPT command",
-                    "250 2.0.0 Ok",
-                ]),
-                &["EHLO c", "MAIL a@b"],
-            ),
-            case(
-                "chunk after HELO",
-                b"HELO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n",
-                vec![
-                    "250 mx.test",
-                    "250 2.1.0 Sender <a@b> ok",
-                    "250 2.1.5 Recipient <c@d> ok",
-                    "503 5.5.1 Error: CHUNKING not offered",
-                    "250 2.0.0 Ok",
-                ],
-                &["HELO c", "MAIL a@b", "RCPT c@d"],
-            ),
-            case(
-                "chunk before helo",
-                b"BDAT 6\r\nQUIT\r\nNOOP\r\n",
-                vec!["503 5.5.1 Error: send HELO/EHLO first", "250 2.0.0 Ok"],
-                &[],
-            ),
-            case(
-                "data during bdat",
-                &txn(b"BDAT 1\r\nxDATA\r\nBDAT 1 LAST\r\ny"),
-                txn_out(&[
-                    ack(1),
-                    "503 5.5.1 Error: DATA not allowed during BDAT transaction",
-                    "250 2.6.0 Message accepted",
-                ]),
-                &txn_ev(&["DATA", r#"MSG a@b ["c@d"] "xy""#]),
-            ),
-            case(
-                "chunk over max_size",
-                &over,
-                txn_out(&[
-                    "552 5.3.4 Message size exceeds fixed maximum message size",
-                    "503 5.5.1 Error: need MAIL command",
-                ]),
-                &TXN_EV,
-            ),
-            case(
-                "chunks over max_size together",
-                &over2,
-                txn_out(&[
-                    ack(600),
-                    "552 5.3.4 Message size exceeds fixed maximum message size",
-                    "250 2.0.0 Ok",
-                ]),
-                &txn_ev(&["DATA"]),
-            ),
-            case(
-                "bad size closes",
-                &txn(b"BDAT x\r\nMAIL FROM:<evil@attacker.test>\r\n"),
-                txn_out(&["421 4.5.4 mx.test Error: bad BDAT syntax, closing connection"]),
-                &TXN_EV,
-            ),
-            case(
-                "missing size closes",
-                b"BDAT\r\nNOOP\r\n",
-                vec!["421 4.5.4 mx.test Error: bad BDAT syntax, closing connection"],
-                &[],
-            ),
-            case(
-                "bare LF in BDAT line closes",
-                b"BDAT 5\nLAST\r\nNOOP\r\n",
-                vec!["421 4.5.4 mx.test Error: bad BDAT syntax, closing connection"],
-                &[],
-            ),
-        ];
-        let n = cases.len();
-        for c in &mut cases[n - 3..] {
-            c.closed = true;
-        }
-        check(cases);
-    }
-
-    #[test]
-    fn line_limits() {
-        let line = |len: usize| {
-            let mut l = b"NOOP ".to_vec();
-            l.resize(len - 2, b'a');
-            l.extend_from_slice(b"\r\n");
-            l
-        };
-        let mut input = line(512);
-        input.extend_from_slice(&line(513));
-        input.extend_from_slice(&line(514));
-        input.extend_from_slice(&line(5000));
-        input.extend_from_slice(b"NOOP\r\n");
-        let got = run_all_splits(&config(), &input);
-        assert_eq!(
-            got.output,
-            wire(&[
-                "250 2.0.0 Ok",
-                "500 5.5.2 Error: line too long",
-                "500 5.5.2 Error: line too long",
-                "500 5.5.2 Error: line too long",
-                "250 2.0.0 Ok",
-            ])
-        );
-        let mut bdat = b"BDAT 1 LAST ".to_vec();
-        bdat.resize(600, b' ');
-        bdat.extend_from_slice(b"\r\nNOOP\r\n");
-        let got = run_all_splits(&config(), &bdat);
-        assert_eq!(
-            got.output,
-            wire(&["421 4.5.4 mx.test Error: bad BDAT syntax, closing connection"])
-        );
-        assert!(got.closed);
-    }
-
-    #[test]
-    fn limits() {
-        let c = ServerConfig {
-            max_recipients: 2,
-            ..config()
-        };
-        let got = run_all_splits(
-            &c,
-            b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<1@d>\r\nRCPT TO:<2@d>\r\nRCPT TO:<3@d>\r\nDATA\r\n.\r\n",
-        );
-        assert_eq!(
-            got.output,
-            wire(&with_ehlo(&[
-                "250 2.1.0 Sender <a@b> ok",
-                "250 2.1.5 Recipient <1@d> ok",
-                "250 2.1.5 Recipient <2@d> ok",
-                "452 4.5.3 Error: too many recipients",
-                "354 End data with <CR><LF>.<CR><LF>",
-                "250 2.6.0 Message accepted",
-            ]))
-        );
-        assert_eq!(got.events.last().unwrap(), r#"MSG a@b ["1@d", "2@d"] """#);
-
-        let c = ServerConfig {
-            max_bad_commands: 3,
-            ..config()
-        };
-        // 552/553/452 do not count; 500, 501, 503, 555 do.
-        let got = run_all_splits(
-            &c,
-            b"EHLO c\r\nMAIL FROM:<a@b> SIZE=5000\r\nFOO\r\nMAIL FROM:<a@b> X=1\r\nRCPT TO:<a@b>\r\nNOOP\r\n",
-        );
-        assert_eq!(
-            got.output,
-            wire(&with_ehlo(&[
-                "552 5.3.4 Message size exceeds fixed maximum message size",
-                "500 5.5.2 Error: command not recognized",
-                "555 5.5.4 Unsupported parameter: X",
-                "503 5.5.1 Error: need MAIL command",
-                "421 4.7.0 mx.test Error: too many errors",
-            ]))
-        );
-        assert!(got.closed);
-    }
-
-    #[test]
-    fn banners() {
-        let out = drive(
-            config(),
-            Some(Reply::new(554, "5.7.1", "go away")),
-            &[b"EHLO c\r\nMAIL FROM:<a@b>\r\nBDAT 4\r\nQUITQUIT\r\n"],
-            &mut accept,
-        );
-        assert_eq!(
-            out.output,
-            "554 5.7.1 go away\r\n\
-             503 5.5.1 Error: no SMTP service here, only QUIT\r\n\
-             503 5.5.1 Error: no SMTP service here, only QUIT\r\n\
-             503 5.5.1 Error: no SMTP service here, only QUIT\r\n\
-             221 2.0.0 Bye\r\n"
-        );
-        assert_eq!(out.events, ["QUIT"]);
-        assert!(out.closed);
-        let out = drive(
-            config(),
-            Some(Reply::new(421, "4.3.2", "busy")),
-            &[b"EHLO c\r\n"],
-            &mut accept,
-        );
-        assert_eq!(out.output, "421 4.3.2 busy\r\n");
-        assert!(out.closed && out.events.is_empty());
-    }
-
-    #[test]
-    fn driver_decisions_apply() {
-        // Refuse one recipient, refuse DATA once, fail the message.
-        let mut data_refused = false;
-        let mut decide = |kind: &EventKind, reply: Reply| match kind {
-            EventKind::Rcpt { recipient, .. } if recipient == "no@d" => {
-                Reply::new(550, "5.1.1", "No such user")
-            }
-            EventKind::Data if !data_refused => {
-                data_refused = true;
-                Reply::new(451, "4.3.0", "Try later")
-            }
-            EventKind::Message(_) => Reply::new(451, "4.3.0", "Queue full"),
-            _ => reply,
-        };
-        let out = drive(
-            config(),
-            None,
-            &[b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<no@d>\r\nDATA\r\nRCPT TO:<c@d>\r\nDATA\r\nhello\r\nDATA\r\nx\r\n.\r\nRCPT TO:<c@d>\r\n"],
-            &mut decide,
-        );
-        assert_eq!(
-            out.output,
-            wire(&with_ehlo(&[
-                "250 2.1.0 Sender <a@b> ok",
-                "550 5.1.1 No such user",
-                "503 5.5.1 Error: need RCPT command",
-                "250 2.1.5 Recipient <c@d> ok",
-                "451 4.3.0 Try later",
-                "500 5.5.2 Error: command not recognized",
-                "354 End data with <CR><LF>.<CR><LF>",
-                "451 4.3.0 Queue full",
-                "503 5.5.1 Error: need MAIL command",
-            ]))
-        );
-        // EHLO refused: still no HELO; 421 to MAIL closes.
-        let mut decide = |kind: &EventKind, reply: Reply| match kind {
-            EventKind::Helo { domain, .. } if domain == "bad" => Reply::new(550, "5.7.1", "No"),
-            EventKind::Mail { .. } => Reply::new(421, "4.7.0", "bye"),
-            _ => reply,
-        };
-        let out = drive(
-            config(),
-            None,
-            &[b"EHLO bad\r\nMAIL FROM:<a@b>\r\nHELO good\r\nMAIL FROM:<a@b>\r\nNOOP\r\n"],
-            &mut decide,
-        );
-        assert_eq!(
-            out.output,
-            wire(&[
-                "550 5.7.1 No",
-                "503 5.5.1 Error: send HELO/EHLO first",
-                "250 mx.test",
-                "421 4.7.0 bye"
-            ])
-        );
-        assert!(out.closed);
-        // The first BDAT refused: the chunk is consumed, the transaction fails.
-        let mut decide = |kind: &EventKind, reply: Reply| match kind {
-            EventKind::Data => Reply::new(554, "5.7.1", "No chunks for you"),
-            _ => reply,
-        };
-        let out = drive(
-            config(),
-            None,
-            &[&txn(b"BDAT 4\r\nNOOPBDAT 1 LAST\r\nxNOOP\r\n")],
-            &mut decide,
-        );
-        assert_eq!(
-            out.output,
-            wire(&txn_out(&[
-                "554 5.7.1 No chunks for you",
-                "503 5.5.1 Error: need MAIL command",
-                "250 2.0.0 Ok"
-            ]))
-        );
-        assert_eq!(out.events, txn_ev(&["DATA"]));
-        // The first BDAT accepted with the driver's own text: sent after the chunk.
-        let mut decide = |kind: &EventKind, reply: Reply| match kind {
-            EventKind::Data => Reply::new(250, "2.0.0", "chunk ok"),
-            _ => reply,
-        };
-        let out = drive(
-            config(),
-            None,
-            &[&txn(b"BDAT 4\r\nNOOPBDAT 1 LAST\r\nx")],
-            &mut decide,
-        );
-        assert_eq!(
-            out.output,
-            wire(&txn_out(&[
-                "250 2.0.0 chunk ok",
-                "250 2.6.0 Message accepted"
-            ]))
-        );
-        assert_eq!(out.events, txn_ev(&["DATA", r#"MSG a@b ["c@d"] "NOOPx""#]));
-    }
-
-    #[test]
-    fn timeouts_shutdown_and_data_mode() {
-        let mut s = Server::new(Arc::new(config()));
-        s.greet(s.default_banner());
-        assert!(matches!(s.step(), Step::NeedInput));
-        assert!(!s.reading_data());
-        s.receive(&txn(b"DATA\r\n"));
-        let mut events = 0;
-        loop {
-            match s.step() {
-                Step::Event(ev) => {
-                    events += 1;
-                    s.respond(ev.reply);
-                }
-                Step::NeedInput => break,
-                Step::Close => unreachable!(),
-            }
-        }
-        assert_eq!(events, 4);
-        assert!(s.reading_data() && s.in_transaction());
-        s.clear_output();
-        s.timed_out();
-        assert_eq!(s.output(), b"421 4.4.2 mx.test Error: timeout exceeded\r\n");
-        assert!(matches!(s.step(), Step::Close));
-        assert!(s.is_closed());
-
-        let mut s = Server::new(Arc::new(config()));
-        s.greet(s.default_banner());
-        s.receive(b"BDAT 10");
-        assert!(matches!(s.step(), Step::NeedInput));
-        assert!(!s.reading_data());
-        s.receive(b"\r\n");
-        assert!(matches!(s.step(), Step::NeedInput));
-        assert!(
-            s.reading_data(),
-            "an out-of-sequence chunk is read as data too"
-        );
-        s.clear_output();
-        s.shutting_down();
-        assert_eq!(s.output(), b"421 4.3.2 mx.test Service shutting down\r\n");
-        assert!(matches!(s.step(), Step::Close));
-    }
-
-    #[test]
-    #[should_panic(expected = "respond")]
-    fn step_before_respond_panics() {
-        let mut s = Server::new(Arc::new(config()));
-        s.receive(b"QUIT\r\n");
-        let _ = s.step();
-        let _ = s.step();
-    }
-
-    /// Feeds `total` bytes of `pattern` in 64 KiB reads and checks that no
-    /// buffer grows past what one read plus the limits explain.
-    fn feed_endless(server: &mut Server, prefix: &[u8], pattern: &[u8], total: usize) -> usize {
-        let chunk: Vec<u8> = pattern.iter().copied().cycle().take(64 * 1024).collect();
-        server.receive(prefix);
-        let mut fed = 0;
-        let mut max_out = 0;
-        while fed < total {
-            match server.step() {
-                Step::Event(ev) => server.respond(ev.reply),
-                Step::NeedInput => {
-                    max_out = max_out.max(server.output.len());
-                    server.clear_output();
-                    server.receive(&chunk);
-                    fed += chunk.len();
-                    assert!(server.input.len() <= chunk.len() + server.config.max_command_line);
-                    let kept = server.txn.as_ref().map_or(0, |t| t.body.data().len());
-                    assert!(kept <= server.config.max_size, "kept {kept}");
-                }
-                Step::Close => break,
-            }
-        }
-        max_out
-    }
-
-    #[test]
-    fn memory_stays_bounded() {
-        let c = Arc::new(ServerConfig {
-            max_bad_commands: 0,
-            ..config()
-        });
-        // A 4 MiB line without CRLF.
-        let mut s = Server::new(c.clone());
-        feed_endless(&mut s, b"", b"a", 4 << 20);
-        assert!(matches!(s.mode, Mode::DiscardLine { .. }));
-        // Endless DATA (with and without line ends).
-        for pattern in [&b"0123456789\r\n"[..], b"x", b"\r\n..\r\n\r"] {
-            let mut s = Server::new(c.clone());
-            feed_endless(&mut s, &txn(b"DATA\r\n"), pattern, 4 << 20);
-            assert!(s.reading_data());
-            assert!(s.txn.as_ref().unwrap().body.exceeded());
-        }
-        // Endless pipelined junk: output per read stays proportional to it.
-        let mut s = Server::new(c.clone());
-        let out = feed_endless(&mut s, b"", b"JUNK\r\n", 4 << 20);
-        assert!(out <= (64 * 1024 / 6 + 1) * 41, "output {out}");
-        assert!(s.error_count() > 100_000);
-        // An endless BDAT chunk.
-        let mut s = Server::new(c);
-        feed_endless(
-            &mut s,
-            &txn(b"BDAT 18446744073709551615\r\n"),
-            b"z",
-            4 << 20,
-        );
-        assert!(s.reading_data());
-    }
-}
+mod tests;

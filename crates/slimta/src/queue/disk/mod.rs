@@ -10,9 +10,10 @@
 //! corrupt/<id>    files that failed to parse at start-up, kept for a human
 //! ```
 //!
-//! The file format is documented in [`format`](self) (`disk/format.rs`): a
-//! magic and version header, the envelope as the first record, and an
-//! append-only journal of checksummed metadata records.
+//! The file format (version 1) is specified at the top of
+//! `queue/disk/format.rs`: a magic and version header, the envelope (every
+//! field, the message bytes exactly) as the first record, and an
+//! append-only journal of CRC-checked metadata records.
 //!
 //! Decisions:
 //! - **New messages**: written to `tmp/<id>`, fsync'd, renamed to
