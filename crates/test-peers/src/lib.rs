@@ -752,3 +752,21 @@ impl AioSmtpd {
         out
     }
 }
+
+impl SmtpSink {
+    /// The `X-Client-Addr` of every dumped message so far (unordered): the
+    /// address each client connected from.
+    pub fn client_addrs(&self) -> Vec<String> {
+        let Some(dir) = &self.dump else {
+            return Vec::new();
+        };
+        read_files(dir.path())
+            .iter()
+            .filter_map(|bytes| {
+                String::from_utf8_lossy(bytes)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("X-Client-Addr: ").map(String::from))
+            })
+            .collect()
+    }
+}

@@ -56,6 +56,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio::time::timeout;
 
+use super::source::SourceAddresses;
 use super::stream::{Quiet, Stream};
 #[cfg(feature = "tls")]
 use super::tls::TlsClient;
@@ -139,7 +140,7 @@ pub(crate) struct ConnectOptions {
     pub(crate) ehlo_as: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
-    pub(crate) source_address: Option<IpAddr>,
+    pub(crate) source_addresses: SourceAddresses,
     pub(crate) tls: TlsMode,
     pub(crate) tls_verify: bool,
     pub(crate) tls_ca_file: Option<std::path::PathBuf>,
@@ -158,7 +159,7 @@ impl ConnectOptions {
             ehlo_as,
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
-            source_address: None,
+            source_addresses: SourceAddresses::default(),
             tls: TlsMode::Opportunistic,
             tls_verify: true,
             tls_ca_file: None,
@@ -211,7 +212,7 @@ async fn connect_one(addr: SocketAddr, options: &ConnectOptions) -> std::io::Res
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    if let Some(ip) = options.source_address {
+    if let Some(ip) = options.source_addresses.pick(&addr) {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     match timeout(options.connect_timeout, socket.connect(addr)).await {

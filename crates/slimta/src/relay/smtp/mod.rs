@@ -18,6 +18,7 @@ mod connection;
 #[cfg(feature = "mx")]
 mod mx;
 mod pool;
+mod source;
 mod static_relay;
 mod stream;
 #[cfg(feature = "tls")]
@@ -25,6 +26,7 @@ mod tls;
 
 #[cfg(feature = "mx")]
 pub use mx::MxSmtpRelay;
+pub use source::SourceSelection;
 pub use static_relay::StaticSmtpRelay;
 
 use std::fmt;

@@ -124,6 +124,19 @@ impl MxSmtpRelay {
         self
     }
 
+    /// Local addresses to connect from, one per connection of the
+    /// exchanger's family; see [`StaticSmtpRelay::source_addresses`].
+    pub fn source_addresses(mut self, ips: impl IntoIterator<Item = std::net::IpAddr>) -> Self {
+        self.template = self.template.source_addresses(ips);
+        self
+    }
+
+    /// How the source address is picked (default round robin).
+    pub fn source_selection(mut self, selection: super::SourceSelection) -> Self {
+        self.template = self.template.source_selection(selection);
+        self
+    }
+
     /// The most sessions open to one exchanger at once (default 20); see
     /// [`StaticSmtpRelay::pool_size`].
     pub fn pool_size(mut self, size: usize) -> Self {

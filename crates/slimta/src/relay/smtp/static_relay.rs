@@ -31,7 +31,8 @@ use crate::reply::Reply;
 
 use super::connection::{ConnectOptions, Connection, Dialect, SessionError};
 use super::pool::Pool;
-use super::{Credentials, TlsMode};
+use super::source::SourceAddresses;
+use super::{Credentials, SourceSelection, TlsMode};
 
 /// Delivers every envelope to one SMTP server.
 #[derive(Clone, Debug)]
@@ -106,8 +107,26 @@ impl StaticSmtpRelay {
     }
 
     /// The local address to connect from (default: chosen by the system).
-    pub fn source_address(mut self, ip: IpAddr) -> Self {
-        self.options.source_address = Some(ip);
+    /// The same as [`StaticSmtpRelay::source_addresses`] with one address.
+    pub fn source_address(self, ip: IpAddr) -> Self {
+        self.source_addresses([ip])
+    }
+
+    /// Local addresses to connect from: each connection binds one of those
+    /// of the destination's family (IPv4 or IPv6), chosen as
+    /// [`StaticSmtpRelay::source_selection`] says (default round robin).
+    /// With none of that family the system chooses.
+    pub fn source_addresses(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        let selection = self.options.source_addresses.selection();
+        self.options.source_addresses = SourceAddresses::new(ips.into_iter().collect(), selection);
+        self
+    }
+
+    /// How the source address of each connection is picked (default round
+    /// robin).
+    pub fn source_selection(mut self, selection: SourceSelection) -> Self {
+        let ips = self.options.source_addresses.ips().to_vec();
+        self.options.source_addresses = SourceAddresses::new(ips, selection);
         self
     }
 
