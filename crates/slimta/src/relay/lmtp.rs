@@ -15,18 +15,19 @@
 //!   refused at RCPT keeps that reply, an accepted one gets its own reply
 //!   after the data. A reply that never comes (lost connection, timeout) is
 //!   transient for that recipient and every one after it.
-//! - TLS is off: LMTP servers sit on the same machine or a trusted
-//!   network (RFC 2033 4: LMTP is not for wide-area use). A unix socket path
-//!   is used as-is.
+//! - TLS is off by default: LMTP servers sit on the same machine or a
+//!   trusted network (RFC 2033 4: LMTP is not for wide-area use); it can be
+//!   turned on for TCP like the SMTP relay's. A unix socket is never TLS.
 //! - Defaults: port 24 is LMTP's registered port but servers are usually
 //!   on a socket or a local port, so there is no default destination; the
 //!   pool keeps no idle sessions (`idle_timeout` zero) unless configured.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::envelope::Envelope;
-use crate::relay::smtp::{StaticSmtpRelay, TlsMode};
+use crate::relay::smtp::{Credentials, StaticSmtpRelay, TlsMode};
 use crate::relay::{Delivery, Relay, RelayError};
 
 /// Delivers every envelope to one LMTP server.
@@ -84,6 +85,41 @@ impl StaticLmtpRelay {
     /// How long to wait for each reply and each write (default 5 minutes).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.inner = self.inner.command_timeout(timeout);
+        self
+    }
+
+    /// When to use TLS over TCP (default [`TlsMode::Off`]); see
+    /// [`StaticSmtpRelay::tls`]. Never used on a unix socket.
+    pub fn tls(mut self, mode: TlsMode) -> Self {
+        self.inner = self.inner.tls(mode);
+        self
+    }
+
+    /// Whether the server's certificate is verified (default true); see
+    /// [`StaticSmtpRelay::tls_verify`] for what `false` risks.
+    pub fn tls_verify(mut self, verify: bool) -> Self {
+        self.inner = self.inner.tls_verify(verify);
+        self
+    }
+
+    /// Trust only the CAs in this PEM file; see
+    /// [`StaticSmtpRelay::tls_ca_file`].
+    pub fn tls_ca_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.inner = self.inner.tls_ca_file(file);
+        self
+    }
+
+    /// AUTH with these credentials after LHLO; see
+    /// [`StaticSmtpRelay::credentials`].
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.inner = self.inner.credentials(credentials);
+        self
+    }
+
+    /// Local addresses to connect from over TCP; see
+    /// [`StaticSmtpRelay::source_addresses`].
+    pub fn source_addresses(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.inner = self.inner.source_addresses(ips);
         self
     }
 }

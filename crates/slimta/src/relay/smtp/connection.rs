@@ -43,6 +43,26 @@
 //!   bad recipient gets `501 5.1.3` and the others are still delivered.
 //! - A message larger than the server's advertised SIZE fails permanently
 //!   with `552 5.3.4` before MAIL FROM is sent.
+//! - One driver, two dialects: LMTP (RFC 2033) greets with LHLO (no HELO
+//!   fallback) and reads one reply per accepted recipient after the data;
+//!   everything else is shared with SMTP. The stream may be TCP, a unix
+//!   socket or TLS (`stream.rs`).
+//! - TLS (feature `tls`, settings from the relay): `Immediate` handshakes
+//!   before the banner; `Opportunistic` sends STARTTLS when offered and
+//!   stays in plaintext when it is refused; `Required` fails with a
+//!   transient `451 4.7.4` when STARTTLS is not offered or refused. A failed
+//!   handshake is a transient `451 4.7.5`. After STARTTLS the client says
+//!   EHLO again and forgets the old extensions (RFC 3207 4.2). Bytes the
+//!   server sent after its `220` to STARTTLS, before the handshake, fail
+//!   the session (`451 4.7.0`, CVE-2011-0411): they were not protected, and
+//!   reading them as replies inside TLS is exactly the injection attack.
+//! - AUTH (when the relay has credentials) follows TLS: the strongest
+//!   offered of CRAM-MD5, PLAIN, LOGIN; PLAIN and LOGIN only over TLS
+//!   unless `allow_plaintext_auth`. No usable mechanism is a transient
+//!   `451 4.7.0` that says why. `535` is permanent (`5.7.8` unless the
+//!   server gave another code): retrying the same password cannot help, and
+//!   the operator learns at once. `454` and other 4xx are transient. The
+//!   error text names the mechanism and says `(in reply to AUTH)`.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
