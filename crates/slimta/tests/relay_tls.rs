@@ -316,3 +316,29 @@ async fn server_bytes_after_the_starttls_reply_fail_the_session() {
         "nothing after STARTTLS"
     );
 }
+
+#[tokio::test]
+async fn pooled_tls_sessions_are_reused() {
+    let pki = test_pki();
+    let server = server(
+        &pki,
+        "starttls",
+        &["--mechs", "PLAIN", "--user", "u", "--password", "p"],
+    );
+    let relay = relay_to(server.addr())
+        .tls_ca_file(&pki.ca)
+        .credentials(Credentials::new("u", "p"))
+        .pool_size(1)
+        .idle_timeout(Duration::from_secs(30));
+    for _ in 0..3 {
+        send(&relay).await.expect("delivered");
+    }
+    let got = server.messages();
+    assert_eq!(got.len(), 3);
+    for m in &got {
+        assert_eq!((m.get("tls"), m.get("auth")), (Some("True"), Some("u")));
+    }
+    let port = got[0].get("peer_port");
+    assert!(port.is_some());
+    assert!(got.iter().all(|m| m.get("peer_port") == port), "{got:?}");
+}

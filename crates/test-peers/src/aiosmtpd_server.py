@@ -61,6 +61,7 @@ class Handler:
             f"auth={login or ''}",
             f"mech={getattr(session, 'mech', '')}",
             f"helo={session.host_name}",
+            f"peer_port={session.peer[1]}",
         ]
         with open(base + ".eml.tmp", "wb") as f:
             f.write(envelope.original_content)

@@ -681,7 +681,8 @@ pub struct AioSmtpd {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AioMessage {
     /// `key=value` facts: `mail_from`, `rcpt` (repeated), `tls` (`True`/`False`),
-    /// `auth` (the authenticated user), `mech`, `helo`.
+    /// `auth` (the authenticated user), `mech`, `helo`, `peer_port` (the
+    /// client port: one value per connection).
     pub meta: Vec<(String, String)>,
     /// The message as received (CRLF line ends).
     pub content: Vec<u8>,
