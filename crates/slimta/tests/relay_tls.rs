@@ -1,6 +1,6 @@
 //! The SMTP client's TLS and AUTH against a real server: aiosmtpd (PyPI) with
 //! STARTTLS or implicit TLS and AUTH PLAIN/LOGIN/CRAM-MD5, certificates made
-//! here with rcgen. A scripted server covers the one byte-exact case no real
+//! here with rcgen, and our own SMTP edge (implicit TLS). A scripted server covers the one byte-exact case no real
 //! server produces: data after the STARTTLS reply (CVE-2011-0411).
 #![cfg(feature = "tls")]
 
@@ -341,4 +341,46 @@ async fn pooled_tls_sessions_are_reused() {
     let port = got[0].get("peer_port");
     assert!(port.is_some());
     assert!(got.iter().all(|m| m.get("peer_port") == port), "{got:?}");
+}
+
+/// Records what our edge hands over.
+struct Recorder(std::sync::Mutex<Vec<Envelope>>);
+
+impl slimta::Handoff for Recorder {
+    async fn handoff(&self, envelope: Envelope) -> Vec<slimta::HandoffResult> {
+        let recipients = envelope.recipients.clone();
+        self.0.lock().unwrap().push(envelope);
+        vec![slimta::HandoffResult {
+            recipients,
+            result: Ok("Q1".into()),
+        }]
+    }
+}
+
+/// A second slimta: our SMTP edge with implicit TLS, verified with the
+/// test CA. (STARTTLS and AUTH follow when the edge's driver does them.)
+#[tokio::test]
+async fn implicit_tls_into_our_own_smtp_edge() {
+    use slimta::edge::smtp::SmtpEdge;
+    use slimta::edge::tls::{ReloadableTls, TlsConfig};
+    let pki = test_pki();
+    let tls = ReloadableTls::new(TlsConfig::new(&pki.cert, &pki.key)).unwrap();
+    let recorder = std::sync::Arc::new(Recorder(std::sync::Mutex::new(Vec::new())));
+    let edge = SmtpEdge::new("mx.example.test", recorder.clone())
+        .tls(tls)
+        .tls_immediately(true);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move { edge.serve(listener, rx).await });
+
+    let relay = relay_to(addr).tls(TlsMode::Immediate).tls_ca_file(&pki.ca);
+    let d = send(&relay).await.expect("queued by our edge");
+    assert_eq!(d.reply().code(), 250, "{:?}", d.reply());
+    let got = recorder.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message, MESSAGE);
+    assert_eq!(got[0].client.helo.as_deref(), Some("relay.test"));
+    let info = got[0].client.tls.clone().expect("the edge saw TLS");
+    assert!(info.protocol.starts_with("TLS"), "{info:?}");
 }
