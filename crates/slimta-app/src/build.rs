@@ -11,7 +11,12 @@
 //! memory queue first gets up to [`MEMORY_DRAIN`] to deliver what it holds,
 //! because whatever is still in memory at exit is lost (a memory queue is
 //! not durable by definition; use `type = "disk"` for that). A disk queue
-//! stops at once: its messages are on disk and resume at the next start.
+//! stops at once: its messages are on disk and resume at the next start,
+//! and logs its storage's fsync count (with the number of messages written,
+//! the figure that shows how well group commit works).
+//!
+//! Each disk queue also serves its control socket (`control.rs`) while the
+//! daemon runs; it is removed at shutdown.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +36,7 @@ use slimta::queue::memory::MemoryStorage;
 use slimta::relay::BlackholeRelay;
 use slimta::relay::smtp::{MxSmtpRelay, StaticSmtpRelay};
 use slimta::smtp::ServerConfig;
+use slimta::smtp::sasl::Mechanism;
 use slimta::{DynRelay, Envelope, Handoff, HandoffResult};
 use tokio::sync::watch;
 
@@ -91,8 +97,49 @@ impl AppQueue {
                 }
                 q.stop();
             }
-            AppQueue::Disk(q) => q.stop(),
+            AppQueue::Disk(q) => {
+                q.stop();
+                tracing::info!(
+                    queue = name,
+                    fsyncs = q.storage().fsync_count(),
+                    "disk queue stopped"
+                );
+            }
         }
+    }
+
+    /// Serves `<spool>/control.sock` for a disk queue (see `control.rs`);
+    /// `None` for a memory queue.
+    fn serve_control(&self, name: &str) -> Result<Option<ControlSocket>, String> {
+        let AppQueue::Disk(q) = self else {
+            return Ok(None);
+        };
+        let path = crate::control::socket_path(q.storage().path());
+        let listener = crate::control::bind(&path).map_err(|e| {
+            format!(
+                "queue.{name}: cannot serve the control socket {}: {e}",
+                path.display()
+            )
+        })?;
+        tracing::info!(queue = name, socket = %path.display(), "control socket ready");
+        let storage = q.storage().clone();
+        let task = tokio::spawn(crate::control::serve(listener, q.clone(), move || {
+            Some(storage.fsync_count())
+        }));
+        Ok(Some(ControlSocket { path, task }))
+    }
+}
+
+/// A served control socket, closed and removed at shutdown.
+struct ControlSocket {
+    path: std::path::PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -114,6 +161,7 @@ pub async fn run(
         relays.insert(name, build_relay(name, relay, hostname, resolver.as_ref())?);
     }
     let mut queues: BTreeMap<&str, AppQueue> = BTreeMap::new();
+    let mut controls = Vec::new();
     for (name, queue) in &config.queues {
         let relay = relays
             .get(queue.relay.as_str())
@@ -124,6 +172,9 @@ pub async fn run(
             .start()
             .await
             .map_err(|e| format!("queue.{name}: cannot load stored messages: {e}"))?;
+        if let Some(socket) = built.serve_control(name)? {
+            controls.push(socket);
+        }
         queues.insert(name, built);
     }
     let mut edges = tokio::task::JoinSet::new();
@@ -168,11 +219,23 @@ pub async fn run(
                 }
             }
             EdgeKind::Smtp | EdgeKind::Lmtp => {
-                let mut smtp = build_smtp_edge(edge, queue, hostname, tls);
+                let mut smtp = build_smtp_edge(edge, queue, hostname, tls, credentials);
                 if edge.reverse_dns {
                     let resolver = ReverseDns::new(&config.dns.nameservers, REVERSE_DNS_TIMEOUT)
                         .map_err(|e| format!("edge.{name}.reverse_dns: {e}"))?;
                     smtp = smtp.reverse_dns(resolver);
+                }
+                for path in &edge.listen_unix {
+                    let listener = listener::bind_unix(path).map_err(|e| {
+                        format!(
+                            "edge.{name}.listen: cannot listen on unix:{}: {e}",
+                            path.display()
+                        )
+                    })?;
+                    tracing::info!(edge = %name, address = %format!("unix:{}", path.display()), "listening");
+                    let smtp = smtp.clone();
+                    let shutdown = shutdown.clone();
+                    edges.spawn(async move { smtp.serve(listener, shutdown).await });
                 }
                 for listener in listeners {
                     let smtp = smtp.clone();
@@ -200,6 +263,7 @@ pub async fn run(
         }
     }
     reloader.abort();
+    drop(controls);
     for (name, queue) in &queues {
         queue.stop(name).await;
     }
@@ -297,7 +361,11 @@ fn build_queue(
             let mut queue = $queue
                 .with_backoff(backoff)
                 .max_concurrency(config.max_concurrency)
-                .with_hostname(hostname);
+                .with_hostname(hostname)
+                .bounce_headers_only(config.bounce_headers_only)
+                .postmaster(config.postmaster.clone())
+                .delay_warning(config.delay_warning)
+                .stats_interval(config.stats_interval);
             for policy in &config.policies {
                 queue = match policy {
                     PolicyName::AddDateHeader => queue.add_policy(AddDateHeader),
@@ -355,11 +423,23 @@ fn build_smtp_edge(
     queue: AppQueue,
     hostname: &str,
     tls: Option<ReloadableTls>,
+    credentials: Option<Credentials>,
 ) -> SmtpEdge<AppQueue, AcceptDomains> {
     let mut server = ServerConfig::new(hostname);
     server.max_size = usize::try_from(edge.max_size).unwrap_or(usize::MAX);
     server.max_recipients = edge.max_recipients;
-    let smtp = SmtpEdge::new(hostname, queue)
+    server.lmtp = edge.kind == EdgeKind::Lmtp;
+    server.starttls = tls.is_some() && !edge.tls_immediately;
+    if let Some(auth) = &edge.auth {
+        server.auth_mechanisms = auth
+            .mechanisms
+            .iter()
+            .filter_map(|m| Mechanism::from_name(m))
+            .collect();
+        server.auth_plaintext = auth.allow_plaintext;
+        server.auth_required = auth.required;
+    }
+    let mut smtp = SmtpEdge::new(hostname, queue)
         .validators(AcceptDomains::new(&edge.accept_domains))
         .server_config(server)
         .command_timeout(edge.command_timeout)
@@ -372,6 +452,9 @@ fn build_smtp_edge(
             ProxyProtocol::Auto => Some(ProxyMode::Auto),
         })
         .tls_immediately(edge.tls_immediately);
+    if let Some(credentials) = credentials {
+        smtp = smtp.credentials(credentials);
+    }
     match tls {
         Some(tls) => smtp.tls(tls),
         None => smtp,

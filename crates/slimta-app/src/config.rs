@@ -246,6 +246,13 @@ pub struct QueueConfig {
     /// Where bounces that themselves fail go; without it they are logged
     /// and dropped.
     pub postmaster: Option<String>,
+    /// Send one delay warning (`Action: delayed`) to the sender of a
+    /// message still undelivered this long after it arrived
+    /// (`delay_warning`). Default: none.
+    pub delay_warning: Option<Duration>,
+    /// Log the queue's size and oldest age this often (`stats_interval`,
+    /// default 60 s; `"0s"` turns it off).
+    pub stats_interval: Option<Duration>,
     /// Queue policies applied in order before a message is stored.
     /// Default none.
     pub policies: Vec<PolicyName>,
@@ -531,31 +538,6 @@ impl Config {
                     format!("process.{key}"),
                     "dropping privileges is not supported yet",
                 ));
-            }
-        }
-        for (name, edge) in &self.edges {
-            if edge.kind == EdgeKind::Lmtp {
-                errors.push(ConfigError::new(
-                    format!("edge.{name}.type"),
-                    format!("\"{}\" edges are not supported yet", edge.kind.as_str()),
-                ));
-            }
-            let unwired = [
-                (
-                    "tls",
-                    edge.tls.is_some() && !edge.tls_immediately && edge.kind != EdgeKind::Http,
-                    "STARTTLS is not supported yet (tls_immediately = true is)",
-                ),
-                (
-                    "auth",
-                    edge.auth.is_some() && edge.kind != EdgeKind::Http,
-                    "SMTP AUTH is not supported yet (HTTP Basic auth is)",
-                ),
-            ];
-            for (key, set, why) in unwired {
-                if set {
-                    errors.push(ConfigError::new(format!("edge.{name}.{key}"), why));
-                }
             }
         }
         for (name, relay) in &self.relays {

@@ -36,7 +36,7 @@ use tracing_subscriber::EnvFilter;
 /// edge on 127.0.0.1:2525 into a disk queue under ./slimta-spool, relaying
 /// by MX, accepting mail for no domain until one is configured.
 #[derive(Debug, Parser)]
-#[command(name = "slimta", version)]
+#[command(name = "slimta", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Run the MTA from this TOML configuration file.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["check_config", "print_default"])]
@@ -49,6 +49,17 @@ struct Cli {
     /// own file, and exit.
     #[arg(long)]
     print_default: bool,
+    /// Operate a queue instead of running the daemon.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Commands besides running the daemon.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// List, show, retry or delete queued messages of a disk queue, through
+    /// the running daemon's control socket or, without a daemon, the spool.
+    Queue(slimta_app::queue_cli::QueueCommand),
 }
 
 /// A configuration problem has been printed; exit with this.
@@ -56,6 +67,16 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Queue(queue)) = &cli.command {
+        let config = match &queue.config {
+            Some(path) => match load(path) {
+                Ok(config) => config,
+                Err(code) => return code,
+            },
+            None => Config::embedded_default(),
+        };
+        return slimta_app::queue_cli::run(&config, queue.queue.as_deref(), &queue.action);
+    }
     if cli.print_default {
         print!("{DEFAULT_CONFIG}");
         return ExitCode::SUCCESS;

@@ -540,6 +540,9 @@ impl QueueStorage for FailingStorage {
     async fn set_last_error(&self, id: &str, error: &str) -> io::Result<()> {
         self.inner.set_last_error(id, error).await
     }
+    async fn set_delay_warned(&self, id: &str) -> io::Result<()> {
+        self.inner.set_delay_warned(id).await
+    }
     async fn load(&self) -> io::Result<Vec<(String, SystemTime)>> {
         self.inner.load().await
     }

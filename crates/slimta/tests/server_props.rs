@@ -377,3 +377,109 @@ fn reference_unstuffing() {
     assert_eq!(without_terminator(b".\r\n".to_vec()), b"x\r\n");
     assert_eq!(without_terminator(b"a\r\n.".to_vec()), b"a\r\nx");
 }
+
+/// The AUTH exchange end to end with the edge's credential store: the
+/// client computes the CRAM-MD5 digest (RFC 2195) over the challenge it
+/// was sent, and the driver verifies what the machine hands it.
+#[test]
+fn auth_exchanges_verify_against_credentials() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use hmac::{Hmac, Mac};
+    use slimta::edge::credentials::Credentials;
+    use slimta::smtp::AuthSecret;
+
+    let users = [("alice".to_owned(), "{PLAIN}wonderland".to_owned())];
+    let creds = Credentials::from_map(users.into_iter().collect()).unwrap();
+    let cfg = ServerConfig {
+        auth_mechanisms: Mechanism::ALL.to_vec(),
+        auth_plaintext: true,
+        ..ServerConfig::new("mx.test")
+    };
+    // Runs one exchange; `client` answers each 334 text (decoded).
+    let login = |client: &dyn Fn(&str) -> String, command: &str| -> (String, Option<String>) {
+        let mut server = Server::new(Arc::new(cfg.clone()));
+        server.receive(format!("EHLO c\r\n{command}\r\n").as_bytes());
+        loop {
+            match server.step() {
+                Step::Event(ev) => {
+                    let reply = match &ev.kind {
+                        EventKind::Auth(a) => {
+                            let ok = match &a.secret {
+                                AuthSecret::Password(p) => creds.verify(&a.authcid, p),
+                                AuthSecret::CramMd5 {
+                                    challenge,
+                                    digest_hex,
+                                } => creds.cram_md5_verify(
+                                    &a.authcid,
+                                    challenge.as_bytes(),
+                                    digest_hex,
+                                ),
+                            };
+                            if ok {
+                                Reply::new(235, "2.7.0", "Authentication successful")
+                            } else {
+                                ev.reply
+                            }
+                        }
+                        _ => ev.reply,
+                    };
+                    server.respond(reply);
+                }
+                Step::NeedInput => {
+                    let out = String::from_utf8(server.output().to_vec()).unwrap();
+                    server.clear_output();
+                    let last = out.lines().last().unwrap_or_default().to_owned();
+                    let Some(prompt) = last.strip_prefix("334 ") else {
+                        return (last, server.authenticated().map(str::to_owned));
+                    };
+                    let prompt = String::from_utf8(B64.decode(prompt).unwrap()).unwrap();
+                    server.receive(format!("{}\r\n", B64.encode(client(&prompt))).as_bytes());
+                }
+                Step::StartTls | Step::Close => unreachable!(),
+            }
+        }
+    };
+    let cram = |secret: &'static str| {
+        move |challenge: &str| {
+            let mut mac = Hmac::<md5::Md5>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(challenge.as_bytes());
+            let digest: String = mac
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("alice {digest}")
+        }
+    };
+    let ok = "235 2.7.0 Authentication successful".to_owned();
+    let bad = "535 5.7.8 Authentication credentials invalid".to_owned();
+    let alice = Some("alice".to_owned());
+    assert_eq!(
+        login(&cram("wonderland"), "AUTH CRAM-MD5"),
+        (ok.clone(), alice.clone())
+    );
+    assert_eq!(login(&cram("rabbit"), "AUTH CRAM-MD5"), (bad.clone(), None));
+    let login_answers = |pw: &'static str| {
+        move |p: &str| {
+            if p == "Username:" {
+                "alice".to_owned()
+            } else {
+                pw.to_owned()
+            }
+        }
+    };
+    assert_eq!(
+        login(&login_answers("wonderland"), "AUTH LOGIN"),
+        (ok.clone(), alice.clone())
+    );
+    assert_eq!(
+        login(&login_answers("rabbit"), "AUTH LOGIN"),
+        (bad.clone(), None)
+    );
+    let plain = |pw: &str| format!("AUTH PLAIN {}", B64.encode(format!("\0alice\0{pw}")));
+    let unused = |_: &str| String::new();
+    assert_eq!(login(&unused, &plain("wonderland")), (ok, alice));
+    assert_eq!(login(&unused, &plain("rabbit")), (bad, None));
+}

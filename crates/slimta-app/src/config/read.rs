@@ -15,9 +15,9 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::fields::{
-    Errors, Section, boolean, check_domain, choice, count, domain, email_address, expected, float,
-    integer, ip_addr, log_level, nameserver, non_empty_string, port, positive_duration, quoted,
-    socket_addr, string,
+    Errors, Section, boolean, check_domain, choice, count, domain, duration, email_address,
+    expected, float, integer, ip_addr, log_level, nameserver, non_empty_string, port,
+    positive_duration, quoted, socket_addr, string,
 };
 use super::{
     CommandRelayConfig, Config, ConfigError, Credentials, DnsConfig, EdgeAuthConfig, EdgeConfig,
@@ -322,6 +322,8 @@ fn read_queue(
     let max_concurrency = s.or(errors, "max_concurrency", 100, count);
     let bounce_headers_only = s.or(errors, "bounce_headers_only", false, boolean);
     let postmaster = s.opt(errors, "postmaster", email_address);
+    let delay_warning = s.opt(errors, "delay_warning", positive_duration);
+    let stats_interval = s.or(errors, "stats_interval", Duration::from_secs(60), duration);
     let policies = s.list(errors, "policies", policy).unwrap_or_default();
     let mut unique = BTreeSet::new();
     for (i, p) in policies.iter().enumerate() {
@@ -343,6 +345,8 @@ fn read_queue(
         max_concurrency,
         bounce_headers_only,
         postmaster,
+        delay_warning,
+        stats_interval: (!stats_interval.is_zero()).then_some(stats_interval),
         policies,
         retry,
     })

@@ -70,6 +70,8 @@ fn minimal_file_gets_every_default() {
             max_concurrency: 100,
             bounce_headers_only: false,
             postmaster: None,
+            delay_warning: None,
+            stats_interval: Some(secs(60)),
             policies: vec![],
             retry: RetryConfig {
                 initial_delay: secs(300),
@@ -472,7 +474,6 @@ per_recipient = true
     assert_eq!(
         got,
         [
-            "edge.lmtp.type: \"lmtp\" edges are not supported yet",
             "relay.lda.type: \"dovecot\" relays are not supported yet",
             "relay.pipe.type: \"pipe\" relays are not supported yet",
             "relay.smart.tls: TLS to relays is not supported yet",
@@ -499,4 +500,44 @@ fn port_zero_may_repeat() {
     );
     let config = parse(&text).unwrap();
     assert_eq!(config.edges["b"].listen.len(), 2);
+}
+
+#[test]
+fn queue_delay_warning_and_stats_interval() {
+    let text = r#"
+[edge.in]
+type = "smtp"
+listen = ["127.0.0.1:2525"]
+queue = "main"
+[queue.main]
+type = "memory"
+relay = "out"
+delay_warning = "4h"
+stats_interval = "0s"
+[queue.other]
+type = "memory"
+relay = "out"
+delay_warning = "0s"
+stats_interval = "soon"
+[relay.out]
+type = "blackhole"
+"#;
+    let errors = crate::parse(text).unwrap_err();
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.starts_with("queue.other.delay_warning: ")),
+        "{shown:?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.starts_with("queue.other.stats_interval: ")),
+        "{shown:?}"
+    );
+    let ok = crate::parse(&text.replace("[queue.other]\ntype = \"memory\"\nrelay = \"out\"\ndelay_warning = \"0s\"\nstats_interval = \"soon\"\n", "")).unwrap();
+    let q = &ok.queues["main"];
+    assert_eq!(q.delay_warning, Some(secs(4 * 3600)));
+    assert_eq!(q.stats_interval, None);
 }

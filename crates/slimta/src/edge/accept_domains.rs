@@ -85,6 +85,15 @@ impl<V: Validators> Validators for AcceptDomains<V> {
         self.inner.ehlo(reply, session, name)
     }
 
+    fn auth(
+        &self,
+        reply: &mut Reply,
+        session: &SessionInfo,
+        attempt: &crate::smtp::sasl::AuthAttempt,
+    ) -> impl Future<Output = ()> + Send {
+        self.inner.auth(reply, session, attempt)
+    }
+
     fn mail(
         &self,
         reply: &mut Reply,

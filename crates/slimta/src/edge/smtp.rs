@@ -29,8 +29,10 @@ use tokio::sync::watch;
 use crate::envelope::{Envelope, Protocol};
 use crate::handoff::Handoff;
 use crate::reply::Reply;
+use crate::smtp::sasl::{AuthAttempt, AuthSecret};
 use crate::smtp::{EventKind, Server, ServerConfig, Step, Transaction};
 
+use super::credentials::Credentials;
 use super::listener::{self, Accept, ListenerLimits};
 use super::proxy::ProxyMode;
 use super::transport::Transport;
@@ -53,6 +55,8 @@ pub struct SmtpEdge<H, V = AcceptAll> {
     tls_immediately: bool,
     #[cfg(feature = "mx")]
     reverse_dns: Option<Arc<super::reverse_dns::ReverseDns>>,
+    credentials: Option<Arc<Credentials>>,
+    auth_failure_delay: Duration,
 }
 
 impl<H, V> Clone for SmtpEdge<H, V> {
@@ -71,6 +75,8 @@ impl<H, V> Clone for SmtpEdge<H, V> {
             tls_immediately: self.tls_immediately,
             #[cfg(feature = "mx")]
             reverse_dns: self.reverse_dns.clone(),
+            credentials: self.credentials.clone(),
+            auth_failure_delay: self.auth_failure_delay,
         }
     }
 }
@@ -94,6 +100,8 @@ impl<H: Handoff> SmtpEdge<H, AcceptAll> {
             tls_immediately: false,
             #[cfg(feature = "mx")]
             reverse_dns: None,
+            credentials: None,
+            auth_failure_delay: Duration::from_secs(1),
         }
     }
 }
@@ -115,7 +123,24 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
             tls_immediately: self.tls_immediately,
             #[cfg(feature = "mx")]
             reverse_dns: self.reverse_dns,
+            credentials: self.credentials,
+            auth_failure_delay: self.auth_failure_delay,
         }
+    }
+
+    /// The users AUTH checks against (mechanisms and the plaintext rule are
+    /// in the [`ServerConfig`]). Without credentials every AUTH fails unless
+    /// a validator's `auth` hook accepts it.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(Arc::new(credentials));
+        self
+    }
+
+    /// The pause before answering a failed AUTH, multiplied by the number of
+    /// failures in the session (at most 5 times). Default 1 s.
+    pub fn auth_failure_delay(mut self, delay: Duration) -> Self {
+        self.auth_failure_delay = delay;
+        self
     }
 
     /// Looks up the client's forward-confirmed reverse DNS name before the
@@ -284,6 +309,7 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
             server: Server::new(self.server_config.clone()),
             info,
             messages: 0,
+            failed_auths: 0,
         };
         let outcome = session.run(&mut shutdown).await;
         let info = &session.info;
@@ -304,18 +330,42 @@ struct Session<'a, H, V> {
     server: Server,
     info: SessionInfo,
     messages: u64,
+    failed_auths: u32,
+}
+
+/// How a finished message is answered: one reply, or (LMTP) one per
+/// accepted recipient in RCPT order.
+enum Answer {
+    One(Reply),
+    PerRecipient(Vec<Reply>),
 }
 
 impl<H: Handoff, V: Validators> Session<'_, H, V> {
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> io::Result<&'static str> {
+        if self.stream.is_tls() {
+            self.server.tls_established();
+        }
         let mut banner = self.server.default_banner();
         self.edge.validators.banner(&mut banner, &self.info).await;
         self.server.greet(banner);
         loop {
             match self.server.step() {
                 Step::Event(event) => {
-                    let reply = self.decide(event.kind, event.reply).await;
-                    self.server.respond(reply);
+                    if let EventKind::Message(transaction) = event.kind {
+                        let answer = self.deliver(*transaction, event.reply).await;
+                        self.info.sender = None;
+                        self.info.recipients.clear();
+                        match answer {
+                            Answer::One(reply) => self.server.respond(reply),
+                            Answer::PerRecipient(replies) => {
+                                self.server.respond_per_recipient(replies);
+                            }
+                        }
+                    } else {
+                        let reply = self.decide(event.kind, event.reply).await;
+                        self.server.respond(reply);
+                    }
+                    self.info.client.protocol = self.server.protocol();
                 }
                 Step::NeedInput => {
                     self.flush().await?;
@@ -349,12 +399,15 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                     let _ = self.stream.shutdown().await;
                     return Ok("closed by server");
                 }
-                // Placeholder until the driver does TLS: StartTls events are
-                // answered 454 below, so this is not reached.
                 Step::StartTls => {
-                    self.server.tls_failed();
                     self.flush().await?;
-                    return Ok("tls not available");
+                    if self.start_tls().await {
+                        continue;
+                    }
+                    self.server.tls_failed();
+                    // Best effort: after a timeout the stream is gone.
+                    let _ = self.flush().await;
+                    return Ok("TLS handshake failed");
                 }
             }
         }
@@ -403,16 +456,28 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                 }
             }
             EventKind::Data => validators.data(&mut reply, &self.info).await,
-            EventKind::Message(transaction) => {
-                reply = self.deliver(*transaction, reply).await;
-                self.info.sender = None;
-                self.info.recipients.clear();
-            }
             EventKind::Quit => {}
-            // Placeholders until the driver does TLS and verifies
-            // credentials: TLS is refused, AUTH keeps the proposed 535.
-            EventKind::StartTls => reply = Reply::new(454, "4.7.0", "TLS not available"),
-            EventKind::Auth(_) => {}
+            EventKind::StartTls => {
+                if !self.tls_available() {
+                    reply = Reply::new(454, "4.7.0", "TLS not available");
+                }
+            }
+            EventKind::Auth(attempt) => {
+                if self.check_credentials(&attempt).await {
+                    reply = Reply::new(235, "2.7.0", "Authentication successful");
+                }
+                validators.auth(&mut reply, &self.info, &attempt).await;
+                if reply.is_positive() {
+                    tracing::info!(session = self.info.id, user = %attempt.authcid, mechanism = ?attempt.mechanism, "authenticated");
+                    self.info.client.auth = Some(attempt.authcid);
+                } else {
+                    self.failed_auths += 1;
+                    tracing::info!(session = self.info.id, user = %attempt.authcid, failures = self.failed_auths, "authentication failed");
+                    let factor = self.failed_auths.min(5);
+                    tokio::time::sleep(self.edge.auth_failure_delay * factor).await;
+                }
+            }
+            EventKind::Message(_) => unreachable!("messages are delivered by run()"),
         }
         if !reply.is_positive() && !reply.is_intermediate() {
             tracing::debug!(session = self.info.id, %reply, "refused");
@@ -422,7 +487,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
 
     /// Builds the envelope, lets `have_data` judge it, hands it to the queue
     /// and words the reply.
-    async fn deliver(&mut self, transaction: Transaction, mut reply: Reply) -> Reply {
+    async fn deliver(&mut self, transaction: Transaction, mut reply: Reply) -> Answer {
         let Transaction {
             sender,
             mail_params,
@@ -432,6 +497,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
         let mut envelope = Envelope::new(sender, recipients, data);
         envelope.client = self.info.client.clone();
         envelope.receive_time = SystemTime::now();
+        envelope.client.protocol = self.server.protocol();
         envelope.body = mail_params.body;
         envelope.smtputf8 = mail_params.smtputf8;
         let validators = &*self.edge.validators;
@@ -440,16 +506,17 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
             .await;
         if !reply.is_positive() {
             tracing::info!(session = self.info.id, sender = %envelope.sender, %reply, "message refused");
-            return reply;
+            return Answer::One(reply);
         }
+        let lmtp = self.server.config().lmtp;
+        let recipients = lmtp.then(|| envelope.recipients.clone());
         let (sender, size, rcpts) = (
             envelope.sender.clone(),
             envelope.message.len(),
             envelope.recipients.len(),
         );
         let results = self.edge.handoff.handoff(envelope).await;
-        let reply = crate::handoff::queued_reply(&results);
-        let mut reply = reply;
+        let mut reply = crate::handoff::queued_reply(&results);
         validators.queued(&mut reply, &self.info, &results).await;
         if reply.is_positive() {
             self.messages += 1;
@@ -462,6 +529,81 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
             %reply,
             "message"
         );
-        reply
+        match recipients {
+            None => Answer::One(reply),
+            Some(recipients) => {
+                let mut replies = Vec::with_capacity(recipients.len());
+                for recipient in &recipients {
+                    let part = results.iter().find(|r| r.recipients.contains(recipient));
+                    let mut one = match part {
+                        Some(part) => crate::handoff::queued_reply(std::slice::from_ref(part)),
+                        None => crate::handoff::queued_reply(&[]),
+                    };
+                    // Name the recipient, so each of the replies that come
+                    // in RCPT order says whom it is about.
+                    let text = format!("<{recipient}> {}", one.text());
+                    one.set_text(text);
+                    validators.queued(&mut one, &self.info, &results).await;
+                    replies.push(one);
+                }
+                Answer::PerRecipient(replies)
+            }
+        }
+    }
+
+    fn tls_available(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.edge.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// Runs the STARTTLS handshake; true when the session is now encrypted.
+    async fn start_tls(&mut self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.edge.tls {
+            let acceptor = tls.acceptor();
+            let handshake = self.stream.start_tls(&acceptor);
+            match tokio::time::timeout(self.edge.command_timeout, handshake).await {
+                Ok(Ok(info)) => {
+                    tracing::info!(session = self.info.id, protocol = %info.protocol, cipher = %info.cipher, "STARTTLS");
+                    self.info.client.tls = Some(info);
+                    self.info.client.helo = None;
+                    self.info.sender = None;
+                    self.info.recipients.clear();
+                    self.server.tls_established();
+                    return true;
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(session = self.info.id, error = %e, "STARTTLS handshake failed");
+                }
+                Err(_) => tracing::info!(session = self.info.id, "STARTTLS handshake timed out"),
+            }
+        }
+        false
+    }
+
+    /// Checks an AUTH attempt against the edge's credentials. Proxy
+    /// authorization (an authzid other than the authcid) is not supported.
+    async fn check_credentials(&self, attempt: &AuthAttempt) -> bool {
+        let Some(credentials) = &self.edge.credentials else {
+            return false;
+        };
+        if attempt
+            .authzid
+            .as_ref()
+            .is_some_and(|z| *z != attempt.authcid)
+        {
+            return false;
+        }
+        match &attempt.secret {
+            AuthSecret::Password(password) => {
+                credentials.verify_async(&attempt.authcid, password).await
+            }
+            AuthSecret::CramMd5 {
+                challenge,
+                digest_hex,
+            } => credentials.cram_md5_verify(&attempt.authcid, challenge.as_bytes(), digest_hex),
+        }
     }
 }

@@ -127,8 +127,10 @@ impl Transport {
         })?
     }
 
-    /// Runs a server TLS handshake on a TCP stream and switches to TLS. On
-    /// failure the stream is gone ([`Transport::Detached`]).
+    /// Runs a server TLS handshake on a TCP stream and switches to TLS. When
+    /// the handshake fails the plain stream is kept, so the session can still
+    /// say `421 4.7.0` before closing; if this future is dropped mid-way (a
+    /// timeout) the stream is gone ([`Transport::Detached`]).
     ///
     /// # Errors
     ///
@@ -141,9 +143,17 @@ impl Transport {
         let Transport::Tcp(tcp) = std::mem::replace(self, Transport::Detached) else {
             return Err(io::Error::other("TLS needs a plain TCP stream"));
         };
-        let (tls, info) = super::tls::accept(acceptor, tcp).await?;
-        *self = Transport::Tls(Box::new(tls));
-        Ok(info)
+        match acceptor.accept(tcp).into_fallible().await {
+            Ok(tls) => {
+                let info = super::tls::tls_info(tls.get_ref().1);
+                *self = Transport::Tls(Box::new(tls));
+                Ok(info)
+            }
+            Err((error, tcp)) => {
+                *self = Transport::Tcp(tcp);
+                Err(error)
+            }
+        }
     }
 
     /// Waits for input, then feeds one read into `server`. Returns the byte

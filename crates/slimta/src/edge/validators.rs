@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use crate::envelope::{ClientInfo, Envelope};
 use crate::handoff::HandoffResult;
 use crate::reply::Reply;
+use crate::smtp::sasl::AuthAttempt;
 use crate::smtp::{MailParams, RcptParams};
 
 /// What a validator may know about the session it judges.
@@ -58,6 +59,20 @@ pub trait Validators: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = ()> + Send {
         let _ = (reply, session, name);
+        async {}
+    }
+
+    /// Complete AUTH credentials. The reply is already `235` if the edge's
+    /// credentials accepted them and `535` otherwise; a program that checks
+    /// credentials its own way changes it (a 2xx authenticates the session
+    /// as `attempt.authcid`).
+    fn auth(
+        &self,
+        reply: &mut Reply,
+        session: &SessionInfo,
+        attempt: &AuthAttempt,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (reply, session, attempt);
         async {}
     }
 

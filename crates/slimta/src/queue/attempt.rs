@@ -9,8 +9,16 @@
 //!    (`None` turns them into permanent failures).
 //! 3. Permanent failures: queue a bounce for them ([`crate::bounce`]), then
 //!    record them as done (the storage's "delivered" set means "never attempt again").
+//!    A failed message from `<>` gets no bounce; with a postmaster
+//!    configured it gets a notice to the postmaster instead, unless it *was*
+//!    a notice to the postmaster (then it is logged and dropped: no loop).
 //! 4. Reschedule the transient ones, or remove the message when nothing is
-//!    pending.
+//!    pending. With `delay_warning` set, the first failed attempt past that
+//!    age also queues one `Action: delayed` report to the sender, recorded
+//!    in storage (`set_delay_warned`) so a restart does not send it again.
+//!    The warning is checked only at attempts, so it goes out at the first
+//!    retry after the threshold (at most one backoff delay late), which
+//!    costs no timer per message.
 //!
 //! A failing storage step is logged and the message is retried later; the
 //! queue errs towards delivering twice rather than losing mail.
@@ -195,6 +203,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
 
         match retry_in {
             Some(delay) => {
+                self.maybe_warn(id, stored, &transient).await;
                 if let Some(last) = transient.last() {
                     // Best effort, for operators only.
                     let _ = self
@@ -263,7 +272,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
 
     /// The bounce hook: takes the permanently failed recipients of a stored
     /// message and returns once their report is durably queued (or is not
-    /// to be sent: the message was itself a bounce).
+    /// to be sent: see [`crate::bounce`] on `<>` and the postmaster).
     async fn bounce(
         &self,
         id: &str,
@@ -279,27 +288,95 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                 "permanent delivery failure"
             );
         }
-        let failed: Vec<FailedRecipient> = failures
-            .iter()
-            .map(|f| FailedRecipient {
-                recipient: f.recipient.clone(),
-                reply: f.error.reply().clone(),
-            })
-            .collect();
-        let hostname = self.config(|c| c.hostname.clone());
-        let Some(report) = bounce::report(&stored.envelope, &failed, &hostname, clock::now())
-        else {
-            tracing::warn!(id = %id, "no bounce for a message from the null sender; dropped");
-            return Ok(());
+        let failed = failed_recipients(failures);
+        let (hostname, headers_only, postmaster) = self.config(|c| {
+            (
+                c.hostname.clone(),
+                c.bounce_headers_only,
+                c.postmaster.clone(),
+            )
+        });
+        let options = bounce::ReportOptions {
+            reporting_mta: &hostname,
+            headers_only,
+            now: clock::now(),
+        };
+        let (report, to) = if stored.envelope.sender.is_empty() {
+            let Some(postmaster) = postmaster else {
+                tracing::warn!(id = %id, "a message from <> failed and no postmaster is configured; dropped");
+                return Ok(());
+            };
+            match bounce::postmaster_report(&stored.envelope, &failed, &postmaster, &options) {
+                Some(report) => (report, postmaster.to_string()),
+                None => {
+                    tracing::warn!(id = %id, postmaster = %postmaster, "a notice to the postmaster failed; dropped");
+                    return Ok(());
+                }
+            }
+        } else {
+            match bounce::report(&stored.envelope, &failed, &options) {
+                Some(report) => (report, stored.envelope.sender.clone()),
+                None => return Ok(()),
+            }
         };
         match self.store(&report).await {
             Ok(bounce_id) => {
-                tracing::info!(id = %id, bounce = %bounce_id, to = %stored.envelope.sender, "bounce queued");
+                tracing::info!(id = %id, bounce = %bounce_id, to = %to, "bounce queued");
                 Ok(())
             }
             Err(reply) => Err(io::Error::other(reply.to_string())),
         }
     }
+
+    /// Queues the one delay warning of a message whose `transient` failures
+    /// are being retried, if it is configured, due and not yet sent. Best
+    /// effort: a failure is logged, and the next attempt tries again.
+    async fn maybe_warn(&self, id: &str, stored: &StoredEnvelope, transient: &[Failure]) {
+        let Some(after) = self.config(|c| c.delay_warning) else {
+            return;
+        };
+        let now = clock::now();
+        let age = now
+            .duration_since(stored.envelope.receive_time)
+            .unwrap_or_default();
+        if stored.meta.delay_warned || age < after || transient.is_empty() {
+            return;
+        }
+        let hostname = self.config(|c| c.hostname.clone());
+        let options = bounce::ReportOptions {
+            reporting_mta: &hostname,
+            // A warning returns only the headers whatever bounce_headers_only
+            // says: the message is still on its way, a copy helps nobody.
+            headers_only: true,
+            now,
+        };
+        let delayed = failed_recipients(transient);
+        if let Some(warning) = bounce::delay_warning(&stored.envelope, &delayed, None, &options) {
+            match self.store(&warning).await {
+                Ok(warning_id) => {
+                    tracing::info!(id = %id, warning = %warning_id, to = %stored.envelope.sender, "delay warning queued");
+                }
+                Err(reply) => {
+                    tracing::warn!(id = %id, error = %reply, "cannot queue the delay warning");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.inner.storage.set_delay_warned(id).await {
+            tracing::warn!(id = %id, error = %e, "cannot record the delay warning; it may be sent again");
+        }
+    }
+}
+
+fn failed_recipients(failures: &[Failure]) -> Vec<FailedRecipient> {
+    failures
+        .iter()
+        .map(|f| FailedRecipient {
+            recipient: f.recipient.clone(),
+            reply: f.error.reply().clone(),
+            remote_mta: f.error.remote_mta().map(str::to_owned),
+        })
+        .collect()
 }
 
 /// The reply recorded for a recipient whose transient failures outlived the

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use crate::envelope::Envelope;
 
-use super::storage::{QueueMeta, QueueStorage, StoredEnvelope};
+use super::storage::{QueueEntry, QueueMeta, QueueStorage, StoredEnvelope};
 
 /// Queue storage in a `HashMap`. Clones share the same map.
 #[derive(Clone, Debug, Default)]
@@ -95,6 +95,19 @@ impl QueueStorage for MemoryStorage {
 
     fn set_last_error(&self, id: &str, error: &str) -> impl Future<Output = io::Result<()>> + Send {
         std::future::ready(self.with(id, |s| s.meta.last_error = Some(error.to_owned())))
+    }
+
+    fn set_delay_warned(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(self.with(id, |s| s.meta.delay_warned = true))
+    }
+
+    fn list(&self) -> impl Future<Output = io::Result<Vec<QueueEntry>>> + Send {
+        let all = self
+            .lock()
+            .iter()
+            .map(|(id, s)| QueueEntry::of(id.clone(), s))
+            .collect();
+        std::future::ready(Ok(all))
     }
 
     fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send {

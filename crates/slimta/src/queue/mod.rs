@@ -11,7 +11,8 @@
 //! Files by concern: [`backoff`] (retry delays), `schedule` (the due-time
 //! index), `attempt` (one delivery attempt and what is recorded after it),
 //! [`clock`] (the time base), [`storage`] (the storage contract),
-//! [`memory`] (in-memory storage), [`disk`] (the durable spool).
+//! [`memory`] (in-memory storage), [`disk`] (the durable spool), `ops`
+//! (operator commands and statistics: list, show, retry now, delete).
 //!
 //! Design decisions:
 //! - Exactly-once per recipient as far as storage allows: an attempt sends
@@ -39,11 +40,13 @@ pub mod backoff;
 pub mod clock;
 pub mod disk;
 pub mod memory;
+mod ops;
 mod schedule;
 pub mod storage;
 
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
@@ -57,7 +60,8 @@ use crate::reply::Reply;
 pub use backoff::{Backoff, ExponentialBackoff};
 pub use disk::DiskStorage;
 pub use memory::MemoryStorage;
-pub use storage::{DynStorage, QueueMeta, QueueStorage, StoredEnvelope};
+pub use ops::QueueStats;
+pub use storage::{DynStorage, QueueEntry, QueueMeta, QueueStorage, StoredEnvelope};
 
 use schedule::Schedule;
 
@@ -70,6 +74,10 @@ struct Config {
     policies: Arc<Vec<Arc<dyn DynQueuePolicy>>>,
     relay_policies: Arc<Vec<Arc<dyn DynRelayPolicy>>>,
     hostname: Arc<str>,
+    bounce_headers_only: bool,
+    postmaster: Option<Arc<str>>,
+    delay_warning: Option<Duration>,
+    stats_interval: Option<Duration>,
 }
 
 struct Inner<S, R> {
@@ -78,7 +86,7 @@ struct Inner<S, R> {
     schedule: Schedule,
     config: RwLock<Config>,
     started: OnceLock<()>,
-    scheduler: Mutex<Option<AbortHandle>>,
+    scheduler: Mutex<Vec<AbortHandle>>,
 }
 
 /// A durable mail queue over storage `S`, delivering through relay `R`.
@@ -112,9 +120,13 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                     policies: Arc::default(),
                     relay_policies: Arc::default(),
                     hostname: gethostname::gethostname().to_string_lossy().into(),
+                    bounce_headers_only: false,
+                    postmaster: None,
+                    delay_warning: None,
+                    stats_interval: None,
                 }),
                 started: OnceLock::new(),
-                scheduler: Mutex::new(None),
+                scheduler: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -156,6 +168,41 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     pub fn with_hostname(self, hostname: impl Into<String>) -> Self {
         let hostname: String = hostname.into();
         self.configure(|c| c.hostname = hostname.into());
+        self
+    }
+
+    /// Bounces return only the original header section instead of the
+    /// whole message (see [`crate::bounce`]). Default: the whole message.
+    #[must_use]
+    pub fn bounce_headers_only(self, headers_only: bool) -> Self {
+        self.configure(|c| c.bounce_headers_only = headers_only);
+        self
+    }
+
+    /// Where a notice goes when a message from `<>` (a bounce) fails for
+    /// good. Without a postmaster such a failure is logged and dropped. A
+    /// failed notice to the postmaster is never reported again.
+    #[must_use]
+    pub fn postmaster(self, address: Option<String>) -> Self {
+        self.configure(|c| c.postmaster = address.map(Into::into));
+        self
+    }
+
+    /// Sends one delay warning (RFC 3464 `Action: delayed`) to the sender
+    /// of a message still undelivered this long after it was received, at
+    /// the first failed attempt past that age. `None` (the default): never.
+    #[must_use]
+    pub fn delay_warning(self, after: Option<Duration>) -> Self {
+        self.configure(|c| c.delay_warning = after);
+        self
+    }
+
+    /// Logs the queue's size and the age of its oldest message every
+    /// `interval` ("queue stats"). `None` (the default): never. Read by
+    /// [`Queue::start`].
+    #[must_use]
+    pub fn stats_interval(self, interval: Option<Duration>) -> Self {
+        self.configure(|c| c.stats_interval = interval.filter(|d| !d.is_zero()));
         self
     }
 
@@ -206,15 +253,19 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         for (id, due) in stored {
             self.inner.schedule.insert(id, clock::instant_at(due));
         }
-        let limit = self.config(|c| c.max_concurrency);
+        let (limit, stats_interval) = self.config(|c| (c.max_concurrency, c.stats_interval));
         let queue = self.clone();
         let task =
             tokio::spawn(async move { queue.run_scheduler(Arc::new(Semaphore::new(limit))).await });
+        let mut tasks = vec![task.abort_handle()];
+        if let Some(interval) = stats_interval {
+            tasks.push(tokio::spawn(self.clone().log_stats(interval)).abort_handle());
+        }
         *self
             .inner
             .scheduler
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
+            .unwrap_or_else(PoisonError::into_inner) = tasks;
         tracing::info!(loaded = count, max_concurrency = limit, "queue started");
         Ok(())
     }
@@ -223,13 +274,14 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     /// to completion; stored messages stay stored. A stopped queue is not
     /// started again; a new `Queue` over the same storage takes over.
     pub fn stop(&self) {
-        if let Some(task) = self
-            .inner
-            .scheduler
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .scheduler
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for task in tasks {
             task.abort();
         }
     }

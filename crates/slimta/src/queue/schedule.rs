@@ -13,7 +13,7 @@
 //! never start two concurrent attempts on one message (two attempts could
 //! deliver twice).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -23,14 +23,41 @@ use tokio::time::{Instant, sleep_until};
 struct State {
     due: BTreeMap<(Instant, u64), String>,
     known: HashSet<String>,
+    /// Where each waiting id sits in `due`, for operator commands.
+    keys: HashMap<String, (Instant, u64)>,
     seq: u64,
 }
 
 impl State {
     fn push(&mut self, id: String, at: Instant) {
         self.seq += 1;
-        self.due.insert((at, self.seq), id);
+        let key = (at, self.seq);
+        if let Some(old) = self.keys.insert(id.clone(), key) {
+            self.due.remove(&old);
+        }
+        self.due.insert(key, id);
     }
+
+    fn take_waiting(&mut self, id: &str) -> bool {
+        match self.keys.remove(id) {
+            Some(key) => {
+                self.due.remove(&key);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Where a message stands in the schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Waiting for its due time.
+    Waiting,
+    /// Handed out by [`Schedule::next_due`]: being attempted.
+    InFlight,
+    /// Not known (never scheduled, or forgotten).
+    Unknown,
 }
 
 /// Due times of the messages the queue knows about.
@@ -74,6 +101,43 @@ impl Schedule {
         self.lock().known.remove(id);
     }
 
+    fn placement(state: &State, id: &str) -> Placement {
+        if !state.known.contains(id) {
+            Placement::Unknown
+        } else if state.keys.contains_key(id) {
+            Placement::Waiting
+        } else {
+            Placement::InFlight
+        }
+    }
+
+    /// Moves a waiting message's due time to `at` (an operator's "retry
+    /// now").
+    pub(crate) fn move_to(&self, id: &str, at: Instant) -> Placement {
+        let mut state = self.lock();
+        let placement = Self::placement(&state, id);
+        if placement == Placement::Waiting {
+            state.take_waiting(id);
+            state.push(id.to_owned(), at);
+            drop(state);
+            self.wake.notify_one();
+        }
+        placement
+    }
+
+    /// Takes a waiting message out of the schedule (it is being deleted).
+    /// A message in flight stays known: its attempt finds it gone and
+    /// forgets it.
+    pub(crate) fn remove_waiting(&self, id: &str) -> Placement {
+        let mut state = self.lock();
+        let placement = Self::placement(&state, id);
+        if placement == Placement::Waiting {
+            state.take_waiting(id);
+            state.known.remove(id);
+        }
+        placement
+    }
+
     /// How many messages are waiting for an attempt (not counting those
     /// being attempted).
     pub(crate) fn waiting(&self) -> usize {
@@ -87,7 +151,9 @@ impl Schedule {
             let head = self.lock().due.first_key_value().map(|(k, _)| k.0);
             match head {
                 Some(at) if at <= Instant::now() => {
-                    if let Some((_, id)) = self.lock().due.pop_first() {
+                    let mut state = self.lock();
+                    if let Some((_, id)) = state.due.pop_first() {
+                        state.keys.remove(&id);
                         return id;
                     }
                 }
@@ -130,6 +196,23 @@ mod tests {
         assert_eq!(s.next_due().await, "late");
         assert_eq!(s.next_due().await, "early");
         assert_eq!(Instant::now(), now + Duration::from_secs(120));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn operators_move_and_remove_waiting_messages() {
+        let s = Schedule::default();
+        let now = Instant::now();
+        s.insert("a".into(), now + Duration::from_secs(3600));
+        s.insert("b".into(), now + Duration::from_secs(7200));
+        assert_eq!(s.move_to("b", now), Placement::Waiting);
+        assert_eq!(s.next_due().await, "b");
+        assert_eq!(Instant::now(), now, "moved to now, no wait");
+        assert_eq!(s.move_to("b", now), Placement::InFlight);
+        assert_eq!(s.remove_waiting("b"), Placement::InFlight);
+        assert_eq!(s.move_to("zzz", now), Placement::Unknown);
+        assert_eq!(s.remove_waiting("a"), Placement::Waiting);
+        assert_eq!(s.waiting(), 0);
+        assert!(s.insert("a".into(), now), "removed ids are forgotten");
     }
 
     #[tokio::test(start_paused = true)]

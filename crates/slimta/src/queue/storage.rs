@@ -38,6 +38,41 @@ pub struct QueueMeta {
     pub delivered: Vec<usize>,
     /// The last failure, for operators (`slimta queue list`).
     pub last_error: Option<String>,
+    /// Whether the delay warning (`Action: delayed`) was sent; it is sent
+    /// at most once per message.
+    pub delay_warned: bool,
+}
+
+/// A summary of one stored message, for operators and statistics: the
+/// envelope without the message bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// The storage id.
+    pub id: String,
+    /// The reverse path; empty for `<>`.
+    pub sender: String,
+    /// Every stored recipient (see `meta.delivered` for the finished ones).
+    pub recipients: Vec<String>,
+    /// The message size in bytes.
+    pub size: u64,
+    /// When the edge received it.
+    pub received: SystemTime,
+    /// Attempts, due time, delivered recipients, last error.
+    pub meta: QueueMeta,
+}
+
+impl QueueEntry {
+    /// The summary of a stored envelope.
+    pub fn of(id: impl Into<String>, stored: &StoredEnvelope) -> Self {
+        Self {
+            id: id.into(),
+            sender: stored.envelope.sender.clone(),
+            recipients: stored.envelope.recipients.clone(),
+            size: stored.envelope.message.len() as u64,
+            received: stored.envelope.receive_time,
+            meta: stored.meta.clone(),
+        }
+    }
 }
 
 /// A stored envelope with its queue metadata.
@@ -102,8 +137,30 @@ pub trait QueueStorage: Send + Sync + 'static {
     /// correctness, so backends may store it lazily).
     fn set_last_error(&self, id: &str, error: &str) -> impl Future<Output = io::Result<()>> + Send;
 
+    /// Records that the delay warning for this message was queued.
+    fn set_delay_warned(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send;
+
     /// Every stored id with its due time, for rescheduling at start-up.
     fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send;
+
+    /// A summary of every stored message (`slimta queue list`, the queue's
+    /// statistics). The default reads every message with
+    /// [`QueueStorage::get`]; a backend with an index should answer from it.
+    fn list(&self) -> impl Future<Output = io::Result<Vec<QueueEntry>>> + Send {
+        async move {
+            let ids = self.load().await?;
+            let mut entries = Vec::with_capacity(ids.len());
+            for (id, _) in ids {
+                match self.get(&id).await {
+                    Ok(stored) => entries.push(QueueEntry::of(id, &stored)),
+                    // Removed since load: not an error.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(entries)
+        }
+    }
 
     /// One stored envelope with its metadata.
     fn get(&self, id: &str) -> impl Future<Output = io::Result<StoredEnvelope>> + Send;
@@ -136,7 +193,9 @@ pub trait DynStorage: Send + Sync + 'static {
         indices: &'a [usize],
     ) -> StorageFuture<'a, ()>;
     fn set_last_error_boxed<'a>(&'a self, id: &'a str, error: &'a str) -> StorageFuture<'a, ()>;
+    fn set_delay_warned_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, ()>;
     fn load_boxed(&self) -> StorageFuture<'_, Vec<(String, SystemTime)>>;
+    fn list_boxed(&self) -> StorageFuture<'_, Vec<QueueEntry>>;
     fn get_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, StoredEnvelope>;
     fn remove_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, ()>;
 }
@@ -169,8 +228,14 @@ impl<S: QueueStorage> DynStorage for S {
     fn set_last_error_boxed<'a>(&'a self, id: &'a str, error: &'a str) -> StorageFuture<'a, ()> {
         Box::pin(self.set_last_error(id, error))
     }
+    fn set_delay_warned_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, ()> {
+        Box::pin(self.set_delay_warned(id))
+    }
     fn load_boxed(&self) -> StorageFuture<'_, Vec<(String, SystemTime)>> {
         Box::pin(self.load())
+    }
+    fn list_boxed(&self) -> StorageFuture<'_, Vec<QueueEntry>> {
+        Box::pin(self.list())
     }
     fn get_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, StoredEnvelope> {
         Box::pin(self.get(id))
@@ -214,8 +279,14 @@ macro_rules! forward_dyn_storage {
             ) -> impl Future<Output = io::Result<()>> + Send {
                 async move { (**self).set_last_error_boxed(id, error).await }
             }
+            fn set_delay_warned(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send {
+                async move { (**self).set_delay_warned_boxed(id).await }
+            }
             fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send {
                 async move { (**self).load_boxed().await }
+            }
+            fn list(&self) -> impl Future<Output = io::Result<Vec<QueueEntry>>> + Send {
+                async move { (**self).list_boxed().await }
             }
             fn get(&self, id: &str) -> impl Future<Output = io::Result<StoredEnvelope>> + Send {
                 async move { (**self).get_boxed(id).await }

@@ -43,6 +43,7 @@ enum Kind {
 pub struct RelayError {
     kind: Kind,
     reply: Reply,
+    remote_mta: Option<String>,
 }
 
 impl RelayError {
@@ -51,6 +52,7 @@ impl RelayError {
         Self {
             kind: Kind::Transient,
             reply,
+            remote_mta: None,
         }
     }
 
@@ -59,6 +61,7 @@ impl RelayError {
         Self {
             kind: Kind::Permanent,
             reply,
+            remote_mta: None,
         }
     }
 
@@ -86,6 +89,19 @@ impl RelayError {
     /// up locally such as `451 4.4.1 Connection refused`).
     pub fn reply(&self) -> &Reply {
         &self.reply
+    }
+
+    /// Names the server that gave the reply (a host name or address), for
+    /// the `Remote-MTA` field of a bounce.
+    #[must_use]
+    pub fn with_remote_mta(mut self, host: impl Into<String>) -> Self {
+        self.remote_mta = Some(host.into());
+        self
+    }
+
+    /// The server that gave the reply, when the relay said which.
+    pub fn remote_mta(&self) -> Option<&str> {
+        self.remote_mta.as_deref()
     }
 }
 

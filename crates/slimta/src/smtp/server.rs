@@ -153,6 +153,9 @@
 //!   (the authzid, if any, is for the driver to allow or refuse). The line
 //!   bytes holding credentials are overwritten in the input buffer once
 //!   parsed; the machine keeps no secret after raising the event.
+//! - `AUTH=` on MAIL (RFC 4954 section 5): with AUTH configured, the value
+//!   of a client that has not authenticated is replaced by `<>` (empty);
+//!   without AUTH configured it is passed on as parsed (as before).
 //! - [`ServerConfig::auth_required`]: MAIL before a successful AUTH gets
 //!   `530 5.7.0 Authentication required`, counted as a bad command (it is a
 //!   sequence error in all but code).
@@ -1274,7 +1277,15 @@ impl Server {
             smtputf8: self.config.smtputf8,
         };
         match command::parse_mail(arg, offered) {
-            Ok((sender, params)) => {
+            Ok((sender, mut params)) => {
+                if !self.config.auth_mechanisms.is_empty()
+                    && self.authenticated.is_none()
+                    && params.auth.is_some()
+                {
+                    // RFC 4954 section 5: an unauthenticated client's
+                    // AUTH= is not trusted and is kept as `AUTH=<>`.
+                    params.auth = Some(String::new());
+                }
                 let reply = Reply::new(250, "2.1.0", format!("Sender <{sender}> ok"));
                 let kind = EventKind::Mail {
                     sender: sender.clone(),

@@ -229,7 +229,16 @@ pub async fn attempts_timestamps_and_errors<S: QueueStorage>(f: Fixture<S>) {
     assert_eq!(meta.attempts, 3);
     assert_eq!(meta.timestamp, Some(t(200, 5)));
     assert_eq!(meta.last_error.as_deref(), Some("451 4.4.1 second"));
-    assert_eq!(s.load().await.unwrap(), [(id, t(200, 5))]);
+    assert!(!meta.delay_warned);
+    s.set_delay_warned(&id).await.unwrap();
+    assert!(s.get(&id).await.unwrap().meta.delay_warned);
+    assert_eq!(s.load().await.unwrap(), [(id.clone(), t(200, 5))]);
+    // list() agrees with get(), without the message bytes.
+    let stored = s.get(&id).await.unwrap();
+    assert_eq!(
+        s.list().await.unwrap(),
+        [slimta::queue::QueueEntry::of(id, &stored)]
+    );
 }
 
 pub async fn remove<S: QueueStorage>(f: Fixture<S>) {

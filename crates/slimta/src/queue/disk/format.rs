@@ -22,6 +22,9 @@
 //! - `3 ATTEMPTS`: u32, the absolute count (replaying it twice is harmless).
 //! - `4 DELIVERED`: u32 count, u32 indices; added to the delivered set.
 //! - `5 LAST_ERROR`: str.
+//! - `6 DELAY_WARNED`: empty; the delay warning was queued (added after
+//!   version 1 shipped; older readers skip it as an unknown record, which
+//!   at worst sends the warning again).
 //!
 //! `str` is a u32 byte length and UTF-8; `opt-str` is u8 0, or u8 1 and a
 //! str; `time` is i64 seconds since the Unix epoch (negative before it) and
@@ -56,6 +59,7 @@ const TIMESTAMP: u8 = 2;
 const ATTEMPTS: u8 = 3;
 const DELIVERED: u8 = 4;
 const LAST_ERROR: u8 = 5;
+const DELAY_WARNED: u8 = 6;
 
 /// A metadata change, appended as one record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +68,7 @@ pub(crate) enum Update {
     Attempts(u32),
     Delivered(Vec<usize>),
     LastError(String),
+    DelayWarned,
 }
 
 /// Why a file could not be read.
@@ -120,6 +125,7 @@ pub(crate) fn encode_update(update: &Update) -> Vec<u8> {
             put_str(&mut payload, e);
             LAST_ERROR
         }
+        Update::DelayWarned => DELAY_WARNED,
     };
     let mut out = Vec::with_capacity(payload.len() + RECORD_OVERHEAD);
     push_record(&mut out, kind, &payload);
@@ -207,6 +213,7 @@ fn apply_update(meta: &mut QueueMeta, kind: u8, payload: &[u8]) -> Option<()> {
             meta.delivered.dedup();
         }
         LAST_ERROR => meta.last_error = Some(r.str()?),
+        DELAY_WARNED => meta.delay_warned = true,
         _ => return Some(()),
     }
     r.0.is_empty().then_some(())
@@ -452,6 +459,7 @@ mod tests {
             Update::LastError("451 4.4.1 later".into()),
             Update::Attempts(2),
             Update::Delivered(vec![1, 0]),
+            Update::DelayWarned,
         ] {
             file.extend_from_slice(&encode_update(&u));
         }
@@ -464,6 +472,7 @@ mod tests {
             (Some(due), 2, vec![0, 1])
         );
         assert_eq!(m.last_error.as_deref(), Some("451 4.4.1 later"));
+        assert!(m.delay_warned);
     }
 
     #[test]

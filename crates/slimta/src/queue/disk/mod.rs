@@ -36,9 +36,10 @@
 //!   (writes that never returned), truncates torn journal tails, and moves
 //!   unreadable files to `corrupt/` rather than deleting mail. A file from a
 //!   newer format version stops the open instead.
-//! - Metadata is also kept in memory (attempt counts and due times), so
-//!   [`QueueStorage::load`] and [`QueueStorage::increment_attempts`] read no
-//!   files. That, and the lock file, is why two `DiskStorage`s must not
+//! - Metadata is also kept in memory (a [`QueueEntry`] per message: the
+//!   envelope without its bytes, attempts, due time, delivered set, last
+//!   error), so [`QueueStorage::load`], [`QueueStorage::list`] (operators,
+//!   statistics) and [`QueueStorage::increment_attempts`] read no files. That, and the lock file, is why two `DiskStorage`s must not
 //!   share a spool; the second `open` fails.
 //! - Updates to one message are expected one at a time (the queue never
 //!   runs two attempts of one message at once).
@@ -57,7 +58,7 @@ use std::time::SystemTime;
 
 use crate::envelope::Envelope;
 
-use super::storage::{QueueMeta, QueueStorage, StoredEnvelope};
+use super::storage::{QueueEntry, QueueMeta, QueueStorage, StoredEnvelope};
 use commit::Committer;
 use format::{Invalid, Update};
 
@@ -67,7 +68,7 @@ struct Inner {
     tmp_dir: PathBuf,
     committer: Committer,
     fsyncs: Arc<AtomicU64>,
-    index: Mutex<HashMap<String, QueueMeta>>,
+    index: Mutex<HashMap<String, QueueEntry>>,
     // Held for the advisory lock; released when the last clone is dropped.
     _lock: File,
 }
@@ -176,7 +177,8 @@ impl DiskStorage {
                             fsyncs.fetch_add(1, Ordering::Relaxed);
                             file.sync_all()?;
                         }
-                        index.insert(name, decoded.stored.meta);
+                        let entry = QueueEntry::of(name.clone(), &decoded.stored);
+                        index.insert(name, entry);
                         continue;
                     }
                     Err(Invalid::NewerVersion(v)) => {
@@ -225,7 +227,7 @@ impl DiskStorage {
         self.inner.fsyncs.load(Ordering::Relaxed)
     }
 
-    fn index(&self) -> MutexGuard<'_, HashMap<String, QueueMeta>> {
+    fn index(&self) -> MutexGuard<'_, HashMap<String, QueueEntry>> {
         self.inner
             .index
             .lock()
@@ -291,9 +293,16 @@ impl DiskStorage {
         self.inner.committer.commit(tmp, dest).await?;
         self.index().insert(
             id.clone(),
-            QueueMeta {
-                timestamp: Some(timestamp),
-                ..QueueMeta::default()
+            QueueEntry {
+                id: id.clone(),
+                sender: envelope.sender.clone(),
+                recipients: envelope.recipients.clone(),
+                size: envelope.message.len() as u64,
+                received: envelope.receive_time,
+                meta: QueueMeta {
+                    timestamp: Some(timestamp),
+                    ..QueueMeta::default()
+                },
             },
         );
         Ok(id)
@@ -315,7 +324,7 @@ impl DiskStorage {
     }
 
     async fn attempts(&self, id: &str) -> io::Result<u32> {
-        let cached = self.index().get(id).map(|m| m.attempts);
+        let cached = self.index().get(id).map(|e| e.meta.attempts);
         match cached {
             Some(n) => Ok(n),
             None => Ok(self.read(id).await?.meta.attempts),
@@ -334,8 +343,8 @@ impl QueueStorage for DiskStorage {
 
     async fn set_timestamp(&self, id: &str, timestamp: SystemTime) -> io::Result<()> {
         self.append(id, &Update::Timestamp(timestamp), true).await?;
-        if let Some(meta) = self.index().get_mut(id) {
-            meta.timestamp = Some(timestamp);
+        if let Some(entry) = self.index().get_mut(id) {
+            entry.meta.timestamp = Some(timestamp);
         }
         Ok(())
     }
@@ -343,27 +352,55 @@ impl QueueStorage for DiskStorage {
     async fn increment_attempts(&self, id: &str) -> io::Result<u32> {
         let attempts = self.attempts(id).await?.saturating_add(1);
         self.append(id, &Update::Attempts(attempts), true).await?;
-        if let Some(meta) = self.index().get_mut(id) {
-            meta.attempts = attempts;
+        if let Some(entry) = self.index().get_mut(id) {
+            entry.meta.attempts = attempts;
         }
         Ok(attempts)
     }
 
     async fn set_recipients_delivered(&self, id: &str, indices: &[usize]) -> io::Result<()> {
         self.append(id, &Update::Delivered(indices.to_vec()), true)
-            .await
+            .await?;
+        if let Some(entry) = self.index().get_mut(id) {
+            let delivered = &mut entry.meta.delivered;
+            delivered.extend(indices.iter().filter(|&&i| i < entry.recipients.len()));
+            delivered.sort_unstable();
+            delivered.dedup();
+        }
+        Ok(())
     }
 
     async fn set_last_error(&self, id: &str, error: &str) -> io::Result<()> {
         self.append(id, &Update::LastError(error.to_owned()), false)
-            .await
+            .await?;
+        if let Some(entry) = self.index().get_mut(id) {
+            entry.meta.last_error = Some(error.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn set_delay_warned(&self, id: &str) -> io::Result<()> {
+        self.append(id, &Update::DelayWarned, true).await?;
+        if let Some(entry) = self.index().get_mut(id) {
+            entry.meta.delay_warned = true;
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> io::Result<Vec<QueueEntry>> {
+        Ok(self.index().values().cloned().collect())
     }
 
     async fn load(&self) -> io::Result<Vec<(String, SystemTime)>> {
         Ok(self
             .index()
             .iter()
-            .map(|(id, m)| (id.clone(), m.timestamp.unwrap_or(SystemTime::UNIX_EPOCH)))
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    e.meta.timestamp.unwrap_or(SystemTime::UNIX_EPOCH),
+                )
+            })
             .collect())
     }
 

@@ -680,6 +680,7 @@ impl Connection {
             let enhanced = reply.enhanced().unwrap_or(EnhancedCode::new(class, 0, 0));
             let text = format!("{} said: {said} (in reply to {stage})", self.peer);
             RelayError::from_reply(Reply::from_parts(reply.code(), Some(enhanced), text))
+                .with_remote_mta(remote_host(&self.peer))
         } else {
             let text = format!(
                 "{} sent an unexpected reply to {stage}: {} {said}",
@@ -969,6 +970,16 @@ impl Connection {
             let _ = self.read_reply(Stage::Quit).await;
         }
         let _ = self.stream.shutdown().await;
+    }
+}
+
+/// The host part of a peer name (`host[ip]:port`, `ip:port`,
+/// `[v6]:port`): the DNS name when there is one, else the address.
+fn remote_host(peer: &str) -> &str {
+    let host = peer.rsplit_once(':').map_or(peer, |(h, _)| h);
+    match host.find('[') {
+        Some(0) | None => host,
+        Some(i) => &host[..i],
     }
 }
 

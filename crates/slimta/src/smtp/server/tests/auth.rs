@@ -586,3 +586,26 @@ fn credentials_are_wiped_from_the_input_buffer() {
     let Step::Event(_) = s.step() else { panic!() };
     assert!(memmem::find(&s.input, b64("wonderland").as_bytes()).is_none());
 }
+
+#[test]
+fn mail_auth_parameter_is_trusted_only_after_auth() {
+    let plain = b64("\0alice\0wonderland");
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<a@b> AUTH=e+2Bve@x\r\nRSET\r\nAUTH PLAIN {plain}\r\nMAIL FROM:<a@b> AUTH=alice@x\r\n"
+    );
+    let got = run_phases(&auth_config(), &[input.as_bytes()], verify, OPTS);
+    let params = |auth: &str| {
+        format!(
+            "MAIL a@b MailParams {{ size: None, body: SevenBit, smtputf8: false, auth: Some({auth:?}) }}"
+        )
+    };
+    assert_eq!(
+        got.events,
+        [
+            "EHLO c".to_owned(),
+            params(""),
+            r#"AUTH PLAIN alice password "wonderland""#.to_owned(),
+            params("alice@x"),
+        ]
+    );
+}

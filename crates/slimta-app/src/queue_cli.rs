@@ -1,0 +1,212 @@
+//! `slimta queue list|show|retry|delete`: operating a disk queue.
+//!
+//! Decision (see `control.rs` for the daemon's side): the command first
+//! asks the running daemon through `<spool>/control.sock`. If no daemon
+//! answers, it opens the spool itself with [`DiskStorage::open`], which
+//! takes the spool's lock, so it can never edit a spool a daemon is using;
+//! a daemon that starts meanwhile fails to open the spool until the command
+//! is done (milliseconds). Offline, `retry` rewrites the stored due time to
+//! now, so the next daemon start attempts the message at once.
+//!
+//! Exit codes: 0 done, 1 the message does not exist or the operation
+//! failed, 2 a configuration or usage problem (as for the daemon).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Args, Subcommand};
+use slimta::queue::{DiskStorage, QueueStorage};
+
+use crate::config::{Config, StorageConfig};
+use crate::control::{self, Request, Response};
+
+/// `slimta queue ...`: list, show, retry or delete queued messages.
+#[derive(Debug, Args)]
+pub struct QueueCommand {
+    /// The configuration the daemon runs with (default: the embedded one).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Which `[queue.NAME]` (default: the only disk queue).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub queue: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: QueueAction,
+}
+
+/// The operations.
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// One line per message: id, sender, pending recipients, attempts, next
+    /// attempt, last error.
+    List,
+    /// The envelope and headers of one message.
+    Show {
+        /// The message id (from `list`).
+        id: String,
+    },
+    /// Make a message (or every message) due now.
+    Retry {
+        /// The message id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete a message without delivering or bouncing it.
+    Delete {
+        /// The message id.
+        id: String,
+    },
+    /// Counts: messages, waiting, the oldest's age (and fsyncs, from a daemon).
+    Stats,
+}
+
+impl QueueAction {
+    fn request(&self) -> Request {
+        match self {
+            Self::List => Request::List,
+            Self::Show { id } => Request::Show(id.clone()),
+            Self::Retry { id: Some(id), .. } => Request::Retry(id.clone()),
+            Self::Retry { id: None, .. } => Request::RetryAll,
+            Self::Delete { id } => Request::Delete(id.clone()),
+            Self::Stats => Request::Stats,
+        }
+    }
+}
+
+const EXIT_CONFIG: u8 = 2;
+
+/// Runs the command against `config` (already loaded and checked).
+pub fn run(config: &Config, queue: Option<&str>, action: &QueueAction) -> ExitCode {
+    let spool = match pick_spool(config, queue) {
+        Ok(spool) => spool,
+        Err(message) => {
+            eprintln!("slimta queue: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("slimta queue: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let request = action.request();
+    let response = runtime.block_on(async {
+        match control::request(&control::socket_path(&spool), &request).await? {
+            Some(response) => Ok(response),
+            None => offline(&spool, &request).await,
+        }
+    });
+    match response {
+        Ok(Response::Ok(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Response::NotFound(why)) => {
+            eprintln!("slimta queue: {why}");
+            ExitCode::FAILURE
+        }
+        Ok(Response::Err(why)) | Err(why) => {
+            eprintln!("slimta queue: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pick_spool(config: &Config, queue: Option<&str>) -> Result<PathBuf, String> {
+    let disk: Vec<(&String, &PathBuf)> = config
+        .queues
+        .iter()
+        .filter_map(|(name, q)| match &q.storage {
+            StorageConfig::Disk { path } => Some((name, path)),
+            StorageConfig::Memory => None,
+        })
+        .collect();
+    match queue {
+        Some(name) => match config.queues.get(name).map(|q| &q.storage) {
+            Some(StorageConfig::Disk { path }) => Ok(path.clone()),
+            Some(StorageConfig::Memory) => Err(format!(
+                "queue \"{name}\" is a memory queue; only disk queues can be operated"
+            )),
+            None => Err(format!("no queue named \"{name}\"")),
+        },
+        None => match disk.as_slice() {
+            [(_, path)] => Ok((*path).clone()),
+            [] => Err("the configuration has no disk queue".into()),
+            _ => Err(format!(
+                "several disk queues ({}); choose one with --queue",
+                disk.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        },
+    }
+}
+
+/// The request carried out on the spool itself, with no daemon running.
+async fn offline(spool: &std::path::Path, request: &Request) -> Result<Response, String> {
+    if !spool.join("msg").is_dir() {
+        return Err(format!("{} is not a spool (no msg/)", spool.display()));
+    }
+    let path = spool.to_owned();
+    let storage = tokio::task::spawn_blocking(move || DiskStorage::open(path))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                format!(
+                    "the spool {} is locked by a daemon that does not answer on {}",
+                    spool.display(),
+                    control::SOCKET_NAME
+                )
+            } else {
+                format!("cannot open the spool {}: {e}", spool.display())
+            }
+        })?;
+    let result = match request {
+        Request::List => storage.list().await.map(control::format_list),
+        Request::Show(id) => storage.get(id).await.map(|s| control::format_show(id, &s)),
+        Request::Retry(id) => storage
+            .set_timestamp(id, SystemTime::now())
+            .await
+            .map(|()| format!("{id}: due now (at the next start)\n")),
+        Request::RetryAll => async {
+            let entries = storage.list().await?;
+            for e in &entries {
+                storage.set_timestamp(&e.id, SystemTime::now()).await?;
+            }
+            Ok(entries.len())
+        }
+        .await
+        .map(|n| format!("{n} messages due now (at the next start)\n")),
+        Request::Delete(id) => match storage.get(id).await {
+            Ok(_) => storage
+                .remove(id)
+                .await
+                .map(|()| format!("{id}: deleted\n")),
+            Err(e) => Err(e),
+        },
+        Request::Stats => storage.list().await.map(|entries| {
+            let stats = slimta::queue::QueueStats {
+                messages: entries.len(),
+                waiting: entries.len(),
+                oldest: entries.iter().map(|e| e.received).min(),
+            };
+            control::format_stats(&stats, None)
+        }),
+    };
+    Ok(match result {
+        Ok(text) => Response::Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Response::NotFound(e.to_string()),
+        Err(e) => Response::Err(e.to_string()),
+    })
+}

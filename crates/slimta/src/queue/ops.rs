@@ -1,0 +1,153 @@
+//! Operator commands on a running queue: list, show, retry now, delete,
+//! and the statistics the app logs at intervals.
+//!
+//! Decisions:
+//! - These go through the [`Queue`] (not straight to storage) because the
+//!   queue owns the in-memory schedule: "retry now" must move the due time
+//!   the scheduler sleeps on, and "delete" must take the message out of it,
+//!   or the scheduler would wake for a message that is gone.
+//! - "Retry now" on a message being attempted at that moment does nothing
+//!   (the attempt is the retry). "Delete" of a message being attempted
+//!   removes it from storage; the attempt may still deliver that once, then
+//!   finds the message gone and forgets it.
+//! - Storage is updated before the schedule, so a crash right after an
+//!   operator's "retry" still retries at once after the restart.
+
+use std::io;
+use std::time::{Duration, SystemTime};
+
+use crate::relay::Relay;
+
+use super::schedule::Placement;
+use super::storage::{QueueEntry, QueueStorage, StoredEnvelope};
+use super::{Queue, clock};
+
+/// Counts for the log and the control socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages in storage (waiting or being attempted).
+    pub messages: usize,
+    /// Messages waiting for their next attempt.
+    pub waiting: usize,
+    /// When the oldest stored message was received.
+    pub oldest: Option<SystemTime>,
+}
+
+impl QueueStats {
+    /// The age of the oldest message at `now` (zero when empty).
+    pub fn oldest_age(&self, now: SystemTime) -> Duration {
+        self.oldest
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default()
+    }
+}
+
+fn not_found(id: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no queued message {id}"))
+}
+
+impl<S: QueueStorage, R: Relay> Queue<S, R> {
+    /// A summary of every stored message.
+    ///
+    /// # Errors
+    ///
+    /// The storage's error.
+    pub async fn list(&self) -> io::Result<Vec<QueueEntry>> {
+        self.inner.storage.list().await
+    }
+
+    /// One stored message with its metadata.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] for an unknown id, or the storage's error.
+    pub async fn show(&self, id: &str) -> io::Result<StoredEnvelope> {
+        self.inner.storage.get(id).await
+    }
+
+    /// Makes a stored message due now.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] for an unknown id, or the storage's error.
+    pub async fn retry_now(&self, id: &str) -> io::Result<()> {
+        let now = clock::now();
+        match self.inner.storage.set_timestamp(id, now).await {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found(id)),
+            other => other?,
+        }
+        let at = clock::instant_at(now);
+        if self.inner.schedule.move_to(id, at) == Placement::Unknown
+            && self.inner.started.get().is_some()
+        {
+            self.inner.schedule.insert(id.to_owned(), at);
+        }
+        tracing::info!(id = %id, "retry requested by the operator");
+        Ok(())
+    }
+
+    /// Makes every stored message due now; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The storage's error (messages before it were rescheduled).
+    pub async fn retry_all(&self) -> io::Result<usize> {
+        let mut count = 0;
+        for (id, _) in self.inner.storage.load().await? {
+            match self.retry_now(&id).await {
+                Ok(()) => count += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(count)
+    }
+
+    /// Deletes a stored message without delivering or bouncing it.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] for an unknown id, or the storage's error.
+    pub async fn delete(&self, id: &str) -> io::Result<()> {
+        // Fails with NotFound for an unknown id; remove() would not.
+        self.inner.storage.get(id).await?;
+        self.inner.schedule.remove_waiting(id);
+        self.inner.storage.remove(id).await?;
+        tracing::warn!(id = %id, "message deleted by the operator");
+        Ok(())
+    }
+
+    /// How many messages are stored and waiting, and the oldest's receive time.
+    ///
+    /// # Errors
+    ///
+    /// The storage's error.
+    pub async fn stats(&self) -> io::Result<QueueStats> {
+        let entries = self.inner.storage.list().await?;
+        Ok(QueueStats {
+            messages: entries.len(),
+            waiting: self.inner.schedule.waiting(),
+            oldest: entries.iter().map(|e| e.received).min(),
+        })
+    }
+
+    /// Logs [`Queue::stats`] every `interval` until the queue is dropped
+    /// or stopped. Called by [`Queue::start`] when an interval is set.
+    pub(super) async fn log_stats(self, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            match self.stats().await {
+                Ok(stats) => tracing::info!(
+                    messages = stats.messages,
+                    waiting = stats.waiting,
+                    oldest_age_secs = stats.oldest_age(clock::now()).as_secs(),
+                    "queue stats"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot read queue stats"),
+            }
+        }
+    }
+}
