@@ -46,8 +46,9 @@
 //!   `command_time_limit` is 1000 s); past it the attempt is transient
 //!   (`451 4.4.2`) and the program is killed with its whole process group:
 //!   it runs in a group of its own so that children it started (a shell's
-//!   `sleep`) die with it instead of keeping the pipes open. `kill_on_drop`
-//!   covers a relay future that is dropped mid-run.
+//!   `sleep`) die with it instead of keeping the pipes open. If the relay's
+//!   future is dropped mid-run, `kill_on_drop` kills the program itself (not
+//!   its group: there is no async drop to do more).
 //! - Environment variables are inherited unchanged; the templates carry the
 //!   envelope.
 
