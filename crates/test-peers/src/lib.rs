@@ -403,3 +403,371 @@ impl SmtpSink {
         }
     }
 }
+
+/// The uid and gid of `nobody` (Dovecot's and maildrop's mailbox owner in
+/// the tests), from /etc/passwd.
+pub fn nobody_ids() -> (u32, u32) {
+    let passwd = fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    passwd
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.first() == Some(&"nobody") && f.len() > 3)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+        .expect("no user nobody in /etc/passwd")
+}
+
+/// Every file in `dir` (not recursive), sorted by name, read whole.
+fn read_files(dir: &Path) -> Vec<Vec<u8>> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    paths.iter().filter_map(|p| fs::read(p).ok()).collect()
+}
+
+/// A Dovecot instance with an LMTP listener on a free port of 127.0.0.1 and
+/// on a unix socket, its own scratch directory, and fresh mailboxes (see
+/// peers.md). Users are virtual, owned by `nobody`, and listed in a
+/// passwd-file: an address whose local part is not listed is refused at RCPT
+/// (`550 5.1.1`), and a user given a quota refuses a larger message after
+/// the data (`552 5.2.2`).
+#[derive(Debug)]
+pub struct Dovecot {
+    /// The running master process (in the foreground, `-F`).
+    pub peer: Peer,
+    dir: tempfile::TempDir,
+}
+
+impl Dovecot {
+    /// Starts Dovecot for `users`: (local part, optional storage quota such
+    /// as `"1K"`).
+    pub fn start(users: &[(&str, Option<&str>)]) -> Self {
+        let program = require("dovecot", "dovecot-core");
+        assert!(
+            Path::new("/usr/lib/dovecot/lmtp").is_file(),
+            "Dovecot's LMTP server is not installed (Debian package `dovecot-lmtpd`); \
+             run scripts/test, which installs every peer"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("dovecot")
+            .tempdir()
+            .expect("tempdir");
+        let d = dir.path();
+        set_mode(d, 0o755);
+        let (uid, gid) = nobody_ids();
+        for sub in ["run", "state", "mail"] {
+            fs::create_dir(d.join(sub)).expect("mkdir");
+        }
+        std::os::unix::fs::chown(d.join("mail"), Some(uid), Some(gid)).expect("chown mail");
+        let mut passwd = String::new();
+        for (user, quota) in users {
+            let extra = quota
+                .map(|q| format!("userdb_quota_rule=*:storage={q}"))
+                .unwrap_or_default();
+            passwd.push_str(&format!(
+                "{user}::{uid}:{gid}::{}/mail/{user}::{extra}\n",
+                d.display()
+            ));
+        }
+        fs::write(d.join("users"), passwd).expect("write users");
+        let port = free_port();
+        let conf = format!(
+            "instance_name = test-dovecot-{port}
+base_dir = {d}/run
+state_dir = {d}/state
+protocols = lmtp
+listen = 127.0.0.1
+ssl = no
+log_path = {d}/dovecot.log
+first_valid_uid = 1
+mail_location = maildir:~/Maildir
+mail_plugins = quota
+plugin {{
+  quota = maildir:User quota
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%n {d}/users
+}}
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+",
+            d = d.display()
+        );
+        fs::write(d.join("dovecot.conf"), conf).expect("write dovecot.conf");
+        set_mode(&d.join("dovecot.conf"), 0o644);
+        let mut command = Command::new(program);
+        command.arg("-F").arg("-c").arg(d.join("dovecot.conf"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let peer = Peer::spawn(command, addr, "dovecot");
+        Self { peer, dir }
+    }
+
+    /// The LMTP listener on 127.0.0.1.
+    pub fn lmtp_addr(&self) -> SocketAddr {
+        self.peer.addr
+    }
+
+    /// The LMTP unix socket.
+    pub fn lmtp_socket(&self) -> PathBuf {
+        self.dir.path().join("run/lmtp")
+    }
+
+    /// The configuration file (for `dovecot-lda -c`).
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("dovecot.conf")
+    }
+
+    /// Dovecot's log (for failure messages).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
+    }
+
+    /// The messages delivered to `user`'s INBOX (`Maildir/new`), by file name.
+    pub fn messages(&self, user: &str) -> Vec<Vec<u8>> {
+        read_files(&self.dir.path().join("mail").join(user).join("Maildir/new"))
+    }
+
+    /// Stops Dovecot (SIGTERM, then waits); later deliveries find no daemon.
+    pub fn stop(&mut self) {
+        self.peer.signal("TERM");
+        self.peer.wait_exit(Duration::from_secs(10));
+        // The master's children (lmtp, auth) leave on their own once it is
+        // gone; wait until the auth socket is no longer served.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::os::unix::net::UnixStream::connect(self.dir.path().join("run/auth-userdb"))
+            .is_ok()
+            && Instant::now() < deadline
+        {
+            sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Maildir with a maildrop filter file that delivers into it (peers.md).
+#[derive(Debug)]
+pub struct MaildropBox {
+    dir: tempfile::TempDir,
+}
+
+impl MaildropBox {
+    /// Creates the Maildir (`maildirmake.maildrop`) and the mailfilter.
+    pub fn new() -> Self {
+        require("maildrop", "maildrop");
+        let make = require("maildirmake.maildrop", "maildrop");
+        let dir = tempfile::Builder::new()
+            .prefix("maildrop")
+            .tempdir()
+            .expect("tempdir");
+        let d = dir.path();
+        let status = Command::new(make)
+            .arg(d.join("Maildir"))
+            .status()
+            .expect("run maildirmake.maildrop");
+        assert!(status.success(), "maildirmake.maildrop failed: {status}");
+        fs::write(
+            d.join("mailfilter"),
+            format!("DEFAULT=\"{}/Maildir/\"\nto \"$DEFAULT\"\n", d.display()),
+        )
+        .expect("write mailfilter");
+        set_mode(&d.join("mailfilter"), 0o600);
+        Self { dir }
+    }
+
+    /// The filter file to give maildrop.
+    pub fn mailfilter(&self) -> PathBuf {
+        self.dir.path().join("mailfilter")
+    }
+
+    /// The messages delivered (`Maildir/new`), by file name.
+    pub fn messages(&self) -> Vec<Vec<u8>> {
+        read_files(&self.dir.path().join("Maildir/new"))
+    }
+}
+
+impl Default for MaildropBox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The Python interpreter of a virtualenv under the workspace's `target/`
+/// holding `package` (installed with pip from PyPI the first time).
+///
+/// # Panics
+///
+/// When the virtualenv cannot be made (python3 or its venv module missing,
+/// no access to PyPI).
+pub fn python_with(package: &str, module: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let venv = target.join(format!("test-venv-{package}"));
+    let python = venv.join("bin/python");
+    let has = |python: &Path| {
+        Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has(&python) {
+        return python;
+    }
+    // Built aside and renamed into place, so concurrent test binaries never
+    // see half a virtualenv.
+    let _ = fs::create_dir_all(&target);
+    let scratch = tempfile::Builder::new()
+        .prefix("venv-build")
+        .tempdir_in(&target)
+        .expect("tempdir in target/");
+    let build = scratch.path().join("venv");
+    let python3 = require("python3", "python3");
+    let status = Command::new(python3)
+        .args(["-m", "venv"])
+        .arg(&build)
+        .status()
+        .expect("run python3 -m venv");
+    assert!(
+        status.success(),
+        "python3 -m venv failed (Debian package python3-venv)"
+    );
+    let status = Command::new(build.join("bin/python"))
+        .args(["-m", "pip", "install", "-q", package])
+        .status()
+        .expect("run pip");
+    assert!(status.success(), "pip install {package} failed");
+    // Moving a virtualenv keeps `bin/python` working (it finds pyvenv.cfg
+    // next to itself); only console-script shebangs would break, and none
+    // is used. A rename that loses the race leaves the winner's in place.
+    let _ = fs::rename(&build, &venv);
+    assert!(has(&python), "{package} is not importable as {module}");
+    python
+}
+
+/// aiosmtpd (PyPI) as an SMTP server with STARTTLS or implicit TLS and
+/// AUTH PLAIN, LOGIN and CRAM-MD5, storing each message it accepts.
+#[derive(Debug)]
+pub struct AioSmtpd {
+    /// The running process.
+    pub peer: Peer,
+    dir: tempfile::TempDir,
+}
+
+/// One message stored by [`AioSmtpd`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AioMessage {
+    /// `key=value` facts: `mail_from`, `rcpt` (repeated), `tls` (`True`/`False`),
+    /// `auth` (the authenticated user), `mech`, `helo`, `peer_port` (the
+    /// client port: one value per connection).
+    pub meta: Vec<(String, String)>,
+    /// The message as received (CRLF line ends).
+    pub content: Vec<u8>,
+}
+
+impl AioMessage {
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.meta
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl AioSmtpd {
+    /// Starts the server on a free port with flags of
+    /// `aiosmtpd_server.py`: `--mode plain|starttls|implicit`, `--cert`,
+    /// `--key`, `--user`, `--password`, `--mechs "PLAIN LOGIN CRAM-MD5"`,
+    /// `--auth-reply "454 4.7.0 ..."`, `--auth-plaintext`.
+    pub fn start(args: &[&str]) -> Self {
+        let python = python_with("aiosmtpd", "aiosmtpd");
+        let dir = tempfile::Builder::new()
+            .prefix("aiosmtpd")
+            .tempdir()
+            .expect("tempdir");
+        let script = dir.path().join("server.py");
+        fs::write(&script, include_str!("aiosmtpd_server.py")).expect("write server.py");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut command = Command::new(python);
+        command
+            .arg(&script)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args);
+        Self {
+            peer: Peer::spawn(command, addr, "aiosmtpd"),
+            dir,
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.peer.addr
+    }
+
+    /// The messages stored so far, in order.
+    pub fn messages(&self) -> Vec<AioMessage> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let base = self.dir.path().join(n.to_string());
+            let (Ok(meta), Ok(content)) = (
+                fs::read_to_string(base.with_extension("meta")),
+                fs::read(base.with_extension("eml")),
+            ) else {
+                break;
+            };
+            let meta = meta
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            out.push(AioMessage { meta, content });
+        }
+        out
+    }
+}
+
+impl SmtpSink {
+    /// The `X-Client-Addr` of every dumped message so far (unordered): the
+    /// address each client connected from.
+    pub fn client_addrs(&self) -> Vec<String> {
+        let Some(dir) = &self.dump else {
+            return Vec::new();
+        };
+        read_files(dir.path())
+            .iter()
+            .filter_map(|bytes| {
+                String::from_utf8_lossy(bytes)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("X-Client-Addr: ").map(String::from))
+            })
+            .collect()
+    }
+}

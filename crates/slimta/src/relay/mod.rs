@@ -16,6 +16,10 @@
 //!   `Box<dyn DynRelay>` / `Arc<dyn DynRelay>` implement [`Relay`] again.
 
 pub mod blackhole;
+#[cfg(feature = "http-relay")]
+pub mod http;
+pub mod lmtp;
+pub mod pipe;
 pub mod smtp;
 
 use std::fmt;

@@ -355,6 +355,137 @@ pub fn encode_data(message: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b".\r\n");
 }
 
+/// A SASL mechanism of the client's AUTH (RFC 4954).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthMechanism {
+    /// CRAM-MD5 (RFC 2195): the password never crosses the wire.
+    CramMd5,
+    /// PLAIN (RFC 4616): the password in base64.
+    Plain,
+    /// LOGIN (a draft, widely deployed): user name and password in base64.
+    Login,
+}
+
+impl AuthMechanism {
+    /// The name in the AUTH command.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMechanism::CramMd5 => "CRAM-MD5",
+            AuthMechanism::Plain => "PLAIN",
+            AuthMechanism::Login => "LOGIN",
+        }
+    }
+
+    /// Whether the mechanism reveals the password to an eavesdropper.
+    pub fn sends_password(self) -> bool {
+        self != AuthMechanism::CramMd5
+    }
+}
+
+/// The strongest of the `offered` mechanisms (upper-cased, as in
+/// [`Extensions::auth`]) the client supports: CRAM-MD5, then PLAIN, then
+/// LOGIN. PLAIN and LOGIN only when `password_may_be_sent` (the session is
+/// encrypted, or the operator allowed plaintext AUTH).
+pub fn choose_auth_mechanism(
+    offered: &[String],
+    password_may_be_sent: bool,
+) -> Option<AuthMechanism> {
+    [
+        AuthMechanism::CramMd5,
+        AuthMechanism::Plain,
+        AuthMechanism::Login,
+    ]
+    .into_iter()
+    .filter(|m| password_may_be_sent || !m.sends_password())
+    .find(|m| offered.iter().any(|o| o == m.name()))
+}
+
+/// Base64 (standard alphabet, padded) of `bytes`, as SASL exchanges use.
+pub fn sasl_base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The PLAIN initial response: base64 of `\0username\0password`.
+pub fn auth_plain_response(username: &str, password: &str) -> String {
+    sasl_base64(format!("\0{username}\0{password}").as_bytes())
+}
+
+/// A server challenge that is not valid base64.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadChallenge(pub String);
+
+impl fmt::Display for BadChallenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid SASL challenge {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BadChallenge {}
+
+/// The CRAM-MD5 response to `challenge` (the base64 text of the server's
+/// `334` reply): base64 of `username SP hex(HMAC-MD5(password, challenge))`.
+///
+/// # Errors
+///
+/// [`BadChallenge`] when `challenge` is not base64.
+pub fn cram_md5_response(
+    username: &str,
+    password: &str,
+    challenge: &str,
+) -> Result<String, BadChallenge> {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(challenge.trim())
+        .map_err(|_| BadChallenge(challenge.to_string()))?;
+    let mut mac = Hmac::<md5::Md5>::new_from_slice(password.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(&decoded);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(sasl_base64(format!("{username} {hex}").as_bytes()))
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    #[test]
+    fn chooses_the_strongest_allowed_mechanism() {
+        let offered = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let cases = [
+            ("PLAIN LOGIN CRAM-MD5", true, Some(AuthMechanism::CramMd5)),
+            ("PLAIN LOGIN", true, Some(AuthMechanism::Plain)),
+            ("LOGIN", true, Some(AuthMechanism::Login)),
+            ("PLAIN LOGIN", false, None),
+            ("LOGIN CRAM-MD5", false, Some(AuthMechanism::CramMd5)),
+            ("XOAUTH2", true, None),
+        ];
+        for (o, allowed, want) in cases {
+            assert_eq!(choose_auth_mechanism(&offered(o), allowed), want, "{o}");
+        }
+    }
+
+    #[test]
+    fn sasl_responses_match_the_rfc_examples() {
+        // RFC 4616 section 4 (without authzid).
+        assert_eq!(
+            auth_plain_response("tim", "tanstaaftanstaaf"),
+            "AHRpbQB0YW5zdGFhZnRhbnN0YWFm"
+        );
+        // RFC 2195 section 2.
+        let challenge = sasl_base64(b"<1896.697170952@postoffice.reston.mci.net>");
+        let response = cram_md5_response("tim", "tanstaaftanstaaf", &challenge).unwrap();
+        assert_eq!(
+            response,
+            sasl_base64(b"tim b913a602c7eda7a495b4e6e7334d3890")
+        );
+        assert!(cram_md5_response("tim", "x", "not base64!").is_err());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

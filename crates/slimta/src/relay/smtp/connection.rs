@@ -43,20 +43,52 @@
 //!   bad recipient gets `501 5.1.3` and the others are still delivered.
 //! - A message larger than the server's advertised SIZE fails permanently
 //!   with `552 5.3.4` before MAIL FROM is sent.
+//! - One driver, two dialects: LMTP (RFC 2033) greets with LHLO (no HELO
+//!   fallback) and reads one reply per accepted recipient after the data;
+//!   everything else is shared with SMTP. The stream may be TCP, a unix
+//!   socket or TLS (`stream.rs`).
+//! - TLS (feature `tls`, settings from the relay): `Immediate` handshakes
+//!   before the banner; `Opportunistic` sends STARTTLS when offered and
+//!   stays in plaintext when it is refused; `Required` fails with a
+//!   transient `451 4.7.4` when STARTTLS is not offered or refused. A failed
+//!   handshake is a transient `451 4.7.5`. After STARTTLS the client says
+//!   EHLO again and forgets the old extensions (RFC 3207 4.2). Bytes the
+//!   server sent after its `220` to STARTTLS, before the handshake, fail
+//!   the session (`451 4.7.0`, CVE-2011-0411): they were not protected, and
+//!   reading them as replies inside TLS is exactly the injection attack.
+//! - AUTH (when the relay has credentials) follows TLS: the strongest
+//!   offered of CRAM-MD5, PLAIN, LOGIN; PLAIN and LOGIN only over TLS
+//!   unless `allow_plaintext_auth`. No usable mechanism is a transient
+//!   `451 4.7.0` that says why. `535` is permanent (`5.7.8` unless the
+//!   server gave another code): retrying the same password cannot help, and
+//!   the operator learns at once. `454` and other 4xx are transient. The
+//!   error text names the mechanism and says `(in reply to AUTH)`.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use std::path::Path;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio::time::timeout;
+
+use super::source::SourceAddresses;
+use super::stream::{Quiet, Stream};
+#[cfg(feature = "tls")]
+use super::tls::TlsClient;
+use super::{Credentials, TlsMode};
 
 use crate::envelope::{BodyType, Envelope};
 use crate::relay::{Delivery, RelayError};
 use crate::reply::{EnhancedCode, Reply};
 use crate::smtp::client::{
-    Extensions, MailFromParams, ReplyError, encode_data, mail_from, parse_reply, rcpt_to,
+    AuthMechanism, Extensions, MailFromParams, ReplyError, auth_plain_response,
+    choose_auth_mechanism, cram_md5_response, encode_data, mail_from, parse_reply, rcpt_to,
+    sasl_base64,
 };
 
 /// The most RCPT commands sent in one pipelined write. The replies to a
@@ -73,7 +105,11 @@ pub(crate) const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum Stage {
     Banner,
     Ehlo,
+    Lhlo,
     Helo,
+    StartTls,
+    TlsHandshake,
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -88,7 +124,11 @@ impl Stage {
         match self {
             Stage::Banner => "banner",
             Stage::Ehlo => "EHLO",
+            Stage::Lhlo => "LHLO",
             Stage::Helo => "HELO",
+            Stage::StartTls => "STARTTLS",
+            Stage::TlsHandshake => "TLS handshake",
+            Stage::Auth => "AUTH",
             Stage::Mail => "MAIL FROM",
             Stage::Rcpt => "RCPT TO",
             Stage::Data => "DATA",
@@ -106,13 +146,49 @@ impl fmt::Display for Stage {
     }
 }
 
+/// SMTP (RFC 5321) or LMTP (RFC 2033).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Smtp,
+    Lmtp,
+}
+
 /// How to open a connection.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectOptions {
+    pub(crate) dialect: Dialect,
     pub(crate) ehlo_as: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
-    pub(crate) source_address: Option<IpAddr>,
+    pub(crate) source_addresses: SourceAddresses,
+    pub(crate) tls: TlsMode,
+    pub(crate) tls_verify: bool,
+    pub(crate) tls_ca_file: Option<std::path::PathBuf>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls_client: Arc<TlsClient>,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) allow_plaintext_auth: bool,
+}
+
+impl ConnectOptions {
+    /// Defaults: SMTP, opportunistic TLS with verification (the smart-host
+    /// default), no AUTH.
+    pub(crate) fn new(ehlo_as: String) -> Self {
+        Self {
+            dialect: Dialect::Smtp,
+            ehlo_as,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            source_addresses: SourceAddresses::default(),
+            tls: TlsMode::Opportunistic,
+            tls_verify: true,
+            tls_ca_file: None,
+            #[cfg(feature = "tls")]
+            tls_client: Arc::new(TlsClient::new(true, None)),
+            credentials: None,
+            allow_plaintext_auth: false,
+        }
+    }
 }
 
 /// A failed whole attempt, with whether it failed before the server
@@ -134,7 +210,8 @@ impl From<SessionError> for RelayError {
 /// One SMTP session with a server, after the banner and EHLO.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Stream,
+    dialect: Dialect,
     buf: Vec<u8>,
     peer: String,
     command_timeout: Duration,
@@ -155,7 +232,7 @@ async fn connect_one(addr: SocketAddr, options: &ConnectOptions) -> std::io::Res
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    if let Some(ip) = options.source_address {
+    if let Some(ip) = options.source_addresses.pick(&addr) {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     match timeout(options.connect_timeout, socket.connect(addr)).await {
@@ -211,16 +288,253 @@ impl Connection {
             return Err(early(connect_failed(&peer, why)));
         };
         let _ = stream.set_nodelay(true);
+        Self::start(Stream::Tcp(stream), peer, host, options)
+            .await
+            .map_err(early)
+    }
+
+    /// Connects to the unix socket at `path`, reads the banner and greets.
+    pub(crate) async fn open_unix(
+        path: &Path,
+        options: &ConnectOptions,
+    ) -> Result<Self, SessionError> {
+        let early = |error| SessionError {
+            error,
+            before_transaction: true,
+        };
+        let peer = path.display().to_string();
+        let stream = match timeout(options.connect_timeout, UnixStream::connect(path)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(early(connect_failed(&peer, e))),
+            Err(_) => return Err(early(connect_failed(&peer, "connect timed out"))),
+        };
+        Self::start(Stream::Unix(stream), peer, "", options)
+            .await
+            .map_err(early)
+    }
+
+    /// Banner, greeting, TLS and AUTH as configured. `host` is the name the
+    /// server's certificate must carry.
+    async fn start(
+        stream: Stream,
+        peer: String,
+        host: &str,
+        options: &ConnectOptions,
+    ) -> Result<Self, RelayError> {
         let mut conn = Connection {
             stream,
+            dialect: options.dialect,
             buf: Vec::with_capacity(4096),
             peer,
             command_timeout: options.command_timeout,
             extensions: Extensions::default(),
             broken: false,
         };
-        conn.handshake(&options.ehlo_as).await.map_err(early)?;
+        let tcp = matches!(conn.stream, Stream::Tcp(_));
+        if tcp && options.tls == TlsMode::Immediate {
+            conn.tls_handshake(host, options).await?;
+        }
+        conn.handshake(&options.ehlo_as).await?;
+        if tcp {
+            conn.secure(host, options).await?;
+        }
+        if let Some(credentials) = &options.credentials {
+            conn.authenticate(credentials, options.allow_plaintext_auth)
+                .await?;
+        }
         Ok(conn)
+    }
+
+    /// STARTTLS as the mode asks, then EHLO again (RFC 3207 4.2: the server
+    /// forgets everything it said before).
+    async fn secure(&mut self, host: &str, options: &ConnectOptions) -> Result<(), RelayError> {
+        let required = match options.tls {
+            TlsMode::Off | TlsMode::Immediate => return Ok(()),
+            TlsMode::Opportunistic if !cfg!(feature = "tls") => return Ok(()),
+            TlsMode::Opportunistic => false,
+            TlsMode::Required => true,
+        };
+        if !self.extensions.starttls {
+            if !required {
+                return Ok(());
+            }
+            let text = format!("TLS is required, but {} does not offer STARTTLS", self.peer);
+            return Err(RelayError::transient(Reply::new(451, "4.7.4", text)));
+        }
+        self.write(b"STARTTLS\r\n", Stage::StartTls).await?;
+        let reply = self.read_reply(Stage::StartTls).await?;
+        if reply.code() != 220 {
+            if !required && !self.broken {
+                tracing::debug!(
+                    peer = self.peer,
+                    ?reply,
+                    "STARTTLS refused, staying in plaintext"
+                );
+                return Ok(());
+            }
+            let said = reply.text().replace('\n', " ");
+            let text = format!(
+                "{} refused STARTTLS, which is required: {} {said}",
+                self.peer,
+                reply.code()
+            );
+            return Err(self.broken_error(Reply::new(451, "4.7.4", text)));
+        }
+        if !self.buf.is_empty() {
+            // CVE-2011-0411: whatever followed the 220 in plaintext could be
+            // read as an answer inside TLS; the session is not trusted.
+            let text = format!(
+                "{} sent data after its STARTTLS reply (possible injection, CVE-2011-0411)",
+                self.peer
+            );
+            self.buf.clear();
+            return Err(self.broken_error(Reply::new(451, "4.7.0", text)));
+        }
+        self.tls_handshake(host, options).await?;
+        self.greet(&options.ehlo_as).await
+    }
+
+    /// Replaces the TCP stream with a TLS session over it.
+    #[cfg(feature = "tls")]
+    async fn tls_handshake(
+        &mut self,
+        host: &str,
+        options: &ConnectOptions,
+    ) -> Result<(), RelayError> {
+        let Stream::Tcp(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
+            let text = format!("TLS is not possible on the session with {}", self.peer);
+            return Err(self.broken_error(Reply::new(451, "4.7.5", text)));
+        };
+        match timeout(
+            self.command_timeout,
+            options.tls_client.handshake(host, tcp),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => {
+                self.stream = Stream::Tls(Box::new(tls));
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let text = format!("TLS handshake with {} failed: {e}", self.peer);
+                Err(self.broken_error(Reply::new(451, "4.7.5", text)))
+            }
+            Err(_) => {
+                let text = format!(
+                    "Timed out in the {} with {}",
+                    Stage::TlsHandshake,
+                    self.peer
+                );
+                Err(self.broken_error(Reply::new(451, "4.4.2", text)))
+            }
+        }
+    }
+
+    /// Without the `tls` feature every TLS session fails.
+    #[cfg(not(feature = "tls"))]
+    async fn tls_handshake(
+        &mut self,
+        _host: &str,
+        _options: &ConnectOptions,
+    ) -> Result<(), RelayError> {
+        let text = format!(
+            "{} with {} failed: slimta was built without the `tls` feature",
+            Stage::TlsHandshake,
+            self.peer
+        );
+        Err(self.broken_error(Reply::new(451, "4.7.5", text)))
+    }
+
+    /// AUTH with the strongest mechanism both sides support; PLAIN and LOGIN
+    /// only over TLS unless `allow_plaintext` (RFC 4954 4: they reveal the
+    /// password). 535 is a permanent failure (`5.7.8`), 454 and other 4xx
+    /// transient.
+    async fn authenticate(
+        &mut self,
+        credentials: &Credentials,
+        allow_plaintext: bool,
+    ) -> Result<(), RelayError> {
+        let encrypted = self.stream.is_tls();
+        let offered = self.extensions.auth.clone();
+        let Some(mechanism) = choose_auth_mechanism(&offered, encrypted || allow_plaintext) else {
+            let why = if offered.is_empty() {
+                "does not offer AUTH".to_string()
+            } else if choose_auth_mechanism(&offered, true).is_some() {
+                format!(
+                    "offers only AUTH {} without TLS, which would reveal the password",
+                    offered.join(" ")
+                )
+            } else {
+                format!("offers no supported AUTH mechanism ({})", offered.join(" "))
+            };
+            let text = format!("Cannot authenticate to {}: it {why}", self.peer);
+            return Err(RelayError::transient(Reply::new(451, "4.7.0", text)));
+        };
+        let (user, pass) = (&credentials.username, &credentials.password);
+        let reply = match mechanism {
+            AuthMechanism::Plain => {
+                let cmd = format!("AUTH PLAIN {}\r\n", auth_plain_response(user, pass));
+                self.write(cmd.as_bytes(), Stage::Auth).await?;
+                self.read_reply(Stage::Auth).await?
+            }
+            AuthMechanism::Login => {
+                self.write(b"AUTH LOGIN\r\n", Stage::Auth).await?;
+                let mut reply = self.read_reply(Stage::Auth).await?;
+                for secret in [user, pass] {
+                    if reply.code() != 334 {
+                        break;
+                    }
+                    let line = format!("{}\r\n", sasl_base64(secret.as_bytes()));
+                    self.write(line.as_bytes(), Stage::Auth).await?;
+                    reply = self.read_reply(Stage::Auth).await?;
+                }
+                reply
+            }
+            AuthMechanism::CramMd5 => {
+                self.write(b"AUTH CRAM-MD5\r\n", Stage::Auth).await?;
+                let reply = self.read_reply(Stage::Auth).await?;
+                if reply.code() == 334 {
+                    match cram_md5_response(user, pass, reply.text()) {
+                        Ok(response) => {
+                            let line = format!("{response}\r\n");
+                            self.write(line.as_bytes(), Stage::Auth).await?;
+                            self.read_reply(Stage::Auth).await?
+                        }
+                        Err(e) => {
+                            let text = format!("Cannot authenticate to {}: {e}", self.peer);
+                            return Err(self.broken_error(Reply::new(451, "4.7.0", text)));
+                        }
+                    }
+                } else {
+                    reply
+                }
+            }
+        };
+        if reply.code() == 235 {
+            return Ok(());
+        }
+        let said = reply.text().replace('\n', " ");
+        let text = format!(
+            "Authentication as {user} with {} failed: {} said: {said} (in reply to AUTH)",
+            mechanism.name(),
+            self.peer
+        );
+        let class = u8::try_from(reply.code() / 100).unwrap_or(4);
+        let error = match reply.code() {
+            535 => RelayError::permanent(Reply::from_parts(
+                535,
+                Some(reply.enhanced().unwrap_or(EnhancedCode::new(5, 7, 8))),
+                text,
+            )),
+            400..=599 => RelayError::from_reply(Reply::from_parts(
+                reply.code(),
+                Some(reply.enhanced().unwrap_or(EnhancedCode::new(class, 7, 0))),
+                text,
+            )),
+            // A 334 where the exchange should be over: out of step.
+            _ => return Err(self.broken_error(Reply::new(451, "4.7.0", text))),
+        };
+        Err(error)
     }
 
     async fn handshake(&mut self, ehlo_as: &str) -> Result<(), RelayError> {
@@ -228,15 +542,25 @@ impl Connection {
         if !banner.is_positive() {
             return Err(self.remote_error(&banner, Stage::Banner));
         }
-        self.write(format!("EHLO {ehlo_as}\r\n").as_bytes(), Stage::Ehlo)
+        self.greet(ehlo_as).await
+    }
+
+    /// EHLO (LHLO for LMTP), falling back to HELO when an SMTP server refuses
+    /// EHLO with 5xx. LMTP has no such fallback (RFC 2033 4.1).
+    async fn greet(&mut self, ehlo_as: &str) -> Result<(), RelayError> {
+        let (verb, stage) = match self.dialect {
+            Dialect::Smtp => ("EHLO", Stage::Ehlo),
+            Dialect::Lmtp => ("LHLO", Stage::Lhlo),
+        };
+        self.write(format!("{verb} {ehlo_as}\r\n").as_bytes(), stage)
             .await?;
-        let ehlo = self.read_reply(Stage::Ehlo).await?;
+        let ehlo = self.read_reply(stage).await?;
         if ehlo.is_positive() {
             self.extensions = Extensions::from_ehlo(&ehlo);
             return Ok(());
         }
-        if !ehlo.is_permanent() {
-            return Err(self.remote_error(&ehlo, Stage::Ehlo));
+        if !ehlo.is_permanent() || self.dialect == Dialect::Lmtp {
+            return Err(self.remote_error(&ehlo, stage));
         }
         self.write(format!("HELO {ehlo_as}\r\n").as_bytes(), Stage::Helo)
             .await?;
@@ -265,15 +589,14 @@ impl Connection {
         if self.broken || !self.buf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 512];
-        match self.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-            Ok(n) => {
-                self.buf.extend_from_slice(&probe[..n]);
+        match self.stream.poll_quiet() {
+            Quiet::Yes => true,
+            Quiet::Data(bytes) => {
+                self.buf.extend_from_slice(&bytes);
                 self.broken = true;
                 false
             }
-            Err(_) => {
+            Quiet::Failed => {
                 self.broken = true;
                 false
             }
@@ -495,8 +818,91 @@ impl Connection {
             return Ok(finish(&refused, &Err(RelayError::from_reply(reply))));
         }
 
+        if self.dialect == Dialect::Lmtp {
+            let accepted: Vec<usize> = rcpts
+                .iter()
+                .map(|&(i, _)| i)
+                .filter(|&i| refused[i].is_none())
+                .collect();
+            return Ok(self
+                .lmtp_data_phase(pipelined, &data, refused, &accepted)
+                .await);
+        }
         let outcome = self.data_phase(pipelined, &data).await;
         Ok(finish(&refused, &outcome))
+    }
+
+    /// LMTP's DATA: after the message, one reply per accepted recipient, in
+    /// the order of their RCPT commands (RFC 2033 4.2). A recipient whose
+    /// reply never came (timeout, lost connection) gets the transient error.
+    async fn lmtp_data_phase(
+        &mut self,
+        pipelined: bool,
+        data: &[u8],
+        mut results: Vec<Option<RelayError>>,
+        accepted: &[usize],
+    ) -> Delivery {
+        let mut replies: Vec<Option<Reply>> = vec![None; results.len()];
+        let started = async {
+            if !pipelined {
+                self.write(b"DATA\r\n", Stage::Data).await?;
+            }
+            let reply = self.read_reply(Stage::Data).await?;
+            if reply.code() != 354 {
+                return Err(self.remote_error(&reply, Stage::Data));
+            }
+            self.write(data, Stage::Message).await
+        }
+        .await;
+        let mut last = None;
+        match started {
+            Err(e) => {
+                for &i in accepted {
+                    results[i] = Some(e.clone());
+                }
+                last = Some(e.reply().clone());
+            }
+            Ok(()) => {
+                let mut lost: Option<RelayError> = None;
+                for &i in accepted {
+                    if let Some(e) = &lost {
+                        results[i] = Some(e.clone());
+                        continue;
+                    }
+                    match self.read_reply(Stage::EndOfData).await {
+                        Ok(reply) if reply.is_positive() => {
+                            last = Some(reply.clone());
+                            replies[i] = Some(reply);
+                        }
+                        Ok(reply) => {
+                            let e = self.remote_error(&reply, Stage::EndOfData);
+                            last = Some(e.reply().clone());
+                            results[i] = Some(e);
+                        }
+                        Err(e) => {
+                            last = Some(e.reply().clone());
+                            results[i] = Some(e.clone());
+                            lost = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+        let results: Vec<Result<Reply, RelayError>> = results
+            .into_iter()
+            .zip(replies)
+            .map(|(error, reply)| match (error, reply) {
+                (Some(e), _) => Err(e),
+                (None, Some(reply)) => Ok(reply),
+                (None, None) => Err(RelayError::transient(Reply::new(
+                    451,
+                    "4.3.0",
+                    "no LMTP reply for this recipient",
+                ))),
+            })
+            .collect();
+        let reply = last.unwrap_or_else(|| Reply::new(451, "4.3.0", "no LMTP reply"));
+        Delivery::per_recipient(reply, results)
     }
 
     /// After a pipelined MAIL was refused: reads the RCPT and DATA replies

@@ -30,6 +30,13 @@
 //!   failed as a whole, the whole error is returned, as the static relay
 //!   does; otherwise the result is per recipient and the [`Delivery`]'s reply
 //!   is the first group's final reply.
+//! - TLS is opportunistic and unverified (RFC 7435): STARTTLS whenever an
+//!   exchanger offers it, any certificate accepted. MX host names come from
+//!   unauthenticated DNS, so verifying them against certificates proves
+//!   little without DANE or MTA-STS, and most exchangers on the Internet
+//!   present certificates that would fail; refusing them would stop mail
+//!   that plaintext would have delivered. Encryption still defeats passive
+//!   eavesdropping.
 //! - Exchangers of equal preference are ordered by name and then rotated by
 //!   the attempt number, so a retry starts at a different one (RFC 5321 5.1
 //!   asks for load spreading among them; rotation spreads retries
@@ -45,7 +52,7 @@ use crate::envelope::{Envelope, domain_of};
 use crate::relay::{Delivery, Relay, RelayError};
 use crate::reply::Reply;
 
-use super::StaticSmtpRelay;
+use super::{StaticSmtpRelay, TlsMode};
 
 /// Delivers each recipient domain to its mail exchangers.
 #[derive(Debug)]
@@ -61,7 +68,10 @@ impl MxSmtpRelay {
     /// An MX relay looking names up with `resolver`, delivering on port 25.
     pub fn new(resolver: Resolver) -> Self {
         Self {
-            template: StaticSmtpRelay::new("", 25).resolver(resolver.clone()),
+            template: StaticSmtpRelay::new("", 25)
+                .resolver(resolver.clone())
+                .tls(TlsMode::Opportunistic)
+                .tls_verify(false),
             resolver,
             port: 25,
             forced: HashMap::new(),
@@ -101,9 +111,29 @@ impl MxSmtpRelay {
         self
     }
 
+    /// When to use TLS (default [`TlsMode::Opportunistic`], without
+    /// certificate verification: see the module docs).
+    pub fn tls(mut self, mode: TlsMode) -> Self {
+        self.template = self.template.tls(mode);
+        self
+    }
+
     /// The local address to connect from (default: chosen by the system).
     pub fn source_address(mut self, ip: std::net::IpAddr) -> Self {
         self.template = self.template.source_address(ip);
+        self
+    }
+
+    /// Local addresses to connect from, one per connection of the
+    /// exchanger's family; see [`StaticSmtpRelay::source_addresses`].
+    pub fn source_addresses(mut self, ips: impl IntoIterator<Item = std::net::IpAddr>) -> Self {
+        self.template = self.template.source_addresses(ips);
+        self
+    }
+
+    /// How the source address is picked (default round robin).
+    pub fn source_selection(mut self, selection: super::SourceSelection) -> Self {
+        self.template = self.template.source_selection(selection);
         self
     }
 

@@ -21,6 +21,7 @@
 //!   reused after a successful RSET. Clones of a relay share its pool.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,15 +29,18 @@ use crate::envelope::Envelope;
 use crate::relay::{Delivery, Relay, RelayError};
 use crate::reply::Reply;
 
-use super::connection::{ConnectOptions, Connection, SessionError};
+use super::connection::{ConnectOptions, Connection, Dialect, SessionError};
 use super::pool::Pool;
+use super::source::SourceAddresses;
+use super::{Credentials, SourceSelection, TlsMode};
 
 /// Delivers every envelope to one SMTP server.
 #[derive(Clone, Debug)]
 pub struct StaticSmtpRelay {
     host: String,
     port: u16,
-    options: ConnectOptions,
+    unix_path: Option<PathBuf>,
+    pub(crate) options: ConnectOptions,
     #[cfg(feature = "mx")]
     resolver: Option<crate::dns::Resolver>,
     pool_size: usize,
@@ -53,16 +57,12 @@ impl StaticSmtpRelay {
         Self {
             host: host.into(),
             port,
-            options: ConnectOptions {
-                ehlo_as: if ehlo_as.is_empty() {
-                    "localhost".into()
-                } else {
-                    ehlo_as
-                },
-                connect_timeout: Duration::from_secs(30),
-                command_timeout: Duration::from_secs(300),
-                source_address: None,
-            },
+            unix_path: None,
+            options: ConnectOptions::new(if ehlo_as.is_empty() {
+                "localhost".into()
+            } else {
+                ehlo_as
+            }),
             #[cfg(feature = "mx")]
             resolver: None,
             pool_size: DEFAULT_POOL_SIZE,
@@ -107,8 +107,87 @@ impl StaticSmtpRelay {
     }
 
     /// The local address to connect from (default: chosen by the system).
-    pub fn source_address(mut self, ip: IpAddr) -> Self {
-        self.options.source_address = Some(ip);
+    /// The same as [`StaticSmtpRelay::source_addresses`] with one address.
+    pub fn source_address(self, ip: IpAddr) -> Self {
+        self.source_addresses([ip])
+    }
+
+    /// Local addresses to connect from: each connection binds one of those
+    /// of the destination's family (IPv4 or IPv6), chosen as
+    /// [`StaticSmtpRelay::source_selection`] says (default round robin).
+    /// With none of that family the system chooses.
+    pub fn source_addresses(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        let selection = self.options.source_addresses.selection();
+        self.options.source_addresses = SourceAddresses::new(ips.into_iter().collect(), selection);
+        self
+    }
+
+    /// How the source address of each connection is picked (default round
+    /// robin).
+    pub fn source_selection(mut self, selection: SourceSelection) -> Self {
+        let ips = self.options.source_addresses.ips().to_vec();
+        self.options.source_addresses = SourceAddresses::new(ips, selection);
+        self
+    }
+
+    /// The same relay speaking LMTP (the LMTP relay is built this way).
+    pub(crate) fn lmtp(mut self) -> Self {
+        self.options.dialect = Dialect::Lmtp;
+        self
+    }
+
+    /// Connects to a unix socket instead of host and port.
+    pub(crate) fn unix_path(mut self, path: PathBuf) -> Self {
+        self.unix_path = Some(path);
+        self
+    }
+
+    /// When to use TLS (default [`TlsMode::Opportunistic`]: STARTTLS when
+    /// offered).
+    pub fn tls(mut self, mode: TlsMode) -> Self {
+        self.options.tls = mode;
+        self
+    }
+
+    /// Whether the server's certificate must be valid for the host name and
+    /// signed by a trusted CA (default true). `false` still encrypts but
+    /// accepts any certificate: anyone on the path can then read and change
+    /// the mail by presenting their own, and AUTH credentials go to them.
+    /// Use it only for a host you reach over a network you trust.
+    pub fn tls_verify(mut self, verify: bool) -> Self {
+        self.options.tls_verify = verify;
+        self.rebuild_tls();
+        self
+    }
+
+    /// Trust only the CA certificates in this PEM file instead of the
+    /// system's store (a private CA; tests).
+    pub fn tls_ca_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.options.tls_ca_file = Some(file.into());
+        self.rebuild_tls();
+        self
+    }
+
+    fn rebuild_tls(&mut self) {
+        #[cfg(feature = "tls")]
+        {
+            self.options.tls_client = Arc::new(super::tls::TlsClient::new(
+                self.options.tls_verify,
+                self.options.tls_ca_file.clone(),
+            ));
+        }
+    }
+
+    /// AUTH with these credentials after EHLO (and after STARTTLS).
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.options.credentials = Some(credentials);
+        self
+    }
+
+    /// Allow AUTH PLAIN and LOGIN, which reveal the password, on a session
+    /// without TLS (default false: only CRAM-MD5 is used then).
+    pub fn allow_plaintext_auth(mut self, allow: bool) -> Self {
+        self.options.allow_plaintext_auth = allow;
         self
     }
 
@@ -175,6 +254,10 @@ impl StaticSmtpRelay {
         let _permit = self.pool.permit().await;
         let mut conn = match self.pool.take_idle().await {
             Some(conn) => conn,
+            None if self.unix_path.is_some() => {
+                let path = self.unix_path.as_deref().expect("checked");
+                Connection::open_unix(path, &self.options).await?
+            }
             None => {
                 let addrs = self.resolve().await.map_err(|error| SessionError {
                     error,
