@@ -34,14 +34,17 @@ use slimta::queue::backoff::ExponentialBackoff;
 use slimta::queue::disk::DiskStorage;
 use slimta::queue::memory::MemoryStorage;
 use slimta::relay::BlackholeRelay;
-use slimta::relay::smtp::{MxSmtpRelay, StaticSmtpRelay};
+use slimta::relay::http::HttpRelay;
+use slimta::relay::lmtp::StaticLmtpRelay;
+use slimta::relay::pipe::{DovecotLdaRelay, MaildropRelay, PipeRelay};
+use slimta::relay::smtp::{self as smtp_relay, MxSmtpRelay, SourceSelection, StaticSmtpRelay};
 use slimta::smtp::ServerConfig;
 use slimta::smtp::sasl::Mechanism;
 use slimta::{DynRelay, Envelope, Handoff, HandoffResult};
 use tokio::sync::watch;
 
 use crate::config::{
-    Config, EdgeConfig, EdgeKind, PolicyName, ProxyProtocol, QueueConfig, RelayConfig,
+    Config, EdgeConfig, EdgeKind, LmtpTarget, PolicyName, ProxyProtocol, QueueConfig, RelayConfig,
     SmtpClientConfig, StorageConfig,
 };
 
@@ -300,17 +303,39 @@ fn build_relay(
             .clone()
             .unwrap_or_else(|| hostname.to_string())
     };
+    let selection = |client: &SmtpClientConfig| {
+        if client.source_random {
+            SourceSelection::Random
+        } else {
+            SourceSelection::RoundRobin
+        }
+    };
+    let credentials = |client: &SmtpClientConfig| {
+        client
+            .credentials
+            .as_ref()
+            .map(|c| smtp_relay::Credentials::new(c.username.clone(), c.password.clone()))
+    };
     Ok(match relay {
         RelayConfig::Blackhole => Arc::new(BlackholeRelay::new()),
         RelayConfig::Static(r) => {
+            let c = &r.client;
             let mut relay = StaticSmtpRelay::new(r.host.clone(), r.port)
-                .ehlo_as(ehlo(&r.client))
-                .connect_timeout(r.client.connect_timeout)
-                .command_timeout(r.client.command_timeout)
-                .pool_size(r.client.pool_size)
-                .idle_timeout(r.client.idle_timeout);
-            if let Some(ip) = r.client.source_addresses.first() {
-                relay = relay.source_address(*ip);
+                .ehlo_as(ehlo(c))
+                .connect_timeout(c.connect_timeout)
+                .command_timeout(c.command_timeout)
+                .pool_size(c.pool_size)
+                .idle_timeout(c.idle_timeout)
+                .tls(tls_mode(c.tls))
+                .tls_verify(c.tls_verify)
+                .allow_plaintext_auth(c.allow_plaintext_auth)
+                .source_addresses(c.source_addresses.iter().copied())
+                .source_selection(selection(c));
+            if let Some(file) = &c.tls_ca_file {
+                relay = relay.tls_ca_file(file.clone());
+            }
+            if let Some(credentials) = credentials(c) {
+                relay = relay.credentials(credentials);
             }
             if let Some(resolver) = resolver {
                 relay = relay.resolver(resolver.clone());
@@ -318,29 +343,89 @@ fn build_relay(
             Arc::new(relay)
         }
         RelayConfig::Mx(r) => {
+            let c = &r.client;
             let resolver = resolver.ok_or_else(|| format!("relay.{name}: no resolver"))?;
             let mut relay = MxSmtpRelay::new(resolver.clone())
                 .port(r.port)
-                .ehlo_as(ehlo(&r.client))
-                .connect_timeout(r.client.connect_timeout)
-                .command_timeout(r.client.command_timeout)
-                .pool_size(r.client.pool_size)
-                .idle_timeout(r.client.idle_timeout);
-            if let Some(ip) = r.client.source_addresses.first() {
-                relay = relay.source_address(*ip);
-            }
+                .ehlo_as(ehlo(c))
+                .connect_timeout(c.connect_timeout)
+                .command_timeout(c.command_timeout)
+                .pool_size(c.pool_size)
+                .idle_timeout(c.idle_timeout)
+                .tls(tls_mode(c.tls))
+                .source_addresses(c.source_addresses.iter().copied())
+                .source_selection(selection(c));
             for (domain, host) in &r.force_mx {
                 relay = relay.force_mx(domain.clone(), host.clone());
             }
             Arc::new(relay)
         }
-        other => {
-            return Err(format!(
-                "relay.{name}.type: \"{}\" relays are not supported yet",
-                other.type_name()
-            ));
+        RelayConfig::Lmtp(r) => {
+            let c = &r.client;
+            let mut relay = match &r.target {
+                LmtpTarget::Unix(path) => StaticLmtpRelay::unix(path.clone()),
+                LmtpTarget::Tcp { host, port } => StaticLmtpRelay::new(host.clone(), *port),
+            }
+            .lhlo_as(ehlo(c))
+            .connect_timeout(c.connect_timeout)
+            .command_timeout(c.command_timeout)
+            .pool_size(c.pool_size)
+            .idle_timeout(c.idle_timeout)
+            .tls(tls_mode(c.tls))
+            .tls_verify(c.tls_verify)
+            .source_addresses(c.source_addresses.iter().copied());
+            if let Some(file) = &c.tls_ca_file {
+                relay = relay.tls_ca_file(file.clone());
+            }
+            if let Some(credentials) = credentials(c) {
+                relay = relay.credentials(credentials);
+            }
+            Arc::new(relay)
+        }
+        RelayConfig::Http(r) => {
+            let relay = HttpRelay::new(&r.url)
+                .map_err(|e| format!("relay.{name}.url: {e}"))?
+                .timeout(r.timeout)
+                .ehlo_as(r.ehlo_as.clone().unwrap_or_else(|| hostname.to_string()));
+            Arc::new(relay)
+        }
+        RelayConfig::Pipe(r) => Arc::new(
+            PipeRelay::new(r.command.clone())
+                .per_recipient(r.per_recipient)
+                .timeout(r.timeout),
+        ),
+        RelayConfig::Maildrop(r) if r.args.is_empty() => Arc::new(
+            MaildropRelay::new()
+                .path(r.path.display().to_string())
+                .timeout(r.timeout),
+        ),
+        RelayConfig::Dovecot(r) if r.args.is_empty() => Arc::new(
+            DovecotLdaRelay::new()
+                .path(r.path.display().to_string())
+                .timeout(r.timeout),
+        ),
+        // Explicit arguments replace the preset's: the program is run as
+        // given, once per recipient (both programs deliver to one user).
+        RelayConfig::Maildrop(r) | RelayConfig::Dovecot(r) => {
+            let mut command = vec![r.path.display().to_string()];
+            command.extend(r.args.iter().cloned());
+            Arc::new(
+                PipeRelay::new(command)
+                    .per_recipient(true)
+                    .timeout(r.timeout),
+            )
         }
     })
+}
+
+fn tls_mode(mode: crate::config::TlsMode) -> smtp_relay::TlsMode {
+    use crate::config::TlsMode as Config;
+    match mode {
+        Config::Off => smtp_relay::TlsMode::Off,
+        Config::Opportunistic => smtp_relay::TlsMode::Opportunistic,
+        Config::Required => smtp_relay::TlsMode::Required,
+        Config::Immediate => smtp_relay::TlsMode::Immediate,
+    }
 }
 
 fn build_queue(

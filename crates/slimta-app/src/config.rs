@@ -387,6 +387,14 @@ pub struct SmtpClientConfig {
     pub credentials: Option<Credentials>,
     /// Local addresses to connect from; empty means the system's choice.
     pub source_addresses: Vec<IpAddr>,
+    /// `source_selection`: `"round_robin"` (default) or `"random"`.
+    pub source_random: bool,
+    /// `tls_ca_file`: PEM CA certificates to verify the server with,
+    /// instead of the system's trust store.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `allow_plaintext_auth`: send PLAIN/LOGIN credentials without TLS.
+    /// Default false.
+    pub allow_plaintext_auth: bool,
 }
 
 /// `relay.NAME.tls`.
@@ -538,35 +546,6 @@ impl Config {
                     format!("process.{key}"),
                     "dropping privileges is not supported yet",
                 ));
-            }
-        }
-        for (name, relay) in &self.relays {
-            let client = match relay {
-                RelayConfig::Static(r) => Some(&r.client),
-                RelayConfig::Mx(r) => Some(&r.client),
-                RelayConfig::Blackhole => None,
-                _ => {
-                    errors.push(ConfigError::new(
-                        format!("relay.{name}.type"),
-                        format!("\"{}\" relays are not supported yet", relay.type_name()),
-                    ));
-                    None
-                }
-            };
-            // Security promises must not be accepted and then ignored.
-            if let Some(client) = client {
-                if matches!(client.tls, TlsMode::Required | TlsMode::Immediate) {
-                    errors.push(ConfigError::new(
-                        format!("relay.{name}.tls"),
-                        "TLS to relays is not supported yet",
-                    ));
-                }
-                if client.credentials.is_some() {
-                    errors.push(ConfigError::new(
-                        format!("relay.{name}.credentials"),
-                        "AUTH to relays is not supported yet",
-                    ));
-                }
             }
         }
         errors

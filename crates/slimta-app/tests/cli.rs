@@ -136,8 +136,8 @@ fn check_config_reports_a_syntax_error_with_its_line() {
 fn check_config_refuses_what_is_not_supported_yet() {
     let dir = tempfile::tempdir().unwrap();
     let file = RUNNABLE.replace(
-        "type = \"blackhole\"",
-        "type = \"pipe\"\ncommand = [\"/bin/cat\"]",
+        "log_level = \"info\"",
+        "log_level = \"info\"\nuser = \"mail\"",
     );
     let path = write(dir.path(), "later.toml", &file);
     let out = slimta(&["--check-config", path.to_str().unwrap()]);
@@ -145,7 +145,7 @@ fn check_config_refuses_what_is_not_supported_yet() {
     assert_eq!(
         text(&out.stderr),
         format!(
-            "{p}: relay.out.type: \"pipe\" relays are not supported yet\n{p}: 1 error\n",
+            "{p}: process.user: dropping privileges is not supported yet\n{p}: 1 error\n",
             p = path.display()
         )
     );

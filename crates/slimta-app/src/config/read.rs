@@ -417,7 +417,7 @@ const RELAY_TYPES: [&str; 8] = [
 ];
 
 /// Every key any relay type uses, for "unknown key for type" messages.
-const RELAY_KEYS: [&str; 19] = [
+const RELAY_KEYS: [&str; 22] = [
     "host",
     "port",
     "force_mx",
@@ -436,6 +436,9 @@ const RELAY_KEYS: [&str; 19] = [
     "tls_verify",
     "credentials",
     "source_addresses",
+    "source_selection",
+    "tls_ca_file",
+    "allow_plaintext_auth",
     "type",
 ];
 
@@ -607,7 +610,25 @@ fn read_smtp_client(s: &mut Section<'_>, errors: &mut Errors, verify: bool) -> S
     let source_addresses = s
         .list(errors, "source_addresses", ip_addr)
         .unwrap_or_default();
+    let source_random = s.or(
+        errors,
+        "source_selection",
+        "round_robin",
+        choice(&["round_robin", "random"]),
+    ) == "random";
+    let tls_ca_file = s.opt(errors, "tls_ca_file", |v| {
+        let path = PathBuf::from(non_empty_string(v)?);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("no such file: {}", path.display()))
+        }
+    });
+    let allow_plaintext_auth = s.or(errors, "allow_plaintext_auth", false, boolean);
     SmtpClientConfig {
+        source_random,
+        tls_ca_file,
+        allow_plaintext_auth,
         ehlo_as,
         connect_timeout,
         command_timeout,
