@@ -8,33 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use support::{Client, Slimta, SmtpSink, python, relay_config};
+use support::{Client, Slimta, SmtpSink, make_pki, python, relay_config};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A CA, and a certificate for mx.example.test signed by it, written as PEM
-/// files into `dir` (ca.pem, cert.pem, key.pem).
-fn make_pki(dir: &Path, ca_name: &str) -> PathBuf {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, ca_name);
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    // The IP too, for clients (smtplib) that check the address they dialled.
-    let mut leaf =
-        CertificateParams::new(vec!["mx.example.test".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "mx.example.test");
-    let cert_pem = leaf.signed_by(&key, &issuer).unwrap().pem();
-    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    dir.join("ca.pem")
-}
 
 /// A SHA512-CRYPT hash made by Python's crypt module (glibc's crypt(3)).
 fn sha512_crypt(password: &str) -> String {

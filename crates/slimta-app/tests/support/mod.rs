@@ -233,3 +233,27 @@ pub fn assert_delivered_as_sent(delivered: &[u8], sent: &[u8]) {
 pub fn program(name: &str, package: &str) -> PathBuf {
     test_peers::require(name, package)
 }
+
+/// A CA, and a certificate for mx.example.test signed by it, written as PEM
+/// files into `dir` (ca.pem, cert.pem, key.pem).
+pub fn make_pki(dir: &Path, ca_name: &str) -> PathBuf {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    // The IP too, for clients (smtplib) that check the address they dialled.
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["mx.example.test".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "mx.example.test");
+    let cert_pem = leaf.signed_by(&key, &issuer).unwrap().pem();
+    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    dir.join("ca.pem")
+}
