@@ -181,8 +181,22 @@ impl Reply {
     /// final `code ` line, each with the enhanced code, each ending in CRLF.
     /// CR and LF inside the text never reach the wire except as line breaks.
     pub fn render_into(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
-        let enhanced = self.enhanced();
+        // Hot path (every reply of every session): plain byte appends, no
+        // formatting machinery and no allocation.
+        let mut code = [0u8; 3];
+        // Always three digits on the wire, even for a nonsensical code.
+        push_decimal(&mut ArrayWriter(&mut code, 0), self.code.clamp(100, 999));
+        let mut enhanced = [0u8; 12];
+        let mut enhanced_len = 0;
+        if let Some(e) = self.enhanced() {
+            let mut w = ArrayWriter(&mut enhanced, 0);
+            push_decimal(&mut w, u16::from(e.class));
+            w.push(b'.');
+            push_decimal(&mut w, e.subject);
+            w.push(b'.');
+            push_decimal(&mut w, e.detail);
+            enhanced_len = w.1;
+        }
         let mut lines = self
             .text
             .split('\n')
@@ -191,15 +205,17 @@ impl Reply {
         loop {
             let line = lines.next().unwrap_or("");
             let last = lines.peek().is_none();
-            let sep = if last { ' ' } else { '-' };
-            let clean = line.replace('\r', " ");
-            // Writes into a Vec cannot fail.
-            let _ = match (enhanced, clean.is_empty()) {
-                (Some(e), true) => write!(out, "{}{sep}{e}\r\n", self.code),
-                (Some(e), false) => write!(out, "{}{sep}{e} {clean}\r\n", self.code),
-                (None, true) => write!(out, "{}{sep}\r\n", self.code),
-                (None, false) => write!(out, "{}{sep}{clean}\r\n", self.code),
-            };
+            out.extend_from_slice(&code);
+            out.push(if last { b' ' } else { b'-' });
+            if enhanced_len > 0 {
+                out.extend_from_slice(&enhanced[..enhanced_len]);
+                if !line.is_empty() {
+                    out.push(b' ');
+                }
+            }
+            // A CR inside a line would end it early on the wire.
+            out.extend(line.bytes().map(|b| if b == b'\r' { b' ' } else { b }));
+            out.extend_from_slice(b"\r\n");
             if last {
                 break;
             }
@@ -228,6 +244,36 @@ impl fmt::Display for Reply {
             }
         }
         Ok(())
+    }
+}
+
+/// A fixed buffer being filled (for rendering numbers without allocating).
+struct ArrayWriter<'a>(&'a mut [u8], usize);
+
+impl ArrayWriter<'_> {
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.0.get_mut(self.1) {
+            *slot = b;
+            self.1 += 1;
+        }
+    }
+}
+
+/// Writes `n` in decimal (no leading zeros).
+fn push_decimal(w: &mut ArrayWriter<'_>, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        w.push(d);
     }
 }
 
