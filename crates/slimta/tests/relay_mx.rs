@@ -322,3 +322,31 @@ async fn address_literals_skip_the_dns() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].rcpt_args, vec!["<lit@[127.0.0.3]>"]);
 }
+
+/// Answers are served from the resolver's cache for their TTL (300 s from
+/// this dnsmasq): with the name server gone the second lookup still
+/// answers, while a name never asked before does not.
+#[tokio::test]
+async fn mx_answers_are_cached_for_their_ttl() {
+    let dns = Dnsmasq::start(&[
+        "--mx-host=cached.test,mx.cached.test,10",
+        "--host-record=mx.cached.test,127.0.0.9",
+        "--mx-host=other.test,mx.cached.test,10",
+    ]);
+    let resolver = Resolver::new(&[dns.addr()]).unwrap();
+    let first = resolver.mx("cached.test").await.unwrap();
+    assert!(
+        matches!(&first, MxAnswer::Hosts(h) if h[0].host.trim_end_matches('.') == "mx.cached.test"),
+        "{first:?}"
+    );
+    drop(dns);
+    let again = resolver
+        .mx("cached.test")
+        .await
+        .expect("served from the cache");
+    assert_eq!(first, again);
+    assert!(
+        resolver.mx("other.test").await.is_err(),
+        "an uncached name answered without a name server"
+    );
+}
