@@ -42,7 +42,11 @@ const MAX_PRINTED_FAILURES: usize = 10;
 const TAIL: usize = 4096;
 
 #[derive(Parser, Debug)]
-#[command(name = "slimta-load", version, about = "SMTP load client for slimta-rs benchmarks")]
+#[command(
+    name = "slimta-load",
+    version,
+    about = "SMTP load client for slimta-rs benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
@@ -168,7 +172,9 @@ impl Conn {
                 if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
                     return Err(format!("malformed reply line: {text:?}"));
                 }
-                let this: u16 = text[..3].parse().map_err(|_| format!("bad code: {text:?}"))?;
+                let this: u16 = text[..3]
+                    .parse()
+                    .map_err(|_| format!("bad code: {text:?}"))?;
                 if code.is_some_and(|c| c != this) {
                     return Err(format!("code changes inside a reply: {text:?}"));
                 }
@@ -323,7 +329,11 @@ async fn send(args: SendArgs) -> ExitCode {
         let idx = ((p / 100.0) * lat.len() as f64).ceil() as usize;
         lat[idx.clamp(1, lat.len()) - 1].as_secs_f64() * 1000.0
     };
-    let rate = if secs > 0.0 { total.ok as f64 / secs } else { 0.0 };
+    let rate = if secs > 0.0 {
+        total.ok as f64 / secs
+    } else {
+        0.0
+    };
     let a = &shared.args;
     println!(
         "slimta-load: {} ok, {} failed in {:.3} s = {:.1} msg/s; final dot -> 250: p50 {:.3} ms, \
@@ -522,7 +532,10 @@ async fn idle(args: IdleArgs) -> ExitCode {
             closed += 1;
         }
     }
-    println!("HELD {{\"open\": {}, \"closed_by_server\": {closed}}}", held.len());
+    println!(
+        "HELD {{\"open\": {}, \"closed_by_server\": {closed}}}",
+        held.len()
+    );
     if failed == 0 && closed == 0 {
         ExitCode::SUCCESS
     } else {
