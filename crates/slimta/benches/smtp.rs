@@ -39,7 +39,7 @@ fn drive(config: &Arc<ServerConfig>, input: &[u8], chunk: usize) -> usize {
                     None => break,
                 }
             }
-            Step::Close => break,
+            Step::Close | Step::StartTls => break,
         }
     }
     out + server.output().len()
