@@ -167,6 +167,11 @@ pub trait QueueStorage: Send + Sync + 'static {
 
     /// Forgets an envelope (delivered or bounced everywhere). Removing an
     /// unknown id is not an error.
+    ///
+    /// Durable like every other step: once it returns `Ok`, a crash must
+    /// not bring the envelope back. The queue relies on it after a fully
+    /// successful attempt, where it removes the envelope without recording
+    /// the delivered recipients first.
     fn remove(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send;
 }
 

@@ -29,9 +29,33 @@
 //!   start-up truncates it away. A failed append truncates back at once.
 //!   Only `set_last_error` (for operators, not for correctness) is appended
 //!   without its own fsync.
-//! - **Remove** unlinks without a directory fsync. If a crash undoes the
-//!   unlink, the file comes back with every recipient recorded as done, and
-//!   the queue removes it again without delivering anything.
+//! - **Remove** is durable: the unlink goes through the committer thread
+//!   and returns after the directory fsync of its batch, which it shares
+//!   with the new messages and other removals waiting at that moment
+//!   (`disk/commit.rs`). After a fully successful attempt (every pending
+//!   recipient delivered, none failed) the queue records nothing else: no
+//!   `DELIVERED` record, no `fdatasync`; the durable unlink *is* the record.
+//!   After a partial delivery the queue appends `DELIVERED` with its
+//!   `fdatasync` as before, since the file stays.
+//!
+//! Guarantees, and what a crash can do (the crash model in
+//! `tests/storage_disk.rs` walks through every state):
+//! - A message answered `250` is never lost: `write` returns only after the
+//!   file's fsync, its rename into `msg/` and the fsync of `msg/`.
+//! - After a successful delivery a crash cannot make the message be
+//!   delivered again, except inside the window that already existed:
+//!   between the relay's `250` and the first durable record of it. Before,
+//!   that record was the `DELIVERED` append (one `fdatasync` away); now it
+//!   is the unlink (at most two batched directory fsyncs away: the one in
+//!   progress and the one the removal joins). A crash inside that window
+//!   leaves the file exactly as the last durable record left it, and the
+//!   next start delivers it again to the recipients not recorded as done
+//!   (at-least-once; the same as a crash before the old `DELIVERED`
+//!   record was durable). A crash after it leaves nothing.
+//! - If the directory fsync of a removal fails, `remove` fails; the queue
+//!   logs it and its next attempt finds the file gone. Only a crash before
+//!   the kernel writes that directory back can then bring the file back
+//!   (and deliver it again), the same fate as a failed `DELIVERED` fsync.
 //! - **Start-up** ([`DiskStorage::open`]) deletes everything in `tmp/`
 //!   (writes that never returned), truncates torn journal tails, and moves
 //!   unreadable files to `corrupt/` rather than deleting mail. A file from a
@@ -412,11 +436,7 @@ impl QueueStorage for DiskStorage {
         let Ok(path) = self.file_of(id) else {
             return Ok(());
         };
-        blocking(move || match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        })
-        .await?;
+        self.inner.committer.remove(path).await?;
         self.index().remove(id);
         Ok(())
     }
