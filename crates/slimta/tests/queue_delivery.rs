@@ -578,8 +578,10 @@ impl QueueStorage for FailingStorage {
     }
 }
 
-/// A fully successful attempt: the queue removes the message and records
-/// nothing before (the removal is durable, see `QueueStorage::remove`).
+/// A fully successful first attempt: the queue does not read back what it
+/// has just written (the hand-off kept the envelope), removes the message
+/// and records nothing before (the removal is durable, see
+/// `QueueStorage::remove`).
 #[tokio::test(start_paused = true)]
 async fn a_fully_delivered_message_is_removed_without_a_delivered_record() {
     let relay = ScriptedRelay::new(|_, _| ok());
@@ -589,9 +591,79 @@ async fn a_fully_delivered_message_is_removed_without_a_delivered_record() {
     queued_id(&queue, envelope(&["a@x.test", "b@x.test"])).await;
     relay.wait_calls(1).await;
     settle().await;
-    let log: Vec<_> = storage.log().into_iter().filter(|&c| c != "get").collect();
-    assert_eq!(log, ["write", "remove"]);
+    assert_eq!(storage.log(), ["write", "remove"]);
     assert!(storage.inner.is_empty());
+}
+
+/// Only the first attempt uses the envelope kept at hand-off; a retry reads
+/// storage (which has the recipients recorded since).
+#[tokio::test(start_paused = true)]
+async fn later_attempts_read_the_message_from_storage() {
+    let relay = ScriptedRelay::new(|r, attempt| {
+        if r.starts_with('b') && attempt == 1 {
+            later()
+        } else {
+            ok()
+        }
+    });
+    let storage = FailingStorage::default();
+    let queue = Queue::new(storage.clone(), relay.clone())
+        .with_backoff(fixed_backoff(Duration::from_secs(60)));
+    queue.start().await.unwrap();
+    queued_id(&queue, envelope(&["a@x.test", "b@x.test"])).await;
+    let calls = relay.wait_calls(2).await;
+    settle().await;
+    assert_eq!(calls[1].recipients, ["b@x.test"]);
+    assert_eq!(
+        storage.log(),
+        [
+            "write",
+            "set_recipients_delivered",
+            "increment_attempts",
+            "set_last_error",
+            "set_timestamp",
+            "get",
+            "remove",
+        ]
+    );
+}
+
+/// The envelopes kept for first attempts are bounded: past
+/// `FIRST_ATTEMPT_CACHE_BYTES` a first attempt reads storage.
+#[tokio::test(start_paused = true)]
+async fn the_first_attempt_cache_is_bounded() {
+    let relay = ScriptedRelay::new(|_, _| ok());
+    let storage = FailingStorage::default();
+    let queue = Queue::new(storage.clone(), relay.clone());
+    // Handed off before start: all three wait for their first attempt.
+    let size = slimta::queue::FIRST_ATTEMPT_CACHE_BYTES / 3 + 1;
+    for i in 0..3 {
+        let mut e = envelope(&[&format!("r{i}@x.test")]);
+        e.message = vec![b'x'; size];
+        queued_id(&queue, e).await;
+    }
+    queue.start().await.unwrap();
+    relay.wait_calls(3).await;
+    settle().await;
+    let log = storage.log();
+    assert_eq!(log.iter().filter(|&&c| c == "get").count(), 1, "{log:?}");
+    assert!(storage.inner.is_empty());
+}
+
+/// An operator's delete before the first attempt: the message is not
+/// delivered (its schedule entry goes, and the envelope kept for its first
+/// attempt is dropped with it).
+#[tokio::test(start_paused = true)]
+async fn a_message_deleted_before_its_first_attempt_is_not_delivered() {
+    let relay = ScriptedRelay::new(|_, _| ok());
+    let storage = FailingStorage::default();
+    let queue = Queue::new(storage.clone(), relay.clone());
+    let id = queued_id(&queue, envelope(&["a@x.test"])).await;
+    queue.delete(&id).await.unwrap();
+    queue.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    settle().await;
+    assert!(relay.calls().is_empty());
 }
 
 /// After a fully successful attempt the queue removes the message without

@@ -106,7 +106,7 @@ async fn a_truncated_message_file_is_all_or_nothing() {
         } else {
             everything += 1;
             assert_eq!(
-                s.get(&id).await.unwrap().envelope,
+                *s.get(&id).await.unwrap().envelope,
                 whole,
                 "cut at {cut}: a partial message"
             );
@@ -125,7 +125,7 @@ async fn an_interrupted_append_keeps_the_message_and_its_earlier_state() {
         fs::write(&file, &after[..cut]).unwrap();
         let s = DiskStorage::open(&path).unwrap();
         let got = s.get(&id).await.unwrap();
-        assert_eq!(got.envelope, envelope(), "cut at {cut}");
+        assert_eq!(*got.envelope, envelope(), "cut at {cut}");
         assert!(
             got.meta.delivered.is_empty(),
             "cut at {cut}: a torn record was applied"
@@ -487,7 +487,7 @@ async fn an_interrupted_removal_leaves_the_file_or_nothing() {
     fs::write(path.join("msg").join(&id), &written).unwrap();
     let storage = DiskStorage::open(&path).unwrap();
     let stored = storage.get(&id).await.unwrap();
-    assert_eq!(stored.envelope, e);
+    assert_eq!(*stored.envelope, e);
     assert!(
         stored.meta.delivered.is_empty() && stored.meta.attempts == 0,
         "the successful attempt recorded something: {:?}",
