@@ -514,44 +514,179 @@ async fn a_relay_policy_error_fails_the_attempt() {
     assert!(storage.is_empty(), "a permanent policy error bounces");
 }
 
-/// Storage whose writes can be made to fail.
+/// Storage whose writes (or removals) can be made to fail.
 #[derive(Clone, Default)]
 struct FailingStorage {
     inner: MemoryStorage,
     fail: Arc<AtomicBool>,
+    fail_remove: Arc<AtomicBool>,
+    /// The storage methods called, in order (not `load`).
+    log: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl FailingStorage {
+    fn note(&self, call: &'static str) {
+        self.log.lock().unwrap().push(call);
+    }
+
+    fn log(&self) -> Vec<&'static str> {
+        self.log.lock().unwrap().clone()
+    }
 }
 
 impl QueueStorage for FailingStorage {
     async fn write(&self, envelope: &Envelope, timestamp: SystemTime) -> io::Result<String> {
+        self.note("write");
         if self.fail.load(Ordering::SeqCst) {
             return Err(io::Error::other("disk on fire"));
         }
         self.inner.write(envelope, timestamp).await
     }
     async fn set_timestamp(&self, id: &str, timestamp: SystemTime) -> io::Result<()> {
+        self.note("set_timestamp");
         self.inner.set_timestamp(id, timestamp).await
     }
     async fn increment_attempts(&self, id: &str) -> io::Result<u32> {
+        self.note("increment_attempts");
         self.inner.increment_attempts(id).await
     }
     async fn set_recipients_delivered(&self, id: &str, indices: &[usize]) -> io::Result<()> {
+        self.note("set_recipients_delivered");
         self.inner.set_recipients_delivered(id, indices).await
     }
     async fn set_last_error(&self, id: &str, error: &str) -> io::Result<()> {
+        self.note("set_last_error");
         self.inner.set_last_error(id, error).await
     }
     async fn set_delay_warned(&self, id: &str) -> io::Result<()> {
+        self.note("set_delay_warned");
         self.inner.set_delay_warned(id).await
     }
     async fn load(&self) -> io::Result<Vec<(String, SystemTime)>> {
         self.inner.load().await
     }
     async fn get(&self, id: &str) -> io::Result<StoredEnvelope> {
+        self.note("get");
         self.inner.get(id).await
     }
     async fn remove(&self, id: &str) -> io::Result<()> {
+        self.note("remove");
+        if self.fail_remove.load(Ordering::SeqCst) {
+            return Err(io::Error::other("unlink failed"));
+        }
         self.inner.remove(id).await
     }
+}
+
+/// A fully successful first attempt: the queue does not read back what it
+/// has just written (the hand-off kept the envelope), removes the message
+/// and records nothing before (the removal is durable, see
+/// `QueueStorage::remove`).
+#[tokio::test(start_paused = true)]
+async fn a_fully_delivered_message_is_removed_without_a_delivered_record() {
+    let relay = ScriptedRelay::new(|_, _| ok());
+    let storage = FailingStorage::default();
+    let queue = Queue::new(storage.clone(), relay.clone());
+    queue.start().await.unwrap();
+    queued_id(&queue, envelope(&["a@x.test", "b@x.test"])).await;
+    relay.wait_calls(1).await;
+    settle().await;
+    assert_eq!(storage.log(), ["write", "remove"]);
+    assert!(storage.inner.is_empty());
+}
+
+/// Only the first attempt uses the envelope kept at hand-off; a retry reads
+/// storage (which has the recipients recorded since).
+#[tokio::test(start_paused = true)]
+async fn later_attempts_read_the_message_from_storage() {
+    let relay = ScriptedRelay::new(|r, attempt| {
+        if r.starts_with('b') && attempt == 1 {
+            later()
+        } else {
+            ok()
+        }
+    });
+    let storage = FailingStorage::default();
+    let queue = Queue::new(storage.clone(), relay.clone())
+        .with_backoff(fixed_backoff(Duration::from_secs(60)));
+    queue.start().await.unwrap();
+    queued_id(&queue, envelope(&["a@x.test", "b@x.test"])).await;
+    let calls = relay.wait_calls(2).await;
+    settle().await;
+    assert_eq!(calls[1].recipients, ["b@x.test"]);
+    assert_eq!(
+        storage.log(),
+        [
+            "write",
+            "set_recipients_delivered",
+            "increment_attempts",
+            "set_last_error",
+            "set_timestamp",
+            "get",
+            "remove",
+        ]
+    );
+}
+
+/// The envelopes kept for first attempts are bounded: past
+/// `FIRST_ATTEMPT_CACHE_BYTES` a first attempt reads storage.
+#[tokio::test(start_paused = true)]
+async fn the_first_attempt_cache_is_bounded() {
+    let relay = ScriptedRelay::new(|_, _| ok());
+    let storage = FailingStorage::default();
+    let queue = Queue::new(storage.clone(), relay.clone());
+    // Handed off before start: all three wait for their first attempt.
+    let size = slimta::queue::FIRST_ATTEMPT_CACHE_BYTES / 3 + 1;
+    for i in 0..3 {
+        let mut e = envelope(&[&format!("r{i}@x.test")]);
+        e.message = vec![b'x'; size];
+        queued_id(&queue, e).await;
+    }
+    queue.start().await.unwrap();
+    relay.wait_calls(3).await;
+    settle().await;
+    let log = storage.log();
+    assert_eq!(log.iter().filter(|&&c| c == "get").count(), 1, "{log:?}");
+    assert!(storage.inner.is_empty());
+}
+
+/// An operator's delete before the first attempt: the message is not
+/// delivered (its schedule entry goes, and the envelope kept for its first
+/// attempt is dropped with it).
+#[tokio::test(start_paused = true)]
+async fn a_message_deleted_before_its_first_attempt_is_not_delivered() {
+    let relay = ScriptedRelay::new(|_, _| ok());
+    let storage = FailingStorage::default();
+    let queue = Queue::new(storage.clone(), relay.clone());
+    let id = queued_id(&queue, envelope(&["a@x.test"])).await;
+    queue.delete(&id).await.unwrap();
+    queue.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    settle().await;
+    assert!(relay.calls().is_empty());
+}
+
+/// After a fully successful attempt the queue removes the message without
+/// recording the delivered recipients first (the durable removal is the
+/// record). If that removal fails, it falls back to the record, so the
+/// retry removes the message instead of delivering it again.
+#[tokio::test(start_paused = true)]
+async fn a_failed_removal_after_delivery_does_not_deliver_again() {
+    let relay = ScriptedRelay::new(|_, _| ok());
+    let storage = FailingStorage::default();
+    storage.fail_remove.store(true, Ordering::SeqCst);
+    let queue = Queue::new(storage.clone(), relay.clone());
+    queue.start().await.unwrap();
+    let id = queued_id(&queue, envelope(&["a@x.test", "b@x.test"])).await;
+    relay.wait_calls(1).await;
+    settle().await;
+    let stored = storage.get(&id).await.unwrap();
+    assert_eq!(stored.meta.delivered, [0, 1], "the fallback record");
+    storage.fail_remove.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    settle().await;
+    assert_eq!(relay.calls().len(), 1, "delivered again");
+    assert!(storage.inner.is_empty(), "not removed on the retry");
 }
 
 #[tokio::test(start_paused = true)]

@@ -106,7 +106,7 @@ async fn a_truncated_message_file_is_all_or_nothing() {
         } else {
             everything += 1;
             assert_eq!(
-                s.get(&id).await.unwrap().envelope,
+                *s.get(&id).await.unwrap().envelope,
                 whole,
                 "cut at {cut}: a partial message"
             );
@@ -125,7 +125,7 @@ async fn an_interrupted_append_keeps_the_message_and_its_earlier_state() {
         fs::write(&file, &after[..cut]).unwrap();
         let s = DiskStorage::open(&path).unwrap();
         let got = s.get(&id).await.unwrap();
-        assert_eq!(got.envelope, envelope(), "cut at {cut}");
+        assert_eq!(*got.envelope, envelope(), "cut at {cut}");
         assert!(
             got.meta.delivered.is_empty(),
             "cut at {cut}: a torn record was applied"
@@ -347,5 +347,171 @@ async fn a_queue_restarted_over_the_spool_delivers_only_what_was_pending() {
     assert_eq!(
         *first.calls.lock().unwrap(),
         [vec!["a@y.test".to_string(), "b@y.test".to_string()]]
+    );
+}
+
+/// One attempt: its recipients and the files in `msg/` at that moment.
+type Seen = (Vec<String>, Vec<Vec<u8>>);
+
+/// Delivers every recipient, and notes what the spool held at each attempt.
+#[derive(Clone)]
+struct DeliverAll {
+    spool: PathBuf,
+    calls: Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl DeliverAll {
+    fn new(spool: &Path) -> Self {
+        Self {
+            spool: spool.to_path_buf(),
+            calls: Arc::default(),
+        }
+    }
+
+    fn calls(&self) -> Vec<Seen> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Relay for DeliverAll {
+    async fn attempt(&self, envelope: &Envelope, _attempt: u32) -> Result<Delivery, RelayError> {
+        let msg = self.spool.join("msg");
+        let files = files_in(&msg)
+            .iter()
+            .map(|name| fs::read(msg.join(name)).unwrap())
+            .collect();
+        self.calls
+            .lock()
+            .unwrap()
+            .push((envelope.recipients.clone(), files));
+        let results = envelope
+            .recipients
+            .iter()
+            .map(|_| Ok(Reply::new(250, "2.0.0", "ok")))
+            .collect();
+        Ok(Delivery::per_recipient(
+            Reply::new(250, "2.0.0", "ok"),
+            results,
+        ))
+    }
+}
+
+/// `remove` is durable: it returns after a directory fsync (through the
+/// committer, so concurrent removals and new messages share it), where it
+/// used to unlink without one and count on a `DELIVERED` record instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_returns_after_a_directory_fsync() {
+    let (_dir, path) = spool();
+    let storage = DiskStorage::open(&path).unwrap();
+    let id = storage.write(&envelope(), SystemTime::now()).await.unwrap();
+    let before = storage.fsync_count();
+    storage.remove(&id).await.unwrap();
+    assert_eq!(storage.fsync_count() - before, 1);
+    assert!(files_in(&path.join("msg")).is_empty());
+    // Removing it again (an answer lost, an operator racing an attempt) is
+    // fine, and still durable.
+    storage.remove(&id).await.unwrap();
+    assert!(storage.load().await.unwrap().is_empty());
+}
+
+/// A fully successful attempt through a queue costs, for one message on
+/// its own: the file's fsync and a directory fsync for the write, one
+/// directory fsync for the removal (shared with other writes and removals
+/// under load), and no `fdatasync` of a `DELIVERED` record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_message_costs_three_fsyncs_on_its_own() {
+    let (_dir, path) = spool();
+    let storage = DiskStorage::open(&path).unwrap();
+    let before = storage.fsync_count();
+    let relay = DeliverAll::new(&path);
+    let queue = Queue::new(storage.clone(), relay.clone());
+    queue.start().await.unwrap();
+    let mut e = envelope();
+    e.receive_time = clock::now();
+    queue.handoff(e).await[0].result.clone().unwrap();
+    wait_until("the message is delivered and removed", || {
+        !relay.calls().is_empty() && files_in(&path.join("msg")).is_empty()
+    })
+    .await;
+    // The removal's answer (after its fsync) and the index update follow
+    // the unlink.
+    let mut forgotten = false;
+    for _ in 0..1000 {
+        if storage.load().await.unwrap().is_empty() {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(forgotten);
+    assert_eq!(storage.fsync_count() - before, 3);
+    let calls = relay.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].0, ["a@y.test", "b@y.test"]);
+    assert_eq!(
+        calls[0].1.len(),
+        1,
+        "the file was in msg/ during the attempt"
+    );
+}
+
+/// The crash model of a removal after a fully successful attempt: the
+/// attempt appended nothing, so a crash before the unlink is durable
+/// leaves the file exactly as it was written (then the next start delivers
+/// it again, to every recipient: the window between the relay's 250 and
+/// the first durable record, as before), and a crash after it leaves
+/// nothing (nothing is delivered again). There is no third state: a file
+/// with some recipients recorded can only come from a partial delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_removal_leaves_the_file_or_nothing() {
+    // What a successful attempt leaves on disk until its unlink is durable.
+    let (_dir, path) = spool();
+    let relay = DeliverAll::new(&path);
+    let storage = DiskStorage::open(&path).unwrap();
+    let queue = Queue::new(storage.clone(), relay.clone());
+    queue.start().await.unwrap();
+    let mut e = envelope();
+    e.receive_time = clock::now();
+    let id = queue.handoff(e.clone()).await[0].result.clone().unwrap();
+    wait_until("the message is removed", || {
+        !relay.calls().is_empty() && files_in(&path.join("msg")).is_empty()
+    })
+    .await;
+    let written = relay.calls()[0].1[0].clone();
+    queue.stop();
+    drop((queue, storage));
+
+    // Crash before the unlink was durable: the file comes back as written.
+    let (_dir, path) = spool();
+    fs::create_dir_all(path.join("msg")).unwrap();
+    fs::write(path.join("msg").join(&id), &written).unwrap();
+    let storage = DiskStorage::open(&path).unwrap();
+    let stored = storage.get(&id).await.unwrap();
+    assert_eq!(*stored.envelope, e);
+    assert!(
+        stored.meta.delivered.is_empty() && stored.meta.attempts == 0,
+        "the successful attempt recorded something: {:?}",
+        stored.meta
+    );
+    let again = DeliverAll::new(&path);
+    let queue = Queue::new(storage.clone(), again.clone());
+    queue.start().await.unwrap();
+    wait_until("it is delivered again and removed", || {
+        !again.calls().is_empty() && files_in(&path.join("msg")).is_empty()
+    })
+    .await;
+    assert_eq!(again.calls().len(), 1);
+    assert_eq!(again.calls()[0].0, ["a@y.test", "b@y.test"]);
+    queue.stop();
+    drop((queue, storage));
+
+    // Crash after it: nothing comes back, nothing is delivered.
+    let (_dir, path) = spool();
+    fs::create_dir_all(path.join("msg")).unwrap();
+    let storage = DiskStorage::open(&path).unwrap();
+    assert!(storage.load().await.unwrap().is_empty());
+    assert_eq!(
+        storage.get(&id).await.unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
     );
 }

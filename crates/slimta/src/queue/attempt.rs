@@ -4,7 +4,12 @@
 //!
 //! 1. Record the delivered recipients ([`QueueStorage::set_recipients_delivered`]).
 //!    Nothing else comes first, so a crash at any later step cannot make the
-//!    next attempt send to them again.
+//!    next attempt send to them again. Exception: when every attempted
+//!    recipient was delivered (no transient, no permanent failure), the
+//!    message is removed at once instead ([`QueueStorage::remove`], which is
+//!    durable), and the removal is the record. Recording first would cost a
+//!    durable write (an `fdatasync` on disk) that the removal makes moot; a
+//!    crash before either is durable delivers again in both designs.
 //! 2. Transient failures: count the attempt, ask the [`Backoff`]
 //!    (`None` turns them into permanent failures).
 //! 3. Permanent failures: queue a bounce for them ([`crate::bounce`]), then
@@ -25,14 +30,14 @@
 
 use std::fmt::Write as _;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bounce::{self, FailedRecipient};
-use crate::envelope::Envelope;
 use crate::relay::{Relay, RelayError};
 use crate::reply::Reply;
 
-use super::storage::{QueueStorage, StoredEnvelope};
+use super::storage::{QueueMeta, QueueStorage, StoredEnvelope};
 use super::{Queue, clock};
 
 /// How long to wait before trying again when storage itself failed (there
@@ -83,18 +88,27 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
             id: &id,
             armed: true,
         };
-        let stored = match self.inner.storage.get(&id).await {
-            Ok(stored) => stored,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::debug!(id = %id, "queued message vanished before its attempt");
-                self.inner.schedule.forget(&id);
-                guard.armed = false;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(id = %id, error = %e, "cannot read queued message; retrying later");
-                return;
-            }
+        // The first attempt uses the envelope the hand-off kept; its storage
+        // record is still as written (see the module docs of `queue`).
+        let first = self.take_first_attempt(&id).map(|envelope| StoredEnvelope {
+            envelope,
+            meta: QueueMeta::default(),
+        });
+        let stored = match first {
+            Some(stored) => stored,
+            None => match self.inner.storage.get(&id).await {
+                Ok(stored) => stored,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    tracing::debug!(id = %id, "queued message vanished before its attempt");
+                    self.inner.schedule.forget(&id);
+                    guard.armed = false;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(id = %id, error = %e, "cannot read queued message; retrying later");
+                    return;
+                }
+            },
         };
         self.deliver(&id, &stored).await;
         guard.armed = false;
@@ -109,9 +123,8 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         let attempt = stored.meta.attempts.saturating_add(1);
         let indices: Vec<usize> = pending.iter().map(|&(i, _)| i).collect();
         let recipients: Vec<String> = pending.iter().map(|&(_, r)| r.to_owned()).collect();
-        let copy = stored.envelope.with_recipients(recipients.clone());
 
-        let results = match self.relay_copy(copy, attempt).await {
+        let results = match self.relay(stored, &recipients, attempt).await {
             Ok(delivery) => (0..indices.len())
                 .map(|k| match delivery.result_for(k) {
                     Ok(reply) => Outcome::Delivered(reply.clone()),
@@ -149,6 +162,28 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                     error,
                 }),
             }
+        }
+
+        if transient.is_empty() && permanent.is_empty() {
+            // Everything delivered: the durable removal is the record.
+            match self.inner.storage.remove(id).await {
+                Ok(()) => self.inner.schedule.forget(id),
+                Err(e) => {
+                    // Fall back to the record, so that a message whose
+                    // removal failed is not delivered again by the retry.
+                    tracing::error!(id = %id, error = %e, "cannot remove a delivered message");
+                    if let Err(e) = self
+                        .inner
+                        .storage
+                        .set_recipients_delivered(id, &delivered)
+                        .await
+                    {
+                        tracing::error!(id = %id, error = %e, "cannot record delivered recipients");
+                    }
+                    self.retry_later(id, STORAGE_RETRY).await;
+                }
+            }
+            return;
         }
 
         if !delivered.is_empty()
@@ -218,14 +253,21 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         }
     }
 
-    /// Applies the relay policies to this attempt's copy and hands it to the
-    /// relay.
-    async fn relay_copy(
+    /// Hands the pending `recipients` of `stored` to the relay: the stored
+    /// envelope itself when they are all of its recipients and no relay
+    /// policy is configured (no copy of the message), else a copy with only
+    /// them, changed by the relay policies.
+    async fn relay(
         &self,
-        mut copy: Envelope,
+        stored: &StoredEnvelope,
+        recipients: &[String],
         attempt: u32,
     ) -> Result<crate::relay::Delivery, RelayError> {
         let policies = self.config(|c| c.relay_policies.clone());
+        if policies.is_empty() && stored.envelope.recipients == recipients {
+            return self.inner.relay.attempt(&stored.envelope, attempt).await;
+        }
+        let mut copy = stored.envelope.with_recipients(recipients.to_vec());
         let count = copy.recipients.len();
         for policy in policies.iter() {
             policy.apply_boxed(&mut copy).await?;
@@ -257,6 +299,9 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
             .reschedule(id.to_owned(), clock::instant_at(due));
     }
 
+    /// Removes a message nothing is pending for. If the removal fails it is
+    /// tried again later: the next attempt finds either the message (and
+    /// delivers to the recipients not recorded as done) or nothing.
     async fn finish(&self, id: &str) {
         match self.inner.storage.remove(id).await {
             Ok(()) => self.inner.schedule.forget(id),
@@ -319,7 +364,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                 None => return Ok(()),
             }
         };
-        match self.store(&report).await {
+        match self.store(Arc::new(report)).await {
             Ok(bounce_id) => {
                 tracing::info!(id = %id, bounce = %bounce_id, to = %to, "bounce queued");
                 Ok(())
@@ -352,7 +397,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         };
         let delayed = failed_recipients(transient);
         if let Some(warning) = bounce::delay_warning(&stored.envelope, &delayed, None, &options) {
-            match self.store(&warning).await {
+            match self.store(Arc::new(warning)).await {
                 Ok(warning_id) => {
                     tracing::info!(id = %id, warning = %warning_id, to = %stored.envelope.sender, "delay warning queued");
                 }

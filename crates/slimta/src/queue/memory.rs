@@ -4,6 +4,12 @@
 //! queued mail on a crash is acceptable (a relay in front of a durable
 //! queue). It is also the reference the conformance suite holds other
 //! backends to.
+//!
+//! Envelopes are kept behind the `Arc` the queue hands over
+//! ([`QueueStorage::write_shared`]), so neither storing nor [`get`] copies
+//! the message bytes.
+//!
+//! [`get`]: QueueStorage::get
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -54,9 +60,18 @@ impl QueueStorage for MemoryStorage {
         envelope: &Envelope,
         timestamp: SystemTime,
     ) -> impl Future<Output = io::Result<String>> + Send {
+        self.write_shared(Arc::new(envelope.clone()), timestamp)
+    }
+
+    /// Keeps the caller's `Arc`: the queue's hand-off stores no copy.
+    fn write_shared(
+        &self,
+        envelope: Arc<Envelope>,
+        timestamp: SystemTime,
+    ) -> impl Future<Output = io::Result<String>> + Send {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let stored = StoredEnvelope {
-            envelope: envelope.clone(),
+            envelope,
             meta: QueueMeta {
                 timestamp: Some(timestamp),
                 ..QueueMeta::default()

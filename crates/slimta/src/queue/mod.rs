@@ -25,9 +25,26 @@
 //! - A message is attempted by at most one task at a time; the schedule
 //!   refuses a second entry for an id it already knows.
 //! - Storage is the truth: the in-memory schedule only says *when*; every
-//!   attempt starts by reading the message back from storage, so a restart
-//!   (a new `Queue` over the same storage, then [`Queue::start`]) continues
-//!   exactly where the old one stopped.
+//!   attempt but the first starts by reading the message back from storage,
+//!   so a restart (a new `Queue` over the same storage, then
+//!   [`Queue::start`]) continues exactly where the old one stopped.
+//! - The first attempt does not read back what the hand-off has just
+//!   written: the hand-off keeps the envelope (an `Arc`, shared with the
+//!   storage write, no copy) in a cache keyed by id, and the first attempt
+//!   takes it out with the metadata a fresh write has (no attempt, nothing
+//!   delivered). Nothing but that attempt changes a message's storage
+//!   record before it, except an operator's delete, which also drops the
+//!   cache entry. Later attempts (after a backoff, a restart, a panic) and
+//!   messages loaded at start read storage as before. The cache holds at
+//!   most [`FIRST_ATTEMPT_CACHE_BYTES`] of messages (or one message of any
+//!   size when it is empty), so a backlog behind a slow relay is not kept in
+//!   memory; a message that does not fit is read from storage.
+//! - New envelopes are handed to storage as an `Arc`
+//!   ([`QueueStorage::write_shared`]), and the relay gets the stored
+//!   envelope itself when the attempt is for every recipient and no relay
+//!   policy is configured: a big message is then held once, not copied per
+//!   attempt. With relay policies or for a subset of recipients the relay
+//!   gets a copy, as the policies must not change what storage holds.
 //! - The configuration setters may be called at any time (they take effect
 //!   on the next handoff or attempt), except `max_concurrency`, which is
 //!   read by [`Queue::start`].
@@ -44,6 +61,7 @@ mod ops;
 mod schedule;
 pub mod storage;
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
@@ -68,6 +86,17 @@ use schedule::Schedule;
 /// The default limit on concurrent delivery attempts.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 100;
 
+/// How many message bytes the queue keeps in memory for first attempts
+/// (see the module docs); a lone message of any size is kept too.
+pub const FIRST_ATTEMPT_CACHE_BYTES: usize = 64 << 20;
+
+/// Envelopes just stored, waiting for their first attempt.
+#[derive(Default)]
+struct FirstAttempts {
+    envelopes: HashMap<String, Arc<Envelope>>,
+    bytes: usize,
+}
+
 struct Config {
     backoff: Arc<dyn Backoff>,
     max_concurrency: usize,
@@ -87,6 +116,7 @@ struct Inner<S, R> {
     config: RwLock<Config>,
     started: OnceLock<()>,
     scheduler: Mutex<Vec<AbortHandle>>,
+    first_attempts: Mutex<FirstAttempts>,
 }
 
 /// A durable mail queue over storage `S`, delivering through relay `R`.
@@ -127,6 +157,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                 }),
                 started: OnceLock::new(),
                 scheduler: Mutex::new(Vec::new()),
+                first_attempts: Mutex::default(),
             }),
         }
     }
@@ -327,17 +358,49 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         parts
     }
 
+    fn first_attempts(&self) -> std::sync::MutexGuard<'_, FirstAttempts> {
+        self.inner
+            .first_attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps a just-stored envelope for its first attempt, if it fits.
+    fn keep_for_first_attempt(&self, id: &str, envelope: &Arc<Envelope>) {
+        let size = envelope.message.len();
+        let mut cache = self.first_attempts();
+        if cache.envelopes.is_empty() || cache.bytes + size <= FIRST_ATTEMPT_CACHE_BYTES {
+            cache.bytes += size;
+            cache.envelopes.insert(id.to_owned(), envelope.clone());
+        }
+    }
+
+    /// Takes the envelope kept for the first attempt of `id`, if any.
+    fn take_first_attempt(&self, id: &str) -> Option<Arc<Envelope>> {
+        let mut cache = self.first_attempts();
+        let envelope = cache.envelopes.remove(id)?;
+        cache.bytes -= envelope.message.len();
+        Some(envelope)
+    }
+
     /// Stores one envelope and schedules its first attempt now.
     ///
     /// Decision (from the brief the edge relies on): any storage failure is
     /// answered `452 4.3.1`, so the client keeps the message and retries.
-    async fn store(&self, envelope: &Envelope) -> Result<String, Reply> {
+    async fn store(&self, envelope: Arc<Envelope>) -> Result<String, Reply> {
         let now = clock::now();
-        match self.inner.storage.write(envelope, now).await {
+        match self.inner.storage.write_shared(envelope.clone(), now).await {
             Ok(id) => {
-                self.inner
+                // Before the schedule entry: the attempt may start at once.
+                self.keep_for_first_attempt(&id, &envelope);
+                if !self
+                    .inner
                     .schedule
-                    .insert(id.clone(), clock::instant_at(now));
+                    .insert(id.clone(), clock::instant_at(now))
+                {
+                    // Cannot happen for a new id; never leave it cached.
+                    self.take_first_attempt(&id);
+                }
                 tracing::info!(
                     id = %id,
                     sender = %envelope.sender,
@@ -373,7 +436,9 @@ impl<S: QueueStorage, R: Relay> Handoff for Queue<S, R> {
                     let queue = self.clone();
                     (
                         recipients,
-                        Ok(tokio::spawn(async move { queue.store(&envelope).await })),
+                        Ok(tokio::spawn(async move {
+                            queue.store(Arc::new(envelope)).await
+                        })),
                     )
                 }
                 Err((recipients, reply)) => (recipients, Err(reply)),

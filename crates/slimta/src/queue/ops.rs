@@ -112,6 +112,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         // Fails with NotFound for an unknown id; remove() would not.
         self.inner.storage.get(id).await?;
         self.inner.schedule.remove_waiting(id);
+        self.take_first_attempt(id);
         self.inner.storage.remove(id).await?;
         tracing::warn!(id = %id, "message deleted by the operator");
         Ok(())

@@ -16,6 +16,13 @@
 //!   retries later. `ErrorKind::NotFound` means the id is unknown.
 //! - Native async trait; [`DynStorage`] is the boxed form for backends picked
 //!   at run time by the app's config.
+//! - The envelope is shared, not copied: [`StoredEnvelope::envelope`] is an
+//!   `Arc<Envelope>`, and the queue hands new envelopes over with
+//!   [`QueueStorage::write_shared`]. A backend that keeps envelopes in memory
+//!   keeps that `Arc` and answers [`QueueStorage::get`] with a reference
+//!   count bump instead of a copy of the message; the disk backend writes
+//!   the message bytes straight from it. (The message bytes themselves stay
+//!   a `Vec<u8>` in [`Envelope`], which the edge, relays and policies use.)
 
 use std::future::Future;
 use std::io;
@@ -78,8 +85,9 @@ impl QueueEntry {
 /// A stored envelope with its queue metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEnvelope {
-    /// The envelope as written, with every original recipient.
-    pub envelope: Envelope,
+    /// The envelope as written, with every original recipient (shared with
+    /// the backend's copy where it keeps one in memory).
+    pub envelope: Arc<Envelope>,
     /// Attempts, schedule and delivered recipients.
     pub meta: QueueMeta,
 }
@@ -113,6 +121,18 @@ pub trait QueueStorage: Send + Sync + 'static {
         envelope: &Envelope,
         timestamp: SystemTime,
     ) -> impl Future<Output = io::Result<String>> + Send;
+
+    /// Like [`QueueStorage::write`], for an envelope the caller shares: a
+    /// backend may keep the `Arc` (in memory) or write from it without a
+    /// copy. The queue stores every new envelope this way. The default
+    /// calls [`QueueStorage::write`].
+    fn write_shared(
+        &self,
+        envelope: Arc<Envelope>,
+        timestamp: SystemTime,
+    ) -> impl Future<Output = io::Result<String>> + Send {
+        async move { self.write(&envelope, timestamp).await }
+    }
 
     /// Sets when the next attempt is due.
     fn set_timestamp(
@@ -167,6 +187,11 @@ pub trait QueueStorage: Send + Sync + 'static {
 
     /// Forgets an envelope (delivered or bounced everywhere). Removing an
     /// unknown id is not an error.
+    ///
+    /// Durable like every other step: once it returns `Ok`, a crash must
+    /// not bring the envelope back. The queue relies on it after a fully
+    /// successful attempt, where it removes the envelope without recording
+    /// the delivered recipients first.
     fn remove(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send;
 }
 
@@ -181,6 +206,11 @@ pub trait DynStorage: Send + Sync + 'static {
         envelope: &'a Envelope,
         timestamp: SystemTime,
     ) -> StorageFuture<'a, String>;
+    fn write_shared_boxed(
+        &self,
+        envelope: Arc<Envelope>,
+        timestamp: SystemTime,
+    ) -> StorageFuture<'_, String>;
     fn set_timestamp_boxed<'a>(
         &'a self,
         id: &'a str,
@@ -207,6 +237,13 @@ impl<S: QueueStorage> DynStorage for S {
         timestamp: SystemTime,
     ) -> StorageFuture<'a, String> {
         Box::pin(self.write(envelope, timestamp))
+    }
+    fn write_shared_boxed(
+        &self,
+        envelope: Arc<Envelope>,
+        timestamp: SystemTime,
+    ) -> StorageFuture<'_, String> {
+        Box::pin(self.write_shared(envelope, timestamp))
     }
     fn set_timestamp_boxed<'a>(
         &'a self,
@@ -254,6 +291,13 @@ macro_rules! forward_dyn_storage {
                 timestamp: SystemTime,
             ) -> impl Future<Output = io::Result<String>> + Send {
                 async move { (**self).write_boxed(envelope, timestamp).await }
+            }
+            fn write_shared(
+                &self,
+                envelope: Arc<Envelope>,
+                timestamp: SystemTime,
+            ) -> impl Future<Output = io::Result<String>> + Send {
+                async move { (**self).write_shared_boxed(envelope, timestamp).await }
             }
             fn set_timestamp(
                 &self,

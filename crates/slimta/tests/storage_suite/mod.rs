@@ -172,7 +172,7 @@ pub async fn round_trips_every_field<S: QueueStorage>(f: Fixture<S>) {
         let due = t(1_750_000_000 + i as u64, 42);
         let id = s.write(e, due).await.unwrap();
         let got = s.get(&id).await.unwrap();
-        assert_eq!(&got.envelope, e, "envelope {i} changed in storage");
+        assert_eq!(&*got.envelope, e, "envelope {i} changed in storage");
         assert_eq!(
             got.envelope.message, e.message,
             "message {i} not byte for byte"
@@ -324,12 +324,12 @@ pub async fn reopen_keeps_everything_acknowledged<S: QueueStorage>(f: Fixture<S>
     expected.sort();
     assert_eq!(loaded, expected);
     let first = s.get(&ids[0]).await.unwrap();
-    assert_eq!(first.envelope, envelopes[0]);
+    assert_eq!(*first.envelope, envelopes[0]);
     assert_eq!(
         (first.meta.attempts, first.meta.delivered.clone()),
         (2, vec![1])
     );
-    assert_eq!(s.get(&ids[1]).await.unwrap().envelope, envelopes[1]);
+    assert_eq!(*s.get(&ids[1]).await.unwrap().envelope, envelopes[1]);
     assert_not_found(s.get(&ids[2]).await, "a removed message came back");
     // Counting goes on from the stored count, and updates after a reopen
     // survive the next one.

@@ -13,6 +13,16 @@
 //! If the directory fsync fails, the batch's files are unlinked again and
 //! every writer in it gets the error: a message whose writer was told "not
 //! stored" must not turn up after the next restart.
+//!
+//! The same thread makes removals durable: a removal job unlinks a file in
+//! the directory and is answered after the batch's directory fsync, so a
+//! removal shares that fsync with the new messages (and other removals)
+//! waiting at the same moment. The queue relies on it after a fully
+//! successful delivery attempt, where the durable unlink is the only record
+//! that the message was delivered (see `disk/mod.rs`). A file that is
+//! already gone counts as removed. If the fsync fails, the removal is
+//! answered with the error: the file is gone from the directory but may
+//! come back after a crash, which the caller must treat as "not removed".
 
 use std::fs::{self, File};
 use std::io;
@@ -24,11 +34,18 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
-/// One rename waiting for the directory fsync.
+/// One directory change waiting for the directory fsync.
 pub(crate) struct Job {
-    tmp: PathBuf,
-    dest: PathBuf,
+    change: Change,
     done: oneshot::Sender<io::Result<()>>,
+}
+
+/// What a job does to the directory.
+pub(crate) enum Change {
+    /// Renames a written and fsync'd file into the directory.
+    Rename { tmp: PathBuf, dest: PathBuf },
+    /// Unlinks a file in the directory.
+    Remove(PathBuf),
 }
 
 /// The handle writers use to reach the committer thread. The thread ends
@@ -55,9 +72,19 @@ impl Committer {
     /// Renames `tmp` (fully written and fsync'd) to `dest` and returns once
     /// the directory entry is durable.
     pub(crate) async fn commit(&self, tmp: PathBuf, dest: PathBuf) -> io::Result<()> {
+        self.submit(Change::Rename { tmp, dest }).await
+    }
+
+    /// Unlinks `path` (a file in the directory) and returns once the
+    /// removal is durable. A missing file is not an error.
+    pub(crate) async fn remove(&self, path: PathBuf) -> io::Result<()> {
+        self.submit(Change::Remove(path)).await
+    }
+
+    async fn submit(&self, change: Change) -> io::Result<()> {
         let (done, answer) = oneshot::channel();
         self.jobs
-            .send(Job { tmp, dest, done })
+            .send(Job { change, done })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -71,8 +98,21 @@ pub(crate) fn run(jobs: &Receiver<Job>, dir: &File, fsyncs: &AtomicU64) {
     }
 }
 
+fn apply(change: &Change) -> io::Result<()> {
+    match change {
+        Change::Rename { tmp, dest } => fs::rename(tmp, dest),
+        Change::Remove(path) => match fs::remove_file(path) {
+            // Already gone (an earlier removal whose answer was lost, or an
+            // operator's delete racing an attempt): still fsync the
+            // directory, in case that earlier unlink is not durable yet.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+    }
+}
+
 fn commit_batch(batch: Vec<Job>, dir: &File, fsyncs: &AtomicU64) {
-    let renamed: Vec<io::Result<()>> = batch.iter().map(|j| fs::rename(&j.tmp, &j.dest)).collect();
+    let renamed: Vec<io::Result<()>> = batch.iter().map(|j| apply(&j.change)).collect();
     let synced = if renamed.iter().any(Result::is_ok) {
         fsyncs.fetch_add(1, Ordering::Relaxed);
         dir.sync_all()
@@ -85,12 +125,16 @@ fn commit_batch(batch: Vec<Job>, dir: &File, fsyncs: &AtomicU64) {
     for (job, renamed) in batch.into_iter().zip(renamed) {
         let result = match (renamed, &synced) {
             (Err(e), _) => {
-                let _ = fs::remove_file(&job.tmp);
+                if let Change::Rename { tmp, .. } = &job.change {
+                    let _ = fs::remove_file(tmp);
+                }
                 Err(e)
             }
             (Ok(()), Ok(())) => Ok(()),
             (Ok(()), Err(e)) => {
-                let _ = fs::remove_file(&job.dest);
+                if let Change::Rename { dest, .. } = &job.change {
+                    let _ = fs::remove_file(dest);
+                }
                 Err(io::Error::new(
                     e.kind(),
                     format!("spool directory fsync: {e}"),
@@ -120,8 +164,10 @@ mod tests {
             fs::write(&tmp, format!("message {i}")).unwrap();
             let (done, answer) = oneshot::channel();
             tx.send(Job {
-                tmp,
-                dest: msg_dir.join(format!("m{i}")),
+                change: Change::Rename {
+                    tmp,
+                    dest: msg_dir.join(format!("m{i}")),
+                },
                 done,
             })
             .unwrap();
@@ -130,8 +176,10 @@ mod tests {
         // A rename whose temporary file is missing fails alone.
         let (done, missing) = oneshot::channel();
         tx.send(Job {
-            tmp: tmp_dir.join("gone"),
-            dest: msg_dir.join("gone"),
+            change: Change::Rename {
+                tmp: tmp_dir.join("gone"),
+                dest: msg_dir.join("gone"),
+            },
             done,
         })
         .unwrap();
@@ -156,5 +204,55 @@ mod tests {
             io::ErrorKind::NotFound
         );
         assert_eq!(fs::read_dir(&tmp_dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn removals_share_the_batch_fsync_and_are_answered_after_it() {
+        let spool = tempfile::tempdir().unwrap();
+        let (tmp_dir, msg_dir) = (spool.path().join("tmp"), spool.path().join("msg"));
+        fs::create_dir_all(&tmp_dir).unwrap();
+        fs::create_dir_all(&msg_dir).unwrap();
+        for i in 0..3 {
+            fs::write(msg_dir.join(format!("old{i}")), "delivered").unwrap();
+        }
+        fs::write(tmp_dir.join("new"), "new").unwrap();
+        let (tx, rx) = channel();
+        let mut changes: Vec<Change> = (0..3)
+            .map(|i| Change::Remove(msg_dir.join(format!("old{i}"))))
+            .collect();
+        changes.push(Change::Rename {
+            tmp: tmp_dir.join("new"),
+            dest: msg_dir.join("new"),
+        });
+        // Already gone: answered Ok, like a removal that happened.
+        changes.push(Change::Remove(msg_dir.join("never")));
+        let mut answers = Vec::new();
+        for change in changes {
+            let (done, answer) = oneshot::channel();
+            tx.send(Job { change, done }).unwrap();
+            answers.push(answer);
+        }
+        drop(tx);
+        let fsyncs = AtomicU64::new(0);
+        // Nothing is answered before the batch ran (and fsync'd).
+        for answer in &mut answers {
+            assert!(answer.try_recv().is_err());
+        }
+        run(&rx, &File::open(&msg_dir).unwrap(), &fsyncs);
+        assert_eq!(
+            fsyncs.load(Ordering::Relaxed),
+            1,
+            "removals and the new message share one directory fsync"
+        );
+        for mut answer in answers {
+            answer.try_recv().unwrap().unwrap();
+        }
+        assert_eq!(
+            fs::read_dir(&msg_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>(),
+            ["new"]
+        );
     }
 }

@@ -90,16 +90,33 @@ pub(crate) struct Decoded {
 }
 
 /// The bytes of a new spool file: header, envelope, first due time.
+#[cfg(test)]
 pub(crate) fn encode_new(envelope: &Envelope, timestamp: SystemTime) -> Vec<u8> {
-    let mut out = Vec::with_capacity(envelope.message.len() + 512);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    let mut payload = Vec::with_capacity(envelope.message.len() + 256);
-    encode_envelope(envelope, &mut payload);
-    push_record(&mut out, ENVELOPE, &payload);
-    out.extend_from_slice(&encode_update(&Update::Timestamp(timestamp)));
-    out
+    let (head, tail) = encode_new_around(envelope, timestamp);
+    [head.as_slice(), &envelope.message, &tail].concat()
+}
+
+/// A new spool file without a copy of the message: the file is `head`, then
+/// `envelope.message` exactly, then `tail`. The message bytes end the
+/// envelope record's payload, so only the record's CRC (computed over them
+/// in place) follows them, then the first `TIMESTAMP` record.
+pub(crate) fn encode_new_around(envelope: &Envelope, timestamp: SystemTime) -> (Vec<u8>, Vec<u8>) {
+    let mut fields = Vec::with_capacity(256);
+    encode_envelope_fields(envelope, &mut fields);
+    let mut head = Vec::with_capacity(HEADER_LEN + RECORD_OVERHEAD + fields.len());
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&VERSION.to_le_bytes());
+    head.extend_from_slice(&0u16.to_le_bytes());
+    head.push(ENVELOPE);
+    let payload_len = fields.len() + envelope.message.len();
+    head.extend_from_slice(&(payload_len as u64).to_le_bytes());
+    head.extend_from_slice(&fields);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[HEADER_LEN..]);
+    crc.update(&envelope.message);
+    let mut tail = crc.finalize().to_le_bytes().to_vec();
+    tail.extend_from_slice(&encode_update(&Update::Timestamp(timestamp)));
+    (head, tail)
 }
 
 /// One appended record.
@@ -177,7 +194,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded, Invalid> {
     }
     meta.delivered.retain(|&i| i < envelope.recipients.len());
     Ok(Decoded {
-        stored: StoredEnvelope { envelope, meta },
+        stored: StoredEnvelope {
+            envelope: std::sync::Arc::new(envelope),
+            meta,
+        },
         good_len: pos,
     })
 }
@@ -219,7 +239,9 @@ fn apply_update(meta: &mut QueueMeta, kind: u8, payload: &[u8]) -> Option<()> {
     r.0.is_empty().then_some(())
 }
 
-fn encode_envelope(e: &Envelope, out: &mut Vec<u8>) {
+/// Every envelope field of the payload except the message bytes, which
+/// follow their length at the end.
+fn encode_envelope_fields(e: &Envelope, out: &mut Vec<u8>) {
     put_str(out, &e.sender);
     put_u32(out, e.recipients.len());
     for r in &e.recipients {
@@ -258,7 +280,6 @@ fn encode_envelope(e: &Envelope, out: &mut Vec<u8>) {
     });
     out.push(u8::from(e.smtputf8));
     out.extend_from_slice(&(e.message.len() as u64).to_le_bytes());
-    out.extend_from_slice(&e.message);
 }
 
 fn decode_envelope(payload: &[u8]) -> Option<Envelope> {
@@ -464,7 +485,7 @@ mod tests {
             file.extend_from_slice(&encode_update(&u));
         }
         let d = decode(&file).unwrap();
-        assert_eq!(d.stored.envelope, e);
+        assert_eq!(*d.stored.envelope, e);
         assert_eq!(d.good_len, file.len());
         let m = d.stored.meta;
         assert_eq!(

@@ -16,7 +16,9 @@
 //! append-only journal of CRC-checked metadata records.
 //!
 //! Decisions:
-//! - **New messages**: written to `tmp/<id>`, fsync'd, renamed to
+//! - **New messages**: written to `tmp/<id>` (header and metadata, then the
+//!   message bytes straight from the shared envelope with one `writev`, so
+//!   no second copy of a big message is built), fsync'd, renamed to
 //!   `msg/<id>`, and `msg/` fsync'd, all before [`QueueStorage::write`]
 //!   returns. The directory fsync is shared by every write waiting at that
 //!   moment (group commit, `disk/commit.rs`); file writes and their fsyncs
@@ -29,9 +31,33 @@
 //!   start-up truncates it away. A failed append truncates back at once.
 //!   Only `set_last_error` (for operators, not for correctness) is appended
 //!   without its own fsync.
-//! - **Remove** unlinks without a directory fsync. If a crash undoes the
-//!   unlink, the file comes back with every recipient recorded as done, and
-//!   the queue removes it again without delivering anything.
+//! - **Remove** is durable: the unlink goes through the committer thread
+//!   and returns after the directory fsync of its batch, which it shares
+//!   with the new messages and other removals waiting at that moment
+//!   (`disk/commit.rs`). After a fully successful attempt (every pending
+//!   recipient delivered, none failed) the queue records nothing else: no
+//!   `DELIVERED` record, no `fdatasync`; the durable unlink *is* the record.
+//!   After a partial delivery the queue appends `DELIVERED` with its
+//!   `fdatasync` as before, since the file stays.
+//!
+//! Guarantees, and what a crash can do (the crash model in
+//! `tests/storage_disk.rs` walks through every state):
+//! - A message answered `250` is never lost: `write` returns only after the
+//!   file's fsync, its rename into `msg/` and the fsync of `msg/`.
+//! - After a successful delivery a crash cannot make the message be
+//!   delivered again, except inside the window that already existed:
+//!   between the relay's `250` and the first durable record of it. Before,
+//!   that record was the `DELIVERED` append (one `fdatasync` away); now it
+//!   is the unlink (at most two batched directory fsyncs away: the one in
+//!   progress and the one the removal joins). A crash inside that window
+//!   leaves the file exactly as the last durable record left it, and the
+//!   next start delivers it again to the recipients not recorded as done
+//!   (at-least-once; the same as a crash before the old `DELIVERED`
+//!   record was durable). A crash after it leaves nothing.
+//! - If the directory fsync of a removal fails, `remove` fails; the queue
+//!   logs it and its next attempt finds the file gone. Only a crash before
+//!   the kernel writes that directory back can then bring the file back
+//!   (and deliver it again), the same fate as a failed `DELIVERED` fsync.
 //! - **Start-up** ([`DiskStorage::open`]) deletes everything in `tmp/`
 //!   (writes that never returned), truncates torn journal tails, and moves
 //!   unreadable files to `corrupt/` rather than deleting mail. A file from a
@@ -50,7 +76,7 @@ pub(crate) mod format;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -102,6 +128,20 @@ fn valid_id(id: &str) -> bool {
 
 fn not_found(id: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("no queued message {id}"))
+}
+
+/// `write_all` for several buffers, in as few `writev` calls as the kernel
+/// allows.
+fn write_all_vectored(file: &mut File, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn sync_dir(path: &Path, fsyncs: &AtomicU64) -> io::Result<()> {
@@ -267,20 +307,34 @@ impl DiskStorage {
         .await
     }
 
-    async fn write_new(&self, envelope: &Envelope, timestamp: SystemTime) -> io::Result<String> {
+    async fn write_new(
+        &self,
+        envelope: Arc<Envelope>,
+        timestamp: SystemTime,
+    ) -> io::Result<String> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let bytes = format::encode_new(envelope, timestamp);
+        let (head, tail) = format::encode_new_around(&envelope, timestamp);
         let tmp = self.inner.tmp_dir.join(&id);
         let dest = self.inner.msg_dir.join(&id);
         let fsyncs = self.inner.fsyncs.clone();
         let tmp_for_write = tmp.clone();
+        let shared = envelope.clone();
         blocking(move || {
             let written = (|| {
                 let mut file = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .open(&tmp_for_write)?;
-                file.write_all(&bytes)?;
+                // The message bytes go straight from the envelope: no
+                // second copy of the message is built.
+                write_all_vectored(
+                    &mut file,
+                    &mut [
+                        IoSlice::new(&head),
+                        IoSlice::new(&shared.message),
+                        IoSlice::new(&tail),
+                    ],
+                )?;
                 fsyncs.fetch_add(1, Ordering::Relaxed);
                 file.sync_all()
             })();
@@ -333,9 +387,19 @@ impl DiskStorage {
 }
 
 impl QueueStorage for DiskStorage {
+    /// Copies the envelope once (the blocking write needs it owned); the
+    /// queue uses [`QueueStorage::write_shared`], which does not.
     fn write(
         &self,
         envelope: &Envelope,
+        timestamp: SystemTime,
+    ) -> impl Future<Output = io::Result<String>> + Send {
+        self.write_new(Arc::new(envelope.clone()), timestamp)
+    }
+
+    fn write_shared(
+        &self,
+        envelope: Arc<Envelope>,
         timestamp: SystemTime,
     ) -> impl Future<Output = io::Result<String>> + Send {
         self.write_new(envelope, timestamp)
@@ -412,11 +476,7 @@ impl QueueStorage for DiskStorage {
         let Ok(path) = self.file_of(id) else {
             return Ok(());
         };
-        blocking(move || match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        })
-        .await?;
+        self.inner.committer.remove(path).await?;
         self.index().remove(id);
         Ok(())
     }
