@@ -86,6 +86,36 @@ pub enum MxAnswer {
     NoMx,
 }
 
+/// A resolver builder for `nameservers` (the system configuration when the
+/// list is empty) with what every lookup of ours wants: no hosts file, and
+/// names always fully qualified (no search list). Shared with the edge's
+/// reverse DNS.
+pub(crate) fn resolver_builder(
+    nameservers: &[SocketAddr],
+) -> Result<hickory_resolver::ResolverBuilder<TokioRuntimeProvider>, NetError> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = if nameservers.is_empty() {
+        TokioResolver::builder(provider)?
+    } else {
+        let servers = nameservers
+            .iter()
+            .map(|addr| {
+                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                for connection in &mut server.connections {
+                    connection.port = addr.port();
+                }
+                server
+            })
+            .collect();
+        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+            .with_options(ResolverOpts::default())
+    };
+    let options = builder.options_mut();
+    options.use_hosts_file = ResolveHosts::Never;
+    options.ndots = 0;
+    Ok(builder)
+}
+
 /// A DNS resolver for mail routing. Cheap to clone (clones share the cache).
 #[derive(Clone)]
 pub struct Resolver {
@@ -111,27 +141,9 @@ impl Resolver {
             not_found: false,
             message: format!("cannot set up the DNS resolver: {e}"),
         };
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(failed)?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|addr| {
-                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                    for connection in &mut server.connections {
-                        connection.port = addr.port();
-                    }
-                    server
-                })
-                .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-                .with_options(ResolverOpts::default())
-        };
+        let mut builder = resolver_builder(nameservers).map_err(failed)?;
         let options = builder.options_mut();
-        options.use_hosts_file = ResolveHosts::Never;
         options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        options.ndots = 0;
         Ok(Self {
             inner: builder.build().map_err(failed)?,
         })

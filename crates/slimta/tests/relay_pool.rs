@@ -123,13 +123,15 @@ fn relay(addr: SocketAddr) -> StaticSmtpRelay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_messages_share_at_most_pool_size_sessions() {
+    // Issue 5: 1,000 messages through pool_size = 2.
+    const MESSAGES: usize = 1000;
     let (addr, stats) = counting_server(false).await;
     let relay = Arc::new(
         relay(addr)
             .pool_size(2)
             .idle_timeout(Duration::from_secs(30)),
     );
-    let tasks: Vec<_> = (0..40)
+    let tasks: Vec<_> = (0..MESSAGES)
         .map(|n| {
             let relay = relay.clone();
             tokio::spawn(async move { relay.attempt(&envelope(n), 1).await })
@@ -139,14 +141,14 @@ async fn many_messages_share_at_most_pool_size_sessions() {
         let delivery = task.await.unwrap().expect("delivered");
         assert!(delivery.result_for(0).is_ok());
     }
-    assert_eq!(stats.messages.load(Ordering::SeqCst), 40);
+    assert_eq!(stats.messages.load(Ordering::SeqCst), MESSAGES);
     let accepted = stats.accepted.load(Ordering::SeqCst);
     assert!(stats.max_open.load(Ordering::SeqCst) <= 2, "{stats:?}");
     assert!(accepted <= 2, "sessions are reused: {stats:?}");
     // Every reuse starts with RSET; nothing was QUIT yet (the sessions idle).
     assert_eq!(
         stats.rsets.load(Ordering::SeqCst),
-        40 - accepted,
+        MESSAGES - accepted,
         "{stats:?}"
     );
     assert_eq!(stats.quits.load(Ordering::SeqCst), 0, "{stats:?}");

@@ -27,8 +27,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
 use crate::dns::Resolver;
@@ -94,26 +92,8 @@ impl ReverseDns {
         let failed = |e: hickory_resolver::net::NetError| {
             ReverseDnsError::new(format!("cannot set up the DNS resolver: {e}"))
         };
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(failed)?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|addr| {
-                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                    for connection in &mut server.connections {
-                        connection.port = addr.port();
-                    }
-                    server
-                })
-                .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-                .with_options(ResolverOpts::default())
-        };
+        let mut builder = crate::dns::resolver_builder(nameservers).map_err(failed)?;
         let options = builder.options_mut();
-        options.use_hosts_file = ResolveHosts::Never;
-        options.ndots = 0;
         options.timeout = timeout;
         Ok(Self {
             ptr: builder.build().map_err(failed)?,

@@ -148,6 +148,14 @@ impl PipeRelay {
         std::iter::once(self.program.as_str()).chain(self.args.iter().map(String::as_str))
     }
 
+    /// Replaces the program and its argument templates, keeping every other
+    /// setting (the presets below rebuild their command this way).
+    fn set_command(&mut self, command: Vec<String>) {
+        let mut parts = command.into_iter();
+        self.program = parts.next().unwrap_or_default();
+        self.args = parts.collect();
+    }
+
     fn expand(&self, values: &Values<'_>) -> Vec<String> {
         let sender = if values.sender.is_empty() {
             self.null_sender.as_str()
@@ -478,17 +486,7 @@ impl MaildropRelay {
             None => command.push("-d".into()),
         }
         command.push("{recipient}".into());
-        let PipeRelay {
-            timeout,
-            null_sender,
-            keep_crlf,
-            ..
-        } = self.pipe.clone();
-        self.pipe = PipeRelay::new(command)
-            .per_recipient(true)
-            .timeout(timeout)
-            .null_sender(null_sender)
-            .keep_crlf(keep_crlf);
+        self.pipe.set_command(command);
     }
 
     /// The maildrop program (default `maildrop` from PATH).
@@ -567,17 +565,7 @@ impl DovecotLdaRelay {
             command.push(conf.display().to_string());
         }
         command.extend(["-f", "{sender}", "-d", "{recipient}"].map(String::from));
-        let PipeRelay {
-            timeout,
-            null_sender,
-            keep_crlf,
-            ..
-        } = self.pipe.clone();
-        self.pipe = PipeRelay::new(command)
-            .per_recipient(true)
-            .timeout(timeout)
-            .null_sender(null_sender)
-            .keep_crlf(keep_crlf);
+        self.pipe.set_command(command);
     }
 
     /// The dovecot-lda program.
