@@ -14,12 +14,30 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, and that this process
+/// has not handed out before.
+///
+/// The port is released before the peer binds it, and a slow starter (a
+/// Python server takes about a second) leaves a window in which the kernel
+/// may give the same port to another test of the same binary: then one
+/// peer fails to bind while the readiness probe reaches the other test's
+/// server. Never repeating a port within the process closes that window
+/// (test binaries run one at a time).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot bind 127.0.0.1:0")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("cannot bind 127.0.0.1:0");
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// The path of `program` on PATH (or in /usr/sbin), or a panic naming the
