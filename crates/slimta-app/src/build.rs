@@ -31,7 +31,7 @@ use slimta::edge::{AcceptDomains, SmtpEdge, listener};
 use slimta::policy::headers::{AddDateHeader, AddMessageIdHeader, AddReceivedHeader};
 use slimta::queue::Queue;
 use slimta::queue::backoff::ExponentialBackoff;
-use slimta::queue::disk::DiskStorage;
+use slimta::queue::disk::{DiskOptions, DiskStorage};
 use slimta::queue::memory::MemoryStorage;
 use slimta::relay::BlackholeRelay;
 use slimta::relay::http::HttpRelay;
@@ -469,8 +469,15 @@ fn build_queue(
         StorageConfig::Memory => {
             AppQueue::Memory(configure!(Queue::new(MemoryStorage::new(), relay)))
         }
-        StorageConfig::Disk { path } => {
-            let storage = DiskStorage::open(path).map_err(|e| {
+        StorageConfig::Disk {
+            path,
+            journal_max_message,
+        } => {
+            let options = DiskOptions {
+                journal_max_message: usize::try_from(*journal_max_message).unwrap_or(usize::MAX),
+                ..DiskOptions::default()
+            };
+            let storage = DiskStorage::open_with(path, options).map_err(|e| {
                 format!(
                     "queue.{name}.path: cannot open the spool {}: {e}",
                     path.display()

@@ -269,6 +269,10 @@ pub enum StorageConfig {
     Disk {
         /// The spool directory (`path`, required).
         path: PathBuf,
+        /// `journal_max_message`: new messages up to this many bytes go
+        /// through the spool's shared journal, bigger ones get their own
+        /// file at once; 0 turns the journal off. Default 1 MiB.
+        journal_max_message: u64,
     },
 }
 

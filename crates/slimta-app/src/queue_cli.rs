@@ -126,13 +126,13 @@ fn pick_spool(config: &Config, queue: Option<&str>) -> Result<PathBuf, String> {
         .queues
         .iter()
         .filter_map(|(name, q)| match &q.storage {
-            StorageConfig::Disk { path } => Some((name, path)),
+            StorageConfig::Disk { path, .. } => Some((name, path)),
             StorageConfig::Memory => None,
         })
         .collect();
     match queue {
         Some(name) => match config.queues.get(name).map(|q| &q.storage) {
-            Some(StorageConfig::Disk { path }) => Ok(path.clone()),
+            Some(StorageConfig::Disk { path, .. }) => Ok(path.clone()),
             Some(StorageConfig::Memory) => Err(format!(
                 "queue \"{name}\" is a memory queue; only disk queues can be operated"
             )),

@@ -1,5 +1,11 @@
-//! DiskStorage beyond the conformance suite: the crash model, the spool
-//! lock, format versions, group commit, and a queue restarted over a spool.
+//! DiskStorage's own files beyond the conformance suite: the crash model,
+//! the spool lock, format versions, group commit, and a queue restarted
+//! over a spool. (The journal has its own tests in `storage_journal.rs`.)
+//!
+//! These tests use [`DiskOptions::files_only`], where every message gets
+//! its own file at once; with the default options that is the path of big
+//! messages and of every message that stays in the queue (its first
+//! metadata record moves it out of the journal).
 //!
 //! The crash model is simulated the way the write protocol can be cut
 //! short: a new message is written to `tmp/` and renamed into `msg/` only
@@ -14,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use slimta::queue::{DiskStorage, Queue, QueueStorage, clock};
+use slimta::queue::{DiskOptions, DiskStorage, Queue, QueueStorage, clock};
 use slimta::{Delivery, Envelope, Handoff, Relay, RelayError, Reply};
 
 fn envelope() -> Envelope {
@@ -33,6 +39,11 @@ fn spool() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// A storage that gives every message its own file.
+fn files_only(path: &Path) -> DiskStorage {
+    DiskStorage::open_with(path, DiskOptions::files_only()).unwrap()
+}
+
 fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
@@ -46,7 +57,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 /// appended record.
 async fn reference_files() -> (String, Vec<u8>, Vec<u8>) {
     let (_dir, path) = spool();
-    let s = DiskStorage::open(&path).unwrap();
+    let s = files_only(&path);
     let id = s
         .write(
             &envelope(),
@@ -189,7 +200,7 @@ async fn stray_files_are_set_aside() {
 async fn concurrent_writes_share_directory_fsyncs() {
     const WRITERS: u64 = 200;
     let (_dir, path) = spool();
-    let s = DiskStorage::open(&path).unwrap();
+    let s = files_only(&path);
     let before = s.fsync_count();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..WRITERS {
@@ -402,7 +413,7 @@ impl Relay for DeliverAll {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_returns_after_a_directory_fsync() {
     let (_dir, path) = spool();
-    let storage = DiskStorage::open(&path).unwrap();
+    let storage = files_only(&path);
     let id = storage.write(&envelope(), SystemTime::now()).await.unwrap();
     let before = storage.fsync_count();
     storage.remove(&id).await.unwrap();
@@ -421,7 +432,7 @@ async fn remove_returns_after_a_directory_fsync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivered_message_costs_three_fsyncs_on_its_own() {
     let (_dir, path) = spool();
-    let storage = DiskStorage::open(&path).unwrap();
+    let storage = files_only(&path);
     let before = storage.fsync_count();
     let relay = DeliverAll::new(&path);
     let queue = Queue::new(storage.clone(), relay.clone());
@@ -467,7 +478,7 @@ async fn an_interrupted_removal_leaves_the_file_or_nothing() {
     // What a successful attempt leaves on disk until its unlink is durable.
     let (_dir, path) = spool();
     let relay = DeliverAll::new(&path);
-    let storage = DiskStorage::open(&path).unwrap();
+    let storage = files_only(&path);
     let queue = Queue::new(storage.clone(), relay.clone());
     queue.start().await.unwrap();
     let mut e = envelope();

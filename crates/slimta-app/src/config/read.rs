@@ -307,11 +307,15 @@ fn read_queue(
 ) -> Option<QueueConfig> {
     let kind = s.required(errors, "type", choice(&["memory", "disk"]));
     let storage = match kind {
-        Some("disk") => s
-            .required(errors, "path", non_empty_string)
-            .map(|p| StorageConfig::Disk {
+        Some("disk") => {
+            let path = s.required(errors, "path", non_empty_string);
+            let journal_max_message =
+                s.or(errors, "journal_max_message", 1 << 20, integer(0, u64::MAX));
+            path.map(|p| StorageConfig::Disk {
                 path: PathBuf::from(p),
-            }),
+                journal_max_message,
+            })
+        }
         Some(_) => Some(StorageConfig::Memory),
         None => None,
     };
@@ -338,7 +342,7 @@ fn read_queue(
         Some(r) => read_retry(r, errors),
         None => RetryConfig::default(),
     };
-    s.finish(errors, &["path"], kind);
+    s.finish(errors, &["path", "journal_max_message"], kind);
     Some(QueueConfig {
         storage: storage?,
         relay: relay?,
@@ -392,7 +396,7 @@ fn read_retry(mut s: Section<'_>, errors: &mut Errors) -> RetryConfig {
 fn check_spool_paths(queues: &BTreeMap<String, QueueConfig>, errors: &mut Errors) {
     let mut seen: BTreeMap<&PathBuf, &str> = BTreeMap::new();
     for (name, queue) in queues {
-        if let StorageConfig::Disk { path } = &queue.storage {
+        if let StorageConfig::Disk { path, .. } = &queue.storage {
             if let Some(first) = seen.get(path) {
                 errors.push(
                     format!("queue.{name}.path"),

@@ -113,6 +113,7 @@ data_timeout = "2m"
 [queue.main]
 type = "disk"
 path = "/var/spool/slimta"
+journal_max_message = 65536
 relay = "out"
 max_concurrency = 3
 bounce_headers_only = true
@@ -192,7 +193,8 @@ fn full_file_keeps_every_value() {
     assert_eq!(
         queue.storage,
         StorageConfig::Disk {
-            path: "/var/spool/slimta".into()
+            path: "/var/spool/slimta".into(),
+            journal_max_message: 65536,
         }
     );
     assert_eq!(queue.max_concurrency, 3);
@@ -271,7 +273,8 @@ fn embedded_default_is_safe() {
     assert_eq!(
         queue.storage,
         StorageConfig::Disk {
-            path: "./slimta-spool".into()
+            path: "./slimta-spool".into(),
+            journal_max_message: 1 << 20,
         }
     );
     assert!(matches!(config.relays[&queue.relay], RelayConfig::Mx(_)));

@@ -76,7 +76,7 @@ use crate::relay::Relay;
 use crate::reply::Reply;
 
 pub use backoff::{Backoff, ExponentialBackoff};
-pub use disk::DiskStorage;
+pub use disk::{DiskOptions, DiskStorage};
 pub use memory::MemoryStorage;
 pub use ops::QueueStats;
 pub use storage::{DynStorage, QueueEntry, QueueMeta, QueueStorage, StoredEnvelope};

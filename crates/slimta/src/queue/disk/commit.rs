@@ -1,32 +1,54 @@
-//! Group commit: one directory fsync for many new messages.
+//! Group commit: one sync for everything waiting at one moment.
 //!
-//! A new spool file becomes durable in two steps: its own data (written and
-//! fsync'd by the writer, in parallel with other writers, so the file
-//! system can merge their journal commits) and its directory entry (the
-//! rename into `msg/`, durable only after an fsync of that directory). The
-//! second step is shared: one committer thread takes every rename that is
-//! waiting, performs them, fsyncs the directory once, and answers them all.
-//! While it fsyncs, new renames queue up and form the next batch, so the
-//! batch grows with the load and no timer or batch size is needed: an idle
-//! spool commits a lone message at once.
+//! One committer thread owns every change that must be durable before
+//! someone is answered, takes all jobs waiting when it wakes, applies them,
+//! syncs as few times as it can, and answers them all. While it syncs, new
+//! jobs queue up and form the next batch, so the batch grows with the load
+//! and no timer or batch size is needed: an idle spool commits a lone
+//! message at once.
 //!
-//! If the directory fsync fails, the batch's files are unlinked again and
-//! every writer in it gets the error: a message whose writer was told "not
-//! stored" must not turn up after the next restart.
+//! A batch runs in this order:
 //!
-//! The same thread makes removals durable: a removal job unlinks a file in
-//! the directory and is answered after the batch's directory fsync, so a
-//! removal shares that fsync with the new messages (and other removals)
-//! waiting at the same moment. The queue relies on it after a fully
-//! successful delivery attempt, where the durable unlink is the only record
-//! that the message was delivered (see `disk/mod.rs`). A file that is
-//! already gone counts as removed. If the fsync fails, the removal is
-//! answered with the error: the file is gone from the directory but may
-//! come back after a crash, which the caller must treat as "not removed".
+//! 1. **Journal appends** (`disk/journal.rs`): the `NEW` record of every
+//!    small new message and the `REMOVE` record of every removal whose
+//!    message is (or was) in a segment that still exists, appended to the
+//!    head segment; then one `fdatasync` of it. A segment that has grown
+//!    past its size is closed first and a new head started (its directory
+//!    entry fsync'd before anything in it is acknowledged).
+//! 2. **Directory changes** in `msg/`: renames of written and fsync'd files
+//!    (big new messages, and journal messages moved to their own file, a
+//!    "spill"), unlinks of removed messages' files; then one fsync of
+//!    `msg/`.
+//! 3. **Segment deletion**: closed segments at the front of the journal
+//!    whose every message is gone (removed or spilled) are unlinked, oldest
+//!    first, each followed by a fsync of `journal/`, so a segment's
+//!    `REMOVE` records never disappear while an older segment with the
+//!    matching `NEW` record could come back after a crash.
+//! 4. Every job is answered.
+//!
+//! The committer keeps, per segment, the ids whose only copy is in that
+//! segment ("residents"). An id leaves when its `REMOVE` is synced or its
+//! spill is durable. A spill of an id that is no longer resident (removed
+//! in the meantime) is dropped and answered [`Done::Gone`], so a removed
+//! message never gets a file of its own. When more closed segments than
+//! allowed still hold residents, the committer asks (through
+//! `spill_below`) for the residents of the oldest ones to be spilled; the
+//! storage does that from async code, and the segments then drain.
+//!
+//! Failures: if a journal sync fails, every job that appended in that
+//! batch gets the error, the head is cut back to where the batch started
+//! and abandoned (the next append starts a new segment), and none of the
+//! batch's ids become resident. A record that still reached the disk can
+//! make a message reported as not stored turn up after a restart
+//! (delivered once more than the client expects), never the reverse. If
+//! the `msg/` fsync fails, the batch's renamed files are unlinked again and
+//! the renames and unlinks are answered with the error, as before the
+//! journal existed.
 
-use std::fs::{self, File};
-use std::io;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IoSlice, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -34,54 +56,326 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
-/// One directory change waiting for the directory fsync.
+use super::journal;
+use super::write_all_vectored;
+use crate::envelope::Envelope;
+
+/// One change waiting for its sync.
 pub(crate) struct Job {
     change: Change,
-    done: oneshot::Sender<io::Result<()>>,
+    done: oneshot::Sender<io::Result<Done>>,
 }
 
-/// What a job does to the directory.
+/// What a job does.
 pub(crate) enum Change {
-    /// Renames a written and fsync'd file into the directory.
+    /// Renames a written and fsync'd file into `msg/`.
     Rename { tmp: PathBuf, dest: PathBuf },
-    /// Unlinks a file in the directory.
-    Remove(PathBuf),
+    /// Renames a written and fsync'd copy of journal message `id` (resident
+    /// in `segment`) into `msg/`, unless the message is gone by then.
+    Spill {
+        tmp: PathBuf,
+        dest: PathBuf,
+        id: String,
+        segment: u64,
+    },
+    /// Appends a `NEW` record: the spool file `head`, message, `tail`.
+    New {
+        id: String,
+        head: Vec<u8>,
+        envelope: Arc<Envelope>,
+        tail: Vec<u8>,
+    },
+    /// Removes message `id`: a `REMOVE` record if `origin` (the segment
+    /// its `NEW` record went to) still exists, and an unlink of its file
+    /// `path` if there is one. `had_file`: the storage believes the file
+    /// exists, so the directory is fsync'd even if it is already gone (an
+    /// earlier unlink may not be durable yet).
+    Remove {
+        id: String,
+        path: PathBuf,
+        origin: Option<u64>,
+        had_file: bool,
+    },
+    /// Lists the residents of every segment older than `below`; changes
+    /// nothing.
+    Residents { below: u64 },
+}
+
+/// A journal message whose only copy is in a segment: id, segment, and
+/// its record's offset and length there.
+pub(crate) type Resident = (String, u64, u64, u64);
+
+/// Where each resident's record is in its segment: offset and length.
+pub(crate) type Residents = HashMap<String, (u64, u64)>;
+
+/// How a job ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Done {
+    /// Durable.
+    Committed,
+    /// A `NEW` record is durable at `offset` (`len` bytes) in `segment`.
+    Placed { segment: u64, offset: u64, len: u64 },
+    /// A spill found its message already removed; nothing was renamed.
+    Gone,
+    /// The answer to [`Change::Residents`].
+    Residents(Vec<Resident>),
+}
+
+struct Head {
+    seq: u64,
+    file: File,
+    len: u64,
+}
+
+/// The journal as the committer thread owns it.
+pub(crate) struct Journal {
+    dir: PathBuf,
+    dir_handle: File,
+    head: Option<Head>,
+    next_seq: u64,
+    /// Every segment on disk, closed ones and the head, with the messages
+    /// whose only copy is in it.
+    segments: BTreeMap<u64, Residents>,
+    segment_size: u64,
+    closed_segments: usize,
+}
+
+impl Journal {
+    /// The journal in `dir`, holding `segments` (found at start-up, all
+    /// closed) and their residents; new segments are numbered after them.
+    pub(crate) fn new(
+        dir: &Path,
+        segments: BTreeMap<u64, Residents>,
+        segment_size: u64,
+        closed_segments: usize,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            dir_handle: File::open(dir)?,
+            head: None,
+            next_seq: segments.last_key_value().map_or(1, |(&seq, _)| seq + 1),
+            segments,
+            segment_size,
+            closed_segments,
+        })
+    }
+
+    fn head_seq(&self) -> Option<u64> {
+        self.head.as_ref().map(|h| h.seq)
+    }
+
+    /// The head segment, starting a new one if there is none or it is full.
+    fn ready_head(&mut self, fsyncs: &AtomicU64) -> io::Result<&mut Head> {
+        let full = self
+            .head
+            .as_ref()
+            .is_none_or(|h| h.len >= self.segment_size);
+        if full {
+            let seq = self.next_seq;
+            let path = self.dir.join(journal::segment_name(seq));
+            let mut file = OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .open(&path)?;
+            self.next_seq += 1;
+            let started = file.write_all(&journal::header()).and_then(|()| {
+                // The segment's directory entry must be durable before a
+                // record in it is acknowledged; the header itself is
+                // covered by the first batch's fdatasync.
+                fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.dir_handle.sync_all()
+            });
+            if let Err(e) = started {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+            self.segments.insert(seq, Residents::new());
+            self.head = Some(Head {
+                seq,
+                file,
+                len: journal::HEADER_LEN as u64,
+            });
+        }
+        Ok(self.head.as_mut().expect("a head segment was just ensured"))
+    }
+
+    fn is_resident(&self, segment: u64, id: &str) -> bool {
+        self.segments
+            .get(&segment)
+            .is_some_and(|r| r.contains_key(id))
+    }
+
+    /// Unlinks drained closed segments from the front, oldest first.
+    fn delete_drained(&mut self, fsyncs: &AtomicU64) {
+        let head = self.head_seq();
+        while let Some((&seq, residents)) = self.segments.first_key_value() {
+            if Some(seq) == head || !residents.is_empty() {
+                break;
+            }
+            let path = self.dir.join(journal::segment_name(seq));
+            let deleted = match fs::remove_file(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+            .and_then(|()| {
+                fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.dir_handle.sync_all()
+            });
+            if let Err(e) = deleted {
+                tracing::error!(segment = %path.display(), error = %e, "could not delete a drained journal segment");
+                break;
+            }
+            self.segments.remove(&seq);
+        }
+    }
+
+    /// The first segment whose residents may stay where they are; every
+    /// resident of an older segment should be spilled (0: none).
+    fn spill_below(&self) -> u64 {
+        let head = self.head_seq();
+        let closed: Vec<u64> = self
+            .segments
+            .keys()
+            .copied()
+            .filter(|&s| Some(s) != head)
+            .collect();
+        if closed.len() > self.closed_segments {
+            // The newest segment to spill, plus one.
+            closed[closed.len() - self.closed_segments - 1] + 1
+        } else {
+            0
+        }
+    }
 }
 
 /// The handle writers use to reach the committer thread. The thread ends
 /// when the last handle is dropped.
 pub(crate) struct Committer {
     jobs: Sender<Job>,
+    spill_below: Arc<AtomicU64>,
 }
 
 fn stopped() -> io::Error {
     io::Error::other("spool commit thread stopped")
 }
 
+/// The same error again, for every job that shares it.
+fn again(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
+}
+
 impl Committer {
-    /// Starts the committer for the directory `dir`.
-    pub(crate) fn spawn(dir: &std::path::Path, fsyncs: Arc<AtomicU64>) -> io::Result<Self> {
-        let handle = File::open(dir)?;
+    /// Starts the committer for the message directory `msg_dir` and
+    /// `journal`, after deleting the journal's drained segments.
+    pub(crate) fn spawn(
+        msg_dir: &Path,
+        mut journal: Journal,
+        fsyncs: Arc<AtomicU64>,
+    ) -> io::Result<Self> {
+        journal.delete_drained(&fsyncs);
+        let spill_below = Arc::new(AtomicU64::new(journal.spill_below()));
+        let mut state = CommitThread {
+            msg_dir: File::open(msg_dir)?,
+            journal,
+            fsyncs,
+            spill_below: spill_below.clone(),
+        };
         let (jobs, rx) = channel();
         thread::Builder::new()
             .name("slimta-spool-commit".into())
-            .spawn(move || run(&rx, &handle, &fsyncs))?;
-        Ok(Self { jobs })
+            .spawn(move || state.run(&rx))?;
+        Ok(Self { jobs, spill_below })
     }
 
     /// Renames `tmp` (fully written and fsync'd) to `dest` and returns once
     /// the directory entry is durable.
     pub(crate) async fn commit(&self, tmp: PathBuf, dest: PathBuf) -> io::Result<()> {
-        self.submit(Change::Rename { tmp, dest }).await
+        self.submit(Change::Rename { tmp, dest }).await.map(drop)
     }
 
-    /// Unlinks `path` (a file in the directory) and returns once the
-    /// removal is durable. A missing file is not an error.
-    pub(crate) async fn remove(&self, path: PathBuf) -> io::Result<()> {
-        self.submit(Change::Remove(path)).await
+    /// Moves journal message `id` of `segment` to its own file: renames
+    /// `tmp` (its spool file, written and fsync'd) to `dest`. `Ok(false)`
+    /// if the message was removed first (`tmp` is then deleted).
+    pub(crate) async fn spill(
+        &self,
+        tmp: PathBuf,
+        dest: PathBuf,
+        id: String,
+        segment: u64,
+    ) -> io::Result<bool> {
+        let done = self
+            .submit(Change::Spill {
+                tmp,
+                dest,
+                id,
+                segment,
+            })
+            .await?;
+        Ok(done != Done::Gone)
     }
 
-    async fn submit(&self, change: Change) -> io::Result<()> {
+    /// Appends a new message to the journal; returns where its record is
+    /// (segment, offset, length) once it is durable.
+    pub(crate) async fn append_new(
+        &self,
+        id: String,
+        head: Vec<u8>,
+        envelope: Arc<Envelope>,
+        tail: Vec<u8>,
+    ) -> io::Result<(u64, u64, u64)> {
+        match self
+            .submit(Change::New {
+                id,
+                head,
+                envelope,
+                tail,
+            })
+            .await?
+        {
+            Done::Placed {
+                segment,
+                offset,
+                len,
+            } => Ok((segment, offset, len)),
+            other => Err(io::Error::other(format!(
+                "journal append answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Removes message `id` (see [`Change::Remove`]) and returns once the
+    /// removal is durable. A message already gone is not an error.
+    pub(crate) async fn remove(
+        &self,
+        id: String,
+        path: PathBuf,
+        origin: Option<u64>,
+        had_file: bool,
+    ) -> io::Result<()> {
+        self.submit(Change::Remove {
+            id,
+            path,
+            origin,
+            had_file,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The residents of every segment older than `below`.
+    pub(crate) async fn residents(&self, below: u64) -> io::Result<Vec<Resident>> {
+        match self.submit(Change::Residents { below }).await? {
+            Done::Residents(list) => Ok(list),
+            other => Err(io::Error::other(format!("residents answered {other:?}"))),
+        }
+    }
+
+    /// Residents of segments older than this should be spilled (0: none).
+    pub(crate) fn spill_below(&self) -> u64 {
+        self.spill_below.load(Ordering::Relaxed)
+    }
+
+    async fn submit(&self, change: Change) -> io::Result<Done> {
         let (done, answer) = oneshot::channel();
         self.jobs
             .send(Job { change, done })
@@ -90,60 +384,251 @@ impl Committer {
     }
 }
 
-/// The committer loop: one batch per wake-up.
-pub(crate) fn run(jobs: &Receiver<Job>, dir: &File, fsyncs: &AtomicU64) {
-    while let Ok(first) = jobs.recv() {
-        let batch: Vec<Job> = std::iter::once(first).chain(jobs.try_iter()).collect();
-        commit_batch(batch, dir, fsyncs);
-    }
+/// The committer thread's state.
+pub(crate) struct CommitThread {
+    msg_dir: File,
+    journal: Journal,
+    fsyncs: Arc<AtomicU64>,
+    spill_below: Arc<AtomicU64>,
 }
 
-fn apply(change: &Change) -> io::Result<()> {
-    match change {
-        Change::Rename { tmp, dest } => fs::rename(tmp, dest),
-        Change::Remove(path) => match fs::remove_file(path) {
-            // Already gone (an earlier removal whose answer was lost, or an
-            // operator's delete racing an attempt): still fsync the
-            // directory, in case that earlier unlink is not durable yet.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        },
+impl CommitThread {
+    /// The committer loop: one batch per wake-up.
+    pub(crate) fn run(&mut self, jobs: &Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let batch: Vec<Job> = std::iter::once(first).chain(jobs.try_iter()).collect();
+            self.commit_batch(batch);
+        }
     }
-}
 
-fn commit_batch(batch: Vec<Job>, dir: &File, fsyncs: &AtomicU64) {
-    let renamed: Vec<io::Result<()>> = batch.iter().map(|j| apply(&j.change)).collect();
-    let synced = if renamed.iter().any(Result::is_ok) {
-        fsyncs.fetch_add(1, Ordering::Relaxed);
-        dir.sync_all()
-    } else {
-        Ok(())
-    };
-    if let Err(e) = &synced {
-        tracing::error!(error = %e, files = batch.len(), "spool directory fsync failed");
+    fn appends(&self, change: &Change) -> bool {
+        match change {
+            Change::New { .. } => true,
+            Change::Remove {
+                origin: Some(segment),
+                ..
+            } => self.journal.segments.contains_key(segment),
+            _ => false,
+        }
     }
-    for (job, renamed) in batch.into_iter().zip(renamed) {
-        let result = match (renamed, &synced) {
-            (Err(e), _) => {
-                if let Change::Rename { tmp, .. } = &job.change {
-                    let _ = fs::remove_file(tmp);
+
+    /// Step 1: the journal records of the batch, one `fdatasync`.
+    fn append_records(&mut self, batch: &[Job], results: &mut [Option<io::Result<Done>>]) {
+        let appending: Vec<usize> = (0..batch.len())
+            .filter(|&i| self.appends(&batch[i].change))
+            .collect();
+        if appending.is_empty() {
+            return;
+        }
+        let fsyncs = self.fsyncs.clone();
+        let head = match self.journal.ready_head(&fsyncs) {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::error!(error = %e, "could not start a journal segment");
+                for i in appending {
+                    results[i] = Some(Err(again(&e)));
                 }
-                Err(e)
-            }
-            (Ok(()), Ok(())) => Ok(()),
-            (Ok(()), Err(e)) => {
-                if let Change::Rename { dest, .. } = &job.change {
-                    let _ = fs::remove_file(dest);
-                }
-                Err(io::Error::new(
-                    e.kind(),
-                    format!("spool directory fsync: {e}"),
-                ))
+                return;
             }
         };
-        // The writer may have gone away (its future was dropped); the file is
-        // then stored but unscheduled until the next start.
-        let _ = job.done.send(result);
+        let (seq, start) = (head.seq, head.len);
+        let mut appended = Vec::with_capacity(appending.len());
+        for i in appending {
+            let offset = head.len;
+            let written = match &batch[i].change {
+                Change::New {
+                    id,
+                    head: file_head,
+                    envelope,
+                    tail,
+                } => {
+                    let parts: [&[u8]; 3] = [file_head, &envelope.message, tail];
+                    let (prefix, crc) = journal::new_record_around(id, &parts);
+                    let mut bufs = [
+                        IoSlice::new(&prefix),
+                        IoSlice::new(parts[0]),
+                        IoSlice::new(parts[1]),
+                        IoSlice::new(parts[2]),
+                        IoSlice::new(&crc),
+                    ];
+                    let len: usize = bufs.iter().map(|b| b.len()).sum();
+                    write_all_vectored(&mut head.file, &mut bufs).map(|()| {
+                        let placed = Done::Placed {
+                            segment: seq,
+                            offset,
+                            len: len as u64,
+                        };
+                        (placed, len as u64)
+                    })
+                }
+                Change::Remove { id, .. } => {
+                    let record = journal::remove_record(id);
+                    head.file
+                        .write_all(&record)
+                        .map(|()| (Done::Committed, record.len() as u64))
+                }
+                _ => unreachable!("only appending jobs are here"),
+            };
+            match written {
+                Ok((done, len)) => {
+                    head.len = offset + len;
+                    results[i] = Some(Ok(done));
+                    appended.push(i);
+                }
+                Err(e) => {
+                    // Leave no half record for the next one to follow.
+                    let _ = head.file.set_len(offset);
+                    results[i] = Some(Err(e));
+                }
+            }
+        }
+        if appended.is_empty() {
+            return;
+        }
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = head.file.sync_data() {
+            tracing::error!(error = %e, "journal fdatasync failed; abandoning the segment");
+            let _ = head.file.set_len(start);
+            self.journal.head = None;
+            for i in appended {
+                results[i] = Some(Err(io::Error::new(
+                    e.kind(),
+                    format!("spool journal fdatasync: {e}"),
+                )));
+            }
+            return;
+        }
+        for i in appended {
+            match &batch[i].change {
+                Change::New { id, .. } => {
+                    if let (Some(residents), Some(Ok(Done::Placed { offset, len, .. }))) =
+                        (self.journal.segments.get_mut(&seq), &results[i])
+                    {
+                        residents.insert(id.clone(), (*offset, *len));
+                    }
+                }
+                Change::Remove {
+                    id,
+                    origin: Some(segment),
+                    ..
+                } => {
+                    if let Some(residents) = self.journal.segments.get_mut(segment) {
+                        residents.remove(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Step 2: renames and unlinks in `msg/`, one directory fsync.
+    fn change_directory(&mut self, batch: &[Job], results: &mut [Option<io::Result<Done>>]) {
+        let mut applied = vec![false; batch.len()];
+        let mut changed = false;
+        for (i, job) in batch.iter().enumerate() {
+            if matches!(results[i], Some(Err(_))) {
+                continue;
+            }
+            let outcome = match &job.change {
+                Change::New { .. } | Change::Residents { .. } => continue,
+                Change::Rename { tmp, dest } => fs::rename(tmp, dest).inspect_err(|_| {
+                    let _ = fs::remove_file(tmp);
+                }),
+                Change::Spill {
+                    tmp,
+                    dest,
+                    id,
+                    segment,
+                } => {
+                    if self.journal.is_resident(*segment, id) {
+                        fs::rename(tmp, dest).inspect_err(|_| {
+                            let _ = fs::remove_file(tmp);
+                        })
+                    } else {
+                        let _ = fs::remove_file(tmp);
+                        results[i] = Some(Ok(Done::Gone));
+                        continue;
+                    }
+                }
+                Change::Remove { path, had_file, .. } => match fs::remove_file(path) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && !had_file => continue,
+                    // Already gone (an earlier removal whose answer was
+                    // lost, or an operator's delete racing an attempt):
+                    // still fsync, in case that unlink is not durable yet.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                },
+            };
+            match outcome {
+                Ok(()) => {
+                    applied[i] = true;
+                    changed = true;
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if !changed {
+            return;
+        }
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let synced = self.msg_dir.sync_all();
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "spool directory fsync failed");
+        }
+        for (i, job) in batch.iter().enumerate().filter(|(i, _)| applied[*i]) {
+            match (&job.change, &synced) {
+                (Change::Spill { id, segment, .. }, Ok(())) => {
+                    if let Some(residents) = self.journal.segments.get_mut(segment) {
+                        residents.remove(id);
+                    }
+                    results[i] = Some(Ok(Done::Committed));
+                }
+                (_, Ok(())) => {
+                    if results[i].is_none() {
+                        results[i] = Some(Ok(Done::Committed));
+                    }
+                }
+                (change, Err(e)) => {
+                    if let Change::Rename { dest, .. } | Change::Spill { dest, .. } = change {
+                        // Told "not stored", so it must not turn up later.
+                        let _ = fs::remove_file(dest);
+                    }
+                    results[i] = Some(Err(io::Error::new(
+                        e.kind(),
+                        format!("spool directory fsync: {e}"),
+                    )));
+                }
+            }
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Job>) {
+        let mut results: Vec<Option<io::Result<Done>>> = (0..batch.len()).map(|_| None).collect();
+        self.append_records(&batch, &mut results);
+        self.change_directory(&batch, &mut results);
+        self.journal.delete_drained(&self.fsyncs);
+        self.spill_below
+            .store(self.journal.spill_below(), Ordering::Relaxed);
+        for (job, result) in batch.iter().zip(results.iter_mut()) {
+            if let Change::Residents { below } = job.change {
+                let list = self
+                    .journal
+                    .segments
+                    .range(..below)
+                    .flat_map(|(&segment, residents)| {
+                        residents
+                            .iter()
+                            .map(move |(id, &(offset, len))| (id.clone(), segment, offset, len))
+                    })
+                    .collect();
+                *result = Some(Ok(Done::Residents(list)));
+            }
+        }
+        for (job, result) in batch.into_iter().zip(results) {
+            // The writer may have gone away (its future was dropped); a new
+            // message is then stored but unscheduled until the next start.
+            let _ = job.done.send(result.unwrap_or(Ok(Done::Committed)));
+        }
     }
 }
 
@@ -151,81 +636,44 @@ fn commit_batch(batch: Vec<Job>, dir: &File, fsyncs: &AtomicU64) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn one_directory_fsync_per_batch() {
-        let spool = tempfile::tempdir().unwrap();
-        let (tmp_dir, msg_dir) = (spool.path().join("tmp"), spool.path().join("msg"));
-        fs::create_dir_all(&tmp_dir).unwrap();
-        fs::create_dir_all(&msg_dir).unwrap();
-        let (tx, rx) = channel();
-        let mut answers = Vec::new();
-        for i in 0..10 {
-            let tmp = tmp_dir.join(format!("m{i}"));
-            fs::write(&tmp, format!("message {i}")).unwrap();
-            let (done, answer) = oneshot::channel();
-            tx.send(Job {
-                change: Change::Rename {
-                    tmp,
-                    dest: msg_dir.join(format!("m{i}")),
-                },
-                done,
-            })
-            .unwrap();
-            answers.push(answer);
-        }
-        // A rename whose temporary file is missing fails alone.
-        let (done, missing) = oneshot::channel();
-        tx.send(Job {
-            change: Change::Rename {
-                tmp: tmp_dir.join("gone"),
-                dest: msg_dir.join("gone"),
-            },
-            done,
-        })
-        .unwrap();
-        drop(tx);
-        let fsyncs = AtomicU64::new(0);
-        run(&rx, &File::open(&msg_dir).unwrap(), &fsyncs);
-        assert_eq!(
-            fsyncs.load(Ordering::Relaxed),
-            1,
-            "the batch shares one directory fsync"
-        );
-        for (i, mut answer) in answers.into_iter().enumerate() {
-            answer.try_recv().unwrap().unwrap();
-            assert_eq!(
-                fs::read_to_string(msg_dir.join(format!("m{i}"))).unwrap(),
-                format!("message {i}")
-            );
-        }
-        let mut missing = missing;
-        assert_eq!(
-            missing.try_recv().unwrap().unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
-        assert_eq!(fs::read_dir(&tmp_dir).unwrap().count(), 0);
+    struct Spool {
+        _dir: tempfile::TempDir,
+        tmp: PathBuf,
+        msg: PathBuf,
+        journal: PathBuf,
     }
 
-    #[test]
-    fn removals_share_the_batch_fsync_and_are_answered_after_it() {
-        let spool = tempfile::tempdir().unwrap();
-        let (tmp_dir, msg_dir) = (spool.path().join("tmp"), spool.path().join("msg"));
-        fs::create_dir_all(&tmp_dir).unwrap();
-        fs::create_dir_all(&msg_dir).unwrap();
-        for i in 0..3 {
-            fs::write(msg_dir.join(format!("old{i}")), "delivered").unwrap();
+    fn spool() -> Spool {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, msg, journal) = (
+            dir.path().join("tmp"),
+            dir.path().join("msg"),
+            dir.path().join("journal"),
+        );
+        for d in [&tmp, &msg, &journal] {
+            fs::create_dir_all(d).unwrap();
         }
-        fs::write(tmp_dir.join("new"), "new").unwrap();
+        Spool {
+            _dir: dir,
+            tmp,
+            msg,
+            journal,
+        }
+    }
+
+    fn thread(spool: &Spool) -> CommitThread {
+        CommitThread {
+            msg_dir: File::open(&spool.msg).unwrap(),
+            journal: Journal::new(&spool.journal, BTreeMap::new(), 1 << 20, 4).unwrap(),
+            fsyncs: Arc::default(),
+            spill_below: Arc::default(),
+        }
+    }
+
+    /// Runs `changes` as one batch (all waiting before the thread wakes)
+    /// and returns the answers.
+    fn run_batch(state: &mut CommitThread, changes: Vec<Change>) -> Vec<io::Result<Done>> {
         let (tx, rx) = channel();
-        let mut changes: Vec<Change> = (0..3)
-            .map(|i| Change::Remove(msg_dir.join(format!("old{i}"))))
-            .collect();
-        changes.push(Change::Rename {
-            tmp: tmp_dir.join("new"),
-            dest: msg_dir.join("new"),
-        });
-        // Already gone: answered Ok, like a removal that happened.
-        changes.push(Change::Remove(msg_dir.join("never")));
         let mut answers = Vec::new();
         for change in changes {
             let (done, answer) = oneshot::channel();
@@ -233,26 +681,232 @@ mod tests {
             answers.push(answer);
         }
         drop(tx);
-        let fsyncs = AtomicU64::new(0);
-        // Nothing is answered before the batch ran (and fsync'd).
         for answer in &mut answers {
-            assert!(answer.try_recv().is_err());
+            assert!(answer.try_recv().is_err(), "answered before the batch ran");
         }
-        run(&rx, &File::open(&msg_dir).unwrap(), &fsyncs);
-        assert_eq!(
-            fsyncs.load(Ordering::Relaxed),
-            1,
-            "removals and the new message share one directory fsync"
+        state.run(&rx);
+        answers
+            .into_iter()
+            .map(|mut a| a.try_recv().unwrap())
+            .collect()
+    }
+
+    fn id(n: u8) -> String {
+        format!("{n:032x}")
+    }
+
+    fn new_message(n: u8) -> Change {
+        Change::New {
+            id: id(n),
+            head: b"head".to_vec(),
+            envelope: Arc::new(Envelope::new(
+                "s@x.test",
+                vec!["r@y.test".into()],
+                vec![n; 100],
+            )),
+            tail: b"tail".to_vec(),
+        }
+    }
+
+    fn fsyncs(state: &CommitThread) -> u64 {
+        state.fsyncs.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_batch_of_new_messages_and_removals_shares_one_journal_sync() {
+        let spool = spool();
+        let mut state = thread(&spool);
+        let answers = run_batch(&mut state, (0..10).map(new_message).collect());
+        // Starting the first segment fsyncs journal/ once; the ten records
+        // share one fdatasync.
+        assert_eq!(fsyncs(&state), 2);
+        let segment_bytes = fs::read(spool.journal.join(journal::segment_name(1))).unwrap();
+        let scan = journal::scan(&segment_bytes).unwrap();
+        assert_eq!(scan.entries.len(), 10);
+        for (n, answer) in answers.into_iter().enumerate() {
+            let Done::Placed {
+                segment,
+                offset,
+                len,
+            } = answer.unwrap()
+            else {
+                panic!("not placed");
+            };
+            assert_eq!(segment, 1);
+            let record = &segment_bytes[offset as usize..(offset + len) as usize];
+            let file = journal::new_record_file(record, &id(n as u8)).unwrap();
+            assert_eq!(file, [&b"head"[..], &[n as u8; 100], b"tail"].concat());
+        }
+        assert_eq!(state.journal.segments[&1].len(), 10);
+
+        // Removals: one more fdatasync for all of them, and they leave the
+        // residents; the removal of a message never stored (no origin)
+        // touches only msg/ and finds nothing there to fsync... but a
+        // removal whose storage expected a file fsyncs msg/ anyway.
+        let before = fsyncs(&state);
+        let removals = (0..5)
+            .map(|n| Change::Remove {
+                id: id(n),
+                path: spool.msg.join(id(n)),
+                origin: Some(1),
+                had_file: false,
+            })
+            .collect();
+        for answer in run_batch(&mut state, removals) {
+            assert_eq!(answer.unwrap(), Done::Committed);
+        }
+        assert_eq!(fsyncs(&state) - before, 1);
+        assert_eq!(state.journal.segments[&1].len(), 5);
+        let segment_bytes = fs::read(spool.journal.join(journal::segment_name(1))).unwrap();
+        assert_eq!(journal::scan(&segment_bytes).unwrap().entries.len(), 15);
+    }
+
+    #[test]
+    fn renames_and_unlinks_share_one_directory_fsync() {
+        let spool = spool();
+        let mut state = thread(&spool);
+        for i in 0..3 {
+            fs::write(spool.msg.join(id(i)), "delivered").unwrap();
+        }
+        let mut changes: Vec<Change> = (0..3)
+            .map(|i| Change::Remove {
+                id: id(i),
+                path: spool.msg.join(id(i)),
+                origin: None,
+                had_file: true,
+            })
+            .collect();
+        for i in 10..15 {
+            fs::write(spool.tmp.join(id(i)), format!("message {i}")).unwrap();
+            changes.push(Change::Rename {
+                tmp: spool.tmp.join(id(i)),
+                dest: spool.msg.join(id(i)),
+            });
+        }
+        // A rename whose temporary file is missing fails alone.
+        changes.push(Change::Rename {
+            tmp: spool.tmp.join("gone"),
+            dest: spool.msg.join("gone"),
+        });
+        // Already gone: answered Ok, like a removal that happened.
+        changes.push(Change::Remove {
+            id: id(99),
+            path: spool.msg.join(id(99)),
+            origin: None,
+            had_file: true,
+        });
+        let answers = run_batch(&mut state, changes);
+        assert_eq!(fsyncs(&state), 1, "one directory fsync, no journal sync");
+        for (n, answer) in answers.into_iter().enumerate() {
+            if n == 8 {
+                assert_eq!(answer.unwrap_err().kind(), io::ErrorKind::NotFound);
+            } else {
+                assert_eq!(answer.unwrap(), Done::Committed, "job {n}");
+            }
+        }
+        let mut names: Vec<_> = fs::read_dir(&spool.msg)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, (10..15).map(id).collect::<Vec<_>>());
+        assert_eq!(fs::read_dir(&spool.tmp).unwrap().count(), 0);
+        assert!(
+            state.journal.segments.is_empty(),
+            "no journal segment was started for file-only work"
         );
-        for mut answer in answers {
-            answer.try_recv().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_spill_moves_a_resident_out_but_never_resurrects_a_removed_one() {
+        let spool = spool();
+        let mut state = thread(&spool);
+        run_batch(&mut state, vec![new_message(1), new_message(2)]);
+        for n in [1, 2] {
+            fs::write(spool.tmp.join(id(n)), "spilled copy").unwrap();
+        }
+        let spill = |n: u8| Change::Spill {
+            tmp: spool.tmp.join(id(n)),
+            dest: spool.msg.join(id(n)),
+            id: id(n),
+            segment: 1,
+        };
+        // Message 2 is removed in the same batch as its spill: the removal
+        // wins whatever the order.
+        let answers = run_batch(
+            &mut state,
+            vec![
+                spill(1),
+                spill(2),
+                Change::Remove {
+                    id: id(2),
+                    path: spool.msg.join(id(2)),
+                    origin: Some(1),
+                    had_file: false,
+                },
+            ],
+        );
+        let answers: Vec<Done> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, [Done::Committed, Done::Gone, Done::Committed]);
+        assert_eq!(
+            fs::read_to_string(spool.msg.join(id(1))).unwrap(),
+            "spilled copy"
+        );
+        assert!(!spool.msg.join(id(2)).exists());
+        assert_eq!(fs::read_dir(&spool.tmp).unwrap().count(), 0);
+        // Both left the segment's residents.
+        assert!(state.journal.segments[&1].is_empty());
+    }
+
+    #[test]
+    fn drained_segments_are_deleted_oldest_first_and_old_residents_are_listed_for_spilling() {
+        let spool = spool();
+        let mut state = thread(&spool);
+        // Tiny segments: every batch starts a new one; one closed segment
+        // may keep messages.
+        state.journal.segment_size = 1;
+        state.journal.closed_segments = 1;
+        for n in 1..=4 {
+            run_batch(&mut state, vec![new_message(n)]);
         }
         assert_eq!(
-            fs::read_dir(&msg_dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
+            state.journal.segments.keys().copied().collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        // Segments 1 and 2 are closed beyond the one allowed.
+        assert_eq!(state.spill_below.load(Ordering::Relaxed), 3);
+        let answers = run_batch(&mut state, vec![Change::Residents { below: 3 }]);
+        let Ok(Done::Residents(mut listed)) = answers.into_iter().next().unwrap() else {
+            panic!("no residents");
+        };
+        listed.sort();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|r| (r.0.clone(), r.1))
                 .collect::<Vec<_>>(),
-            ["new"]
+            [(id(1), 1), (id(2), 2)]
+        );
+        // Removing message 2 drains segment 2, but segment 1 still holds
+        // message 1, so segment 2 stays (its REMOVE records could matter
+        // for segment 1).
+        let remove = |n: u8, origin: u64| Change::Remove {
+            id: id(n),
+            path: spool.msg.join(id(n)),
+            origin: Some(origin),
+            had_file: false,
+        };
+        run_batch(&mut state, vec![remove(2, 2)]);
+        assert!(spool.journal.join(journal::segment_name(2)).exists());
+        // Draining segment 1 deletes both, in order.
+        run_batch(&mut state, vec![remove(1, 1)]);
+        for seq in [1, 2] {
+            assert!(!spool.journal.join(journal::segment_name(seq)).exists());
+        }
+        // (Each removal went to a new segment of its own: 5 and 6.)
+        assert_eq!(
+            state.journal.segments.keys().copied().collect::<Vec<_>>(),
+            [3, 4, 5, 6]
         );
     }
 }

@@ -51,8 +51,9 @@ use crate::queue::storage::{QueueMeta, StoredEnvelope};
 pub(crate) const MAGIC: &[u8; 8] = b"SLIMTAQ\n";
 /// The format version this code writes and reads.
 pub(crate) const VERSION: u16 = 1;
-const HEADER_LEN: usize = 12;
-const RECORD_OVERHEAD: usize = 1 + 8 + 4;
+pub(crate) const HEADER_LEN: usize = 12;
+/// Kind, length and CRC around every record's payload.
+pub(crate) const RECORD_OVERHEAD: usize = 1 + 8 + 4;
 
 const ENVELOPE: u8 = 1;
 const TIMESTAMP: u8 = 2;
@@ -149,7 +150,7 @@ pub(crate) fn encode_update(update: &Update) -> Vec<u8> {
     out
 }
 
-fn push_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+pub(crate) fn push_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     let start = out.len();
     out.push(kind);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
@@ -204,7 +205,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded, Invalid> {
 
 /// The record at `pos`: kind, payload and where the next record starts;
 /// `None` if it is cut short or fails its CRC.
-fn next_record(bytes: &[u8], pos: usize) -> Option<(u8, &[u8], usize)> {
+pub(crate) fn next_record(bytes: &[u8], pos: usize) -> Option<(u8, &[u8], usize)> {
     let rest = bytes.get(pos..)?;
     if rest.len() < RECORD_OVERHEAD {
         return None;

@@ -1,0 +1,312 @@
+//! DiskStorage's journal (the default path of new messages up to
+//! `journal_max_message`): its crash model, the rule that a removal wins
+//! over every copy, the move of lingering messages to their own files, and
+//! what a delivered message costs in syncs.
+//!
+//! The crash model of the journal: records are appended to the head
+//! segment and synced in order, so an interrupted run leaves a prefix of
+//! the segment (a torn last record at worst). Every prefix must reopen to
+//! exactly the state after the whole records in it: each message whole or
+//! absent, never partial, and a removal either applied or not.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use slimta::queue::{DiskOptions, DiskStorage, Queue, QueueStorage, clock};
+use slimta::{Delivery, Envelope, Handoff, Relay, RelayError, Reply};
+
+fn envelope(n: u8) -> Envelope {
+    let mut message = format!("Subject: journal {n}\r\n\r\n").into_bytes();
+    message.extend_from_slice(b"\x00\xff\r\n.\r\nbinary\n");
+    message.extend(std::iter::repeat_n(n, 300));
+    let mut e = Envelope::new(
+        format!("s{n}@x.test"),
+        vec!["a@y.test".into(), "b@y.test".into()],
+        message,
+    );
+    e.receive_time = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, u32::from(n));
+    e
+}
+
+fn spool() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    (dir, path)
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn ids(s: &DiskStorage) -> BTreeSet<String> {
+    s.load()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..2_000 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test]
+async fn every_prefix_of_a_segment_reopens_to_the_whole_records_in_it() {
+    // Write A, write B, remove A: three records, one after the other.
+    let (_dir, path) = spool();
+    let s = DiskStorage::open(&path).unwrap();
+    let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
+    let b = s.write(&envelope(2), SystemTime::now()).await.unwrap();
+    s.remove(&a).await.unwrap();
+    assert!(
+        files_in(&path.join("msg")).is_empty(),
+        "small messages stay in the journal"
+    );
+    let segments = files_in(&path.join("journal"));
+    assert_eq!(segments.len(), 1);
+    let segment = fs::read(path.join("journal").join(&segments[0])).unwrap();
+    drop(s);
+
+    let states = [
+        BTreeSet::new(),
+        BTreeSet::from([a.clone()]),
+        BTreeSet::from([a.clone(), b.clone()]),
+        BTreeSet::from([b.clone()]),
+    ];
+    let mut reached = 0;
+    for cut in 0..=segment.len() {
+        let (_dir, path) = spool();
+        fs::create_dir_all(path.join("journal")).unwrap();
+        fs::write(path.join("journal").join(&segments[0]), &segment[..cut]).unwrap();
+        let s = DiskStorage::open(&path).unwrap();
+        let got = ids(&s).await;
+        // The states come in order, each for a run of cuts.
+        while states[reached] != got {
+            reached += 1;
+            assert!(
+                reached < states.len(),
+                "cut at {cut}: unexpected state {got:?}"
+            );
+        }
+        for id in &got {
+            let n = if *id == a { 1 } else { 2 };
+            assert_eq!(
+                *s.get(id).await.unwrap().envelope,
+                envelope(n),
+                "cut at {cut}: a partial message"
+            );
+        }
+        // Nothing is ever appended behind a torn tail: new work goes to a
+        // new segment, and the whole spool reopens again.
+        let c = s.write(&envelope(3), SystemTime::now()).await.unwrap();
+        drop(s);
+        let s = DiskStorage::open(&path).unwrap();
+        let mut expected = got.clone();
+        expected.insert(c);
+        assert_eq!(ids(&s).await, expected, "cut at {cut}");
+    }
+    assert_eq!(
+        reached,
+        states.len() - 1,
+        "the last state was never reached"
+    );
+}
+
+#[tokio::test]
+async fn a_metadata_update_moves_the_message_to_its_own_file_and_a_removal_beats_every_copy() {
+    let (_dir, path) = spool();
+    let s = DiskStorage::open(&path).unwrap();
+    let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
+    assert!(files_in(&path.join("msg")).is_empty());
+    // A partial delivery: the message stays, so it gets its own file.
+    s.set_recipients_delivered(&a, &[0]).await.unwrap();
+    assert_eq!(files_in(&path.join("msg")), std::slice::from_ref(&a));
+    let stored = s.get(&a).await.unwrap();
+    assert_eq!(*stored.envelope, envelope(1));
+    assert_eq!(stored.meta.delivered, [0]);
+    let file = fs::read(path.join("msg").join(&a)).unwrap();
+    let journal_before_remove = fs::read_dir(path.join("journal"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), fs::read(e.path()).unwrap())
+        })
+        .collect::<Vec<_>>();
+    s.remove(&a).await.unwrap();
+    assert!(files_in(&path.join("msg")).is_empty());
+    drop(s);
+
+    // A crash before the unlink of the file was durable: the file is
+    // back, but the journal's REMOVE wins, and the file goes.
+    fs::write(path.join("msg").join(&a), &file).unwrap();
+    let s = DiskStorage::open(&path).unwrap();
+    assert!(ids(&s).await.is_empty(), "a removed message came back");
+    assert!(files_in(&path.join("msg")).is_empty());
+    drop(s);
+
+    // A crash before the REMOVE record: the file (the later copy, with the
+    // delivered recipient) wins over the journal's NEW record.
+    let (_dir2, path2) = spool();
+    fs::create_dir_all(path2.join("journal")).unwrap();
+    fs::create_dir_all(path2.join("msg")).unwrap();
+    for (name, bytes) in &journal_before_remove {
+        fs::write(path2.join("journal").join(name), bytes).unwrap();
+    }
+    fs::write(path2.join("msg").join(&a), &file).unwrap();
+    let s = DiskStorage::open(&path2).unwrap();
+    assert_eq!(ids(&s).await, BTreeSet::from([a.clone()]));
+    assert_eq!(s.get(&a).await.unwrap().meta.delivered, [0]);
+    // The old segment held nothing but that NEW record, now superseded by
+    // the file, so the open deleted it: no NEW record is left to bring the
+    // message back once its file is durably unlinked.
+    assert!(files_in(&path2.join("journal")).is_empty());
+    s.remove(&a).await.unwrap();
+    drop(s);
+    let s = DiskStorage::open(&path2).unwrap();
+    assert!(ids(&s).await.is_empty());
+    assert!(files_in(&path2.join("msg")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_left_in_old_segments_move_to_files_and_the_segments_go() {
+    let (_dir, path) = spool();
+    // Every batch fills a segment; one closed segment may keep messages.
+    let options = DiskOptions {
+        segment_size: 1,
+        closed_segments: 1,
+        ..DiskOptions::default()
+    };
+    let s = DiskStorage::open_with(&path, options.clone()).unwrap();
+    let mut written = Vec::new();
+    for n in 0..10 {
+        written.push(s.write(&envelope(n), SystemTime::now()).await.unwrap());
+    }
+    // All but the newest two segments' messages get their own files, and
+    // the segments they leave are deleted.
+    wait_until("old messages have their own files", async || {
+        files_in(&path.join("msg")).len() >= 8 && files_in(&path.join("journal")).len() <= 2
+    })
+    .await;
+    for (n, id) in written.iter().enumerate() {
+        assert_eq!(*s.get(id).await.unwrap().envelope, envelope(n as u8));
+    }
+    drop(s);
+    let s = DiskStorage::open_with(&path, options).unwrap();
+    assert_eq!(ids(&s).await, written.iter().cloned().collect());
+    for id in &written {
+        s.remove(id).await.unwrap();
+    }
+    assert!(files_in(&path.join("msg")).is_empty());
+    drop(s);
+    let s = DiskStorage::open(&path).unwrap();
+    assert!(ids(&s).await.is_empty());
+}
+
+#[tokio::test]
+async fn big_messages_get_their_own_file_at_once() {
+    let (_dir, path) = spool();
+    let options = DiskOptions {
+        journal_max_message: 100,
+        ..DiskOptions::default()
+    };
+    let s = DiskStorage::open_with(&path, options).unwrap();
+    let big = s.write(&envelope(1), SystemTime::now()).await.unwrap();
+    let mut small_envelope = envelope(2);
+    small_envelope.message.truncate(100);
+    let small = s.write(&small_envelope, SystemTime::now()).await.unwrap();
+    assert_eq!(files_in(&path.join("msg")), std::slice::from_ref(&big));
+    assert_eq!(*s.get(&small).await.unwrap().envelope, small_envelope);
+    assert_eq!(*s.get(&big).await.unwrap().envelope, envelope(1));
+}
+
+#[tokio::test]
+async fn a_restart_keeps_journal_messages_and_drains_the_old_segment() {
+    let (_dir, path) = spool();
+    let s = DiskStorage::open(&path).unwrap();
+    let mut written = Vec::new();
+    for n in 0..3 {
+        written.push(s.write(&envelope(n), SystemTime::now()).await.unwrap());
+    }
+    drop(s);
+    let s = DiskStorage::open(&path).unwrap();
+    assert_eq!(ids(&s).await, written.iter().cloned().collect());
+    // New work goes to a new segment; the old one is never appended to.
+    let d = s.write(&envelope(9), SystemTime::now()).await.unwrap();
+    assert_eq!(files_in(&path.join("journal")).len(), 2);
+    for id in &written {
+        assert!(s.get(id).await.is_ok());
+        s.remove(id).await.unwrap();
+    }
+    assert_eq!(
+        files_in(&path.join("journal")).len(),
+        1,
+        "the drained old segment was not deleted"
+    );
+    assert_eq!(ids(&s).await, BTreeSet::from([d]));
+}
+
+/// Delivers every recipient.
+#[derive(Clone, Default)]
+struct DeliverAll {
+    calls: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+}
+
+impl Relay for DeliverAll {
+    async fn attempt(&self, envelope: &Envelope, _attempt: u32) -> Result<Delivery, RelayError> {
+        self.calls.lock().unwrap().push(envelope.recipients.clone());
+        let results = envelope
+            .recipients
+            .iter()
+            .map(|_| Ok(Reply::new(250, "2.0.0", "ok")))
+            .collect();
+        Ok(Delivery::per_recipient(
+            Reply::new(250, "2.0.0", "ok"),
+            results,
+        ))
+    }
+}
+
+/// Through a queue, a message delivered at the first attempt costs one
+/// journal sync for its `NEW` record and one for its `REMOVE` record (each
+/// shared with every other record waiting at that moment, under load), and
+/// never a file of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_message_costs_two_journal_syncs_on_its_own() {
+    let (_dir, path) = spool();
+    let storage = DiskStorage::open(&path).unwrap();
+    let relay = DeliverAll::default();
+    let queue = Queue::new(storage.clone(), relay.clone());
+    queue.start().await.unwrap();
+    let mut costs = Vec::new();
+    for n in 0..3 {
+        let before = storage.fsync_count();
+        let mut e = envelope(n);
+        e.receive_time = clock::now();
+        queue.handoff(e).await[0].result.clone().unwrap();
+        wait_until("the message is delivered and forgotten", async || {
+            relay.calls.lock().unwrap().len() == usize::from(n) + 1
+                && storage.load().await.unwrap().is_empty()
+        })
+        .await;
+        costs.push(storage.fsync_count() - before);
+        assert!(files_in(&path.join("msg")).is_empty());
+    }
+    // The first message also starts the first segment (one fsync of
+    // journal/).
+    assert_eq!(costs, [3, 2, 2]);
+}
