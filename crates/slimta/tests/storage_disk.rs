@@ -227,9 +227,21 @@ async fn concurrent_writes_share_directory_fsyncs() {
 #[ignore = "a benchmark; run by hand on the disk you care about"]
 async fn group_commit_benchmark() {
     let dir = std::env::var_os("SLIMTA_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
-    for concurrency in [1usize, 10, 100] {
+    for (mode, concurrency) in [
+        ("files", 1usize),
+        ("files", 10),
+        ("files", 100),
+        ("journal", 1),
+        ("journal", 10),
+        ("journal", 100),
+    ] {
         let tmp = tempfile::tempdir_in(&dir).unwrap();
-        let s = DiskStorage::open(tmp.path()).unwrap();
+        let options = if mode == "files" {
+            DiskOptions::files_only()
+        } else {
+            DiskOptions::default()
+        };
+        let s = DiskStorage::open_with(tmp.path(), options).unwrap();
         let total = 2000usize;
         let next = Arc::new(AtomicUsize::new(0));
         let before = s.fsync_count();
@@ -249,7 +261,7 @@ async fn group_commit_benchmark() {
         let secs = start.elapsed().as_secs_f64();
         let fsyncs = s.fsync_count() - before;
         println!(
-            "concurrency {concurrency:>3}: {:>8.0} msg/s, {:.2} fsyncs/msg",
+            "{mode:>7}, concurrency {concurrency:>3}: {:>8.0} msg/s, {:.2} fsyncs/msg",
             total as f64 / secs,
             fsyncs as f64 / total as f64
         );

@@ -626,12 +626,19 @@ impl DiskStorage {
         let dest = self.file_of(&id)?;
         let (journal_dir, fsyncs) = (self.inner.journal_dir.clone(), self.inner.fsyncs.clone());
         let (read_id, tmp_for_write) = (id.clone(), tmp.clone());
-        let bytes = blocking(move || {
+        let bytes = match blocking(move || {
             let bytes = read_journal_record(&journal_dir, &read_id, segment, offset, len)?;
             write_synced(&tmp_for_write, &[&bytes], &fsyncs)?;
             Ok(bytes)
         })
-        .await?;
+        .await
+        {
+            Ok(bytes) => bytes,
+            // Its segment is gone: the message was removed meanwhile (a
+            // resident keeps its segment on disk).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
         if !self
             .inner
             .committer
