@@ -16,9 +16,10 @@
 //! - Logs go to stderr; stdout carries only what was asked for
 //!   (`--check-config`'s verdict, `--print-default`).
 //! - SIGTERM and SIGINT set a `watch` flag the runner drains on; a second
-//!   one exits at once for an operator who will not wait. SIGHUP is logged
-//!   and ignored until reloading exists, rather than killing the daemon
-//!   (the default action of SIGHUP).
+//!   one exits at once for an operator who will not wait. SIGHUP reloads
+//!   the TLS certificates and keys (new sessions get them, open ones keep
+//!   theirs); the rest of the configuration stays as started, and the
+//!   daemon is never killed by it (the default action of SIGHUP).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
