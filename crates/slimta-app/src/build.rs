@@ -146,6 +146,46 @@ impl Drop for ControlSocket {
     }
 }
 
+/// An edge built and bound, waiting for the privilege drop before it
+/// starts accepting.
+enum Serving {
+    Http(HttpEdge<AppQueue>, Vec<tokio::net::TcpListener>),
+    Smtp(
+        SmtpEdge<AppQueue, AcceptDomains>,
+        Vec<tokio::net::TcpListener>,
+        Vec<tokio::net::UnixListener>,
+    ),
+}
+
+/// Gives the spools and unix sockets to `target`, then becomes it (see
+/// `privileges.rs`).
+fn drop_privileges(config: &Config, target: &crate::privileges::Target) -> Result<(), String> {
+    let spools = config
+        .queues
+        .iter()
+        .filter_map(|(name, q)| match &q.storage {
+            StorageConfig::Disk { path, .. } => Some((format!("queue.{name}.path"), path)),
+            StorageConfig::Memory => None,
+        });
+    let sockets = config.edges.iter().flat_map(|(name, e)| {
+        e.listen_unix
+            .iter()
+            .map(move |path| (format!("edge.{name}.listen"), path))
+    });
+    for (key, path) in spools.chain(sockets) {
+        crate::privileges::give(path, target).map_err(|e| {
+            format!(
+                "{key}: cannot give {} to {}: {e}",
+                path.display(),
+                target.describe()
+            )
+        })?;
+    }
+    crate::privileges::drop_to(target).map_err(|e| format!("process.user: {e}"))?;
+    tracing::info!(to = %target.describe(), "dropped privileges");
+    Ok(())
+}
+
 /// Runs everything `config` describes until `shutdown` becomes `true`.
 ///
 /// # Errors
@@ -158,6 +198,10 @@ pub async fn run(
     mut reloads: watch::Receiver<u64>,
 ) -> Result<(), String> {
     let hostname = &config.process.hostname;
+    let privileges = crate::privileges::resolve(
+        config.process.user.as_deref(),
+        config.process.group.as_deref(),
+    )?;
     let resolver = build_resolver(config)?;
     let mut relays: BTreeMap<&str, AppRelay> = BTreeMap::new();
     for (name, relay) in &config.relays {
@@ -171,16 +215,12 @@ pub async fn run(
             .cloned()
             .ok_or_else(|| format!("queue.{name}.relay: no relay named {:?}", queue.relay))?;
         let built = build_queue(name, queue, relay, hostname)?;
-        built
-            .start()
-            .await
-            .map_err(|e| format!("queue.{name}: cannot load stored messages: {e}"))?;
         if let Some(socket) = built.serve_control(name)? {
             controls.push(socket);
         }
         queues.insert(name, built);
     }
-    let mut edges = tokio::task::JoinSet::new();
+    let mut serving = Vec::new();
     let mut certificates = Vec::new();
     for (name, edge) in &config.edges {
         let queue = queues
@@ -215,11 +255,7 @@ pub async fn run(
         match edge.kind {
             EdgeKind::Http => {
                 let http = build_http_edge(edge, queue, hostname, tls, credentials);
-                for listener in listeners {
-                    let http = http.clone();
-                    let shutdown = shutdown.clone();
-                    edges.spawn(async move { http.serve(listener, shutdown).await });
-                }
+                serving.push(Serving::Http(http, listeners));
             }
             EdgeKind::Smtp | EdgeKind::Lmtp => {
                 let mut smtp = build_smtp_edge(edge, queue, hostname, tls, credentials);
@@ -228,6 +264,7 @@ pub async fn run(
                         .map_err(|e| format!("edge.{name}.reverse_dns: {e}"))?;
                     smtp = smtp.reverse_dns(resolver);
                 }
+                let mut unix = Vec::new();
                 for path in &edge.listen_unix {
                     let listener = listener::bind_unix(path).map_err(|e| {
                         format!(
@@ -236,6 +273,33 @@ pub async fn run(
                         )
                     })?;
                     tracing::info!(edge = %name, address = %format!("unix:{}", path.display()), "listening");
+                    unix.push(listener);
+                }
+                serving.push(Serving::Smtp(smtp, listeners, unix));
+            }
+        }
+    }
+    if let Some(target) = &privileges {
+        drop_privileges(config, target)?;
+    }
+    for (name, queue) in &queues {
+        queue
+            .start()
+            .await
+            .map_err(|e| format!("queue.{name}: cannot load stored messages: {e}"))?;
+    }
+    let mut edges = tokio::task::JoinSet::new();
+    for serve in serving {
+        match serve {
+            Serving::Http(http, listeners) => {
+                for listener in listeners {
+                    let http = http.clone();
+                    let shutdown = shutdown.clone();
+                    edges.spawn(async move { http.serve(listener, shutdown).await });
+                }
+            }
+            Serving::Smtp(smtp, listeners, unix) => {
+                for listener in unix {
                     let smtp = smtp.clone();
                     let shutdown = shutdown.clone();
                     edges.spawn(async move { smtp.serve(listener, shutdown).await });

@@ -541,18 +541,9 @@ impl Config {
     /// daemon report them as errors rather than silently running without
     /// them. Remove an entry here when its feature lands.
     pub fn unsupported(&self) -> Vec<ConfigError> {
-        let mut errors = Vec::new();
-        // Running as root when told to drop to another user is a security
-        // promise broken, not a detail.
-        for (key, value) in [("user", &self.process.user), ("group", &self.process.group)] {
-            if value.is_some() {
-                errors.push(ConfigError::new(
-                    format!("process.{key}"),
-                    "dropping privileges is not supported yet",
-                ));
-            }
-        }
-        errors
+        // Nothing at the moment (privilege dropping, the last entry, is
+        // done: `privileges.rs`).
+        Vec::new()
     }
 }
 

@@ -151,11 +151,15 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     };
     let errors = match slimta_app::parse(&text) {
         Ok(config) => {
-            let unsupported = config.unsupported();
-            if unsupported.is_empty() {
+            let mut errors = config.unsupported();
+            errors.extend(slimta_app::privileges::unknown_names(
+                config.process.user.as_deref(),
+                config.process.group.as_deref(),
+            ));
+            if errors.is_empty() {
                 return Ok(config);
             }
-            unsupported
+            errors
         }
         Err(errors) => errors,
     };

@@ -133,19 +133,27 @@ fn check_config_reports_a_syntax_error_with_its_line() {
 }
 
 #[test]
-fn check_config_refuses_what_is_not_supported_yet() {
+fn check_config_knows_the_user_and_group_to_run_as() {
     let dir = tempfile::tempdir().unwrap();
-    let file = RUNNABLE.replace(
+    let known = RUNNABLE.replace(
         "log_level = \"info\"",
-        "log_level = \"info\"\nuser = \"mail\"",
+        "log_level = \"info\"\nuser = \"nobody\"\ngroup = \"nogroup\"",
     );
-    let path = write(dir.path(), "later.toml", &file);
+    let path = write(dir.path(), "known.toml", &known);
+    let out = slimta(&["--check-config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let unknown = RUNNABLE.replace(
+        "log_level = \"info\"",
+        "log_level = \"info\"\nuser = \"no-such-user-slimta\"\ngroup = \"no-such-group-slimta\"",
+    );
+    let path = write(dir.path(), "unknown.toml", &unknown);
     let out = slimta(&["--check-config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(
         text(&out.stderr),
         format!(
-            "{p}: process.user: dropping privileges is not supported yet\n{p}: 1 error\n",
+            "{p}: process.user: no user named \"no-such-user-slimta\"\n\
+             {p}: process.group: no group named \"no-such-group-slimta\"\n{p}: 2 errors\n",
             p = path.display()
         )
     );

@@ -1,0 +1,210 @@
+//! Dropping root after start-up (`process.user`, `process.group`).
+//!
+//! Why: port 25 needs root (or `CAP_NET_BIND_SERVICE`); nothing after the
+//! listeners are bound does, and an MTA parses hostile input all day.
+//!
+//! Decisions:
+//! - **Order** (`build::run`): everything that needs root happens first:
+//!   listeners bound (TCP and unix), TLS keys read, spools opened and their
+//!   control sockets bound. Then every file and directory under each disk
+//!   spool, and each unix listener socket, is given to the target user and
+//!   group (so the spool stays writable, including files a root run left
+//!   there), then the supplementary groups are set to the target group
+//!   alone, then the group id, then the user id (after `setuid` a `setgid`
+//!   would no longer be allowed). Only then do queues start delivering (a
+//!   pipe relay's program never runs as root) and edges start accepting.
+//! - `group` defaults to the user's primary group; `group` without `user`
+//!   changes the group only.
+//! - A process that is not root but already runs as the configured user
+//!   and group goes on (a container started as the mail user). Any other
+//!   non-root process refuses to start: running with other privileges
+//!   than the configured ones is a broken promise, not a detail.
+//! - After the drop, getting root back must be impossible: `setuid(0)` is
+//!   tried and must fail, or the daemon stops.
+//! - The calls go through the C library, which applies them to every
+//!   thread of the process (the runtime's threads already exist).
+//! - SIGHUP's certificate reload runs as the user afterwards: a key file
+//!   readable only by root can no longer be reloaded (the error is logged
+//!   and the old certificate kept), as with any daemon that drops root;
+//!   make keys readable by the group.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::lchown;
+use std::path::Path;
+
+use nix::unistd::{
+    Gid, Group, Uid, User, getegid, geteuid, getgid, getuid, setgid, setgroups, setuid,
+};
+
+/// Whom to become.
+#[derive(Debug, Clone)]
+pub struct Target {
+    user: Option<(String, Uid)>,
+    group: Gid,
+}
+
+impl Target {
+    /// Who this is, for logs.
+    pub fn describe(&self) -> String {
+        match &self.user {
+            Some((name, uid)) => format!("user {name} (uid {uid}), gid {}", self.group),
+            None => format!("gid {}", self.group),
+        }
+    }
+}
+
+/// Looks up the configured user and group. `None` when nothing is to be
+/// dropped: none configured, or the process already runs as them.
+///
+/// # Errors
+///
+/// An unknown user or group, or a process that is neither root nor
+/// already the configured user and group.
+pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Target>, String> {
+    let user = match user {
+        Some(name) => {
+            let found = User::from_name(name)
+                .map_err(|e| format!("process.user: cannot look up {name:?}: {e}"))?
+                .ok_or_else(|| format!("process.user: no user named {name:?}"))?;
+            Some(found)
+        }
+        None => None,
+    };
+    let gid = match group {
+        Some(name) => {
+            Group::from_name(name)
+                .map_err(|e| format!("process.group: cannot look up {name:?}: {e}"))?
+                .ok_or_else(|| format!("process.group: no group named {name:?}"))?
+                .gid
+        }
+        None => match &user {
+            Some(u) => u.gid,
+            None => return Ok(None),
+        },
+    };
+    let target = Target {
+        user: user.map(|u| (u.name, u.uid)),
+        group: gid,
+    };
+    let (euid, egid) = (geteuid(), getegid());
+    let already = target.user.as_ref().is_none_or(|(_, uid)| *uid == euid) && gid == egid;
+    if already && !euid.is_root() {
+        return Ok(None);
+    }
+    if !euid.is_root() {
+        let key = if target.user.is_some() {
+            "process.user"
+        } else {
+            "process.group"
+        };
+        return Err(format!(
+            "{key}: switching to {} needs root, but this process runs as uid {euid}, gid {egid}",
+            target.describe()
+        ));
+    }
+    Ok(Some(target))
+}
+
+/// The configured user and group names this machine does not know, for
+/// `--check-config` (which, unlike the daemon, needs no root).
+pub fn unknown_names(user: Option<&str>, group: Option<&str>) -> Vec<crate::ConfigError> {
+    let mut errors = Vec::new();
+    if let Some(name) = user {
+        match User::from_name(name) {
+            Ok(Some(_)) => {}
+            Ok(None) => errors.push(crate::ConfigError::new(
+                "process.user",
+                format!("no user named {name:?}"),
+            )),
+            Err(e) => errors.push(crate::ConfigError::new(
+                "process.user",
+                format!("cannot look up {name:?}: {e}"),
+            )),
+        }
+    }
+    if let Some(name) = group {
+        match Group::from_name(name) {
+            Ok(Some(_)) => {}
+            Ok(None) => errors.push(crate::ConfigError::new(
+                "process.group",
+                format!("no group named {name:?}"),
+            )),
+            Err(e) => errors.push(crate::ConfigError::new(
+                "process.group",
+                format!("cannot look up {name:?}: {e}"),
+            )),
+        }
+    }
+    errors
+}
+
+/// Gives `path` and, for a directory, everything under it to the target
+/// (symbolic links themselves, never what they point to).
+///
+/// # Errors
+///
+/// The first failing `lchown` or directory read.
+pub fn give(path: &Path, target: &Target) -> io::Result<()> {
+    let uid = target.user.as_ref().map(|(_, uid)| uid.as_raw());
+    lchown(path, uid, Some(target.group.as_raw()))?;
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path)? {
+            give(&entry?.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Becomes the target: supplementary groups, group id, user id, in that
+/// order; then checks that root cannot be regained.
+///
+/// # Errors
+///
+/// Any failing call, or a process that could still become root.
+pub fn drop_to(target: &Target) -> Result<(), String> {
+    setgroups(&[target.group]).map_err(|e| format!("setgroups({}): {e}", target.group))?;
+    setgid(target.group).map_err(|e| format!("setgid({}): {e}", target.group))?;
+    if let Some((name, uid)) = &target.user {
+        setuid(*uid).map_err(|e| format!("setuid({uid}) for {name}: {e}"))?;
+    }
+    let expected_uid = target.user.as_ref().map_or_else(getuid, |(_, uid)| *uid);
+    if getuid() != expected_uid || geteuid() != expected_uid || getgid() != target.group {
+        return Err(format!(
+            "still running as uid {}/{} gid {} after switching to {}",
+            getuid(),
+            geteuid(),
+            getgid(),
+            target.describe()
+        ));
+    }
+    if !expected_uid.is_root() && setuid(Uid::from_raw(0)).is_ok() {
+        return Err("root could be regained after dropping privileges".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_are_refused_with_their_key() {
+        let err = resolve(Some("no-such-user-slimta"), None).unwrap_err();
+        assert!(err.starts_with("process.user: no user named"), "{err}");
+        let err = resolve(None, Some("no-such-group-slimta")).unwrap_err();
+        assert!(err.starts_with("process.group: no group named"), "{err}");
+        assert!(resolve(None, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_current_identity_needs_no_drop() {
+        let me = User::from_uid(geteuid()).unwrap().unwrap();
+        let group = Group::from_gid(getegid()).unwrap().unwrap();
+        let target = resolve(Some(&me.name), Some(&group.name)).unwrap();
+        // Root keeps a target (the drop to root is harmless); anyone else
+        // has nothing to do.
+        assert_eq!(target.is_some(), geteuid().is_root());
+    }
+}
