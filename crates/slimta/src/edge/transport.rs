@@ -3,9 +3,10 @@
 //!
 //! Design decision: an idle session holds no read buffer. For plain sockets
 //! we wait for readability and only then read into the worker thread's
-//! buffer, so 10,000 idle connections cost little more than
-//! their sockets. (A TLS stream buffers inside rustls, so it is read the
-//! ordinary way.)
+//! buffer, so 10,000 idle connections cost little more than their sockets.
+//! A TLS stream is polled with the same buffer lent for one poll at a time
+//! (rustls may have plaintext buffered, so socket readiness alone would
+//! not do); it keeps only rustls' own buffers while it waits.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,9 +23,6 @@ thread_local! {
     /// The read buffer of plain sockets, one per runtime worker thread.
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
 }
-/// Size of one read of a TLS stream (a heap buffer held while waiting).
-#[cfg(feature = "tls")]
-const TLS_READ_CHUNK: usize = 8 * 1024;
 
 /// A session's connection.
 #[derive(Debug)]
@@ -166,13 +164,31 @@ impl Transport {
     pub async fn read_into(&mut self, server: &mut Server) -> io::Result<usize> {
         #[cfg(feature = "tls")]
         if let Transport::Tls(s) = self {
-            use tokio::io::AsyncReadExt;
-            let mut chunk = vec![0u8; TLS_READ_CHUNK];
-            let n = s.read(&mut chunk).await?;
-            if n > 0 {
-                server.receive(&chunk[..n]);
-            }
-            return Ok(n);
+            // The worker thread's buffer again, borrowed only inside one
+            // poll: a TLS stream that has nothing to give returns Pending
+            // without touching it, so an idle TLS session holds no read
+            // buffer of ours either (rustls keeps its own).
+            return std::future::poll_fn(|cx| {
+                READ_BUFFER.with_borrow_mut(|chunk| {
+                    let mut buf = tokio::io::ReadBuf::new(chunk);
+                    match tokio::io::AsyncRead::poll_read(
+                        std::pin::Pin::new(&mut **s),
+                        cx,
+                        &mut buf,
+                    ) {
+                        std::task::Poll::Ready(Ok(())) => {
+                            let n = buf.filled().len();
+                            if n > 0 {
+                                server.receive(buf.filled());
+                            }
+                            std::task::Poll::Ready(Ok(n))
+                        }
+                        std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                        std::task::Poll::Pending => std::task::Poll::Pending,
+                    }
+                })
+            })
+            .await;
         }
         loop {
             match self {
