@@ -261,6 +261,52 @@ mod tests {
         assert_eq!(scan(&newer).unwrap_err(), Invalid::NewerVersion(2));
     }
 
+    /// A segment of three records and where each record ends.
+    fn three_records() -> (Vec<u8>, Vec<usize>) {
+        let mut seg = header().to_vec();
+        let mut ends = Vec::new();
+        for record in [
+            new_record(A, &[b"first message"]),
+            remove_record(A),
+            new_record(B, &[b"second", b" message"]),
+        ] {
+            seg.extend_from_slice(&record);
+            ends.push(seg.len());
+        }
+        (seg, ends)
+    }
+
+    #[test]
+    fn damage_anywhere_keeps_exactly_the_records_before_it() {
+        use proptest::prelude::*;
+        let (seg, ends) = three_records();
+        let whole = scan(&seg).unwrap().entries.len();
+        proptest!(|(at in HEADER_LEN..seg.len(), flip in 1u8..=255)| {
+            let mut damaged = seg.clone();
+            damaged[at] ^= flip;
+            let scanned = scan(&damaged).unwrap();
+            // Every record that ends before the damage survives; the one
+            // it hits, and everything after it, is dropped (the CRC).
+            let intact = ends.iter().filter(|&&end| end <= at).count();
+            prop_assert_eq!(scanned.entries.len(), intact);
+            prop_assert!(intact < whole);
+            prop_assert_eq!(scanned.good_len, if intact == 0 { HEADER_LEN } else { ends[intact - 1] });
+        });
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        use proptest::prelude::*;
+        proptest!(|(tail in prop::collection::vec(any::<u8>(), 0..400))| {
+            let mut seg = header().to_vec();
+            seg.extend_from_slice(&tail);
+            let scanned = scan(&seg).unwrap();
+            prop_assert!(scanned.good_len <= seg.len());
+            let _ = scan(&tail);
+            let _ = new_record_file(&tail, A);
+        });
+    }
+
     #[test]
     fn segment_names_sort_by_sequence() {
         assert_eq!(segment_name(255), "00000000000000ff");
