@@ -194,6 +194,7 @@ fn drop_privileges(config: &Config, target: &crate::privileges::Target) -> Resul
 /// cannot be opened); the message is printed and the process exits 1.
 pub async fn run(
     config: &Config,
+    config_path: Option<&std::path::Path>,
     shutdown: watch::Receiver<bool>,
     mut reloads: watch::Receiver<u64>,
 ) -> Result<(), String> {
@@ -221,7 +222,7 @@ pub async fn run(
         queues.insert(name, built);
     }
     let mut serving = Vec::new();
-    let mut certificates = Vec::new();
+    let mut handles = BTreeMap::new();
     for (name, edge) in &config.edges {
         let queue = queues
             .get(edge.queue.as_str())
@@ -231,7 +232,6 @@ pub async fn run(
             Some(files) => {
                 let tls = ReloadableTls::new(TlsConfig::new(&files.cert, &files.key))
                     .map_err(|e| format!("edge.{name}.tls: {e}"))?;
-                certificates.push((name.clone(), tls.clone()));
                 Some(tls)
             }
             None => None,
@@ -243,6 +243,15 @@ pub async fn run(
             ),
             None => None,
         };
+        let accept_domains = AcceptDomains::new(&edge.accept_domains);
+        handles.insert(
+            name.clone(),
+            crate::reload::EdgeHandles {
+                accept_domains: accept_domains.clone(),
+                credentials: credentials.clone(),
+                tls: tls.clone(),
+            },
+        );
         let mut listeners = Vec::new();
         for addr in &edge.listen {
             let listener = listener::bind(*addr)
@@ -254,11 +263,12 @@ pub async fn run(
         }
         match edge.kind {
             EdgeKind::Http => {
-                let http = build_http_edge(edge, queue, hostname, tls, credentials);
+                let http = build_http_edge(edge, queue, hostname, tls, credentials, accept_domains);
                 serving.push(Serving::Http(http, listeners));
             }
             EdgeKind::Smtp | EdgeKind::Lmtp => {
-                let mut smtp = build_smtp_edge(edge, queue, hostname, tls, credentials);
+                let mut smtp =
+                    build_smtp_edge(edge, queue, hostname, tls, credentials, accept_domains);
                 if edge.reverse_dns {
                     let resolver = ReverseDns::new(&config.dns.nameservers, REVERSE_DNS_TIMEOUT)
                         .map_err(|e| format!("edge.{name}.reverse_dns: {e}"))?;
@@ -312,16 +322,17 @@ pub async fn run(
             }
         }
     }
+    let mut reloader =
+        crate::reload::Reloader::new(config_path.map(Into::into), config.clone(), handles);
     let reloader = tokio::spawn(async move {
         while reloads.changed().await.is_ok() {
-            for (name, tls) in &certificates {
-                match tls.reload() {
-                    Ok(()) => tracing::info!(edge = %name, "TLS certificate reloaded"),
-                    Err(e) => {
-                        tracing::error!(edge = %name, error = %e, "TLS reload failed; keeping the old certificate");
-                    }
-                }
-            }
+            // Reading and checking the file is blocking work, but rare.
+            reloader = tokio::task::spawn_blocking(move || {
+                reloader.reload();
+                reloader
+            })
+            .await
+            .expect("the reload task panicked");
         }
     });
     while let Some(done) = edges.join_next().await {
@@ -558,9 +569,10 @@ fn build_http_edge(
     hostname: &str,
     tls: Option<ReloadableTls>,
     credentials: Option<Credentials>,
+    accept_domains: AcceptDomains,
 ) -> HttpEdge<AppQueue> {
     let mut http = HttpEdge::new(hostname, queue)
-        .accept_domains(AcceptDomains::new(&edge.accept_domains))
+        .accept_domains(accept_domains)
         .max_size(usize::try_from(edge.max_size).unwrap_or(usize::MAX))
         .max_recipients(edge.max_recipients)
         .timeout(edge.command_timeout)
@@ -580,6 +592,7 @@ fn build_smtp_edge(
     hostname: &str,
     tls: Option<ReloadableTls>,
     credentials: Option<Credentials>,
+    accept_domains: AcceptDomains,
 ) -> SmtpEdge<AppQueue, AcceptDomains> {
     let mut server = ServerConfig::new(hostname);
     server.max_size = usize::try_from(edge.max_size).unwrap_or(usize::MAX);
@@ -596,7 +609,7 @@ fn build_smtp_edge(
         server.auth_required = auth.required;
     }
     let mut smtp = SmtpEdge::new(hostname, queue)
-        .validators(AcceptDomains::new(&edge.accept_domains))
+        .validators(accept_domains)
         .server_config(server)
         .command_timeout(edge.command_timeout)
         .data_timeout(edge.data_timeout)

@@ -13,5 +13,6 @@ pub mod config;
 pub mod control;
 pub mod privileges;
 pub mod queue_cli;
+mod reload;
 
 pub use config::{Config, ConfigError, parse};

@@ -17,9 +17,9 @@
 //!   (`--check-config`'s verdict, `--print-default`).
 //! - SIGTERM and SIGINT set a `watch` flag the runner drains on; a second
 //!   one exits at once for an operator who will not wait. SIGHUP reloads
-//!   the TLS certificates and keys (new sessions get them, open ones keep
-//!   theirs); the rest of the configuration stays as started, and the
-//!   daemon is never killed by it (the default action of SIGHUP).
+//!   what can change while running (`reload.rs`: accept_domains, AUTH
+//!   users, TLS certificates) and is never fatal (the default action of
+//!   SIGHUP).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon(&config, &source)) {
+    match runtime.block_on(daemon(&config, &source, cli.config.as_deref())) {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -201,7 +201,7 @@ fn init_logging(process: &ProcessConfig) -> Result<(), String> {
 }
 
 /// Runs the configuration until a signal asks it to stop.
-async fn daemon(config: &Config, source: &str) -> Result<(), String> {
+async fn daemon(config: &Config, source: &str, path: Option<&Path>) -> Result<(), String> {
     let (stop, shutdown) = watch::channel(false);
     let (reload, reloads) = watch::channel(0u64);
     let signals = Signals::install().map_err(|e| format!("cannot handle signals: {e}"))?;
@@ -226,7 +226,7 @@ async fn daemon(config: &Config, source: &str) -> Result<(), String> {
             "edge configured"
         );
     }
-    slimta_app::build::run(config, shutdown, reloads).await
+    slimta_app::build::run(config, path, shutdown, reloads).await
 }
 
 /// The signals the daemon reacts to, registered before it announces itself
@@ -253,7 +253,7 @@ impl Signals {
                 _ = self.term.recv() => ("SIGTERM", 15),
                 _ = self.int.recv() => ("SIGINT", 2),
                 _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading TLS certificates (the rest of the configuration stays as started)");
+                    tracing::info!("SIGHUP: reloading the configuration");
                     reload.send_modify(|n| *n += 1);
                     continue;
                 }

@@ -304,7 +304,8 @@ fn sigterm_stops_the_daemon_with_exit_0_and_sighup_does_not() {
     let mut daemon = Daemon::start(&["--config", path.to_str().unwrap()], dir.path(), None);
     daemon.wait_for("slimta starting");
     daemon.signal("HUP");
-    daemon.wait_for("SIGHUP: reloading TLS certificates");
+    daemon.wait_for("SIGHUP: reloading the configuration");
+    daemon.wait_for("configuration reloaded");
     daemon.signal("TERM");
     let status = daemon.wait_exit();
     assert_eq!(status.code(), Some(0), "stderr:\n{}", daemon.stderr());

@@ -1,6 +1,6 @@
 //! Starts the built `slimta` binary with a config and talks raw SMTP to it.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::fs;
 use std::io::{Read, Write};

@@ -15,8 +15,12 @@
 //! - `<postmaster>` without a domain is always accepted (RFC 5321 4.5.1
 //!   requires it); it is delivered like any other recipient by the relay.
 //! - Address literals (`user@[192.0.2.1]`) are never in `accept_domains`.
+//! - The list can be replaced while the edge runs
+//!   ([`AcceptDomains::set_domains`], the app's SIGHUP): every clone shares
+//!   it, so the edge's copy sees the change at the next RCPT.
 
 use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::envelope::domain_of;
 use crate::reply::Reply;
@@ -28,8 +32,21 @@ use super::validators::{SessionInfo, Validators};
 /// hooks run too (this rule first for RCPT).
 #[derive(Clone, Debug, Default)]
 pub struct AcceptDomains<V = super::validators::AcceptAll> {
-    domains: Vec<String>,
+    /// Shared by every clone, so [`AcceptDomains::set_domains`] on one
+    /// (the app's handle, on SIGHUP) reaches the edge's copy.
+    domains: Arc<RwLock<Arc<[String]>>>,
     inner: V,
+}
+
+fn normalize<I, S>(domains: I) -> Arc<[String]>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    domains
+        .into_iter()
+        .map(|d| d.as_ref().to_ascii_lowercase())
+        .collect()
 }
 
 impl AcceptDomains {
@@ -40,10 +57,7 @@ impl AcceptDomains {
         S: AsRef<str>,
     {
         Self {
-            domains: domains
-                .into_iter()
-                .map(|d| d.as_ref().to_ascii_lowercase())
-                .collect(),
+            domains: Arc::new(RwLock::new(normalize(domains))),
             inner: super::validators::AcceptAll,
         }
     }
@@ -58,13 +72,32 @@ impl<V> AcceptDomains<V> {
         }
     }
 
+    /// Replaces the accepted domains for this value and every clone of
+    /// it (sessions that already passed RCPT keep their answers).
+    pub fn set_domains<I, S>(&self, domains: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let domains = normalize(domains);
+        *self.domains.write().unwrap_or_else(PoisonError::into_inner) = domains;
+    }
+
+    /// The accepted domains (lower case; a leading dot means subdomains).
+    pub fn domains(&self) -> Arc<[String]> {
+        self.domains
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Whether `recipient` is in one of the accepted domains.
     pub fn accepts_domain_of(&self, recipient: &str) -> bool {
         let Some(domain) = domain_of(recipient) else {
             return recipient.eq_ignore_ascii_case("postmaster");
         };
         let domain = domain.to_ascii_lowercase();
-        self.domains.iter().any(|d| match d.strip_prefix('.') {
+        self.domains().iter().any(|d| match d.strip_prefix('.') {
             Some(parent) => domain == parent || domain.ends_with(d.as_str()),
             None => domain == *d,
         })
@@ -144,6 +177,17 @@ impl<V: Validators> Validators for AcceptDomains<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_domains_reaches_every_clone() {
+        let handle = AcceptDomains::new(["example.test"]);
+        let edge_copy = handle.clone().wrap(super::super::validators::AcceptAll);
+        assert!(!edge_copy.accepts_domain_of("a@other.test"));
+        handle.set_domains(["Other.test"]);
+        assert!(edge_copy.accepts_domain_of("a@other.test"));
+        assert!(!edge_copy.accepts_domain_of("a@example.test"));
+        assert_eq!(&*handle.domains(), ["other.test".to_string()]);
+    }
 
     #[test]
     fn matches_domains_exactly_or_as_parents() {

@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use hmac::{Hmac, Mac};
@@ -148,17 +148,20 @@ fn is_sha512_crypt(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
 }
 
-/// Users and their secrets. Cheap to clone.
+type Users = Arc<BTreeMap<String, Secret>>;
+
+/// Users and their secrets. Cheap to clone; clones share one store, which
+/// [`Credentials::replace`] swaps for all of them at once.
 #[derive(Clone, Default)]
 pub struct Credentials {
-    users: Arc<BTreeMap<String, Secret>>,
+    users: Arc<RwLock<Users>>,
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the secrets.
         f.debug_struct("Credentials")
-            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("users", &self.users().keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -179,36 +182,50 @@ impl Credentials {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
-            users: Arc::new(users),
+            users: Arc::new(RwLock::new(Arc::new(users))),
         })
+    }
+
+    /// The users as they are now.
+    fn users(&self) -> Users {
+        self.users
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Gives this store, and every clone of it, `other`'s users (the app's
+    /// SIGHUP reload); an AUTH in progress finishes against the old ones.
+    pub fn replace(&self, other: &Credentials) {
+        let users = other.users();
+        *self.users.write().unwrap_or_else(PoisonError::into_inner) = users;
     }
 
     /// Whether there are no users.
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
+        self.users().is_empty()
     }
 
     /// Whether `user` exists.
     pub fn contains(&self, user: &str) -> bool {
-        self.users.contains_key(user)
+        self.users().contains_key(user)
     }
 
     /// Whether `password` is `user`'s. Blocks for the duration of a password
     /// hash; from async code use [`Credentials::verify_async`].
     pub fn verify(&self, user: &str, password: &str) -> bool {
-        self.users.get(user).is_some_and(|s| s.verify(password))
+        self.users().get(user).is_some_and(|s| s.verify(password))
     }
 
     /// [`Credentials::verify`] off the async runtime's threads (hashed
     /// secrets run under `spawn_blocking`; plain ones are checked in place).
     pub async fn verify_async(&self, user: &str, password: &str) -> bool {
-        let Some(secret) = self.users.get(user) else {
+        let Some(secret) = self.users().get(user).cloned() else {
             return false;
         };
         if !secret.is_slow() {
             return secret.verify(password);
         }
-        let secret = secret.clone();
         let password = password.to_string();
         tokio::task::spawn_blocking(move || secret.verify(&password))
             .await
@@ -217,9 +234,9 @@ impl Credentials {
 
     /// The plain secret of `user`, if it is stored as `{PLAIN}` (CRAM-MD5
     /// needs it).
-    pub fn plain_secret(&self, user: &str) -> Option<&str> {
-        match self.users.get(user)? {
-            Secret::Plain(secret) => Some(secret),
+    pub fn plain_secret(&self, user: &str) -> Option<String> {
+        match self.users().get(user)? {
+            Secret::Plain(secret) => Some(secret.clone()),
             _ => None,
         }
     }
@@ -278,6 +295,16 @@ mod tests {
     const GLIBC_ROUNDS: &str = "$6$rounds=10000$kWBrmj1LfWIGwQge$9gsQnl1crN/8spvTQ4dXoc7fYeME6SEBrtXBKrc2xhQQ4qxsYNfkIe5ehT3WMYBEpBUBpmtysLRd1zO1EP/JJ1";
 
     #[test]
+    fn replace_reaches_every_clone() {
+        let handle = store(&[("alice", "{PLAIN}old")]).unwrap();
+        let edge_copy = handle.clone();
+        handle.replace(&store(&[("alice", "{PLAIN}new"), ("bob", "{PLAIN}b")]).unwrap());
+        assert!(edge_copy.verify("alice", "new"));
+        assert!(!edge_copy.verify("alice", "old"));
+        assert!(edge_copy.contains("bob"));
+    }
+
+    #[test]
     fn every_scheme_verifies() {
         let salt = SaltString::encode_b64(b"sixteen byte salt").unwrap();
         let argon = Argon2::default()
@@ -315,7 +342,7 @@ mod tests {
         for (user, password, want) in cases {
             assert_eq!(creds.verify(user, password), want, "{user} {password}");
         }
-        assert_eq!(creds.plain_secret("alice"), Some("wonderland"));
+        assert_eq!(creds.plain_secret("alice").as_deref(), Some("wonderland"));
         assert_eq!(creds.plain_secret("bob"), None);
         assert_eq!(creds.plain_secret("nobody"), None);
         let debug = format!("{creds:?}");
