@@ -653,8 +653,11 @@ impl DiskStorage {
                 origin: Some(segment),
             };
         } else {
-            // Stored, but its writer went away before it was indexed; it
-            // is attempted after the next start, as before the journal.
+            // Still resident, so not removed (a removal of an indexed
+            // journal message waits for `migrating`, which our caller
+            // holds): stored, but its writer went away before it was
+            // indexed. It is attempted after the next start, as before the
+            // journal.
             let entry = QueueEntry::of(id.clone(), &decode_file(&id, &bytes)?);
             index.insert(
                 id,
@@ -810,7 +813,11 @@ impl DiskStorage {
             self.inner.committer.commit(tmp, dest).await?;
             Place::File { origin: None }
         };
-        self.index().insert(id.clone(), Slot { entry, place });
+        // `or_insert`: in the (theoretical) case that a spill already moved
+        // it to a file and indexed it, that place is the right one.
+        self.index()
+            .entry(id.clone())
+            .or_insert(Slot { entry, place });
         self.maybe_spill();
         Ok(id)
     }
@@ -933,6 +940,14 @@ impl QueueStorage for DiskStorage {
     async fn remove(&self, id: &str) -> io::Result<()> {
         let Ok(path) = self.file_of(id) else {
             return Ok(());
+        };
+        // A journal message may be moving to its own file right now: wait
+        // for that move to finish (and be indexed) first, so its index
+        // entry cannot be brought back after the removal. Uncontended
+        // unless a spill runs.
+        let _no_move = match self.place_of(id) {
+            Some(Place::Journal { .. }) => Some(self.inner.migrating.lock().await),
+            _ => None,
         };
         let (origin, had_file) = match self.place_of(id) {
             Some(Place::Journal { segment, .. }) => (Some(segment), false),
