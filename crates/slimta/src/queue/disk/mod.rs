@@ -417,8 +417,20 @@ fn replay_journal(
                         let entry = QueueEntry::of(id, &decoded.stored);
                         found.insert(id.to_owned(), (seq, offset, len, entry));
                     }
-                    Err(e) => {
-                        tracing::error!(id, segment = %path.display(), problem = ?e, "unreadable journal message");
+                    Err(Invalid::NewerVersion(v)) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{}: message {id} has spool format version {v}, newer than this program's",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    Err(Invalid::Corrupt(why)) => {
+                        // Kept for a human, like an unreadable file.
+                        let dest = corrupt_dir.join(id);
+                        tracing::error!(id, segment = %path.display(), moved_to = %dest.display(), problem = why, "unreadable journal message");
+                        fs::write(&dest, file)?;
                     }
                 },
                 journal::Entry::Remove { id } => {
