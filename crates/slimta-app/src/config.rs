@@ -25,10 +25,10 @@
 //!   mail passes through byte for byte unless the operator asks otherwise.
 //! - Relative paths (`queue.*.path`, `process.pid_file`) are relative to the
 //!   working directory, as the embedded default's `./slimta-spool` is.
-//! - Some types are part of the schema before the library implements them
-//!   (the `lmtp` and `http` edges, the relays of issue 5). They parse, so the
-//!   schema stays stable, and [`Config::unsupported`] names them so that
-//!   `--check-config` and the daemon refuse them instead of half-running.
+//! - A key may enter the schema before the daemon implements it: it
+//!   parses, so the schema stays stable, and [`Config::unsupported`] names
+//!   it so that `--check-config` and the daemon refuse it instead of
+//!   half-running. (Every key of the schema is implemented today.)
 //! - Names of edges, queues and relays are free-form TOML keys; errors quote
 //!   them as written.
 
@@ -215,9 +215,9 @@ impl std::fmt::Debug for EdgeAuthConfig {
 pub enum EdgeKind {
     /// `"smtp"`.
     Smtp,
-    /// `"lmtp"` (not supported yet).
+    /// `"lmtp"`: LHLO, one reply per recipient (TCP or `unix:` paths).
     Lmtp,
-    /// `"http"` (not supported yet).
+    /// `"http"`: POST message/rfc822 with envelope headers.
     Http,
 }
 
@@ -341,15 +341,15 @@ pub enum RelayConfig {
     Mx(MxRelayConfig),
     /// `"blackhole"`: accepts and discards (benchmarks, tests).
     Blackhole,
-    /// `"lmtp"` (not supported yet).
+    /// `"lmtp"`: an LMTP server (Dovecot), over TCP or a unix socket.
     Lmtp(LmtpRelayConfig),
-    /// `"http"` (not supported yet).
+    /// `"http"`: POST to a URL (our HTTP edge speaks the same headers).
     Http(HttpRelayConfig),
-    /// `"pipe"` (not supported yet).
+    /// `"pipe"`: a local program per message or per recipient.
     Pipe(PipeRelayConfig),
-    /// `"maildrop"` (not supported yet).
+    /// `"maildrop"`: Courier maildrop, per recipient.
     Maildrop(CommandRelayConfig),
-    /// `"dovecot"`: dovecot-lda (not supported yet).
+    /// `"dovecot"`: dovecot-lda, per recipient.
     Dovecot(CommandRelayConfig),
 }
 
