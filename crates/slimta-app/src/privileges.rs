@@ -30,7 +30,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::lchown;
+use std::os::unix::fs::{chown, lchown};
 use std::path::Path;
 
 use nix::unistd::{
@@ -139,19 +139,31 @@ pub fn unknown_names(user: Option<&str>, group: Option<&str>) -> Vec<crate::Conf
     errors
 }
 
-/// Gives `path` and, for a directory, everything under it to the target
-/// (symbolic links themselves, never what they point to).
+/// Gives `path` and, for a directory, everything under it to the target.
+/// `path` itself may be a symbolic link (a spool moved to another disk);
+/// links found inside are changed themselves, never what they point to.
 ///
 /// # Errors
 ///
-/// The first failing `lchown` or directory read.
+/// The first failing `chown` or directory read.
 pub fn give(path: &Path, target: &Target) -> io::Result<()> {
-    let uid = target.user.as_ref().map(|(_, uid)| uid.as_raw());
-    lchown(path, uid, Some(target.group.as_raw()))?;
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for entry in fs::read_dir(path)? {
-            give(&entry?.path(), target)?;
+    let (uid, gid) = (
+        target.user.as_ref().map(|(_, uid)| uid.as_raw()),
+        Some(target.group.as_raw()),
+    );
+    chown(path, uid, gid)?;
+    if fs::metadata(path)?.is_dir() {
+        give_inside(path, uid, gid)?;
+    }
+    Ok(())
+}
+
+fn give_inside(dir: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        lchown(&path, uid, gid)?;
+        if fs::symlink_metadata(&path)?.is_dir() {
+            give_inside(&path, uid, gid)?;
         }
     }
     Ok(())
@@ -196,6 +208,46 @@ mod tests {
         let err = resolve(None, Some("no-such-group-slimta")).unwrap_err();
         assert!(err.starts_with("process.group: no group named"), "{err}");
         assert!(resolve(None, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn give_follows_the_spool_link_but_no_link_inside() {
+        use std::os::unix::fs::{MetadataExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir_all(real.join("msg")).unwrap();
+        fs::write(real.join("msg").join("m"), "x").unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "not the spool's").unwrap();
+        symlink(&outside, real.join("escape")).unwrap();
+        let link = dir.path().join("spool");
+        symlink(&real, &link).unwrap();
+        let nobody = User::from_name("nobody").unwrap().expect("user nobody");
+        let target = Target {
+            user: Some(("nobody".into(), nobody.uid)),
+            group: nobody.gid,
+        };
+        let result = give(&link, &target);
+        if !geteuid().is_root() {
+            assert_eq!(result.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+            return;
+        }
+        result.unwrap();
+        for path in [&real, &real.join("msg"), &real.join("msg").join("m")] {
+            let meta = fs::metadata(path).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (nobody.uid.as_raw(), nobody.gid.as_raw()),
+                "{}",
+                path.display()
+            );
+        }
+        // The link inside changed, what it points to did not.
+        assert_eq!(
+            fs::symlink_metadata(real.join("escape")).unwrap().uid(),
+            nobody.uid.as_raw()
+        );
+        assert_eq!(fs::metadata(&outside).unwrap().uid(), geteuid().as_raw());
     }
 
     #[test]
