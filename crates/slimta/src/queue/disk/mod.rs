@@ -978,3 +978,35 @@ impl QueueStorage for DiskStorage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Removals of journal messages must not exclude each other (holding
+    /// the move lock exclusively once serialised every removal behind one
+    /// sync): with another removal's share of the lock held, a removal
+    /// still completes. A move (exclusive) does wait for it.
+    #[tokio::test]
+    async fn removals_share_the_move_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(dir.path()).unwrap();
+        let e = Envelope::new("s@x.test", vec!["r@y.test".into()], b"x\r\n".to_vec());
+        let (a, b) = (
+            s.write(&e, SystemTime::now()).await.unwrap(),
+            s.write(&e, SystemTime::now()).await.unwrap(),
+        );
+        let other_removal = s.inner.migrating.read().await;
+        tokio::time::timeout(std::time::Duration::from_secs(30), s.remove(&a))
+            .await
+            .expect("a removal waited for another removal")
+            .unwrap();
+        assert!(
+            s.inner.migrating.try_write().is_err(),
+            "a move must wait for the removal in progress"
+        );
+        drop(other_removal);
+        s.set_recipients_delivered(&b, &[0]).await.unwrap();
+        assert_eq!(s.place_of(&b), Some(Place::File { origin: Some(1) }));
+    }
+}
