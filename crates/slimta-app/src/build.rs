@@ -127,7 +127,7 @@ impl AppQueue {
         tracing::info!(queue = name, socket = %path.display(), "control socket ready");
         let storage = q.storage().clone();
         let task = tokio::spawn(crate::control::serve(listener, q.clone(), move || {
-            Some(storage.fsync_count())
+            crate::control::disk_counters(&storage)
         }));
         Ok(Some(ControlSocket { path, task }))
     }

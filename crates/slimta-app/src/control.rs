@@ -177,12 +177,26 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers requests on `listener` for `queue`; `fsyncs` reports the
-/// storage's fsync count for `STATS`.
+/// Storage figures for `STATS`, each printed as `name: value`.
+pub type Counters = Vec<(&'static str, u64)>;
+
+/// The figures of a disk spool: fsyncs since it was opened, journal
+/// segments on disk, messages whose only copy is in the journal.
+pub fn disk_counters(storage: &slimta::queue::DiskStorage) -> Counters {
+    let (segments, in_journal) = storage.journal_counts();
+    vec![
+        ("fsyncs", storage.fsync_count()),
+        ("journal_segments", segments),
+        ("journal_messages", in_journal),
+    ]
+}
+
+/// Answers requests on `listener` for `queue`; `counters` reports the
+/// storage's figures (fsyncs, journal) for `STATS`.
 pub async fn serve<S: QueueStorage, R: Relay>(
     listener: UnixListener,
     queue: Queue<S, R>,
-    fsyncs: impl Fn() -> Option<u64> + Clone + Send + Sync + 'static,
+    counters: impl Fn() -> Counters + Clone + Send + Sync + 'static,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -194,9 +208,9 @@ pub async fn serve<S: QueueStorage, R: Relay>(
             }
         };
         let queue = queue.clone();
-        let fsyncs = fsyncs.clone();
+        let counters = counters.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &queue, &fsyncs).await {
+            if let Err(e) = answer(stream, &queue, &counters).await {
                 tracing::debug!(error = %e, "control connection failed");
             }
         });
@@ -206,7 +220,7 @@ pub async fn serve<S: QueueStorage, R: Relay>(
 async fn answer<S: QueueStorage, R: Relay>(
     stream: UnixStream,
     queue: &Queue<S, R>,
-    fsyncs: &impl Fn() -> Option<u64>,
+    counters: &impl Fn() -> Counters,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -218,7 +232,7 @@ async fn answer<S: QueueStorage, R: Relay>(
         match Request::parse(&line) {
             Ok(request) => {
                 tracing::info!(request = %request.to_line(), "control request");
-                execute(queue, &request, fsyncs()).await
+                execute(queue, &request, &counters()).await
             }
             Err(why) => Response::Err(why),
         }
@@ -231,7 +245,7 @@ async fn answer<S: QueueStorage, R: Relay>(
 pub async fn execute<S: QueueStorage, R: Relay>(
     queue: &Queue<S, R>,
     request: &Request,
-    fsyncs: Option<u64>,
+    counters: &[(&'static str, u64)],
 ) -> Response {
     let result = match request {
         Request::List => queue.list().await.map(format_list),
@@ -248,7 +262,7 @@ pub async fn execute<S: QueueStorage, R: Relay>(
         Request::Stats => queue
             .stats()
             .await
-            .map(|stats| format_stats(&stats, fsyncs)),
+            .map(|stats| format_stats(&stats, counters)),
     };
     match result {
         Ok(text) => Response::Ok(text),
@@ -334,7 +348,7 @@ pub fn format_show(id: &str, stored: &StoredEnvelope) -> String {
 }
 
 /// `STATS`: one `key: value` line each.
-pub fn format_stats(stats: &QueueStats, fsyncs: Option<u64>) -> String {
+pub fn format_stats(stats: &QueueStats, counters: &[(&'static str, u64)]) -> String {
     let mut out = format!(
         "messages: {}\nwaiting: {}\noldest_age_secs: {}\n",
         stats.messages,
@@ -343,8 +357,8 @@ pub fn format_stats(stats: &QueueStats, fsyncs: Option<u64>) -> String {
             .oldest
             .map_or(0, |_| stats.oldest_age(SystemTime::now()).as_secs()),
     );
-    if let Some(n) = fsyncs {
-        let _ = writeln!(out, "fsyncs: {n}");
+    for (name, value) in counters {
+        let _ = writeln!(out, "{name}: {value}");
     }
     out
 }

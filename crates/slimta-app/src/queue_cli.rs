@@ -201,7 +201,7 @@ async fn offline(spool: &std::path::Path, request: &Request) -> Result<Response,
                 waiting: entries.len(),
                 oldest: entries.iter().map(|e| e.received).min(),
             };
-            control::format_stats(&stats, None)
+            control::format_stats(&stats, &control::disk_counters(&storage))
         }),
     };
     Ok(match result {

@@ -176,6 +176,10 @@ connect_timeout = "5s"
     let stats = ok(&daemon.queue_cmd(&["stats"]));
     assert!(stats.starts_with("messages: 1\n"), "{stats}");
     assert!(stats.contains("\nfsyncs: "), "{stats}");
+    // The message left was deferred, so it has a file of its own: none is
+    // only in the journal, whose head segment stays.
+    assert!(stats.contains("\njournal_segments: 1\n"), "{stats}");
+    assert!(stats.contains("\njournal_messages: 0\n"), "{stats}");
 
     // A stopped daemon: the CLI opens the spool itself.
     daemon.stop();
@@ -189,6 +193,11 @@ connect_timeout = "5s"
     );
     let list = ok(&daemon.queue_cmd(&["list"]));
     assert_eq!(self::ids(&list), [ids[0].clone()], "{list}");
+    let stats = ok(&daemon.queue_cmd(&["stats"]));
+    assert!(
+        stats.starts_with("messages: 1\n") && stats.contains("\njournal_messages: 0\n"),
+        "{stats}"
+    );
     // First attempt, "retry ID", "retry --all".
     assert!(list.contains("\t3\t"), "three attempts recorded: {list}");
     let show = ok(&daemon.queue_cmd(&["show", &ids[0]]));

@@ -245,9 +245,11 @@ async fn a_restart_keeps_journal_messages_and_drains_the_old_segment() {
     drop(s);
     let s = DiskStorage::open(&path).unwrap();
     assert_eq!(ids(&s).await, written.iter().cloned().collect());
+    assert_eq!(s.journal_counts(), (1, 3), "segments, messages only there");
     // New work goes to a new segment; the old one is never appended to.
     let d = s.write(&envelope(9), SystemTime::now()).await.unwrap();
     assert_eq!(files_in(&path.join("journal")).len(), 2);
+    assert_eq!(s.journal_counts(), (2, 4));
     for id in &written {
         assert!(s.get(id).await.is_ok());
         s.remove(id).await.unwrap();
@@ -257,6 +259,7 @@ async fn a_restart_keeps_journal_messages_and_drains_the_old_segment() {
         1,
         "the drained old segment was not deleted"
     );
+    assert_eq!(s.journal_counts(), (1, 1));
     assert_eq!(ids(&s).await, BTreeSet::from([d]));
 }
 

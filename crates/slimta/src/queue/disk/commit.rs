@@ -253,6 +253,23 @@ impl Journal {
 pub(crate) struct Committer {
     jobs: Sender<Job>,
     spill_below: Arc<AtomicU64>,
+    counts: Arc<JournalCounts>,
+}
+
+/// The journal's size as of the committer's last batch, for operators.
+#[derive(Default)]
+pub(crate) struct JournalCounts {
+    segments: AtomicU64,
+    residents: AtomicU64,
+}
+
+impl JournalCounts {
+    fn update(&self, journal: &Journal) {
+        self.segments
+            .store(journal.segments.len() as u64, Ordering::Relaxed);
+        let residents: usize = journal.segments.values().map(HashMap::len).sum();
+        self.residents.store(residents as u64, Ordering::Relaxed);
+    }
 }
 
 fn stopped() -> io::Error {
@@ -274,17 +291,24 @@ impl Committer {
     ) -> io::Result<Self> {
         journal.delete_drained(&fsyncs);
         let spill_below = Arc::new(AtomicU64::new(journal.spill_below()));
+        let counts = Arc::new(JournalCounts::default());
+        counts.update(&journal);
         let mut state = CommitThread {
             msg_dir: File::open(msg_dir)?,
             journal,
             fsyncs,
             spill_below: spill_below.clone(),
+            counts: counts.clone(),
         };
         let (jobs, rx) = channel();
         thread::Builder::new()
             .name("slimta-spool-commit".into())
             .spawn(move || state.run(&rx))?;
-        Ok(Self { jobs, spill_below })
+        Ok(Self {
+            jobs,
+            spill_below,
+            counts,
+        })
     }
 
     /// Renames `tmp` (fully written and fsync'd) to `dest` and returns once
@@ -370,6 +394,14 @@ impl Committer {
         }
     }
 
+    /// Segments on disk, and messages whose only copy is in one.
+    pub(crate) fn journal_counts(&self) -> (u64, u64) {
+        (
+            self.counts.segments.load(Ordering::Relaxed),
+            self.counts.residents.load(Ordering::Relaxed),
+        )
+    }
+
     /// Residents of segments older than this should be spilled (0: none).
     pub(crate) fn spill_below(&self) -> u64 {
         self.spill_below.load(Ordering::Relaxed)
@@ -390,6 +422,7 @@ pub(crate) struct CommitThread {
     journal: Journal,
     fsyncs: Arc<AtomicU64>,
     spill_below: Arc<AtomicU64>,
+    counts: Arc<JournalCounts>,
 }
 
 impl CommitThread {
@@ -609,6 +642,7 @@ impl CommitThread {
         self.journal.delete_drained(&self.fsyncs);
         self.spill_below
             .store(self.journal.spill_below(), Ordering::Relaxed);
+        self.counts.update(&self.journal);
         for (job, result) in batch.iter().zip(results.iter_mut()) {
             if let Change::Residents { below } = job.change {
                 let list = self
@@ -667,6 +701,7 @@ mod tests {
             journal: Journal::new(&spool.journal, BTreeMap::new(), 1 << 20, 4).unwrap(),
             fsyncs: Arc::default(),
             spill_below: Arc::default(),
+            counts: Arc::default(),
         }
     }
 

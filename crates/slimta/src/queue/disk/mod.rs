@@ -581,6 +581,12 @@ impl DiskStorage {
         self.inner.fsyncs.load(Ordering::Relaxed)
     }
 
+    /// Journal segments on disk, and messages whose only copy is in one
+    /// (as of the last group commit), for operators.
+    pub fn journal_counts(&self) -> (u64, u64) {
+        self.inner.committer.journal_counts()
+    }
+
     fn index(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
         self.inner
             .index
