@@ -54,6 +54,20 @@ impl Target {
     }
 }
 
+/// The user named `name`; the error (without its key) says why not.
+fn find_user(name: &str) -> Result<User, String> {
+    User::from_name(name)
+        .map_err(|e| format!("cannot look up {name:?}: {e}"))?
+        .ok_or_else(|| format!("no user named {name:?}"))
+}
+
+/// The group named `name`; the error (without its key) says why not.
+fn find_group(name: &str) -> Result<Group, String> {
+    Group::from_name(name)
+        .map_err(|e| format!("cannot look up {name:?}: {e}"))?
+        .ok_or_else(|| format!("no group named {name:?}"))
+}
+
 /// Looks up the configured user and group. `None` when nothing is to be
 /// dropped: none configured, or the process already runs as them.
 ///
@@ -62,20 +76,14 @@ impl Target {
 /// An unknown user or group, or a process that is neither root nor
 /// already the configured user and group.
 pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Target>, String> {
-    let user = match user {
-        Some(name) => {
-            let found = User::from_name(name)
-                .map_err(|e| format!("process.user: cannot look up {name:?}: {e}"))?
-                .ok_or_else(|| format!("process.user: no user named {name:?}"))?;
-            Some(found)
-        }
-        None => None,
-    };
+    let user = user
+        .map(find_user)
+        .transpose()
+        .map_err(|e| format!("process.user: {e}"))?;
     let gid = match group {
         Some(name) => {
-            Group::from_name(name)
-                .map_err(|e| format!("process.group: cannot look up {name:?}: {e}"))?
-                .ok_or_else(|| format!("process.group: no group named {name:?}"))?
+            find_group(name)
+                .map_err(|e| format!("process.group: {e}"))?
                 .gid
         }
         None => match &user {
@@ -109,34 +117,12 @@ pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Target>
 /// The configured user and group names this machine does not know, for
 /// `--check-config` (which, unlike the daemon, needs no root).
 pub fn unknown_names(user: Option<&str>, group: Option<&str>) -> Vec<crate::ConfigError> {
-    let mut errors = Vec::new();
-    if let Some(name) = user {
-        match User::from_name(name) {
-            Ok(Some(_)) => {}
-            Ok(None) => errors.push(crate::ConfigError::new(
-                "process.user",
-                format!("no user named {name:?}"),
-            )),
-            Err(e) => errors.push(crate::ConfigError::new(
-                "process.user",
-                format!("cannot look up {name:?}: {e}"),
-            )),
-        }
-    }
-    if let Some(name) = group {
-        match Group::from_name(name) {
-            Ok(Some(_)) => {}
-            Ok(None) => errors.push(crate::ConfigError::new(
-                "process.group",
-                format!("no group named {name:?}"),
-            )),
-            Err(e) => errors.push(crate::ConfigError::new(
-                "process.group",
-                format!("cannot look up {name:?}: {e}"),
-            )),
-        }
-    }
-    errors
+    let user = user.and_then(|name| find_user(name).err());
+    let group = group.and_then(|name| find_group(name).err());
+    [("process.user", user), ("process.group", group)]
+        .into_iter()
+        .filter_map(|(key, error)| Some(crate::ConfigError::new(key, error?)))
+        .collect()
 }
 
 /// Gives `path` and, for a directory, everything under it to the target.

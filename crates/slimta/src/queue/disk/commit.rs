@@ -232,19 +232,18 @@ impl Journal {
     /// The first segment whose residents may stay where they are; every
     /// resident of an older segment should be spilled (0: none).
     fn spill_below(&self) -> u64 {
+        // Runs after every batch, so without allocating.
         let head = self.head_seq();
-        let closed: Vec<u64> = self
-            .segments
+        let closed = self.segments.len() - usize::from(head.is_some());
+        let Some(spilled) = closed.checked_sub(self.closed_segments + 1) else {
+            return 0;
+        };
+        // The newest segment to spill, plus one.
+        self.segments
             .keys()
-            .copied()
-            .filter(|&s| Some(s) != head)
-            .collect();
-        if closed.len() > self.closed_segments {
-            // The newest segment to spill, plus one.
-            closed[closed.len() - self.closed_segments - 1] + 1
-        } else {
-            0
-        }
+            .filter(|&&s| Some(s) != head)
+            .nth(spilled)
+            .map_or(0, |&s| s + 1)
     }
 }
 

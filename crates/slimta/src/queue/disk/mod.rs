@@ -297,6 +297,29 @@ fn decode_file(id: &str, bytes: &[u8]) -> io::Result<StoredEnvelope> {
     }
 }
 
+/// The open refused: `what` was written by a newer program.
+fn newer_version(what: impl std::fmt::Display, format_name: &str, version: u16) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{what} has {format_name} format version {version}, newer than this program's"),
+    )
+}
+
+/// Every entry of `dir` with its file name (empty if not UTF-8).
+fn named_entries(dir: &Path) -> io::Result<Vec<(PathBuf, String)>> {
+    fs::read_dir(dir)?
+        .map(|entry| {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            Ok((path, name))
+        })
+        .collect()
+}
+
 /// Moves an unreadable file or segment aside for a human.
 fn set_aside(path: &Path, corrupt_dir: &Path, prefix: &str, problem: &str) -> io::Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -312,13 +335,7 @@ fn load_files(
     fsyncs: &AtomicU64,
 ) -> io::Result<HashMap<String, Slot>> {
     let mut index = HashMap::new();
-    for entry in fs::read_dir(msg_dir)? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
+    for (path, name) in named_entries(msg_dir)? {
         if !valid_id(&name) {
             set_aside(&path, corrupt_dir, "", "not a message id")?;
             continue;
@@ -343,13 +360,7 @@ fn load_files(
                 );
             }
             Err(Invalid::NewerVersion(v)) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} has spool format version {v}, newer than this program's",
-                        path.display()
-                    ),
-                ));
+                return Err(newer_version(path.display(), "spool", v));
             }
             Err(Invalid::Corrupt(why)) => set_aside(&path, corrupt_dir, "", why)?,
         }
@@ -369,13 +380,7 @@ fn replay_journal(
     fsyncs: &AtomicU64,
 ) -> io::Result<BTreeMap<u64, Residents>> {
     let mut names = Vec::new();
-    for entry in fs::read_dir(journal_dir)? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
+    for (path, name) in named_entries(journal_dir)? {
         match journal::parse_segment_name(&name) {
             Some(seq) => names.push((seq, path)),
             None => set_aside(&path, corrupt_dir, "journal-", "not a journal segment name")?,
@@ -390,13 +395,7 @@ fn replay_journal(
         let scan = match journal::scan(&bytes) {
             Ok(scan) => scan,
             Err(Invalid::NewerVersion(v)) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} has journal format version {v}, newer than this program's",
-                        path.display()
-                    ),
-                ));
+                return Err(newer_version(path.display(), "journal", v));
             }
             Err(Invalid::Corrupt(why)) => {
                 set_aside(&path, corrupt_dir, "journal-", why)?;
@@ -420,13 +419,8 @@ fn replay_journal(
                         found.insert(id.to_owned(), (seq, offset, len, entry));
                     }
                     Err(Invalid::NewerVersion(v)) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "{}: message {id} has spool format version {v}, newer than this program's",
-                                path.display()
-                            ),
-                        ));
+                        let what = format!("{}: message {id}", path.display());
+                        return Err(newer_version(what, "spool", v));
                     }
                     Err(Invalid::Corrupt(why)) => {
                         // Kept for a human, like an unreadable file.
