@@ -20,8 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+mod spool_support;
+
 use slimta::queue::{DiskOptions, DiskStorage, Queue, QueueStorage, clock};
 use slimta::{Delivery, Envelope, Handoff, Relay, RelayError, Reply};
+use spool_support::{DeliverAll, files_in, reopen, spool, wait_until};
 
 fn envelope() -> Envelope {
     let mut e = Envelope::new(
@@ -33,24 +36,9 @@ fn envelope() -> Envelope {
     e
 }
 
-fn spool() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("spool");
-    (dir, path)
-}
-
 /// A storage that gives every message its own file.
 fn files_only(path: &Path) -> DiskStorage {
     DiskStorage::open_with(path, DiskOptions::files_only()).unwrap()
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
 }
 
 /// The bytes of one stored message, and of the same message after one more
@@ -296,16 +284,6 @@ impl Relay for DeferB {
     }
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_restarted_over_the_spool_delivers_only_what_was_pending() {
     let (_dir, path) = spool();
@@ -320,7 +298,7 @@ async fn a_queue_restarted_over_the_spool_delivers_only_what_was_pending() {
     let mut e = envelope();
     e.receive_time = clock::now();
     let id = queue.handoff(e).await[0].result.clone().unwrap();
-    wait_until("the first attempt is recorded", || {
+    wait_until("the first attempt is recorded", async || {
         !first.calls.lock().unwrap().is_empty()
     })
     .await;
@@ -338,17 +316,7 @@ async fn a_queue_restarted_over_the_spool_delivers_only_what_was_pending() {
     drop((queue, storage, check));
 
     // The stopped queue's task may hold the spool for a moment longer.
-    let mut reopened = None;
-    for _ in 0..1000 {
-        match DiskStorage::open(&path) {
-            Ok(s) => {
-                reopened = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-    let storage = reopened.expect("the spool was never released");
+    let storage = reopen(&path).await;
     let stored = storage.get(&id).await.unwrap();
     assert_eq!(stored.pending_recipients(), [(1, "b@y.test")]);
     // Make it due now rather than in an hour.
@@ -359,7 +327,7 @@ async fn a_queue_restarted_over_the_spool_delivers_only_what_was_pending() {
     };
     let queue = Queue::new(storage.clone(), second.clone());
     queue.start().await.unwrap();
-    wait_until("the pending recipient is delivered", || {
+    wait_until("the pending recipient is delivered", async || {
         !second.calls.lock().unwrap().is_empty() && files_in(&path.join("msg")).is_empty()
     })
     .await;
@@ -371,52 +339,6 @@ async fn a_queue_restarted_over_the_spool_delivers_only_what_was_pending() {
         *first.calls.lock().unwrap(),
         [vec!["a@y.test".to_string(), "b@y.test".to_string()]]
     );
-}
-
-/// One attempt: its recipients and the files in `msg/` at that moment.
-type Seen = (Vec<String>, Vec<Vec<u8>>);
-
-/// Delivers every recipient, and notes what the spool held at each attempt.
-#[derive(Clone)]
-struct DeliverAll {
-    spool: PathBuf,
-    calls: Arc<std::sync::Mutex<Vec<Seen>>>,
-}
-
-impl DeliverAll {
-    fn new(spool: &Path) -> Self {
-        Self {
-            spool: spool.to_path_buf(),
-            calls: Arc::default(),
-        }
-    }
-
-    fn calls(&self) -> Vec<Seen> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-impl Relay for DeliverAll {
-    async fn attempt(&self, envelope: &Envelope, _attempt: u32) -> Result<Delivery, RelayError> {
-        let msg = self.spool.join("msg");
-        let files = files_in(&msg)
-            .iter()
-            .map(|name| fs::read(msg.join(name)).unwrap())
-            .collect();
-        self.calls
-            .lock()
-            .unwrap()
-            .push((envelope.recipients.clone(), files));
-        let results = envelope
-            .recipients
-            .iter()
-            .map(|_| Ok(Reply::new(250, "2.0.0", "ok")))
-            .collect();
-        Ok(Delivery::per_recipient(
-            Reply::new(250, "2.0.0", "ok"),
-            results,
-        ))
-    }
 }
 
 /// `remove` is durable: it returns after a directory fsync (through the
@@ -452,7 +374,7 @@ async fn a_delivered_message_costs_three_fsyncs_on_its_own() {
     let mut e = envelope();
     e.receive_time = clock::now();
     queue.handoff(e).await[0].result.clone().unwrap();
-    wait_until("the message is delivered and removed", || {
+    wait_until("the message is delivered and removed", async || {
         !relay.calls().is_empty() && files_in(&path.join("msg")).is_empty()
     })
     .await;
@@ -496,7 +418,7 @@ async fn an_interrupted_removal_leaves_the_file_or_nothing() {
     let mut e = envelope();
     e.receive_time = clock::now();
     let id = queue.handoff(e.clone()).await[0].result.clone().unwrap();
-    wait_until("the message is removed", || {
+    wait_until("the message is removed", async || {
         !relay.calls().is_empty() && files_in(&path.join("msg")).is_empty()
     })
     .await;
@@ -519,7 +441,7 @@ async fn an_interrupted_removal_leaves_the_file_or_nothing() {
     let again = DeliverAll::new(&path);
     let queue = Queue::new(storage.clone(), again.clone());
     queue.start().await.unwrap();
-    wait_until("it is delivered again and removed", || {
+    wait_until("it is delivered again and removed", async || {
         !again.calls().is_empty() && files_in(&path.join("msg")).is_empty()
     })
     .await;

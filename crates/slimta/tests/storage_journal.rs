@@ -11,12 +11,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+mod spool_support;
+
 use slimta::queue::{DiskOptions, DiskStorage, Queue, QueueStorage, clock};
-use slimta::{Delivery, Envelope, Handoff, Relay, RelayError, Reply};
+use slimta::{Envelope, Handoff};
+use spool_support::{DeliverAll, files_in, reopen, spool, wait_until};
 
 fn envelope(n: u8) -> Envelope {
     let mut message = format!("Subject: journal {n}\r\n\r\n").into_bytes();
@@ -31,21 +33,6 @@ fn envelope(n: u8) -> Envelope {
     e
 }
 
-fn spool() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("spool");
-    (dir, path)
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
 async fn ids(s: &DiskStorage) -> BTreeSet<String> {
     s.load()
         .await
@@ -53,16 +40,6 @@ async fn ids(s: &DiskStorage) -> BTreeSet<String> {
         .into_iter()
         .map(|(id, _)| id)
         .collect()
-}
-
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    for _ in 0..2_000 {
-        if done().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test]
@@ -263,27 +240,6 @@ async fn a_restart_keeps_journal_messages_and_drains_the_old_segment() {
     assert_eq!(ids(&s).await, BTreeSet::from([d]));
 }
 
-/// Delivers every recipient.
-#[derive(Clone, Default)]
-struct DeliverAll {
-    calls: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
-}
-
-impl Relay for DeliverAll {
-    async fn attempt(&self, envelope: &Envelope, _attempt: u32) -> Result<Delivery, RelayError> {
-        self.calls.lock().unwrap().push(envelope.recipients.clone());
-        let results = envelope
-            .recipients
-            .iter()
-            .map(|_| Ok(Reply::new(250, "2.0.0", "ok")))
-            .collect();
-        Ok(Delivery::per_recipient(
-            Reply::new(250, "2.0.0", "ok"),
-            results,
-        ))
-    }
-}
-
 /// Through a queue, a message delivered at the first attempt costs one
 /// journal sync for its `NEW` record and one for its `REMOVE` record (each
 /// shared with every other record waiting at that moment, under load), and
@@ -292,7 +248,7 @@ impl Relay for DeliverAll {
 async fn a_delivered_message_costs_two_journal_syncs_on_its_own() {
     let (_dir, path) = spool();
     let storage = DiskStorage::open(&path).unwrap();
-    let relay = DeliverAll::default();
+    let relay = DeliverAll::new(&path);
     let queue = Queue::new(storage.clone(), relay.clone());
     queue.start().await.unwrap();
     let mut costs = Vec::new();
@@ -302,8 +258,7 @@ async fn a_delivered_message_costs_two_journal_syncs_on_its_own() {
         e.receive_time = clock::now();
         queue.handoff(e).await[0].result.clone().unwrap();
         wait_until("the message is delivered and forgotten", async || {
-            relay.calls.lock().unwrap().len() == usize::from(n) + 1
-                && storage.load().await.unwrap().is_empty()
+            relay.calls().len() == usize::from(n) + 1 && storage.load().await.unwrap().is_empty()
         })
         .await;
         costs.push(storage.fsync_count() - before);
@@ -388,17 +343,7 @@ async fn concurrent_writes_updates_removals_and_spills_agree_after_reopen() {
     check(&s, &path, &kept).await;
     drop(s);
     // Let a spill task still running finish with its clone of the storage.
-    let mut reopened = None;
-    for _ in 0..500 {
-        match DiskStorage::open(&path) {
-            Ok(s) => {
-                reopened = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-    let s = reopened.expect("the spool was never released");
+    let s = reopen(&path).await;
     check(&s, &path, &kept).await;
     assert_eq!(expected.len(), 160);
 }
