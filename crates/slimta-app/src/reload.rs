@@ -145,14 +145,14 @@ impl Reloader {
                 restart.push(format!("edge.{name}"));
             }
             if edge.accept_domains != new_edge.accept_domains {
-                changes.push((name.clone(), "accept_domains", None));
+                changes.push((name.clone(), Change::Domains));
             }
             if let (Some(auth), Some(new_auth)) = (&edge.auth, &new_edge.auth)
                 && auth.users != new_auth.users
             {
                 let users = Credentials::from_map(new_auth.users.clone())
                     .map_err(|e| format!("edge.{name}.auth.users: {e}"))?;
-                changes.push((name.clone(), "auth.users", Some(users)));
+                changes.push((name.clone(), Change::Users(users)));
             }
         }
         for name in new.edges.keys() {
@@ -185,7 +185,7 @@ impl Reloader {
             }
         }
         let mut applied = Vec::new();
-        for (name, key, users) in changes {
+        for (name, change) in changes {
             let (Some(handles), Some(new_edge)) = (self.edges.get(&name), new.edges.get(&name))
             else {
                 continue;
@@ -193,24 +193,32 @@ impl Reloader {
             let Some(edge) = self.running.edges.get_mut(&name) else {
                 continue;
             };
-            match users {
-                None => {
+            let key = match change {
+                Change::Domains => {
                     handles.accept_domains.set_domains(&new_edge.accept_domains);
                     edge.accept_domains.clone_from(&new_edge.accept_domains);
+                    "accept_domains"
                 }
-                Some(users) => {
+                Change::Users(users) => {
                     if let (Some(credentials), Some(auth), Some(new_auth)) =
                         (&handles.credentials, &mut edge.auth, &new_edge.auth)
                     {
                         credentials.replace(&users);
                         auth.users.clone_from(&new_auth.users);
                     }
+                    "auth.users"
                 }
-            }
+            };
             applied.push(format!("edge.{name}.{key}"));
         }
         Ok((applied, restart))
     }
+}
+
+/// One change SIGHUP applies to a running edge.
+enum Change {
+    Domains,
+    Users(Credentials),
 }
 
 fn keys<V>(map: &BTreeMap<String, V>) -> Vec<&String> {

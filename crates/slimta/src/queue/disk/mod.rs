@@ -606,21 +606,20 @@ impl DiskStorage {
         }
     }
 
-    /// Moves journal messages to their own files. Each result is
-    /// `Ok(false)` if that message was removed first.
+    /// Moves journal messages to their own files, in parallel; one result
+    /// per message, in no particular order (`Ok(false)`: removed first).
     async fn migrate(&self, residents: Vec<Resident>) -> Vec<io::Result<bool>> {
         let _one_at_a_time = self.inner.migrating.write().await;
         let mut tasks = tokio::task::JoinSet::new();
-        for (n, (id, segment, offset, len)) in residents.into_iter().enumerate() {
+        for (id, segment, offset, len) in residents {
             let storage = self.clone();
-            tasks.spawn(async move { (n, storage.migrate_one(id, segment, offset, len).await) });
+            tasks.spawn(async move { storage.migrate_one(id, segment, offset, len).await });
         }
-        let mut results: Vec<(usize, io::Result<bool>)> = Vec::new();
+        let mut results = Vec::new();
         while let Some(done) = tasks.join_next().await {
-            results.push(done.unwrap_or_else(|e| (usize::MAX, Err(io::Error::other(e)))));
+            results.push(done.unwrap_or_else(|e| Err(io::Error::other(e))));
         }
-        results.sort_by_key(|(n, _)| *n);
-        results.into_iter().map(|(_, r)| r).collect()
+        results
     }
 
     /// One message of [`DiskStorage::migrate`]; the caller holds
