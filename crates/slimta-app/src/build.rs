@@ -11,9 +11,13 @@
 //! memory queue first gets up to `MEMORY_DRAIN` to deliver what it holds,
 //! because whatever is still in memory at exit is lost (a memory queue is
 //! not durable by definition; use `type = "disk"` for that). A disk queue
-//! stops at once: its messages are on disk and resume at the next start,
-//! and logs its storage's fsync count (with the number of messages written,
-//! the figure that shows how well group commit works).
+//! starts no new attempt: its messages are on disk and resume at the next
+//! start. It gives the attempts in progress up to `ATTEMPT_GRACE` to finish
+//! and record their outcome, so a message delivered in the last moment is
+//! not delivered again after the restart (one stuck on a slow relay past
+//! that is attempted again, which is the at-least-once rule). A disk queue logs its storage's fsync count (with
+//! the number of messages written, the figure that shows how well group
+//! commit works).
 //!
 //! Each disk queue also serves its control socket (`control.rs`) while the
 //! daemon runs; it is removed at shutdown.
@@ -53,6 +57,9 @@ const REVERSE_DNS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a memory queue may keep delivering after the edges stopped.
 const MEMORY_DRAIN: Duration = Duration::from_secs(10);
+
+/// How long attempts in progress may take to finish at shutdown.
+const ATTEMPT_GRACE: Duration = Duration::from_secs(10);
 
 type AppRelay = Arc<dyn DynRelay>;
 
@@ -98,10 +105,18 @@ impl AppQueue {
                         "memory queue stopped with undelivered messages; they are lost"
                     );
                 }
+                // The wait above included the attempts in progress.
                 q.stop();
             }
             AppQueue::Disk(q) => {
-                q.stop();
+                let running = q.shutdown(ATTEMPT_GRACE).await;
+                if running > 0 {
+                    tracing::warn!(
+                        queue = name,
+                        attempts = running,
+                        "delivery attempts still running at shutdown; their messages are attempted again at the next start"
+                    );
+                }
                 tracing::info!(
                     queue = name,
                     fsyncs = q.storage().fsync_count(),

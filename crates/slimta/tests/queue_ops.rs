@@ -295,3 +295,126 @@ async fn list_reads_the_disk_index() {
     let storage = slimta::queue::DiskStorage::open(dir.path().join("spool")).unwrap();
     assert_eq!(storage.list().await.unwrap(), listed);
 }
+
+/// A relay whose attempts wait until the test opens the gate for them, then
+/// fail transiently; counts the attempts begun.
+#[derive(Clone)]
+struct Gated {
+    gate: Arc<tokio::sync::Semaphore>,
+    begun: Arc<Mutex<u32>>,
+}
+
+impl Default for Gated {
+    fn default() -> Self {
+        Self {
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            begun: Arc::default(),
+        }
+    }
+}
+
+impl Relay for Gated {
+    fn attempt(
+        &self,
+        envelope: &Envelope,
+        _attempt: u32,
+    ) -> impl Future<Output = Result<Delivery, RelayError>> + Send {
+        *self.begun.lock().unwrap() += 1;
+        let gate = self.gate.clone();
+        let results = envelope.recipients.iter().map(|_| later()).collect();
+        async move {
+            gate.acquire().await.unwrap().forget();
+            Ok(Delivery::per_recipient(
+                Reply::new(250, "2.0.0", "done"),
+                results,
+            ))
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_asked_for_during_an_attempt_follows_it_at_once() {
+    let relay = Gated::default();
+    let storage = MemoryStorage::new();
+    let queue = Queue::new(storage.clone(), relay.clone()).with_backoff(hourly());
+    queue.start().await.unwrap();
+    queue.handoff(message("s@x.test", &["a@y.test"])).await;
+    settle().await;
+    assert_eq!(*relay.begun.lock().unwrap(), 1, "first attempt in progress");
+    let id = queue.list().await.unwrap()[0].id.clone();
+
+    // The operator asks while the attempt runs; it then fails and would
+    // wait its hour, but the request brings the next attempt at once.
+    queue.retry_now(&id).await.unwrap();
+    relay.gate.add_permits(1);
+    settle().await;
+    assert_eq!(*relay.begun.lock().unwrap(), 2, "second attempt at once");
+    relay.gate.add_permits(1);
+    settle().await;
+    let entry = &queue.list().await.unwrap()[0];
+    assert_eq!(entry.meta.attempts, 2);
+    // Once: the third waits for the backoff again, stored too.
+    let due = entry.meta.timestamp.unwrap();
+    assert!(due >= slimta::queue::clock::now() + Duration::from_secs(3500));
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(*relay.begun.lock().unwrap(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_the_attempt_in_progress_record_its_outcome() {
+    let relay = Gated::default();
+    let queue = Queue::new(MemoryStorage::new(), relay.clone()).with_backoff(hourly());
+    queue.start().await.unwrap();
+    queue.handoff(message("s@x.test", &["a@y.test"])).await;
+    settle().await;
+    let id = queue.list().await.unwrap()[0].id.clone();
+
+    // The attempt finishes within the grace: nothing is left running and
+    // its failure is recorded.
+    let opener = tokio::spawn({
+        let gate = relay.gate.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            gate.add_permits(1);
+        }
+    });
+    assert_eq!(queue.shutdown(Duration::from_secs(10)).await, 0);
+    opener.await.unwrap();
+    assert_eq!(queue.show(&id).await.unwrap().meta.attempts, 1);
+
+    // A stopped queue starts nothing new; an attempt that outlives the
+    // grace is reported.
+    let queue = Queue::new(MemoryStorage::new(), relay.clone()).with_backoff(hourly());
+    queue.start().await.unwrap();
+    queue.handoff(message("s@x.test", &["b@y.test"])).await;
+    settle().await;
+    let begun = *relay.begun.lock().unwrap();
+    assert_eq!(queue.shutdown(Duration::from_secs(10)).await, 1);
+    queue.handoff(message("s@x.test", &["c@y.test"])).await;
+    relay.gate.add_permits(1);
+    settle().await;
+    assert_eq!(
+        *relay.begun.lock().unwrap(),
+        begun,
+        "no attempt after shutdown"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_deleted_during_its_attempt_is_forgotten() {
+    let relay = Gated::default();
+    let queue = Queue::new(MemoryStorage::new(), relay.clone()).with_backoff(hourly());
+    queue.start().await.unwrap();
+    queue.handoff(message("s@x.test", &["a@y.test"])).await;
+    settle().await;
+    let id = queue.list().await.unwrap()[0].id.clone();
+    queue.delete(&id).await.unwrap();
+    relay.gate.add_permits(1);
+    settle().await;
+    // Not waiting for a retry of a message that is gone, and never tried
+    // again.
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.messages, stats.waiting), (0, 0));
+    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    assert_eq!(*relay.begun.lock().unwrap(), 1);
+}

@@ -193,6 +193,9 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                 .set_recipients_delivered(id, &delivered)
                 .await
         {
+            if self.deleted_meanwhile(id, &e) {
+                return;
+            }
             // The relay delivered but storage cannot say so: the retry below
             // may deliver to them again (at-least-once beats losing mail).
             tracing::error!(id = %id, error = %e, "cannot record delivered recipients");
@@ -204,6 +207,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         if !transient.is_empty() {
             let attempts = match self.inner.storage.increment_attempts(id).await {
                 Ok(n) => n,
+                Err(e) if self.deleted_meanwhile(id, &e) => return,
                 Err(e) => {
                     tracing::error!(id = %id, error = %e, "cannot count the attempt");
                     attempt
@@ -287,9 +291,29 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         self.inner.relay.attempt(&copy, attempt).await
     }
 
+    /// Whether a storage error says the message is gone: an operator
+    /// deleted it during the attempt. Nothing is left to record or retry
+    /// (and no bounce to send), so the schedule forgets it.
+    fn deleted_meanwhile(&self, id: &str, error: &io::Error) -> bool {
+        if error.kind() != io::ErrorKind::NotFound {
+            return false;
+        }
+        tracing::info!(id = %id, "message deleted during its delivery attempt");
+        self.inner.schedule.forget(id);
+        true
+    }
+
     async fn retry_later(&self, id: &str, delay: Duration) {
-        let due = clock::now() + delay;
+        // An operator's "retry now" during this attempt wins over the delay.
+        let due = if self.inner.schedule.take_retry_request(id) {
+            clock::now()
+        } else {
+            clock::now() + delay
+        };
         if let Err(e) = self.inner.storage.set_timestamp(id, due).await {
+            if self.deleted_meanwhile(id, &e) {
+                return;
+            }
             // The in-memory schedule still retries; only a restart would use
             // the old due time (earlier, so nothing is lost).
             tracing::warn!(id = %id, error = %e, "cannot store the next attempt time");

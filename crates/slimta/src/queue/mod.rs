@@ -116,6 +116,9 @@ struct Inner<S, R> {
     config: RwLock<Config>,
     started: OnceLock<()>,
     scheduler: Mutex<Vec<AbortHandle>>,
+    /// The attempt permits and how many there are, once started: all of
+    /// them free means no attempt is running ([`Queue::shutdown`]).
+    permits: OnceLock<(Arc<Semaphore>, usize)>,
     first_attempts: Mutex<FirstAttempts>,
 }
 
@@ -157,6 +160,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                 }),
                 started: OnceLock::new(),
                 scheduler: Mutex::new(Vec::new()),
+                permits: OnceLock::new(),
                 first_attempts: Mutex::default(),
             }),
         }
@@ -285,9 +289,11 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
             self.inner.schedule.insert(id, clock::instant_at(due));
         }
         let (limit, stats_interval) = self.config(|c| (c.max_concurrency, c.stats_interval));
+        let permits = Arc::new(Semaphore::new(limit));
+        // Set once: `started` above admits one caller.
+        let _ = self.inner.permits.set((permits.clone(), limit));
         let queue = self.clone();
-        let task =
-            tokio::spawn(async move { queue.run_scheduler(Arc::new(Semaphore::new(limit))).await });
+        let task = tokio::spawn(async move { queue.run_scheduler(permits).await });
         let mut tasks = vec![task.abort_handle()];
         if let Some(interval) = stats_interval {
             tasks.push(tokio::spawn(self.clone().log_stats(interval)).abort_handle());
@@ -314,6 +320,24 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         );
         for task in tasks {
             task.abort();
+        }
+    }
+
+    /// Stops the scheduler ([`Queue::stop`]), then waits up to `grace` for
+    /// the attempts in progress to finish and record their outcome, so that
+    /// a message delivered just before a shutdown is not delivered again
+    /// after the restart. Returns how many attempts were still running at
+    /// the deadline (their messages stay stored and are attempted again by
+    /// the next queue over the same storage).
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.stop();
+        let Some((permits, limit)) = self.inner.permits.get() else {
+            return 0;
+        };
+        let all = u32::try_from(*limit).unwrap_or(u32::MAX);
+        match tokio::time::timeout(grace, permits.acquire_many(all)).await {
+            Ok(_) => 0,
+            Err(_) => limit.saturating_sub(permits.available_permits()),
         }
     }
 

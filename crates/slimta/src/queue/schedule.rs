@@ -25,6 +25,8 @@ struct State {
     known: HashSet<String>,
     /// Where each waiting id sits in `due`, for operator commands.
     keys: HashMap<String, (Instant, u64)>,
+    /// Ids in flight an operator asked to retry now.
+    retry_requested: HashSet<String>,
     seq: u64,
 }
 
@@ -86,9 +88,15 @@ impl Schedule {
     }
 
     /// Schedules the next attempt of a message that [`Schedule::next_due`]
-    /// handed out.
+    /// handed out: at `at`, or at once if an operator asked for a retry
+    /// while it was in flight.
     pub(crate) fn reschedule(&self, id: String, at: Instant) {
         let mut state = self.lock();
+        let at = if state.retry_requested.remove(&id) {
+            at.min(Instant::now())
+        } else {
+            at
+        };
         state.known.insert(id.clone());
         state.push(id, at);
         drop(state);
@@ -98,7 +106,16 @@ impl Schedule {
     /// Forgets a message handed out by [`Schedule::next_due`] (it was
     /// removed from storage).
     pub(crate) fn forget(&self, id: &str) {
-        self.lock().known.remove(id);
+        let mut state = self.lock();
+        state.known.remove(id);
+        state.retry_requested.remove(id);
+    }
+
+    /// Takes back an operator's retry request for a message in flight, for
+    /// an attempt that is about to store its next due time (it stores "now"
+    /// instead).
+    pub(crate) fn take_retry_request(&self, id: &str) -> bool {
+        self.lock().retry_requested.remove(id)
     }
 
     fn placement(state: &State, id: &str) -> Placement {
@@ -112,15 +129,22 @@ impl Schedule {
     }
 
     /// Moves a waiting message's due time to `at` (an operator's "retry
-    /// now").
+    /// now"). For a message in flight the request is remembered until its
+    /// attempt reschedules it (see the module docs).
     pub(crate) fn move_to(&self, id: &str, at: Instant) -> Placement {
         let mut state = self.lock();
         let placement = Self::placement(&state, id);
-        if placement == Placement::Waiting {
-            state.take_waiting(id);
-            state.push(id.to_owned(), at);
-            drop(state);
-            self.wake.notify_one();
+        match placement {
+            Placement::Waiting => {
+                state.take_waiting(id);
+                state.push(id.to_owned(), at);
+                drop(state);
+                self.wake.notify_one();
+            }
+            Placement::InFlight => {
+                state.retry_requested.insert(id.to_owned());
+            }
+            Placement::Unknown => {}
         }
         placement
     }
@@ -213,6 +237,31 @@ mod tests {
         assert_eq!(s.remove_waiting("a"), Placement::Waiting);
         assert_eq!(s.waiting(), 0);
         assert!(s.insert("a".into(), now), "removed ids are forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_asked_for_in_flight_beats_the_backoff_once() {
+        let s = Schedule::default();
+        let now = Instant::now();
+        s.insert("m".into(), now);
+        assert_eq!(s.next_due().await, "m");
+        // The operator asks while the attempt runs; the attempt then fails
+        // and asks for an hour: the request wins, once.
+        assert_eq!(s.move_to("m", now), Placement::InFlight);
+        s.reschedule("m".into(), now + Duration::from_secs(3600));
+        assert_eq!(s.next_due().await, "m");
+        assert_eq!(Instant::now(), now, "due at once, not after the backoff");
+        s.reschedule("m".into(), now + Duration::from_secs(3600));
+        assert_eq!(s.next_due().await, "m");
+        assert_eq!(Instant::now(), now + Duration::from_secs(3600));
+        // Taken by the attempt storing its due time, or dropped when the
+        // message is forgotten.
+        assert_eq!(s.move_to("m", now), Placement::InFlight);
+        assert!(s.take_retry_request("m"));
+        assert!(!s.take_retry_request("m"));
+        assert_eq!(s.move_to("m", now), Placement::InFlight);
+        s.forget("m");
+        assert!(!s.take_retry_request("m"));
     }
 
     #[tokio::test(start_paused = true)]
