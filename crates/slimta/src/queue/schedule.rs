@@ -92,7 +92,7 @@ impl Schedule {
     /// while it was in flight.
     pub(crate) fn reschedule(&self, id: String, at: Instant) {
         let mut state = self.lock();
-        let at = if state.retry_requested.remove(&id) {
+        let at = if !state.retry_requested.is_empty() && state.retry_requested.remove(&id) {
             at.min(Instant::now())
         } else {
             at
@@ -108,7 +108,10 @@ impl Schedule {
     pub(crate) fn forget(&self, id: &str) {
         let mut state = self.lock();
         state.known.remove(id);
-        state.retry_requested.remove(id);
+        // Almost always empty: skip hashing the id a second time.
+        if !state.retry_requested.is_empty() {
+            state.retry_requested.remove(id);
+        }
     }
 
     /// Takes back an operator's retry request for a message in flight, for
