@@ -419,6 +419,7 @@ fn build_relay(
                 .tls(tls_mode(c.tls))
                 .tls_verify(c.tls_verify)
                 .allow_plaintext_auth(c.allow_plaintext_auth)
+                .chunking(c.chunking)
                 .source_addresses(c.source_addresses.iter().copied())
                 .source_selection(selection(c));
             if let Some(file) = &c.tls_ca_file {
@@ -443,6 +444,7 @@ fn build_relay(
                 .pool_size(c.pool_size)
                 .idle_timeout(c.idle_timeout)
                 .tls(tls_mode(c.tls))
+                .chunking(c.chunking)
                 .source_addresses(c.source_addresses.iter().copied())
                 .source_selection(selection(c));
             for (domain, host) in &r.force_mx {
@@ -463,6 +465,7 @@ fn build_relay(
             .idle_timeout(c.idle_timeout)
             .tls(tls_mode(c.tls))
             .tls_verify(c.tls_verify)
+            .chunking(c.chunking)
             .source_addresses(c.source_addresses.iter().copied());
             if let Some(file) = &c.tls_ca_file {
                 relay = relay.tls_ca_file(file.clone());

@@ -399,6 +399,9 @@ pub struct SmtpClientConfig {
     /// `allow_plaintext_auth`: send PLAIN/LOGIN credentials without TLS.
     /// Default false.
     pub allow_plaintext_auth: bool,
+    /// `chunking`: send with BDAT when the server offers CHUNKING. Default
+    /// true.
+    pub chunking: bool,
 }
 
 /// `relay.NAME.tls`.

@@ -1,12 +1,15 @@
 //! StaticLmtpRelay against a real Dovecot LMTP server, over TCP and over its
 //! unix socket: mail lands in the Maildir, and recipients refused at RCPT
 //! (unknown user) or after the data (over quota) get their own results.
+//! Dovecot offers CHUNKING: over TCP the message goes with BDAT (a wiretap
+//! shows it), over the socket with DATA (`chunking(false)`), and the
+//! per-recipient replies after the data are the same either way.
 
 use std::time::Duration;
 
 use slimta::relay::lmtp::StaticLmtpRelay;
 use slimta::{Envelope, Relay};
-use test_peers::Dovecot;
+use test_peers::{Dovecot, Wiretap};
 
 fn envelope(recipients: &[&str], message: &[u8]) -> Envelope {
     Envelope::new(
@@ -32,7 +35,8 @@ fn tuned(relay: StaticLmtpRelay) -> StaticLmtpRelay {
         .command_timeout(Duration::from_secs(20))
 }
 
-async fn per_recipient_outcomes(relay: StaticLmtpRelay, dovecot: &Dovecot) {
+/// `data_stage` is how the over-quota error names the step it answered.
+async fn per_recipient_outcomes(relay: StaticLmtpRelay, dovecot: &Dovecot, data_stage: &str) {
     let env = envelope(
         &[
             "alice@example.test",
@@ -56,7 +60,13 @@ async fn per_recipient_outcomes(relay: StaticLmtpRelay, dovecot: &Dovecot) {
         small.reply().enhanced().map(|e| e.to_string()).as_deref(),
         Some("5.2.2")
     );
-    assert!(small.reply().text().contains("end of data"), "{small}");
+    assert!(
+        small
+            .reply()
+            .text()
+            .contains(&format!("in reply to {data_stage}")),
+        "{small}"
+    );
     let bob = delivery.result_for(3).expect("bob delivered");
     assert_eq!(bob.code(), 250, "{bob:?}");
 
@@ -76,16 +86,21 @@ const USERS: &[(&str, Option<&str>)] = &[("alice", None), ("bob", None), ("small
 #[tokio::test]
 async fn delivers_over_tcp_with_per_recipient_results() {
     let dovecot = Dovecot::start(USERS);
-    let addr = dovecot.lmtp_addr();
+    let tap = Wiretap::start(dovecot.lmtp_addr());
+    let addr = tap.addr();
     let relay = tuned(StaticLmtpRelay::new(addr.ip().to_string(), addr.port()));
-    per_recipient_outcomes(relay, &dovecot).await;
+    per_recipient_outcomes(relay, &dovecot, "BDAT").await;
+    let sent = String::from_utf8_lossy(&tap.sent()[0]).into_owned();
+    let size = big_message().len();
+    assert!(sent.contains(&format!("BDAT {size} LAST\r\n")), "{sent}");
+    assert!(!sent.contains("DATA\r\n"), "{sent}");
 }
 
 #[tokio::test]
 async fn delivers_over_a_unix_socket_with_per_recipient_results() {
     let dovecot = Dovecot::start(USERS);
-    let relay = tuned(StaticLmtpRelay::unix(dovecot.lmtp_socket()));
-    per_recipient_outcomes(relay, &dovecot).await;
+    let relay = tuned(StaticLmtpRelay::unix(dovecot.lmtp_socket())).chunking(false);
+    per_recipient_outcomes(relay, &dovecot, "end of data").await;
 }
 
 #[tokio::test]

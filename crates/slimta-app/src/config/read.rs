@@ -421,7 +421,7 @@ const RELAY_TYPES: [&str; 8] = [
 ];
 
 /// Every key any relay type uses, for "unknown key for type" messages.
-const RELAY_KEYS: [&str; 22] = [
+const RELAY_KEYS: [&str; 23] = [
     "host",
     "port",
     "force_mx",
@@ -443,6 +443,7 @@ const RELAY_KEYS: [&str; 22] = [
     "source_selection",
     "tls_ca_file",
     "allow_plaintext_auth",
+    "chunking",
     "type",
 ];
 
@@ -629,7 +630,9 @@ fn read_smtp_client(s: &mut Section<'_>, errors: &mut Errors, verify: bool) -> S
         }
     });
     let allow_plaintext_auth = s.or(errors, "allow_plaintext_auth", false, boolean);
+    let chunking = s.or(errors, "chunking", true, boolean);
     SmtpClientConfig {
+        chunking,
         source_random,
         tls_ca_file,
         allow_plaintext_auth,

@@ -143,6 +143,7 @@ tls = "off"
 tls_verify = false
 source_addresses = ["127.0.0.1", "::1"]
 ehlo_as = "relay.example.test"
+chunking = false
 
 [relay.mx]
 type = "mx"
@@ -238,6 +239,7 @@ fn full_file_keeps_every_value() {
             source_random: false,
             tls_ca_file: None,
             allow_plaintext_auth: false,
+            chunking: false,
         }
     );
     let RelayConfig::Mx(mx) = &config.relays["mx"] else {
@@ -247,6 +249,7 @@ fn full_file_keeps_every_value() {
     assert_eq!(mx.force_mx["example.test"], "127.0.0.2");
     assert!(!mx.client.tls_verify, "opportunistic MX does not verify");
     assert_eq!(mx.client.tls, TlsMode::Opportunistic);
+    assert!(mx.client.chunking, "BDAT when offered, by default");
     assert!(config.unsupported().is_empty());
 }
 

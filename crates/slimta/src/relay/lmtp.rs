@@ -116,6 +116,13 @@ impl StaticLmtpRelay {
         self
     }
 
+    /// Send messages with BDAT when the server offers CHUNKING (default
+    /// true); see [`StaticSmtpRelay::chunking`].
+    pub fn chunking(mut self, enabled: bool) -> Self {
+        self.inner = self.inner.chunking(enabled);
+        self
+    }
+
     /// Local addresses to connect from over TCP; see
     /// [`StaticSmtpRelay::source_addresses`].
     pub fn source_addresses(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {

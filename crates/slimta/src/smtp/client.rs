@@ -1,5 +1,5 @@
 //! The SMTP client side, sans-IO: reply parsing, EHLO capabilities, command
-//! formatting and the outbound DATA encoder.
+//! formatting and the outbound DATA and BDAT encoders.
 //!
 //! The tokio driver in `relay/smtp/` owns the socket and the timers; this
 //! module only turns bytes into [`Reply`] values and messages into bytes, so
@@ -23,6 +23,9 @@
 //!   server reads as the end of data (SMTP smuggling, CVE-2023-51764); after
 //!   encoding, the only `CRLF . CRLF` is the terminator. This is Postfix's
 //!   `cleanup_replace_stray_cr_lf` behaviour applied on the way out.
+//! - [`encode_bdat_last`] (for servers offering CHUNKING) normalises the
+//!   line ends the same way but does not dot-stuff: the chunk's size, not a
+//!   terminator, ends it.
 //! - Addresses are written back byte for byte, but one holding a control
 //!   character (CR, LF, NUL, ...) is refused by [`mail_from`] / [`rcpt_to`]:
 //!   it would inject a command into the session.
@@ -324,10 +327,55 @@ pub fn rcpt_to(recipient: &str) -> Result<Vec<u8>, BadAddress> {
 /// An empty message is just the terminator.
 pub fn encode_data(message: &[u8], out: &mut Vec<u8>) {
     out.reserve(message.len() + message.len() / 64 + 5);
+    encode_lines(message, true, out);
+    out.extend_from_slice(b".\r\n");
+}
+
+/// Appends `BDAT <size> LAST\r\n` and `message` as its one chunk (RFC
+/// 3030): every bare CR and bare LF becomes CRLF and a final CRLF is added
+/// when missing, as for DATA, but nothing is dot-stuffed (a chunk has no
+/// terminator to protect). The size counts the chunk as written.
+///
+/// The line ends are normalised although BDAT could carry them as they are:
+/// without BINARYMIME the content must still be CRLF lines (RFC 3030 3),
+/// and the next hop may forward it with DATA (see the module docs).
+pub fn encode_bdat_last(message: &[u8], out: &mut Vec<u8>) {
+    let size = normalised_len(message);
+    out.reserve(size + 32);
+    out.extend_from_slice(format!("BDAT {size} LAST\r\n").as_bytes());
+    let start = out.len();
+    encode_lines(message, false, out);
+    debug_assert_eq!(out.len() - start, size);
+}
+
+/// The length of `message` once [`encode_lines`] has made its line ends
+/// CRLF (without dot-stuffing).
+fn normalised_len(message: &[u8]) -> usize {
+    let mut len = message.len();
+    let mut rest = message;
+    while let Some(i) = memchr::memchr2(b'\r', b'\n', rest) {
+        if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+            rest = &rest[i + 2..];
+        } else {
+            // A bare CR or LF becomes two bytes.
+            len += 1;
+            rest = &rest[i + 1..];
+        }
+    }
+    if !rest.is_empty() {
+        len += 2;
+    }
+    len
+}
+
+/// Appends `message` with every bare CR and bare LF made CRLF and a final
+/// CRLF when the last line has none; with `stuff_dots`, every line starting
+/// with `.` gets another `.`.
+fn encode_lines(message: &[u8], stuff_dots: bool, out: &mut Vec<u8>) {
     let mut rest = message;
     let mut line_start = true;
     while !rest.is_empty() {
-        if line_start && rest[0] == b'.' {
+        if stuff_dots && line_start && rest[0] == b'.' {
             out.push(b'.');
         }
         match memchr::memchr2(b'\r', b'\n', rest) {
@@ -352,7 +400,6 @@ pub fn encode_data(message: &[u8], out: &mut Vec<u8>) {
     if !line_start {
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b".\r\n");
 }
 
 /// A SASL mechanism of the client's AUTH (RFC 4954).
@@ -752,6 +799,59 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(input)
             );
+        }
+    }
+
+    fn encode_bdat(message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_bdat_last(message, &mut out);
+        out
+    }
+
+    #[test]
+    fn encodes_bdat() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"", b"BDAT 0 LAST\r\n"),
+            (b"a\r\n", b"BDAT 3 LAST\r\na\r\n"),
+            (b"a", b"BDAT 3 LAST\r\na\r\n"),
+            (b".\r\n", b"BDAT 3 LAST\r\n.\r\n"),
+            (b"x\n.\n", b"BDAT 6 LAST\r\nx\r\n.\r\n"),
+            (b"a\r\rb", b"BDAT 8 LAST\r\na\r\n\r\nb\r\n"),
+            (b"\x80\x00\r\n", b"BDAT 4 LAST\r\n\x80\x00\r\n"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                String::from_utf8_lossy(&encode_bdat(input)),
+                String::from_utf8_lossy(want),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    /// Every string of up to 7 bytes over `a . CR LF`: the chunk is the DATA
+    /// encoding without its dot-stuffing and terminator, and the size in
+    /// the command is the chunk's length.
+    #[test]
+    fn bdat_chunk_is_data_without_stuffing() {
+        let alphabet = [b'a', b'.', b'\r', b'\n'];
+        for len in 0..=7u32 {
+            for n in 0..4usize.pow(len) {
+                let input: Vec<u8> = (0..len)
+                    .map(|k| alphabet[(n / 4usize.pow(k)) % 4])
+                    .collect();
+                let out = encode_bdat(&input);
+                let header_end = memchr::memmem::find(&out, b"\r\n").unwrap() + 2;
+                let header = std::str::from_utf8(&out[..header_end]).unwrap();
+                let chunk = &out[header_end..];
+                assert_eq!(header, format!("BDAT {} LAST\r\n", chunk.len()));
+                let data = encode(&input);
+                let mut unstuffed = Vec::new();
+                for line in data[..data.len() - 3].split_inclusive(|&b| b == b'\n') {
+                    unstuffed.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+                }
+                assert_eq!(chunk, unstuffed, "{input:?}");
+            }
         }
     }
 

@@ -43,6 +43,16 @@
 //!   bad recipient gets `501 5.1.3` and the others are still delivered.
 //! - A message larger than the server's advertised SIZE fails permanently
 //!   with `552 5.3.4` before MAIL FROM is sent.
+//! - CHUNKING (RFC 3030): when the server offers it (and the relay's
+//!   `chunking` setting, on by default, allows it) the message goes as one
+//!   `BDAT <size> LAST` chunk instead of DATA: no dot-stuffing, and the
+//!   server counts bytes instead of scanning for the terminator. The line
+//!   ends are normalised as for DATA (`smtp::client::encode_bdat_last`).
+//!   With PIPELINING, MAIL and RCPT go in one write and BDAT with the chunk
+//!   follows their replies (never pipelined behind them: a chunk sent after
+//!   refused recipients would only be read and thrown away), so a
+//!   transaction takes the same two round trips as a pipelined DATA. For
+//!   LMTP the per-recipient replies follow the chunk as they follow DATA.
 //! - One driver, two dialects: LMTP (RFC 2033) greets with LHLO (no HELO
 //!   fallback) and reads one reply per accepted recipient after the data;
 //!   everything else is shared with SMTP. The stream may be TCP, a unix
@@ -87,8 +97,8 @@ use crate::relay::{Delivery, RelayError};
 use crate::reply::{EnhancedCode, Reply};
 use crate::smtp::client::{
     AuthMechanism, Extensions, MailFromParams, ReplyError, auth_plain_response,
-    choose_auth_mechanism, cram_md5_response, encode_data, mail_from, parse_reply, rcpt_to,
-    sasl_base64,
+    choose_auth_mechanism, cram_md5_response, encode_bdat_last, encode_data, mail_from,
+    parse_reply, rcpt_to, sasl_base64,
 };
 
 /// The most RCPT commands sent in one pipelined write. The replies to a
@@ -115,6 +125,7 @@ pub(crate) enum Stage {
     Data,
     Message,
     EndOfData,
+    Bdat,
     Rset,
     Quit,
 }
@@ -134,6 +145,7 @@ impl Stage {
             Stage::Data => "DATA",
             Stage::Message => "message data",
             Stage::EndOfData => "end of data",
+            Stage::Bdat => "BDAT",
             Stage::Rset => "RSET",
             Stage::Quit => "QUIT",
         }
@@ -168,6 +180,8 @@ pub(crate) struct ConnectOptions {
     pub(crate) tls_client: Arc<TlsClient>,
     pub(crate) credentials: Option<Credentials>,
     pub(crate) allow_plaintext_auth: bool,
+    /// Use BDAT when the server offers CHUNKING.
+    pub(crate) chunking: bool,
 }
 
 impl ConnectOptions {
@@ -187,6 +201,7 @@ impl ConnectOptions {
             tls_client: Arc::new(TlsClient::new(true, None)),
             credentials: None,
             allow_plaintext_auth: false,
+            chunking: true,
         }
     }
 }
@@ -341,6 +356,9 @@ impl Connection {
         if let Some(credentials) = &options.credentials {
             conn.authenticate(credentials, options.allow_plaintext_auth)
                 .await?;
+        }
+        if !options.chunking {
+            conn.extensions.chunking = false;
         }
         Ok(conn)
     }
@@ -754,16 +772,25 @@ impl Connection {
                 results,
             ));
         }
+        let chunked = self.extensions.chunking;
         let mut data = Vec::new();
-        encode_data(&envelope.message, &mut data);
+        if chunked {
+            encode_bdat_last(&envelope.message, &mut data);
+        } else {
+            encode_data(&envelope.message, &mut data);
+        }
 
         let pipelined = self.extensions.pipelining && rcpts.len() <= PIPELINE_MAX_RCPTS;
+        // DATA rides in the pipelined batch; BDAT never does (module docs).
+        let data_pipelined = pipelined && !chunked;
         if pipelined {
             let mut batch = mail;
             for (_, cmd) in &rcpts {
                 batch.extend_from_slice(cmd);
             }
-            batch.extend_from_slice(b"DATA\r\n");
+            if data_pipelined {
+                batch.extend_from_slice(b"DATA\r\n");
+            }
             self.write(&batch, Stage::Mail).await.map_err(early)?;
         } else {
             self.write(&mail, Stage::Mail).await.map_err(early)?;
@@ -776,7 +803,7 @@ impl Connection {
         if !mail_reply.is_positive() {
             let error = self.remote_error(&mail_reply, Stage::Mail);
             if pipelined && !self.broken {
-                self.drain_pipeline(rcpts.len()).await;
+                self.drain_pipeline(rcpts.len(), data_pipelined).await;
             }
             return Err(late(error));
         }
@@ -807,7 +834,7 @@ impl Connection {
         }
 
         if refused.iter().all(Option::is_some) {
-            if pipelined {
+            if data_pipelined {
                 self.end_refused_data().await;
             }
             if !self.broken {
@@ -825,25 +852,34 @@ impl Connection {
                 .filter(|&i| refused[i].is_none())
                 .collect();
             return Ok(self
-                .lmtp_data_phase(pipelined, &data, refused, &accepted)
+                .lmtp_data_phase(data_pipelined, chunked, &data, refused, &accepted)
                 .await);
         }
-        let outcome = self.data_phase(pipelined, &data).await;
+        let outcome = if chunked {
+            self.bdat_phase(&data).await
+        } else {
+            self.data_phase(data_pipelined, &data).await
+        };
         Ok(finish(&refused, &outcome))
     }
 
-    /// LMTP's DATA: after the message, one reply per accepted recipient, in
+    /// LMTP's DATA (or BDAT, when `chunked`: `data` is then the command and
+    /// its chunk): after the message, one reply per accepted recipient, in
     /// the order of their RCPT commands (RFC 2033 4.2). A recipient whose
     /// reply never came (timeout, lost connection) gets the transient error.
     async fn lmtp_data_phase(
         &mut self,
         pipelined: bool,
+        chunked: bool,
         data: &[u8],
         mut results: Vec<Option<RelayError>>,
         accepted: &[usize],
     ) -> Delivery {
         let mut replies: Vec<Option<Reply>> = vec![None; results.len()];
         let started = async {
+            if chunked {
+                return self.write(data, Stage::Bdat).await;
+            }
             if !pipelined {
                 self.write(b"DATA\r\n", Stage::Data).await?;
             }
@@ -854,6 +890,11 @@ impl Connection {
             self.write(data, Stage::Message).await
         }
         .await;
+        let end = if chunked {
+            Stage::Bdat
+        } else {
+            Stage::EndOfData
+        };
         let mut last = None;
         match started {
             Err(e) => {
@@ -869,13 +910,13 @@ impl Connection {
                         results[i] = Some(e.clone());
                         continue;
                     }
-                    match self.read_reply(Stage::EndOfData).await {
+                    match self.read_reply(end).await {
                         Ok(reply) if reply.is_positive() => {
                             last = Some(reply.clone());
                             replies[i] = Some(reply);
                         }
                         Ok(reply) => {
-                            let e = self.remote_error(&reply, Stage::EndOfData);
+                            let e = self.remote_error(&reply, end);
                             last = Some(e.reply().clone());
                             results[i] = Some(e);
                         }
@@ -905,15 +946,18 @@ impl Connection {
         Delivery::per_recipient(reply, results)
     }
 
-    /// After a pipelined MAIL was refused: reads the RCPT and DATA replies
-    /// so the session stays in step (and ends a DATA accepted by mistake).
-    async fn drain_pipeline(&mut self, rcpts: usize) {
+    /// After a pipelined MAIL was refused: reads the RCPT (and DATA, when
+    /// it was in the batch) replies so the session stays in step (and ends
+    /// a DATA accepted by mistake).
+    async fn drain_pipeline(&mut self, rcpts: usize, data: bool) {
         for _ in 0..rcpts {
             if self.read_reply(Stage::Rcpt).await.is_err() {
                 return;
             }
         }
-        self.end_refused_data().await;
+        if data {
+            self.end_refused_data().await;
+        }
     }
 
     /// Reads the reply to a pipelined DATA that should have been refused.
@@ -945,6 +989,18 @@ impl Connection {
             Ok(reply)
         } else {
             Err(self.remote_error(&reply, Stage::EndOfData))
+        }
+    }
+
+    /// `BDAT <size> LAST` with the message (both in `chunk`), and the reply:
+    /// the outcome of every accepted recipient.
+    async fn bdat_phase(&mut self, chunk: &[u8]) -> Result<Reply, RelayError> {
+        self.write(chunk, Stage::Bdat).await?;
+        let reply = self.read_reply(Stage::Bdat).await?;
+        if reply.is_positive() {
+            Ok(reply)
+        } else {
+            Err(self.remote_error(&reply, Stage::Bdat))
         }
     }
 

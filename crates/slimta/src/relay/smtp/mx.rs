@@ -118,6 +118,13 @@ impl MxSmtpRelay {
         self
     }
 
+    /// Send messages with BDAT when an exchanger offers CHUNKING (default
+    /// true); see [`StaticSmtpRelay::chunking`].
+    pub fn chunking(mut self, enabled: bool) -> Self {
+        self.template = self.template.chunking(enabled);
+        self
+    }
+
     /// The local address to connect from (default: chosen by the system).
     pub fn source_address(mut self, ip: std::net::IpAddr) -> Self {
         self.template = self.template.source_address(ip);

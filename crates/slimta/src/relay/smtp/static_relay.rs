@@ -191,6 +191,14 @@ impl StaticSmtpRelay {
         self
     }
 
+    /// Send messages with BDAT when the server offers CHUNKING (default
+    /// true); `false` always uses DATA, for a server whose CHUNKING is
+    /// broken.
+    pub fn chunking(mut self, enabled: bool) -> Self {
+        self.options.chunking = enabled;
+        self
+    }
+
     /// Resolve the host name with this resolver instead of the system's
     /// (the MX relay passes its own, so one configured resolver answers every
     /// lookup).
