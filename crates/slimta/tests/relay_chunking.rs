@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use slimta::edge::{SessionInfo, SmtpEdge, Validators};
 use slimta::relay::smtp::StaticSmtpRelay;
-use slimta::smtp::RcptParams;
+use slimta::smtp::{MailParams, RcptParams};
 use slimta::{Envelope, Handoff, HandoffResult, Relay, Reply};
 use test_peers::Wiretap;
 use tokio::net::TcpListener;
@@ -32,10 +32,23 @@ impl Handoff for Queued {
     }
 }
 
-/// Refuses recipients whose local part is `nobody`.
+/// Refuses recipients whose local part is `nobody`, and the sender
+/// `blocked@x.test`.
 struct NoNobody;
 
 impl Validators for NoNobody {
+    async fn mail(
+        &self,
+        reply: &mut Reply,
+        _session: &SessionInfo,
+        sender: &str,
+        _params: &MailParams,
+    ) {
+        if sender == "blocked@x.test" {
+            reply.set(550, "5.7.1", "Sender refused");
+        }
+    }
+
     async fn rcpt(
         &self,
         reply: &mut Reply,
@@ -168,6 +181,17 @@ async fn refusals_around_bdat_keep_their_stage_and_the_session() {
         .await
         .expect("a per-recipient result");
     assert_eq!(d.result_for(0).unwrap_err().reply().code(), 550);
+
+    // The sender refused: only the pipelined RCPT replies follow (there is
+    // no BDAT in the batch to wait for).
+    let mut blocked = envelope(&["b@y.test"], message);
+    blocked.sender = "blocked@x.test".into();
+    let e = relay.attempt(&blocked, 1).await.expect_err("MAIL refused");
+    assert!(e.is_permanent());
+    assert!(
+        e.reply().to_string().contains("in reply to MAIL FROM"),
+        "{e}"
+    );
 
     // The final reply to BDAT LAST refuses the message: permanent, and
     // the error says it answered BDAT.
