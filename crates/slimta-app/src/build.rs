@@ -15,9 +15,9 @@
 //! start. It gives the attempts in progress up to `ATTEMPT_GRACE` to finish
 //! and record their outcome, so a message delivered in the last moment is
 //! not delivered again after the restart (one stuck on a slow relay past
-//! that is attempted again, which is the at-least-once rule). A disk queue logs its storage's fsync count (with
-//! the number of messages written, the figure that shows how well group
-//! commit works).
+//! that is attempted again, which is the at-least-once rule). Then it logs
+//! its storage's fsync count (with the number of messages written, the
+//! figure that shows how well group commit works).
 //!
 //! Each disk queue also serves its control socket (`control.rs`) while the
 //! daemon runs; it is removed at shutdown.
