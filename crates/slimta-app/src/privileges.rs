@@ -23,18 +23,35 @@
 //!   tried and must fail, or the daemon stops.
 //! - The calls go through the C library, which applies them to every
 //!   thread of the process (the runtime's threads already exist).
+//! - The walk that gives a spool away runs as root inside directories the
+//!   target user may already own (any earlier run gave them), so that user
+//!   could swap an entry for a symbolic link or a hard link between a check
+//!   and a `chown` (the `chown -R` race) to have root give away, say,
+//!   `/etc`. So the walk never goes by path below the spool: every entry is
+//!   opened relative to its parent's descriptor with `O_NOFOLLOW` (`O_PATH`,
+//!   which also works for sockets and links), checked with `fstat` and
+//!   changed through that descriptor (`fchownat(fd, "", AT_EMPTY_PATH)`);
+//!   a directory is read through a descriptor opened from that one. A file
+//!   with more than one link is not the spool's alone and is left as it is
+//!   (with a warning). Entries that already belong to the target are not
+//!   changed, so a restart over an already given spool writes nothing.
 //! - SIGHUP's certificate reload runs as the user afterwards: a key file
 //!   readable only by root can no longer be reloaded (the error is logged
 //!   and the old certificate kept), as with any daemon that drops root;
 //!   make keys readable by the group.
 
+use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{chown, lchown};
+use std::os::fd::AsFd;
+use std::os::unix::fs::chown;
 use std::path::Path;
 
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat};
 use nix::unistd::{
-    Gid, Group, Uid, User, getegid, geteuid, getgid, getuid, setgid, setgroups, setuid,
+    Gid, Group, Uid, User, fchownat, getegid, geteuid, getgid, getuid, setgid, setgroups, setuid,
 };
 
 /// Whom to become.
@@ -126,33 +143,66 @@ pub fn unknown_names(user: Option<&str>, group: Option<&str>) -> Vec<crate::Conf
 }
 
 /// Gives `path` and, for a directory, everything under it to the target.
-/// `path` itself may be a symbolic link (a spool moved to another disk);
-/// links found inside are changed themselves, never what they point to.
+/// `path` itself may be a symbolic link (a spool moved to another disk:
+/// the configuration is root's); links found inside are changed
+/// themselves, never what they point to, and nothing below `path` is
+/// reached by name (see the module docs).
 ///
 /// # Errors
 ///
-/// The first failing `chown` or directory read.
+/// The first failing open, `fstat`, `chown` or directory read.
 pub fn give(path: &Path, target: &Target) -> io::Result<()> {
-    let (uid, gid) = (
-        target.user.as_ref().map(|(_, uid)| uid.as_raw()),
-        Some(target.group.as_raw()),
-    );
-    chown(path, uid, gid)?;
+    let uid = target.user.as_ref().map(|(_, uid)| *uid);
+    chown(path, uid.map(Uid::as_raw), Some(target.group.as_raw()))?;
     if fs::metadata(path)?.is_dir() {
-        give_inside(path, uid, gid)?;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let mut dir = Dir::open(path, flags, Mode::empty())?;
+        give_inside(&mut dir, path, uid, target.group)?;
     }
     Ok(())
 }
 
-fn give_inside(dir: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        lchown(&path, uid, gid)?;
-        if fs::symlink_metadata(&path)?.is_dir() {
-            give_inside(&path, uid, gid)?;
+/// Gives every entry of the open directory `dir` (at `shown`, for
+/// warnings) to `uid`/`gid`, descending into subdirectories.
+fn give_inside(dir: &mut Dir, shown: &Path, uid: Option<Uid>, gid: Gid) -> io::Result<()> {
+    let mut names = Vec::new();
+    for entry in dir.iter() {
+        let name = entry?.file_name().to_owned();
+        if name.as_bytes() != b"." && name.as_bytes() != b".." {
+            names.push(name);
+        }
+    }
+    for name in names {
+        let path_flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let entry = openat(dir.as_fd(), name.as_c_str(), path_flags, Mode::empty())?;
+        let stat = fstat(&entry)?;
+        let is_dir = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        if !is_dir && stat.st_nlink > 1 {
+            tracing::warn!(
+                path = %shown.join(name_text(&name)).display(),
+                links = stat.st_nlink,
+                "not giving a file with other links to the mail user"
+            );
+            continue;
+        }
+        if !owned_by(&stat, uid, gid) {
+            fchownat(&entry, c"", uid, Some(gid), AtFlags::AT_EMPTY_PATH)?;
+        }
+        if is_dir {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let mut child = Dir::openat(&entry, c".", flags, Mode::empty())?;
+            give_inside(&mut child, &shown.join(name_text(&name)), uid, gid)?;
         }
     }
     Ok(())
+}
+
+fn owned_by(stat: &FileStat, uid: Option<Uid>, gid: Gid) -> bool {
+    uid.is_none_or(|uid| uid.as_raw() == stat.st_uid) && gid.as_raw() == stat.st_gid
+}
+
+fn name_text(name: &CString) -> String {
+    String::from_utf8_lossy(name.as_bytes()).into_owned()
 }
 
 /// Becomes the target: supplementary groups, group id, user id, in that
@@ -206,6 +256,11 @@ mod tests {
         let outside = dir.path().join("outside");
         fs::write(&outside, "not the spool's").unwrap();
         symlink(&outside, real.join("escape")).unwrap();
+        // A file with a second link (here: outside the spool) is not the
+        // spool's alone: neither name is changed.
+        let linked = dir.path().join("linked");
+        fs::write(&linked, "also not the spool's").unwrap();
+        fs::hard_link(&linked, real.join("msg").join("hardlink")).unwrap();
         let link = dir.path().join("spool");
         symlink(&real, &link).unwrap();
         let nobody = User::from_name("nobody").unwrap().expect("user nobody");
@@ -215,6 +270,11 @@ mod tests {
         };
         let result = give(&link, &target);
         if !geteuid().is_root() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "this test must run as root under CI=true (it gives files away)"
+            );
             assert_eq!(result.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
             return;
         }
@@ -234,6 +294,9 @@ mod tests {
             nobody.uid.as_raw()
         );
         assert_eq!(fs::metadata(&outside).unwrap().uid(), geteuid().as_raw());
+        assert_eq!(fs::metadata(&linked).unwrap().uid(), geteuid().as_raw());
+        // Giving an already given spool again changes nothing and works.
+        give(&link, &target).unwrap();
     }
 
     #[test]

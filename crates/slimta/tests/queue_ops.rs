@@ -313,6 +313,23 @@ impl Default for Gated {
     }
 }
 
+impl Gated {
+    fn begun(&self) -> u32 {
+        *self.begun.lock().unwrap()
+    }
+}
+
+/// A started queue (hourly backoff) over `relay` whose first attempt of a
+/// message to `to` is in progress, held at the gate; and the message's id.
+async fn attempt_in_progress(relay: &Gated, to: &str) -> (Queue<MemoryStorage, Gated>, String) {
+    let queue = Queue::new(MemoryStorage::new(), relay.clone()).with_backoff(hourly());
+    queue.start().await.unwrap();
+    queue.handoff(message("s@x.test", &[to])).await;
+    settle().await;
+    let id = queue.list().await.unwrap()[0].id.clone();
+    (queue, id)
+}
+
 impl Relay for Gated {
     fn attempt(
         &self,
@@ -335,20 +352,15 @@ impl Relay for Gated {
 #[tokio::test(start_paused = true)]
 async fn a_retry_asked_for_during_an_attempt_follows_it_at_once() {
     let relay = Gated::default();
-    let storage = MemoryStorage::new();
-    let queue = Queue::new(storage.clone(), relay.clone()).with_backoff(hourly());
-    queue.start().await.unwrap();
-    queue.handoff(message("s@x.test", &["a@y.test"])).await;
-    settle().await;
-    assert_eq!(*relay.begun.lock().unwrap(), 1, "first attempt in progress");
-    let id = queue.list().await.unwrap()[0].id.clone();
+    let (queue, id) = attempt_in_progress(&relay, "a@y.test").await;
+    assert_eq!(relay.begun(), 1, "first attempt in progress");
 
     // The operator asks while the attempt runs; it then fails and would
     // wait its hour, but the request brings the next attempt at once.
     queue.retry_now(&id).await.unwrap();
     relay.gate.add_permits(1);
     settle().await;
-    assert_eq!(*relay.begun.lock().unwrap(), 2, "second attempt at once");
+    assert_eq!(relay.begun(), 2, "second attempt at once");
     relay.gate.add_permits(1);
     settle().await;
     let entry = &queue.list().await.unwrap()[0];
@@ -357,17 +369,13 @@ async fn a_retry_asked_for_during_an_attempt_follows_it_at_once() {
     let due = entry.meta.timestamp.unwrap();
     assert!(due >= slimta::queue::clock::now() + Duration::from_secs(3500));
     tokio::time::sleep(Duration::from_secs(600)).await;
-    assert_eq!(*relay.begun.lock().unwrap(), 2);
+    assert_eq!(relay.begun(), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_lets_the_attempt_in_progress_record_its_outcome() {
     let relay = Gated::default();
-    let queue = Queue::new(MemoryStorage::new(), relay.clone()).with_backoff(hourly());
-    queue.start().await.unwrap();
-    queue.handoff(message("s@x.test", &["a@y.test"])).await;
-    settle().await;
-    let id = queue.list().await.unwrap()[0].id.clone();
+    let (queue, id) = attempt_in_progress(&relay, "a@y.test").await;
 
     // The attempt finishes within the grace: nothing is left running and
     // its failure is recorded.
@@ -384,30 +392,19 @@ async fn shutdown_lets_the_attempt_in_progress_record_its_outcome() {
 
     // A stopped queue starts nothing new; an attempt that outlives the
     // grace is reported.
-    let queue = Queue::new(MemoryStorage::new(), relay.clone()).with_backoff(hourly());
-    queue.start().await.unwrap();
-    queue.handoff(message("s@x.test", &["b@y.test"])).await;
-    settle().await;
-    let begun = *relay.begun.lock().unwrap();
+    let (queue, _) = attempt_in_progress(&relay, "b@y.test").await;
+    let begun = relay.begun();
     assert_eq!(queue.shutdown(Duration::from_secs(10)).await, 1);
     queue.handoff(message("s@x.test", &["c@y.test"])).await;
     relay.gate.add_permits(1);
     settle().await;
-    assert_eq!(
-        *relay.begun.lock().unwrap(),
-        begun,
-        "no attempt after shutdown"
-    );
+    assert_eq!(relay.begun(), begun, "no attempt after shutdown");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_message_deleted_during_its_attempt_is_forgotten() {
     let relay = Gated::default();
-    let queue = Queue::new(MemoryStorage::new(), relay.clone()).with_backoff(hourly());
-    queue.start().await.unwrap();
-    queue.handoff(message("s@x.test", &["a@y.test"])).await;
-    settle().await;
-    let id = queue.list().await.unwrap()[0].id.clone();
+    let (queue, id) = attempt_in_progress(&relay, "a@y.test").await;
     queue.delete(&id).await.unwrap();
     relay.gate.add_permits(1);
     settle().await;
@@ -416,5 +413,5 @@ async fn a_message_deleted_during_its_attempt_is_forgotten() {
     let stats = queue.stats().await.unwrap();
     assert_eq!((stats.messages, stats.waiting), (0, 0));
     tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
-    assert_eq!(*relay.begun.lock().unwrap(), 1);
+    assert_eq!(relay.begun(), 1);
 }

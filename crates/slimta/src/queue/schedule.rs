@@ -92,7 +92,7 @@ impl Schedule {
     /// while it was in flight.
     pub(crate) fn reschedule(&self, id: String, at: Instant) {
         let mut state = self.lock();
-        let at = if !state.retry_requested.is_empty() && state.retry_requested.remove(&id) {
+        let at = if Self::take_request(&mut state, &id) {
             at.min(Instant::now())
         } else {
             at
@@ -108,17 +108,20 @@ impl Schedule {
     pub(crate) fn forget(&self, id: &str) {
         let mut state = self.lock();
         state.known.remove(id);
-        // Almost always empty: skip hashing the id a second time.
-        if !state.retry_requested.is_empty() {
-            state.retry_requested.remove(id);
-        }
+        Self::take_request(&mut state, id);
     }
 
     /// Takes back an operator's retry request for a message in flight, for
     /// an attempt that is about to store its next due time (it stores "now"
     /// instead).
     pub(crate) fn take_retry_request(&self, id: &str) -> bool {
-        self.lock().retry_requested.remove(id)
+        Self::take_request(&mut self.lock(), id)
+    }
+
+    /// Removes `id`'s retry request; the set is almost always empty, so the
+    /// id is hashed only when it is not.
+    fn take_request(state: &mut State, id: &str) -> bool {
+        !state.retry_requested.is_empty() && state.retry_requested.remove(id)
     }
 
     fn placement(state: &State, id: &str) -> Placement {
