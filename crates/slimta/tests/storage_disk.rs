@@ -302,18 +302,12 @@ async fn a_queue_restarted_over_the_spool_delivers_only_what_was_pending() {
         !first.calls.lock().unwrap().is_empty()
     })
     .await;
-    let check = storage.clone();
-    let mut recorded = false;
-    for _ in 0..1000 {
-        if check.get(&id).await.unwrap().meta.attempts == 1 {
-            recorded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(recorded);
+    wait_until("the attempt is counted in storage", async || {
+        storage.get(&id).await.unwrap().meta.attempts == 1
+    })
+    .await;
     queue.stop();
-    drop((queue, storage, check));
+    drop((queue, storage));
 
     // The stopped queue's task may hold the spool for a moment longer.
     let storage = reopen(&path).await;
@@ -374,21 +368,17 @@ async fn a_delivered_message_costs_three_fsyncs_on_its_own() {
     let mut e = envelope();
     e.receive_time = clock::now();
     queue.handoff(e).await[0].result.clone().unwrap();
-    wait_until("the message is delivered and removed", async || {
-        !relay.calls().is_empty() && files_in(&path.join("msg")).is_empty()
-    })
-    .await;
     // The removal's answer (after its fsync) and the index update follow
     // the unlink.
-    let mut forgotten = false;
-    for _ in 0..1000 {
-        if storage.load().await.unwrap().is_empty() {
-            forgotten = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(forgotten);
+    wait_until(
+        "the message is delivered, removed and forgotten",
+        async || {
+            !relay.calls().is_empty()
+                && files_in(&path.join("msg")).is_empty()
+                && storage.load().await.unwrap().is_empty()
+        },
+    )
+    .await;
     assert_eq!(storage.fsync_count() - before, 3);
     let calls = relay.calls();
     assert_eq!(calls.len(), 1);

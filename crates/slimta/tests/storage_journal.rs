@@ -18,7 +18,7 @@ mod spool_support;
 
 use slimta::queue::{DiskOptions, DiskStorage, Queue, QueueStorage, clock};
 use slimta::{Envelope, Handoff};
-use spool_support::{DeliverAll, files_in, reopen, spool, wait_until};
+use spool_support::{DeliverAll, files_in, reopen, reopen_with, spool, wait_until};
 
 fn envelope(n: u8) -> Envelope {
     let mut message = format!("Subject: journal {n}\r\n\r\n").into_bytes();
@@ -66,6 +66,7 @@ async fn every_prefix_of_a_segment_reopens_to_the_whole_records_in_it() {
         BTreeSet::from([b.clone()]),
     ];
     let mut reached = 0;
+    let mut seen = [false; 4];
     for cut in 0..=segment.len() {
         let (_dir, path) = spool();
         fs::create_dir_all(path.join("journal")).unwrap();
@@ -80,6 +81,7 @@ async fn every_prefix_of_a_segment_reopens_to_the_whole_records_in_it() {
                 "cut at {cut}: unexpected state {got:?}"
             );
         }
+        seen[reached] = true;
         for id in &got {
             let n = if *id == a { 1 } else { 2 };
             assert_eq!(
@@ -97,11 +99,7 @@ async fn every_prefix_of_a_segment_reopens_to_the_whole_records_in_it() {
         expected.insert(c);
         assert_eq!(ids(&s).await, expected, "cut at {cut}");
     }
-    assert_eq!(
-        reached,
-        states.len() - 1,
-        "the last state was never reached"
-    );
+    assert_eq!(seen, [true; 4], "every state has a run of cuts");
 }
 
 #[tokio::test]
@@ -159,6 +157,19 @@ async fn a_metadata_update_moves_the_message_to_its_own_file_and_a_removal_beats
     assert!(files_in(&path2.join("msg")).is_empty());
 }
 
+#[tokio::test]
+async fn a_copy_left_by_a_cancelled_move_does_not_block_the_next_one() {
+    let (_dir, path) = spool();
+    let s = DiskStorage::open(&path).unwrap();
+    let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
+    // What a move aborted between its copy and its rename leaves behind.
+    fs::write(path.join("tmp").join(&a), b"half a copy").unwrap();
+    assert_eq!(s.increment_attempts(&a).await.unwrap(), 1);
+    assert_eq!(files_in(&path.join("msg")), std::slice::from_ref(&a));
+    assert_eq!(*s.get(&a).await.unwrap().envelope, envelope(1));
+    assert!(files_in(&path.join("tmp")).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_left_in_old_segments_move_to_files_and_the_segments_go() {
     let (_dir, path) = spool();
@@ -182,15 +193,16 @@ async fn messages_left_in_old_segments_move_to_files_and_the_segments_go() {
     for (n, id) in written.iter().enumerate() {
         assert_eq!(*s.get(id).await.unwrap().envelope, envelope(n as u8));
     }
+    // The spill task may hold the spool a moment longer.
     drop(s);
-    let s = DiskStorage::open_with(&path, options).unwrap();
+    let s = reopen_with(&path, options).await;
     assert_eq!(ids(&s).await, written.iter().cloned().collect());
     for id in &written {
         s.remove(id).await.unwrap();
     }
     assert!(files_in(&path.join("msg")).is_empty());
     drop(s);
-    let s = DiskStorage::open(&path).unwrap();
+    let s = reopen(&path).await;
     assert!(ids(&s).await.is_empty());
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slimta::queue::DiskStorage;
+use slimta::queue::{DiskOptions, DiskStorage};
 use slimta::{Delivery, Envelope, Relay, RelayError, Reply};
 
 /// A scratch directory and a spool path inside it (not created yet).
@@ -45,8 +45,13 @@ pub async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
 /// Opens the spool at `path` once whatever still holds it (a stopped
 /// queue's task, a spill task) lets go.
 pub async fn reopen(path: &Path) -> DiskStorage {
+    reopen_with(path, DiskOptions::default()).await
+}
+
+/// [`reopen`] with `options`.
+pub async fn reopen_with(path: &Path, options: DiskOptions) -> DiskStorage {
     for _ in 0..1000 {
-        match DiskStorage::open(path) {
+        match DiskStorage::open_with(path, options.clone()) {
             Ok(s) => return s,
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }

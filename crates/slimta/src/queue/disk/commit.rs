@@ -465,7 +465,14 @@ impl CommitThread {
         };
         let (seq, start) = (head.seq, head.len);
         let mut appended = Vec::with_capacity(appending.len());
+        // Set when a failed write could not be cut back: the segment's end
+        // is then unknown, so nothing more goes into it.
+        let mut torn: Option<io::Error> = None;
         for i in appending {
+            if let Some(e) = &torn {
+                results[i] = Some(Err(again(e)));
+                continue;
+            }
             let offset = head.len;
             let written = match &batch[i].change {
                 Change::New {
@@ -508,13 +515,21 @@ impl CommitThread {
                     appended.push(i);
                 }
                 Err(e) => {
-                    // Leave no half record for the next one to follow.
-                    let _ = head.file.set_len(offset);
+                    // Leave no half record for the next one to follow; if
+                    // even that fails, records after it would sit behind
+                    // bytes that replay stops at (acknowledged, then lost).
+                    if let Err(cut) = head.file.set_len(offset) {
+                        tracing::error!(error = %cut, "cannot cut a failed journal append back; abandoning the segment");
+                        torn = Some(again(&e));
+                    }
                     results[i] = Some(Err(e));
                 }
             }
         }
         if appended.is_empty() {
+            if torn.is_some() {
+                self.journal.head = None;
+            }
             return;
         }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -529,6 +544,11 @@ impl CommitThread {
                 )));
             }
             return;
+        }
+        if torn.is_some() {
+            // The records before the tear are synced and replay reads them;
+            // the next append starts a new segment.
+            self.journal.head = None;
         }
         for i in appended {
             match &batch[i].change {

@@ -639,18 +639,26 @@ impl DiskStorage {
         let dest = self.file_of(&id)?;
         let (journal_dir, fsyncs) = (self.inner.journal_dir.clone(), self.inner.fsyncs.clone());
         let (read_id, tmp_for_write) = (id.clone(), tmp.clone());
-        let bytes = match blocking(move || {
-            let bytes = read_journal_record(&journal_dir, &read_id, segment, offset, len)?;
+        let copied = blocking(move || {
+            let bytes = match read_journal_record(&journal_dir, &read_id, segment, offset, len) {
+                Ok(bytes) => bytes,
+                // Its segment is gone: the message was removed meanwhile (a
+                // resident keeps its segment on disk).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            // A move cancelled half-way (its task aborted) may have left
+            // the copy; moves of one id never overlap (`migrating`).
+            match fs::remove_file(&tmp_for_write) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             write_synced(&tmp_for_write, &[&bytes], &fsyncs)?;
-            Ok(bytes)
+            Ok(Some(bytes))
         })
-        .await
-        {
-            Ok(bytes) => bytes,
-            // Its segment is gone: the message was removed meanwhile (a
-            // resident keeps its segment on disk).
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
+        .await?;
+        let Some(bytes) = copied else {
+            return Ok(false);
         };
         if !self
             .inner
