@@ -7,10 +7,11 @@
 //! the memory queue can be drained at shutdown.
 //!
 //! Shutdown order: edges stop accepting and drain their sessions (each edge
-//! waits at most its drain timeout); then each queue's scheduler stops. A
-//! memory queue first gets up to `MEMORY_DRAIN` to deliver what it holds,
-//! because whatever is still in memory at exit is lost (a memory queue is
-//! not durable by definition; use `type = "disk"` for that). A disk queue
+//! waits at most its drain timeout); then every queue's scheduler stops,
+//! all queues at once. A memory queue first gets up to `MEMORY_DRAIN` to
+//! deliver what it holds, because whatever is still in memory at exit is
+//! lost (a memory queue is not durable by definition; use `type = "disk"`
+//! for that). A disk queue
 //! starts no new attempt: its messages are on disk and resume at the next
 //! start. It gives the attempts in progress up to `ATTEMPT_GRACE` to finish
 //! and record their outcome, so a message delivered in the last moment is
@@ -357,9 +358,13 @@ pub async fn run(
     }
     reloader.abort();
     drop(controls);
-    for (name, queue) in &queues {
-        queue.stop(name).await;
+    // All at once: each may wait up to its grace, and they are independent.
+    let mut stopping = tokio::task::JoinSet::new();
+    for (name, queue) in queues {
+        let (name, queue) = (name.to_owned(), queue.clone());
+        stopping.spawn(async move { queue.stop(&name).await });
     }
+    while stopping.join_next().await.is_some() {}
     Ok(())
 }
 

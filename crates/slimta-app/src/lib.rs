@@ -16,3 +16,24 @@ pub mod queue_cli;
 mod reload;
 
 pub use config::{Config, ConfigError, parse};
+
+/// [`parse`], then what only this machine can answer: the configured user
+/// and group exist, and nothing unsupported is asked for. What the daemon
+/// runs at start and at SIGHUP, and `--check-config` reports.
+///
+/// # Errors
+///
+/// Every problem found, each with its key path.
+pub fn parse_and_check(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let config = parse(text)?;
+    let mut errors = config.unsupported();
+    errors.extend(privileges::unknown_names(
+        config.process.user.as_deref(),
+        config.process.group.as_deref(),
+    ));
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}

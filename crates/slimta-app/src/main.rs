@@ -149,22 +149,10 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
             return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let errors = match slimta_app::parse(&text) {
-        Ok(config) => {
-            let mut errors = config.unsupported();
-            errors.extend(slimta_app::privileges::unknown_names(
-                config.process.user.as_deref(),
-                config.process.group.as_deref(),
-            ));
-            if errors.is_empty() {
-                return Ok(config);
-            }
-            errors
-        }
-        Err(errors) => errors,
-    };
-    print_errors(path, &errors);
-    Err(ExitCode::from(EXIT_CONFIG))
+    slimta_app::parse_and_check(&text).map_err(|errors| {
+        print_errors(path, &errors);
+        ExitCode::from(EXIT_CONFIG)
+    })
 }
 
 fn print_errors(path: &Path, errors: &[ConfigError]) {
@@ -283,7 +271,12 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        // Best effort: a stale pid file is harmless next to a failed exit.
-        let _ = std::fs::remove_file(&self.0);
+        // Best effort: a stale pid file is harmless next to a failed exit,
+        // but say so (after dropping root, its directory may not be ours).
+        if let Err(e) = std::fs::remove_file(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove the pid file");
+        }
     }
 }

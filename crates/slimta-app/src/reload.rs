@@ -45,26 +45,7 @@ pub(crate) struct Reloader {
 fn read(path: &Path) -> Result<Config, Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
-    let config = crate::parse(&text)
-        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    let mut errors: Vec<String> = config
-        .unsupported()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    errors.extend(
-        crate::privileges::unknown_names(
-            config.process.user.as_deref(),
-            config.process.group.as_deref(),
-        )
-        .iter()
-        .map(ToString::to_string),
-    );
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(errors)
-    }
+    crate::parse_and_check(&text).map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
 /// `edge` with the fields SIGHUP applies taken from `new`.

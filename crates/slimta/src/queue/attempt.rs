@@ -234,6 +234,9 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
             }
             let done: Vec<usize> = permanent.iter().map(|f| f.index).collect();
             if let Err(e) = self.inner.storage.set_recipients_delivered(id, &done).await {
+                if self.deleted_meanwhile(id, &e) {
+                    return;
+                }
                 tracing::error!(id = %id, error = %e, "cannot record bounced recipients");
                 self.retry_later(id, STORAGE_RETRY).await;
                 return;
@@ -292,8 +295,10 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     }
 
     /// Whether a storage error says the message is gone: an operator
-    /// deleted it during the attempt. Nothing is left to record or retry
-    /// (and no bounce to send), so the schedule forgets it.
+    /// deleted it during the attempt. Nothing is left to record or retry,
+    /// so the schedule forgets it. (A delete that comes after the relay
+    /// refused a recipient for good, before the bounce is queued, does not
+    /// stop that bounce: the verdict was in before the delete.)
     fn deleted_meanwhile(&self, id: &str, error: &io::Error) -> bool {
         if error.kind() != io::ErrorKind::NotFound {
             return false;
