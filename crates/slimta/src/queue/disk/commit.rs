@@ -78,12 +78,15 @@ pub(crate) enum Change {
         id: String,
         segment: u64,
     },
-    /// Appends a `NEW` record: the spool file `head`, message, `tail`.
+    /// Appends a `NEW` record: `prefix`, the spool file `head`, message,
+    /// `tail`, `crc` (see [`Change::new_record`]).
     New {
         id: String,
+        prefix: Vec<u8>,
         head: Vec<u8>,
         envelope: Arc<Envelope>,
         tail: Vec<u8>,
+        crc: [u8; 4],
     },
     /// Removes message `id`: a `REMOVE` record if `origin` (the segment
     /// its `NEW` record went to) still exists, and an unlink of its file
@@ -99,6 +102,28 @@ pub(crate) enum Change {
     /// Lists the residents of every segment older than `below`; changes
     /// nothing.
     Residents { below: u64 },
+}
+
+impl Change {
+    /// A [`Change::New`] with its record's framing and CRC computed here,
+    /// by the writer, so that the committer thread every batch waits for
+    /// only writes.
+    pub(crate) fn new_record(
+        id: String,
+        head: Vec<u8>,
+        envelope: Arc<Envelope>,
+        tail: Vec<u8>,
+    ) -> Self {
+        let (prefix, crc) = journal::new_record_around(&id, &[&head, &envelope.message, &tail]);
+        Change::New {
+            id,
+            prefix,
+            head,
+            envelope,
+            tail,
+            crc,
+        }
+    }
 }
 
 /// A journal message whose only copy is in a segment: id, segment, and
@@ -347,12 +372,7 @@ impl Committer {
         tail: Vec<u8>,
     ) -> io::Result<(u64, u64, u64)> {
         match self
-            .submit(Change::New {
-                id,
-                head,
-                envelope,
-                tail,
-            })
+            .submit(Change::new_record(id, head, envelope, tail))
             .await?
         {
             Done::Placed {
@@ -476,19 +496,19 @@ impl CommitThread {
             let offset = head.len;
             let written = match &batch[i].change {
                 Change::New {
-                    id,
+                    prefix,
                     head: file_head,
                     envelope,
                     tail,
+                    crc,
+                    ..
                 } => {
-                    let parts: [&[u8]; 3] = [file_head, &envelope.message, tail];
-                    let (prefix, crc) = journal::new_record_around(id, &parts);
                     let mut bufs = [
-                        IoSlice::new(&prefix),
-                        IoSlice::new(parts[0]),
-                        IoSlice::new(parts[1]),
-                        IoSlice::new(parts[2]),
-                        IoSlice::new(&crc),
+                        IoSlice::new(prefix),
+                        IoSlice::new(file_head),
+                        IoSlice::new(&envelope.message),
+                        IoSlice::new(tail),
+                        IoSlice::new(crc),
                     ];
                     let len: usize = bufs.iter().map(|b| b.len()).sum();
                     write_all_vectored(&mut head.file, &mut bufs).map(|()| {
@@ -750,16 +770,16 @@ mod tests {
     }
 
     fn new_message(n: u8) -> Change {
-        Change::New {
-            id: id(n),
-            head: b"head".to_vec(),
-            envelope: Arc::new(Envelope::new(
+        Change::new_record(
+            id(n),
+            b"head".to_vec(),
+            Arc::new(Envelope::new(
                 "s@x.test",
                 vec!["r@y.test".into()],
                 vec![n; 100],
             )),
-            tail: b"tail".to_vec(),
-        }
+            b"tail".to_vec(),
+        )
     }
 
     fn fsyncs(state: &CommitThread) -> u64 {
