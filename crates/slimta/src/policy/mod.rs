@@ -26,6 +26,7 @@
 //!   policies that need no I/O.
 
 pub mod headers;
+pub mod split;
 
 use std::future::Future;
 use std::pin::Pin;
