@@ -33,7 +33,6 @@ use slimta::edge::proxy::ProxyMode;
 use slimta::edge::reverse_dns::ReverseDns;
 use slimta::edge::tls::{ReloadableTls, TlsConfig};
 use slimta::edge::{AcceptDomains, SmtpEdge, listener};
-use slimta::policy::headers::{AddDateHeader, AddMessageIdHeader, AddReceivedHeader};
 use slimta::queue::Queue;
 use slimta::queue::backoff::ExponentialBackoff;
 use slimta::queue::disk::{DiskOptions, DiskStorage};
@@ -49,9 +48,10 @@ use slimta::{DynRelay, Envelope, Handoff, HandoffResult};
 use tokio::sync::watch;
 
 use crate::config::{
-    Config, EdgeConfig, EdgeKind, LmtpTarget, PolicyName, ProxyProtocol, QueueConfig, RelayConfig,
+    Config, EdgeConfig, EdgeKind, LmtpTarget, ProxyProtocol, QueueConfig, RelayConfig,
     SmtpClientConfig, StorageConfig,
 };
+use crate::kinds::policy::BuildContext;
 
 /// How long a client's reverse DNS lookup may delay its banner.
 const REVERSE_DNS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -549,16 +549,12 @@ fn build_queue(
                 .postmaster(config.postmaster.clone())
                 .delay_warning(config.delay_warning)
                 .stats_interval(config.stats_interval);
+            let context = BuildContext { hostname };
             for policy in &config.policies {
-                queue = match policy {
-                    PolicyName::AddDateHeader => queue.add_policy(AddDateHeader),
-                    PolicyName::AddMessageIdHeader => {
-                        queue.add_policy(AddMessageIdHeader::new(hostname))
-                    }
-                    PolicyName::AddReceivedHeader => {
-                        queue.add_policy(AddReceivedHeader::new(hostname))
-                    }
-                };
+                queue = queue.add_policy(policy.queue_policy(&context));
+            }
+            for policy in &config.relay_policies {
+                queue = queue.add_relay_policy(policy.relay_policy(&context));
             }
             queue
         }};

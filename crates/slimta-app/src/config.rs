@@ -1,7 +1,8 @@
 //! The TOML schema of the `slimta` executable, and its checker.
 //!
 //! The file has the four sections of python-slimta's app (`[process]`,
-//! `[edge.NAME]`, `[queue.NAME]`, `[relay.NAME]`) plus `[dns]`. It is parsed
+//! `[edge.NAME]`, `[queue.NAME]`, `[relay.NAME]`) plus `[dns]` and
+//! `[policy.NAME]` (named, parameterised policies: `kinds/policy/`). It is parsed
 //! into a [`toml::Table`] and walked by hand instead of through serde derive,
 //! because an operator running `slimta --check-config` wants **every** mistake
 //! at once, each with the key path that holds it
@@ -40,9 +41,11 @@ use std::time::Duration;
 
 use toml::Table;
 
+pub use crate::kinds::policy::PolicyConfig;
+
 use read::{read_config, syntax_error};
 
-mod fields;
+pub(crate) mod fields;
 mod read;
 
 /// The embedded default configuration, used when `slimta` runs without
@@ -92,6 +95,9 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     /// `[relay.NAME]`, by name.
     pub relays: BTreeMap<String, RelayConfig>,
+    /// `[policy.NAME]`, by name (those a queue uses are also in its
+    /// `policies` / `relay_policies`).
+    pub policies: BTreeMap<String, PolicyConfig>,
     /// `[dns]`: the resolver used by MX relays (and later SPF, DNSBL).
     pub dns: DnsConfig,
 }
@@ -253,9 +259,12 @@ pub struct QueueConfig {
     /// Log the queue's size and oldest age this often (`stats_interval`,
     /// default 60 s; `"0s"` turns it off).
     pub stats_interval: Option<Duration>,
-    /// Queue policies applied in order before a message is stored.
-    /// Default none.
-    pub policies: Vec<PolicyName>,
+    /// Queue policies applied in order before a message is stored
+    /// (`policies`: `[policy.NAME]` names or bare kinds). Default none.
+    pub policies: Vec<PolicyConfig>,
+    /// Relay policies applied in order on a copy before every delivery
+    /// attempt (`relay_policies`). Default none.
+    pub relay_policies: Vec<PolicyConfig>,
     /// `[queue.NAME.retry]`.
     pub retry: RetryConfig,
 }
@@ -274,34 +283,6 @@ pub enum StorageConfig {
         /// file at once; 0 turns the journal off. Default 1 MiB.
         journal_max_message: u64,
     },
-}
-
-/// A queue policy known to the app (`queue.NAME.policies`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PolicyName {
-    /// `"add_date_header"`: adds `Date:` when missing.
-    AddDateHeader,
-    /// `"add_message_id_header"`: adds `Message-Id:` when missing.
-    AddMessageIdHeader,
-    /// `"add_received_header"`: prepends a `Received:` trace header.
-    AddReceivedHeader,
-}
-
-impl PolicyName {
-    const ALL: [Self; 3] = [
-        Self::AddDateHeader,
-        Self::AddMessageIdHeader,
-        Self::AddReceivedHeader,
-    ];
-
-    /// The name used in the file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AddDateHeader => "add_date_header",
-            Self::AddMessageIdHeader => "add_message_id_header",
-            Self::AddReceivedHeader => "add_received_header",
-        }
-    }
 }
 
 /// `[queue.NAME.retry]`: exponential backoff with a cap and a maximum age.

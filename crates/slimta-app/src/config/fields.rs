@@ -15,24 +15,24 @@ use toml::{Table, Value};
 use super::ConfigError;
 
 #[derive(Default)]
-pub(super) struct Errors(pub(super) Vec<ConfigError>);
+pub(crate) struct Errors(pub(crate) Vec<ConfigError>);
 
 impl Errors {
-    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError::new(path, message));
     }
 }
 
 /// One TOML table being read. It remembers which keys the schema asked for,
 /// so whatever is left over can be reported as unknown.
-pub(super) struct Section<'a> {
+pub(crate) struct Section<'a> {
     path: String,
-    pub(super) table: &'a Table,
+    pub(crate) table: &'a Table,
     known: BTreeSet<&'static str>,
 }
 
 impl<'a> Section<'a> {
-    pub(super) fn new(path: String, table: &'a Table) -> Self {
+    pub(crate) fn new(path: String, table: &'a Table) -> Self {
         Self {
             path,
             table,
@@ -40,7 +40,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    pub(super) fn key_path(&self, key: &str) -> String {
+    pub(crate) fn key_path(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_owned()
         } else {
@@ -48,14 +48,14 @@ impl<'a> Section<'a> {
         }
     }
 
-    pub(super) fn take(&mut self, key: &'static str) -> Option<&'a Value> {
+    pub(crate) fn take(&mut self, key: &'static str) -> Option<&'a Value> {
         self.known.insert(key);
         self.table.get(key)
     }
 
     /// The value of `key` converted by `convert`; `None` when absent or bad
     /// (bad is recorded).
-    pub(super) fn opt<T>(
+    pub(crate) fn opt<T>(
         &mut self,
         errors: &mut Errors,
         key: &'static str,
@@ -71,7 +71,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    pub(super) fn or<T>(
+    pub(crate) fn or<T>(
         &mut self,
         errors: &mut Errors,
         key: &'static str,
@@ -81,7 +81,7 @@ impl<'a> Section<'a> {
         self.opt(errors, key, convert).unwrap_or(default)
     }
 
-    pub(super) fn required<T>(
+    pub(crate) fn required<T>(
         &mut self,
         errors: &mut Errors,
         key: &'static str,
@@ -97,7 +97,7 @@ impl<'a> Section<'a> {
 
     /// An array whose items are each converted; a bad item is reported
     /// as `key[i]`.
-    pub(super) fn list<T>(
+    pub(crate) fn list<T>(
         &mut self,
         errors: &mut Errors,
         key: &'static str,
@@ -120,7 +120,7 @@ impl<'a> Section<'a> {
     }
 
     /// A sub-table, for keys such as `retry` or `force_mx`.
-    pub(super) fn table(&mut self, errors: &mut Errors, key: &'static str) -> Option<Section<'a>> {
+    pub(crate) fn table(&mut self, errors: &mut Errors, key: &'static str) -> Option<Section<'a>> {
         let value = self.take(key)?;
         match value {
             Value::Table(t) => Some(Section::new(self.key_path(key), t)),
@@ -133,7 +133,7 @@ impl<'a> Section<'a> {
 
     /// Reports every key the schema did not ask for. `elsewhere` are keys
     /// valid for other types of the same section, for a clearer message.
-    pub(super) fn finish(self, errors: &mut Errors, elsewhere: &[&str], kind: Option<&str>) {
+    pub(crate) fn finish(self, errors: &mut Errors, elsewhere: &[&str], kind: Option<&str>) {
         for key in self.table.keys() {
             if self.known.contains(key.as_str()) {
                 continue;
@@ -152,18 +152,18 @@ impl<'a> Section<'a> {
     }
 }
 
-pub(super) fn expected(what: &str, found: &Value) -> String {
+pub(crate) fn expected(what: &str, found: &Value) -> String {
     format!("expected {what}, found {}", found.type_str())
 }
 
-pub(super) fn string(value: &Value) -> Result<String, String> {
+pub(crate) fn string(value: &Value) -> Result<String, String> {
     match value {
         Value::String(s) => Ok(s.clone()),
         other => Err(expected("a string", other)),
     }
 }
 
-pub(super) fn non_empty_string(value: &Value) -> Result<String, String> {
+pub(crate) fn non_empty_string(value: &Value) -> Result<String, String> {
     let s = string(value)?;
     if s.trim().is_empty() {
         Err("must not be empty".to_owned())
@@ -172,12 +172,12 @@ pub(super) fn non_empty_string(value: &Value) -> Result<String, String> {
     }
 }
 
-pub(super) fn boolean(value: &Value) -> Result<bool, String> {
+pub(crate) fn boolean(value: &Value) -> Result<bool, String> {
     value.as_bool().ok_or_else(|| expected("a boolean", value))
 }
 
 /// An integer within `min..=max`.
-pub(super) fn integer(min: u64, max: u64) -> impl Fn(&Value) -> Result<u64, String> {
+pub(crate) fn integer(min: u64, max: u64) -> impl Fn(&Value) -> Result<u64, String> {
     move |value| {
         let i = value
             .as_integer()
@@ -189,17 +189,17 @@ pub(super) fn integer(min: u64, max: u64) -> impl Fn(&Value) -> Result<u64, Stri
     }
 }
 
-pub(super) fn count(value: &Value) -> Result<usize, String> {
+pub(crate) fn count(value: &Value) -> Result<usize, String> {
     // Counts are at least 1: a limit of zero would refuse everything.
     let n = integer(1, u32::MAX.into())(value)?;
     usize::try_from(n).map_err(|_| format!("too large: {n}"))
 }
 
-pub(super) fn port(value: &Value) -> Result<u16, String> {
+pub(crate) fn port(value: &Value) -> Result<u16, String> {
     integer(1, 65535)(value).map(|n| u16::try_from(n).unwrap_or(u16::MAX))
 }
 
-pub(super) fn float(value: &Value) -> Result<f64, String> {
+pub(crate) fn float(value: &Value) -> Result<f64, String> {
     match value {
         Value::Float(f) => Ok(*f),
         // Integers are accepted for floats: `factor = 2` means 2.0.
@@ -208,7 +208,7 @@ pub(super) fn float(value: &Value) -> Result<f64, String> {
     }
 }
 
-pub(super) fn duration(value: &Value) -> Result<Duration, String> {
+pub(crate) fn duration(value: &Value) -> Result<Duration, String> {
     let s = value
         .as_str()
         .ok_or_else(|| expected("a duration string such as \"300s\"", value))?;
@@ -217,7 +217,7 @@ pub(super) fn duration(value: &Value) -> Result<Duration, String> {
     })
 }
 
-pub(super) fn positive_duration(value: &Value) -> Result<Duration, String> {
+pub(crate) fn positive_duration(value: &Value) -> Result<Duration, String> {
     let d = duration(value)?;
     if d.is_zero() {
         Err("must be longer than zero".to_owned())
@@ -226,7 +226,7 @@ pub(super) fn positive_duration(value: &Value) -> Result<Duration, String> {
     }
 }
 
-pub(super) fn socket_addr(value: &Value) -> Result<SocketAddr, String> {
+pub(crate) fn socket_addr(value: &Value) -> Result<SocketAddr, String> {
     let s = string(value)?;
     s.trim().parse().map_err(|_| {
         format!(
@@ -235,7 +235,7 @@ pub(super) fn socket_addr(value: &Value) -> Result<SocketAddr, String> {
     })
 }
 
-pub(super) fn nameserver(value: &Value) -> Result<SocketAddr, String> {
+pub(crate) fn nameserver(value: &Value) -> Result<SocketAddr, String> {
     let s = string(value)?;
     let s = s.trim();
     if let Ok(ip) = s.parse::<IpAddr>() {
@@ -246,7 +246,7 @@ pub(super) fn nameserver(value: &Value) -> Result<SocketAddr, String> {
     })
 }
 
-pub(super) fn ip_addr(value: &Value) -> Result<IpAddr, String> {
+pub(crate) fn ip_addr(value: &Value) -> Result<IpAddr, String> {
     let s = string(value)?;
     s.trim()
         .parse()
@@ -254,12 +254,12 @@ pub(super) fn ip_addr(value: &Value) -> Result<IpAddr, String> {
 }
 
 /// A domain or host name, lowercased and without a trailing dot.
-pub(super) fn domain(value: &Value) -> Result<String, String> {
+pub(crate) fn domain(value: &Value) -> Result<String, String> {
     let s = string(value)?;
     check_domain(&s).map_err(|why| format!("invalid domain \"{s}\": {why}"))
 }
 
-pub(super) fn check_domain(s: &str) -> Result<String, &'static str> {
+pub(crate) fn check_domain(s: &str) -> Result<String, &'static str> {
     let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
     if name.is_empty() {
         return Err("empty");
@@ -285,7 +285,7 @@ pub(super) fn check_domain(s: &str) -> Result<String, &'static str> {
     Ok(name)
 }
 
-pub(super) fn email_address(value: &Value) -> Result<String, String> {
+pub(crate) fn email_address(value: &Value) -> Result<String, String> {
     let s = string(value)?;
     let bad = || format!("invalid address \"{s}\" (expected local@domain, without <>)");
     let (local, domain) = s.rsplit_once('@').ok_or_else(bad)?;
@@ -300,9 +300,9 @@ pub(super) fn email_address(value: &Value) -> Result<String, String> {
     Ok(s)
 }
 
-pub(super) const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+pub(crate) const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
-pub(super) fn log_level(value: &Value) -> Result<String, String> {
+pub(crate) fn log_level(value: &Value) -> Result<String, String> {
     let s = non_empty_string(value)?;
     // EnvFilter takes a bare unknown word as a target name, so a typo such
     // as "inf" would silently log nothing; insist on a level in each
@@ -328,7 +328,7 @@ pub(super) fn log_level(value: &Value) -> Result<String, String> {
 }
 
 /// One of `choices`, reported with the list when wrong.
-pub(super) fn choice<'c>(choices: &'c [&'c str]) -> impl Fn(&Value) -> Result<&'c str, String> {
+pub(crate) fn choice<'c>(choices: &'c [&'c str]) -> impl Fn(&Value) -> Result<&'c str, String> {
     move |value| {
         let s = string(value)?;
         choices.iter().copied().find(|c| *c == s).ok_or_else(|| {
@@ -340,7 +340,7 @@ pub(super) fn choice<'c>(choices: &'c [&'c str]) -> impl Fn(&Value) -> Result<&'
     }
 }
 
-pub(super) fn quoted(choices: &[&str]) -> String {
+pub(crate) fn quoted(choices: &[&str]) -> String {
     choices
         .iter()
         .map(|c| format!("\"{c}\""))

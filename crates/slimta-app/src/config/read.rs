@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::kinds::policy::{self, PolicyConfig, Stage};
+
 use super::fields::{
     Errors, Section, boolean, check_domain, choice, count, domain, duration, email_address,
     expected, float, integer, ip_addr, log_level, nameserver, non_empty_string, port,
@@ -22,8 +24,8 @@ use super::fields::{
 use super::{
     CommandRelayConfig, Config, ConfigError, Credentials, DnsConfig, EdgeAuthConfig, EdgeConfig,
     EdgeKind, EdgeTlsConfig, HttpRelayConfig, LmtpRelayConfig, LmtpTarget, LogFormat,
-    MxRelayConfig, PipeRelayConfig, PolicyName, ProcessConfig, ProxyProtocol, QueueConfig,
-    RelayConfig, RetryConfig, SmtpClientConfig, StaticRelayConfig, StorageConfig, TlsMode,
+    MxRelayConfig, PipeRelayConfig, ProcessConfig, ProxyProtocol, QueueConfig, RelayConfig,
+    RetryConfig, SmtpClientConfig, StaticRelayConfig, StorageConfig, TlsMode,
 };
 
 pub(super) fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
@@ -39,20 +41,6 @@ pub(super) fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
     ConfigError::new(path, format!("TOML syntax: {}", error.message().trim_end()))
 }
 
-fn policy(value: &Value) -> Result<PolicyName, String> {
-    let name = string(value)?;
-    PolicyName::ALL
-        .into_iter()
-        .find(|p| p.as_str() == name)
-        .ok_or_else(|| {
-            let names = PolicyName::ALL.map(PolicyName::as_str);
-            format!(
-                "unknown value \"{name}\" (expected one of: {})",
-                quoted(&names)
-            )
-        })
-}
-
 pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
     let mut section = Section::new(String::new(), root);
     let process = match section.table(errors, "process") {
@@ -66,7 +54,10 @@ pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
     let edge_tables = named_tables(&mut section, errors, "edge");
     let queue_tables = named_tables(&mut section, errors, "queue");
     let relay_tables = named_tables(&mut section, errors, "relay");
+    let policy_tables = named_tables(&mut section, errors, "policy");
     section.finish(errors, &[], None);
+    let policies = policy::read_sections(&policy_tables, errors);
+    let policy_names = policy::section_names(&policy_tables);
 
     if edge_tables.is_empty() {
         errors.push(
@@ -85,7 +76,8 @@ pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
     let mut queues = BTreeMap::new();
     for (name, table) in &queue_tables {
         let section = Section::new(format!("queue.{name}"), table);
-        if let Some(queue) = read_queue(section, errors, &relay_tables) {
+        if let Some(queue) = read_queue(section, errors, &relay_tables, (&policies, &policy_names))
+        {
             queues.insert(name.clone(), queue);
         }
     }
@@ -105,6 +97,7 @@ pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
         edges,
         queues,
         relays,
+        policies,
         dns,
     }
 }
@@ -304,6 +297,7 @@ fn read_queue(
     mut s: Section<'_>,
     errors: &mut Errors,
     relays: &BTreeMap<String, &Table>,
+    (policies, policy_names): (&BTreeMap<String, PolicyConfig>, &BTreeSet<String>),
 ) -> Option<QueueConfig> {
     let kind = s.required(errors, "type", choice(&["memory", "disk"]));
     let storage = match kind {
@@ -328,16 +322,8 @@ fn read_queue(
     let postmaster = s.opt(errors, "postmaster", email_address);
     let delay_warning = s.opt(errors, "delay_warning", positive_duration);
     let stats_interval = s.or(errors, "stats_interval", Duration::from_secs(60), duration);
-    let policies = s.list(errors, "policies", policy).unwrap_or_default();
-    let mut unique = BTreeSet::new();
-    for (i, p) in policies.iter().enumerate() {
-        if !unique.insert(*p) {
-            errors.push(
-                format!("{}[{i}]", s.key_path("policies")),
-                format!("\"{}\" is listed twice", p.as_str()),
-            );
-        }
-    }
+    let relay_policies = policy::read_list(&mut s, errors, Stage::Relay, policies, policy_names);
+    let policies = policy::read_list(&mut s, errors, Stage::Queue, policies, policy_names);
     let retry = match s.table(errors, "retry") {
         Some(r) => read_retry(r, errors),
         None => RetryConfig::default(),
@@ -352,6 +338,7 @@ fn read_queue(
         delay_warning,
         stats_interval: (!stats_interval.is_zero()).then_some(stats_interval),
         policies,
+        relay_policies,
         retry,
     })
 }

@@ -73,6 +73,7 @@ fn minimal_file_gets_every_default() {
             delay_warning: None,
             stats_interval: Some(secs(60)),
             policies: vec![],
+            relay_policies: vec![],
             retry: RetryConfig {
                 initial_delay: secs(300),
                 factor: 2.0,
@@ -118,7 +119,10 @@ relay = "out"
 max_concurrency = 3
 bounce_headers_only = true
 postmaster = "postmaster@example.test"
-policies = ["add_date_header", "add_message_id_header", "add_received_header"]
+policies = ["add_date_header", "add_message_id_header", "add_received_header", "by_domain"]
+
+[policy.by_domain]
+type = "recipient_domain_split"
 
 [queue.main.retry]
 initial_delay = "1m"
@@ -201,14 +205,21 @@ fn full_file_keeps_every_value() {
     assert_eq!(queue.max_concurrency, 3);
     assert!(queue.bounce_headers_only);
     assert_eq!(queue.postmaster.as_deref(), Some("postmaster@example.test"));
+    let names: Vec<(&str, &str)> = queue
+        .policies
+        .iter()
+        .map(|p| (p.name.as_str(), p.kind.name))
+        .collect();
     assert_eq!(
-        queue.policies,
+        names,
         [
-            PolicyName::AddDateHeader,
-            PolicyName::AddMessageIdHeader,
-            PolicyName::AddReceivedHeader
+            ("add_date_header", "add_date_header"),
+            ("add_message_id_header", "add_message_id_header"),
+            ("add_received_header", "add_received_header"),
+            ("by_domain", "recipient_domain_split"),
         ]
     );
+    assert!(queue.relay_policies.is_empty());
     assert_eq!(
         queue.retry,
         RetryConfig {
@@ -334,8 +345,8 @@ const BAD: &[(&str, &[&str])] = &[
         &[
             "queue.q2.bounce_headers_only: expected a boolean, found string",
             "queue.q2.postmaster: invalid address \"nobody\" (expected local@domain, without <>)",
-            "queue.q2.policies[1]: unknown value \"spam\" (expected one of: \"add_date_header\", \"add_message_id_header\", \"add_received_header\")",
-            "queue.q2.policies[1]: \"add_date_header\" is listed twice",
+            "queue.q2.policies[1]: no policy named \"spam\" (define [policy.spam] with a type, or use one of: \"add_date_header\", \"add_message_id_header\", \"add_received_header\", \"recipient_split\", \"recipient_domain_split\")",
+            "queue.q2.policies[2]: \"add_date_header\" is listed twice",
             "queue.q2.path: unknown key for type \"memory\"",
         ],
     ),
@@ -391,6 +402,17 @@ const BAD: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "[policy.split]\ntype = \"recipient_domain_split\"\n[policy.dk]\ntype = \"dkim_sign\"\n[policy.x]\ntype = \"nope\"\n[policy.h]\ntype = \"add_date_header\"\ncolor = 1\n[policy.n]\n[queue.q3]\ntype = \"memory\"\nrelay = \"out\"\npolicies = [\"split\", \"dk\"]\nrelay_policies = [\"add_date_header\", 7]",
+        &[
+            "policy.dk.type: policy type \"dkim_sign\" is not built yet (built: \"add_date_header\", \"add_message_id_header\", \"add_received_header\", \"recipient_split\", \"recipient_domain_split\")",
+            "policy.h.color: unknown key (expected one of: type)",
+            "policy.n.type: missing required key",
+            "policy.x.type: unknown value \"nope\" (expected one of: \"add_date_header\", \"add_message_id_header\", \"add_received_header\", \"recipient_split\", \"recipient_domain_split\", \"forward\", \"spamassassin\", \"rspamd\", \"dkim_sign\", \"authenticate\", \"milter\")",
+            "queue.q3.relay_policies[1]: expected a string, found integer",
+            "queue.q3.relay_policies[0]: policy \"add_date_header\" (type \"add_date_header\") cannot run in relay_policies; list it in policies",
+        ],
+    ),
+    (
         "[process]\nhostname = 42\nlog_format = \"xml\"\nlog_level = \"inf,slimta=debug\"\n[dns]\nnameservers = [\"dns.example:53\"]\nport = 53\n[extra]",
         &[
             "process.hostname: expected a string, found integer",
@@ -398,7 +420,7 @@ const BAD: &[(&str, &[&str])] = &[
             "process.log_format: unknown value \"xml\" (expected one of: \"text\", \"json\")",
             "dns.nameservers[0]: invalid nameserver \"dns.example:53\" (expected IP or IP:PORT, e.g. \"127.0.0.1:5353\")",
             "dns.port: unknown key (expected one of: nameservers)",
-            "extra: unknown key (expected one of: dns, edge, process, queue, relay)",
+            "extra: unknown key (expected one of: dns, edge, policy, process, queue, relay)",
         ],
     ),
     (

@@ -118,6 +118,26 @@ impl<P: RelayPolicy> DynRelayPolicy for P {
     }
 }
 
+/// A policy chosen at run time (a program's configuration) is a policy.
+impl QueuePolicy for std::sync::Arc<dyn DynQueuePolicy> {
+    fn apply(
+        &self,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<Vec<Envelope>, Reply>> + Send {
+        (**self).apply_boxed(envelope)
+    }
+}
+
+/// A policy chosen at run time (a program's configuration) is a policy.
+impl RelayPolicy for std::sync::Arc<dyn DynRelayPolicy> {
+    fn apply(
+        &self,
+        envelope: &mut Envelope,
+    ) -> impl Future<Output = Result<(), RelayError>> + Send {
+        async move { (**self).apply_boxed(envelope).await }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
