@@ -141,10 +141,7 @@ impl AppQueue {
             )
         })?;
         tracing::info!(queue = name, socket = %path.display(), "control socket ready");
-        let storage = q.storage().clone();
-        let task = tokio::spawn(crate::control::serve(listener, q.clone(), move || {
-            crate::control::disk_counters(&storage)
-        }));
+        let task = tokio::spawn(crate::control::serve(listener, q.clone()));
         Ok(Some(ControlSocket { path, task }))
     }
 }

@@ -177,27 +177,9 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Storage figures for `STATS`, each printed as `name: value`.
-pub type Counters = Vec<(&'static str, u64)>;
-
-/// The figures of a disk spool: fsyncs since it was opened, journal
-/// segments on disk, messages whose only copy is in the journal.
-pub fn disk_counters(storage: &slimta::queue::DiskStorage) -> Counters {
-    let (segments, in_journal) = storage.journal_counts();
-    vec![
-        ("fsyncs", storage.fsync_count()),
-        ("journal_segments", segments),
-        ("journal_messages", in_journal),
-    ]
-}
-
-/// Answers requests on `listener` for `queue`; `counters` reports the
-/// storage's figures (fsyncs, journal) for `STATS`.
-pub async fn serve<S: QueueStorage, R: Relay>(
-    listener: UnixListener,
-    queue: Queue<S, R>,
-    counters: impl Fn() -> Counters + Clone + Send + Sync + 'static,
-) {
+/// Answers requests on `listener` for `queue`; `STATS` reports the
+/// storage's own figures ([`QueueStorage::counters`]: fsyncs, journal).
+pub async fn serve<S: QueueStorage, R: Relay>(listener: UnixListener, queue: Queue<S, R>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -208,9 +190,8 @@ pub async fn serve<S: QueueStorage, R: Relay>(
             }
         };
         let queue = queue.clone();
-        let counters = counters.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &queue, &counters).await {
+            if let Err(e) = answer(stream, &queue).await {
                 tracing::debug!(error = %e, "control connection failed");
             }
         });
@@ -220,7 +201,6 @@ pub async fn serve<S: QueueStorage, R: Relay>(
 async fn answer<S: QueueStorage, R: Relay>(
     stream: UnixStream,
     queue: &Queue<S, R>,
-    counters: &impl Fn() -> Counters,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -232,7 +212,7 @@ async fn answer<S: QueueStorage, R: Relay>(
         match Request::parse(&line) {
             Ok(request) => {
                 tracing::info!(request = %request.to_line(), "control request");
-                execute(queue, &request, &counters()).await
+                execute(queue, &request, &queue.storage().counters()).await
             }
             Err(why) => Response::Err(why),
         }

@@ -201,7 +201,7 @@ async fn offline(spool: &std::path::Path, request: &Request) -> Result<Response,
                 waiting: entries.len(),
                 oldest: entries.iter().map(|e| e.received).min(),
             };
-            control::format_stats(&stats, &control::disk_counters(&storage))
+            control::format_stats(&stats, &storage.counters())
         }),
     };
     Ok(match result {

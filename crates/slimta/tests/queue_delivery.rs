@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use slimta::queue::{
-    ExponentialBackoff, MemoryStorage, Queue, QueueStorage, StoredEnvelope, clock,
+    AttemptOutcome, ExponentialBackoff, MemoryStorage, Queue, QueueStorage, StoredEnvelope, clock,
 };
 use slimta::{Delivery, Envelope, Handoff, Relay, RelayError, Reply};
 use tokio::sync::watch;
@@ -546,21 +546,9 @@ impl QueueStorage for FailingStorage {
         self.note("set_timestamp");
         self.inner.set_timestamp(id, timestamp).await
     }
-    async fn increment_attempts(&self, id: &str) -> io::Result<u32> {
-        self.note("increment_attempts");
-        self.inner.increment_attempts(id).await
-    }
-    async fn set_recipients_delivered(&self, id: &str, indices: &[usize]) -> io::Result<()> {
-        self.note("set_recipients_delivered");
-        self.inner.set_recipients_delivered(id, indices).await
-    }
-    async fn set_last_error(&self, id: &str, error: &str) -> io::Result<()> {
-        self.note("set_last_error");
-        self.inner.set_last_error(id, error).await
-    }
-    async fn set_delay_warned(&self, id: &str) -> io::Result<()> {
-        self.note("set_delay_warned");
-        self.inner.set_delay_warned(id).await
+    async fn record(&self, id: &str, outcome: &AttemptOutcome) -> io::Result<()> {
+        self.note("record");
+        self.inner.record(id, outcome).await
     }
     async fn load(&self) -> io::Result<Vec<(String, SystemTime)>> {
         self.inner.load().await
@@ -614,18 +602,7 @@ async fn later_attempts_read_the_message_from_storage() {
     let calls = relay.wait_calls(2).await;
     settle().await;
     assert_eq!(calls[1].recipients, ["b@x.test"]);
-    assert_eq!(
-        storage.log(),
-        [
-            "write",
-            "set_recipients_delivered",
-            "increment_attempts",
-            "set_last_error",
-            "set_timestamp",
-            "get",
-            "remove",
-        ]
-    );
+    assert_eq!(storage.log(), ["write", "record", "get", "remove"]);
 }
 
 /// The envelopes kept for first attempts are bounded: past

@@ -280,9 +280,14 @@ async fn list_reads_the_disk_index() {
         )
         .await
         .unwrap();
-    storage.set_recipients_delivered(&id, &[1]).await.unwrap();
-    storage.set_last_error(&id, "451 later").await.unwrap();
-    storage.set_delay_warned(&id).await.unwrap();
+    let outcome = slimta::queue::AttemptOutcome {
+        attempts: 1,
+        finished: vec![1],
+        next_attempt: None,
+        last_error: Some("451 later".into()),
+        delay_warned: true,
+    };
+    storage.record(&id, &outcome).await.unwrap();
     let listed = storage.list().await.unwrap();
     assert_eq!(listed.len(), 1);
     let e = &listed[0];

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 mod spool_support;
 
-use slimta::queue::{DiskOptions, DiskStorage, Queue, QueueStorage, clock};
+use slimta::queue::{
+    AttemptOutcome, DiskOptions, DiskStorage, Queue, QueueMeta, QueueStorage, clock,
+};
 use slimta::{Delivery, Envelope, Handoff, Relay, RelayError, Reply};
 use spool_support::{DeliverAll, files_in, reopen, spool, wait_until};
 
@@ -41,8 +43,20 @@ fn files_only(path: &Path) -> DiskStorage {
     DiskStorage::open_with(path, DiskOptions::files_only()).unwrap()
 }
 
-/// The bytes of one stored message, and of the same message after one more
-/// appended record.
+/// An attempt's outcome touching every field: a@ delivered, retry at
+/// 12345 s, an error, the warning sent.
+fn outcome() -> AttemptOutcome {
+    AttemptOutcome {
+        attempts: 1,
+        finished: vec![0],
+        next_attempt: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(12345)),
+        last_error: Some("451 4.4.1 later".into()),
+        delay_warned: true,
+    }
+}
+
+/// The bytes of one stored message, and of the same message after one
+/// attempt's outcome record.
 async fn reference_files() -> (String, Vec<u8>, Vec<u8>) {
     let (_dir, path) = spool();
     let s = files_only(&path);
@@ -54,7 +68,7 @@ async fn reference_files() -> (String, Vec<u8>, Vec<u8>) {
         .await
         .unwrap();
     let before = fs::read(path.join("msg").join(&id)).unwrap();
-    s.set_recipients_delivered(&id, &[0]).await.unwrap();
+    s.record(&id, &outcome()).await.unwrap();
     let after = fs::read(path.join("msg").join(&id)).unwrap();
     assert!(after.starts_with(&before) && after.len() > before.len());
     (id, before, after)
@@ -125,8 +139,13 @@ async fn an_interrupted_append_keeps_the_message_and_its_earlier_state() {
         let s = DiskStorage::open(&path).unwrap();
         let got = s.get(&id).await.unwrap();
         assert_eq!(*got.envelope, envelope(), "cut at {cut}");
-        assert!(
-            got.meta.delivered.is_empty(),
+        // The previous state whole: no field of the torn outcome applied.
+        assert_eq!(
+            got.meta,
+            QueueMeta {
+                timestamp: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(99)),
+                ..QueueMeta::default()
+            },
             "cut at {cut}: a torn record was applied"
         );
         assert_eq!(
@@ -135,7 +154,12 @@ async fn an_interrupted_append_keeps_the_message_and_its_earlier_state() {
             "cut at {cut}: the torn tail was not cut off"
         );
         // Later appends are readable (they do not sit behind garbage).
-        s.set_recipients_delivered(&id, &[1]).await.unwrap();
+        let later = AttemptOutcome {
+            attempts: 2,
+            finished: vec![1],
+            ..AttemptOutcome::default()
+        };
+        s.record(&id, &later).await.unwrap();
         drop(s);
         let s = DiskStorage::open(&path).unwrap();
         assert_eq!(
@@ -149,7 +173,18 @@ async fn an_interrupted_append_keeps_the_message_and_its_earlier_state() {
     fs::create_dir_all(path.join("msg")).unwrap();
     fs::write(path.join("msg").join(&id), &after).unwrap();
     let s = DiskStorage::open(&path).unwrap();
-    assert_eq!(s.get(&id).await.unwrap().meta.delivered, [0]);
+    let got = s.get(&id).await.unwrap().meta;
+    let o = outcome();
+    assert_eq!(
+        got,
+        QueueMeta {
+            timestamp: o.next_attempt,
+            attempts: 1,
+            delivered: vec![0],
+            last_error: o.last_error,
+            delay_warned: true,
+        }
+    );
 }
 
 #[tokio::test]
@@ -449,4 +484,57 @@ async fn an_interrupted_removal_leaves_the_file_or_nothing() {
         storage.get(&id).await.unwrap_err().kind(),
         std::io::ErrorKind::NotFound
     );
+}
+
+/// Defers every attempt (451 for the whole message) and notes the spool's
+/// fsync count as each attempt starts.
+#[derive(Clone)]
+struct DeferAll {
+    storage: DiskStorage,
+    seen: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Relay for DeferAll {
+    async fn attempt(&self, _: &Envelope, _: u32) -> Result<Delivery, RelayError> {
+        self.seen.lock().unwrap().push(self.storage.fsync_count());
+        Err(RelayError::transient(Reply::new(451, "4.4.1", "later")))
+    }
+}
+
+/// A deferred attempt is one `OUTCOME` record and one `fdatasync`. With the
+/// journal, the first deferral also moves the message to its own file: the
+/// record goes into that copy before its one fsync, plus the `msg/`
+/// directory sync of the rename.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_attempt_costs_one_fsync() {
+    for (options, first) in [(DiskOptions::files_only(), 1), (DiskOptions::default(), 2)] {
+        let (_dir, path) = spool();
+        let storage = DiskStorage::open_with(&path, options.clone()).unwrap();
+        let relay = DeferAll {
+            storage: storage.clone(),
+            seen: Arc::default(),
+        };
+        let queue = Queue::new(storage.clone(), relay.clone())
+            .with_backoff(|_: &Envelope, _| Some(Duration::from_millis(20)));
+        queue.start().await.unwrap();
+        let mut e = envelope();
+        e.receive_time = clock::now();
+        let id = queue.handoff(e).await[0].result.clone().unwrap();
+        wait_until("five attempts", async || {
+            relay.seen.lock().unwrap().len() >= 5
+        })
+        .await;
+        queue.stop();
+        let seen = relay.seen.lock().unwrap().clone();
+        let costs: Vec<u64> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+        println!(
+            "journal_max_message {}: fsyncs per deferred attempt {costs:?}",
+            options.journal_max_message
+        );
+        assert_eq!(costs[..4], [first, 1, 1, 1], "{options:?}");
+        let meta = storage.get(&id).await.unwrap().meta;
+        assert!(meta.attempts >= 4, "{meta:?}");
+        let error = meta.last_error.unwrap_or_default();
+        assert!(error.ends_with("451 4.4.1 later"), "{error}");
+    }
 }

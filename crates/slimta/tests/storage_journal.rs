@@ -18,7 +18,7 @@ mod spool_support;
 
 use slimta::queue::{DiskOptions, DiskStorage, Queue, QueueStorage, clock};
 use slimta::{Envelope, Handoff};
-use spool_support::{DeliverAll, files_in, reopen, reopen_with, spool, wait_until};
+use spool_support::{DeliverAll, files_in, finished, reopen, reopen_with, spool, wait_until};
 
 fn envelope(n: u8) -> Envelope {
     let mut message = format!("Subject: journal {n}\r\n\r\n").into_bytes();
@@ -109,7 +109,7 @@ async fn a_metadata_update_moves_the_message_to_its_own_file_and_a_removal_beats
     let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
     assert!(files_in(&path.join("msg")).is_empty());
     // A partial delivery: the message stays, so it gets its own file.
-    s.set_recipients_delivered(&a, &[0]).await.unwrap();
+    s.record(&a, &finished(1, &[0])).await.unwrap();
     assert_eq!(files_in(&path.join("msg")), std::slice::from_ref(&a));
     let stored = s.get(&a).await.unwrap();
     assert_eq!(*stored.envelope, envelope(1));
@@ -164,7 +164,8 @@ async fn a_copy_left_by_a_cancelled_move_does_not_block_the_next_one() {
     let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
     // What a move aborted between its copy and its rename leaves behind.
     fs::write(path.join("tmp").join(&a), b"half a copy").unwrap();
-    assert_eq!(s.increment_attempts(&a).await.unwrap(), 1);
+    s.record(&a, &finished(1, &[])).await.unwrap();
+    assert_eq!(s.get(&a).await.unwrap().meta.attempts, 1);
     assert_eq!(files_in(&path.join("msg")), std::slice::from_ref(&a));
     assert_eq!(*s.get(&a).await.unwrap().envelope, envelope(1));
     assert!(files_in(&path.join("tmp")).is_empty());
@@ -306,11 +307,11 @@ async fn concurrent_writes_updates_removals_and_spills_agree_after_reopen() {
                 match i % 4 {
                     0 => s.remove(&id).await.unwrap(),
                     1 => {
-                        s.set_recipients_delivered(&id, &[0]).await.unwrap();
+                        s.record(&id, &finished(1, &[0])).await.unwrap();
                         kept.push((id, n, vec![0]));
                     }
                     2 => {
-                        s.set_recipients_delivered(&id, &[1]).await.unwrap();
+                        s.record(&id, &finished(1, &[1])).await.unwrap();
                         s.remove(&id).await.unwrap();
                     }
                     _ => kept.push((id, n, vec![])),

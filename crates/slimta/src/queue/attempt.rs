@@ -1,29 +1,37 @@
 //! One delivery attempt and the bookkeeping after it.
 //!
-//! The order of the steps after the relay answers is the point of this file:
+//! The order of the steps after the relay answers is the point of this file.
+//! Everything an attempt changes is recorded in one durable step
+//! ([`QueueStorage::record`] with an [`AttemptOutcome`]: finished recipients,
+//! attempt count, next due time, last error, delay warning), so a deferred
+//! attempt costs one durable write (one `fdatasync` on disk, one round trip
+//! to a remote store), and a crash leaves the state before the attempt or
+//! after it, never half of it.
 //!
-//! 1. Record the delivered recipients ([`QueueStorage::set_recipients_delivered`]).
-//!    Nothing else comes first, so a crash at any later step cannot make the
-//!    next attempt send to them again. Exception: when every attempted
-//!    recipient was delivered (no transient, no permanent failure), the
-//!    message is removed at once instead ([`QueueStorage::remove`], which is
-//!    durable), and the removal is the record. Recording first would cost a
-//!    durable write (an `fdatasync` on disk) that the removal makes moot; a
-//!    crash before either is durable delivers again in both designs.
-//! 2. Transient failures: count the attempt, ask the [`Backoff`]
+//! 1. Every attempted recipient delivered: the message is removed at once
+//!    ([`QueueStorage::remove`], which is durable), and the removal is the
+//!    record. (If the removal fails, the delivered recipients are recorded
+//!    instead, and the removal is tried again later.)
+//! 2. Transient failures: ask the [`Backoff`] about the new attempt count
 //!    (`None` turns them into permanent failures).
-//! 3. Permanent failures: queue a bounce for them ([`crate::bounce`]), then
-//!    record them as done (the storage's "delivered" set means "never attempt again").
-//!    A failed message from `<>` gets no bounce; with a postmaster
+//! 3. If a bounce or a delay warning must be queued and some recipients
+//!    were delivered, those are recorded first: the report is a durable
+//!    write of its own, and a crash between it and the outcome must not
+//!    make the retry send to them again. (One more record, only on attempts
+//!    that both deliver and bounce or warn.)
+//! 4. Permanent failures: queue a bounce for them ([`crate::bounce`]); they
+//!    are finished (the storage's "delivered" set means "never attempt
+//!    again"). A failed message from `<>` gets no bounce; with a postmaster
 //!    configured it gets a notice to the postmaster instead, unless it *was*
 //!    a notice to the postmaster (then it is logged and dropped: no loop).
-//! 4. Reschedule the transient ones, or remove the message when nothing is
-//!    pending. With `delay_warning` set, the first failed attempt past that
-//!    age also queues one `Action: delayed` report to the sender, recorded
-//!    in storage (`set_delay_warned`) so a restart does not send it again.
-//!    The warning is checked only at attempts, so it goes out at the first
-//!    retry after the threshold (at most one backoff delay late), which
-//!    costs no timer per message.
+//! 5. Nothing pending any more: remove the message (the removal is the
+//!    record). Else, with `delay_warning` set, the first failed attempt past
+//!    that age queues one `Action: delayed` report to the sender; then the
+//!    outcome is recorded (with the warning flag, so a restart does not
+//!    send it again) and the message rescheduled. The warning is checked
+//!    only at attempts, so it goes out at the first retry after the
+//!    threshold (at most one backoff delay late), which costs no timer per
+//!    message.
 //!
 //! A failing storage step is logged and the message is retried later; the
 //! queue errs towards delivering twice rather than losing mail.
@@ -37,7 +45,7 @@ use crate::bounce::{self, FailedRecipient};
 use crate::relay::{Relay, RelayError};
 use crate::reply::Reply;
 
-use super::storage::{QueueMeta, QueueStorage, StoredEnvelope};
+use super::storage::{AttemptOutcome, QueueMeta, QueueStorage, StoredEnvelope};
 use super::{Queue, clock};
 
 /// How long to wait before trying again when storage itself failed (there
@@ -117,7 +125,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     async fn deliver(&self, id: &str, stored: &StoredEnvelope) {
         let pending = stored.pending_recipients();
         if pending.is_empty() {
-            self.finish(id).await;
+            self.finish(id, None).await;
             return;
         }
         let attempt = stored.meta.attempts.saturating_add(1);
@@ -166,97 +174,76 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
 
         if transient.is_empty() && permanent.is_empty() {
             // Everything delivered: the durable removal is the record.
-            match self.inner.storage.remove(id).await {
-                Ok(()) => self.inner.schedule.forget(id),
-                Err(e) => {
-                    // Fall back to the record, so that a message whose
-                    // removal failed is not delivered again by the retry.
-                    tracing::error!(id = %id, error = %e, "cannot remove a delivered message");
-                    if let Err(e) = self
-                        .inner
-                        .storage
-                        .set_recipients_delivered(id, &delivered)
-                        .await
-                    {
-                        tracing::error!(id = %id, error = %e, "cannot record delivered recipients");
-                    }
-                    self.retry_later(id, STORAGE_RETRY).await;
-                }
-            }
-            return;
-        }
-
-        if !delivered.is_empty()
-            && let Err(e) = self
-                .inner
-                .storage
-                .set_recipients_delivered(id, &delivered)
-                .await
-        {
-            if self.deleted_meanwhile(id, &e) {
-                return;
-            }
-            // The relay delivered but storage cannot say so: the retry below
-            // may deliver to them again (at-least-once beats losing mail).
-            tracing::error!(id = %id, error = %e, "cannot record delivered recipients");
-            self.retry_later(id, STORAGE_RETRY).await;
+            let outcome = AttemptOutcome {
+                attempts: attempt,
+                finished: delivered,
+                ..AttemptOutcome::default()
+            };
+            self.finish(id, Some(outcome)).await;
             return;
         }
 
         let mut retry_in = None;
         if !transient.is_empty() {
-            let attempts = match self.inner.storage.increment_attempts(id).await {
-                Ok(n) => n,
-                Err(e) if self.deleted_meanwhile(id, &e) => return,
-                Err(e) => {
-                    tracing::error!(id = %id, error = %e, "cannot count the attempt");
-                    attempt
-                }
-            };
             let backoff = self.config(|c| c.backoff.clone());
-            match backoff.delay(&stored.envelope, attempts) {
+            match backoff.delay(&stored.envelope, attempt) {
                 Some(delay) => retry_in = Some(delay),
                 None => {
-                    tracing::warn!(id = %id, attempts, "giving up on transient failures");
+                    tracing::warn!(id = %id, attempts = attempt, "giving up on transient failures");
                     permanent.extend(transient.drain(..).map(|f| Failure {
-                        error: RelayError::permanent(gave_up(f.error.reply(), attempts)),
+                        error: RelayError::permanent(gave_up(f.error.reply(), attempt)),
                         ..f
                     }));
                 }
             }
         }
+        let warning_due = retry_in.is_some() && self.warning_due(stored, &transient);
 
-        if !permanent.is_empty() {
-            if let Err(e) = self.bounce(id, stored, &permanent).await {
-                tracing::error!(id = %id, error = %e, "cannot queue the bounce; retrying later");
-                self.retry_later(id, STORAGE_RETRY).await;
-                return;
-            }
-            let done: Vec<usize> = permanent.iter().map(|f| f.index).collect();
-            if let Err(e) = self.inner.storage.set_recipients_delivered(id, &done).await {
-                if self.deleted_meanwhile(id, &e) {
-                    return;
-                }
-                tracing::error!(id = %id, error = %e, "cannot record bounced recipients");
-                self.retry_later(id, STORAGE_RETRY).await;
+        // A bounce or a delay warning is queued before the outcome is
+        // recorded; the recipients delivered just now are recorded before
+        // it, so a crash in between cannot make the retry send to them again.
+        if !delivered.is_empty() && (!permanent.is_empty() || warning_due) {
+            let early = AttemptOutcome {
+                attempts: attempt,
+                finished: delivered.clone(),
+                ..AttemptOutcome::default()
+            };
+            if !self.record(id, &early, "delivered recipients").await {
                 return;
             }
         }
 
-        match retry_in {
-            Some(delay) => {
-                self.maybe_warn(id, stored, &transient).await;
-                if let Some(last) = transient.last() {
-                    // Best effort, for operators only.
-                    let _ = self
-                        .inner
-                        .storage
-                        .set_last_error(id, &last.error.to_string())
-                        .await;
-                }
-                self.retry_later(id, delay).await;
+        let mut finished = delivered;
+        if !permanent.is_empty() {
+            if let Err(e) = self.bounce(id, stored, &permanent).await {
+                tracing::error!(id = %id, error = %e, "cannot queue the bounce; retrying later");
+                self.reschedule_at(id, clock::now() + STORAGE_RETRY);
+                return;
             }
-            None => self.finish(id).await,
+            finished.extend(permanent.iter().map(|f| f.index));
+        }
+
+        let Some(delay) = retry_in else {
+            // Nothing is pending any more: the removal is the record.
+            let outcome = AttemptOutcome {
+                attempts: attempt,
+                finished,
+                ..AttemptOutcome::default()
+            };
+            self.finish(id, Some(outcome)).await;
+            return;
+        };
+        let delay_warned = warning_due && self.queue_warning(id, stored, &transient).await;
+        let due = self.due_after(id, delay);
+        let outcome = AttemptOutcome {
+            attempts: attempt,
+            finished,
+            next_attempt: Some(due),
+            last_error: transient.last().map(|f| f.error.to_string()),
+            delay_warned,
+        };
+        if self.record(id, &outcome, "the attempt's outcome").await {
+            self.reschedule_at(id, due);
         }
     }
 
@@ -308,38 +295,56 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         true
     }
 
-    async fn retry_later(&self, id: &str, delay: Duration) {
-        // An operator's "retry now" during this attempt wins over the delay.
-        let due = if self.inner.schedule.take_retry_request(id) {
+    /// Records `outcome` in one durable step. `false` if the message is
+    /// gone (deleted meanwhile: forgotten) or the record failed (logged,
+    /// attempted again after [`STORAGE_RETRY`]; recipients delivered in
+    /// this attempt may then get the message again: at-least-once beats
+    /// losing mail).
+    async fn record(&self, id: &str, outcome: &AttemptOutcome, what: &str) -> bool {
+        match self.inner.storage.record(id, outcome).await {
+            Ok(()) => true,
+            Err(e) if self.deleted_meanwhile(id, &e) => false,
+            Err(e) => {
+                tracing::error!(id = %id, error = %e, "cannot record {what}; retrying later");
+                self.reschedule_at(id, clock::now() + STORAGE_RETRY);
+                false
+            }
+        }
+    }
+
+    /// When the next attempt is due after `delay`; an operator's "retry
+    /// now" during this attempt wins over the delay.
+    fn due_after(&self, id: &str, delay: Duration) -> std::time::SystemTime {
+        if self.inner.schedule.take_retry_request(id) {
             clock::now()
         } else {
             clock::now() + delay
-        };
-        if let Err(e) = self.inner.storage.set_timestamp(id, due).await {
-            if self.deleted_meanwhile(id, &e) {
-                return;
-            }
-            // The in-memory schedule still retries; only a restart would use
-            // the old due time (earlier, so nothing is lost).
-            tracing::warn!(id = %id, error = %e, "cannot store the next attempt time");
         }
+    }
+
+    fn reschedule_at(&self, id: &str, due: std::time::SystemTime) {
         self.inner
             .schedule
             .reschedule(id.to_owned(), clock::instant_at(due));
     }
 
-    /// Removes a message nothing is pending for. If the removal fails it is
-    /// tried again later: the next attempt finds either the message (and
-    /// delivers to the recipients not recorded as done) or nothing.
-    async fn finish(&self, id: &str) {
+    /// Removes a message nothing is pending for: the durable removal is the
+    /// record of its last attempt. If the removal fails, `outcome` (what
+    /// the last attempt finished) is recorded instead, so the retry does not
+    /// send to those recipients again, and the removal is tried again
+    /// later: the next attempt finds either the message (and delivers to
+    /// the recipients not recorded as done) or nothing.
+    pub(super) async fn finish(&self, id: &str, outcome: Option<AttemptOutcome>) {
         match self.inner.storage.remove(id).await {
             Ok(()) => self.inner.schedule.forget(id),
             Err(e) => {
                 tracing::error!(id = %id, error = %e, "cannot remove a finished message");
-                self.inner.schedule.reschedule(
-                    id.to_owned(),
-                    clock::instant_at(clock::now() + STORAGE_RETRY),
-                );
+                if let Some(outcome) = outcome
+                    && !self.record(id, &outcome, "finished recipients").await
+                {
+                    return;
+                }
+                self.reschedule_at(id, clock::now() + STORAGE_RETRY);
             }
         }
     }
@@ -402,42 +407,49 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         }
     }
 
-    /// Queues the one delay warning of a message whose `transient` failures
-    /// are being retried, if it is configured, due and not yet sent. Best
-    /// effort: a failure is logged, and the next attempt tries again.
-    async fn maybe_warn(&self, id: &str, stored: &StoredEnvelope, transient: &[Failure]) {
+    /// Whether the one delay warning of a message whose `transient`
+    /// failures are being retried is configured, due and not yet sent.
+    fn warning_due(&self, stored: &StoredEnvelope, transient: &[Failure]) -> bool {
         let Some(after) = self.config(|c| c.delay_warning) else {
-            return;
+            return false;
         };
-        let now = clock::now();
-        let age = now
+        let age = clock::now()
             .duration_since(stored.envelope.receive_time)
             .unwrap_or_default();
-        if stored.meta.delay_warned || age < after || transient.is_empty() {
-            return;
-        }
+        !stored.meta.delay_warned && age >= after && !transient.is_empty()
+    }
+
+    /// Queues the delay warning; `true` once it is durably queued (or there
+    /// is nothing to warn about), so the outcome records it as sent. Best
+    /// effort: a failure is logged, and the next attempt tries again.
+    async fn queue_warning(
+        &self,
+        id: &str,
+        stored: &StoredEnvelope,
+        transient: &[Failure],
+    ) -> bool {
         let hostname = self.config(|c| c.hostname.clone());
         let options = bounce::ReportOptions {
             reporting_mta: &hostname,
             // A warning returns only the headers whatever bounce_headers_only
             // says: the message is still on its way, a copy helps nobody.
             headers_only: true,
-            now,
+            now: clock::now(),
         };
         let delayed = failed_recipients(transient);
-        if let Some(warning) = bounce::delay_warning(&stored.envelope, &delayed, None, &options) {
-            match self.store(Arc::new(warning)).await {
-                Ok(warning_id) => {
-                    tracing::info!(id = %id, warning = %warning_id, to = %stored.envelope.sender, "delay warning queued");
-                }
-                Err(reply) => {
-                    tracing::warn!(id = %id, error = %reply, "cannot queue the delay warning");
-                    return;
-                }
+        let Some(warning) = bounce::delay_warning(&stored.envelope, &delayed, None, &options)
+        else {
+            return true;
+        };
+        match self.store(Arc::new(warning)).await {
+            Ok(warning_id) => {
+                tracing::info!(id = %id, warning = %warning_id, to = %stored.envelope.sender, "delay warning queued");
+                true
             }
-        }
-        if let Err(e) = self.inner.storage.set_delay_warned(id).await {
-            tracing::warn!(id = %id, error = %e, "cannot record the delay warning; it may be sent again");
+            Err(reply) => {
+                tracing::warn!(id = %id, error = %reply, "cannot queue the delay warning");
+                false
+            }
         }
     }
 }

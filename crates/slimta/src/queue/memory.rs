@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use crate::envelope::Envelope;
 
-use super::storage::{QueueEntry, QueueMeta, QueueStorage, StoredEnvelope};
+use super::storage::{AttemptOutcome, QueueEntry, QueueMeta, QueueStorage, StoredEnvelope};
 
 /// Queue storage in a `HashMap`. Clones share the same map.
 #[derive(Clone, Debug, Default)]
@@ -89,31 +89,15 @@ impl QueueStorage for MemoryStorage {
         std::future::ready(self.with(id, |s| s.meta.timestamp = Some(timestamp)))
     }
 
-    fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send {
-        std::future::ready(self.with(id, |s| {
-            s.meta.attempts += 1;
-            s.meta.attempts
-        }))
-    }
-
-    fn set_recipients_delivered(
+    /// One lock: the whole outcome is applied, or (unknown id) none of it.
+    fn record(
         &self,
         id: &str,
-        indices: &[usize],
+        outcome: &AttemptOutcome,
     ) -> impl Future<Output = io::Result<()>> + Send {
         std::future::ready(self.with(id, |s| {
-            s.meta.delivered.extend_from_slice(indices);
-            s.meta.delivered.sort_unstable();
-            s.meta.delivered.dedup();
+            outcome.apply_to(&mut s.meta, s.envelope.recipients.len());
         }))
-    }
-
-    fn set_last_error(&self, id: &str, error: &str) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::ready(self.with(id, |s| s.meta.last_error = Some(error.to_owned())))
-    }
-
-    fn set_delay_warned(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::ready(self.with(id, |s| s.meta.delay_warned = true))
     }
 
     fn list(&self) -> impl Future<Output = io::Result<Vec<QueueEntry>>> + Send {

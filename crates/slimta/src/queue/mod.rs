@@ -79,7 +79,10 @@ pub use backoff::{Backoff, ExponentialBackoff};
 pub use disk::{DiskOptions, DiskStorage};
 pub use memory::MemoryStorage;
 pub use ops::QueueStats;
-pub use storage::{DynStorage, QueueEntry, QueueMeta, QueueStorage, StoredEnvelope};
+pub use storage::{
+    AttemptOutcome, DynStorage, QueueEntry, QueueMeta, QueueStorage, StorageCounters,
+    StoredEnvelope,
+};
 
 use schedule::Schedule;
 

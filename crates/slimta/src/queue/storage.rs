@@ -4,7 +4,7 @@
 //! method is one durable step: when the returned future resolves `Ok`, a crash
 //! right afterwards must not undo it. The queue relies on that to answer `250`
 //! only after [`QueueStorage::write`] returns, and to never resend to a
-//! recipient after [`QueueStorage::set_recipients_delivered`] returns.
+//! recipient after a [`QueueStorage::record`] naming it returns.
 //!
 //! Design decisions:
 //! - Delivered recipients are stored as indices into the stored envelope's
@@ -14,6 +14,18 @@
 //! - Errors are `std::io::Error`: every backend's failures (disk, network,
 //!   protocol) are I/O failures to the queue, which answers `452 4.3.1` or
 //!   retries later. `ErrorKind::NotFound` means the id is unknown.
+//! - An attempt's outcome is one step ([`QueueStorage::record`] with an
+//!   [`AttemptOutcome`]): finished recipients, attempt count, next due
+//!   time, last error and the delay-warning flag together. A backend makes
+//!   it durable at once (one checksummed record and one `fdatasync` on
+//!   disk, one round trip to a remote store), and a crash leaves the state
+//!   before it or after it, never a mix. Single-field setters would cost a
+//!   durable write (or a round trip) each, for one attempt. Only the due
+//!   time has a setter of its own ([`QueueStorage::set_timestamp`]), for
+//!   an operator's "retry now" outside any attempt.
+//! - Backend figures (fsyncs, journal segments, ...) come through the trait
+//!   ([`QueueStorage::counters`]), so whoever reports them (the app's
+//!   `slimta queue stats`) needs no concrete backend type.
 //! - Native async trait; [`DynStorage`] is the boxed form for backends picked
 //!   at run time by the app's config.
 //! - The envelope is shared, not copied: [`StoredEnvelope::envelope`] is an
@@ -49,6 +61,54 @@ pub struct QueueMeta {
     /// at most once per message.
     pub delay_warned: bool,
 }
+
+/// What one delivery attempt changed, recorded at once by
+/// [`QueueStorage::record`].
+///
+/// Every field is an absolute value or an addition, never a toggle, so a
+/// record applied twice (a retried write after an unclear failure) leaves
+/// the same state as once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttemptOutcome {
+    /// The attempt count after this attempt.
+    pub attempts: u32,
+    /// Recipients (indices into the stored recipient list) the queue is
+    /// finished with after this attempt: delivered, or failed for good with
+    /// their bounce queued. Added to [`QueueMeta::delivered`].
+    pub finished: Vec<usize>,
+    /// When the next attempt is due; `None` keeps the stored time (the
+    /// message is about to be removed, or the record only saves finished
+    /// recipients before a bounce is queued).
+    pub next_attempt: Option<SystemTime>,
+    /// The last failure, for operators; `None` keeps the stored one.
+    pub last_error: Option<String>,
+    /// The delay warning was queued; `false` keeps the stored flag (it is
+    /// never cleared).
+    pub delay_warned: bool,
+}
+
+impl AttemptOutcome {
+    /// Applies the outcome to `meta`, as every backend must: `recipients`
+    /// is the stored recipient count (indices beyond it are ignored).
+    pub fn apply_to(&self, meta: &mut QueueMeta, recipients: usize) {
+        meta.attempts = self.attempts;
+        meta.delivered
+            .extend(self.finished.iter().filter(|&&i| i < recipients));
+        meta.delivered.sort_unstable();
+        meta.delivered.dedup();
+        if let Some(due) = self.next_attempt {
+            meta.timestamp = Some(due);
+        }
+        if let Some(error) = &self.last_error {
+            meta.last_error = Some(error.clone());
+        }
+        meta.delay_warned |= self.delay_warned;
+    }
+}
+
+/// A backend's figures for operators, each shown as `name: value` (for
+/// the disk spool: fsyncs, journal segments, messages only in the journal).
+pub type StorageCounters = Vec<(&'static str, u64)>;
 
 /// A summary of one stored message, for operators and statistics: the
 /// envelope without the message bytes.
@@ -134,31 +194,30 @@ pub trait QueueStorage: Send + Sync + 'static {
         async move { self.write(&envelope, timestamp).await }
     }
 
-    /// Sets when the next attempt is due.
+    /// Sets when the next attempt is due (an operator's "retry now"; the
+    /// queue's own attempts use [`QueueStorage::record`]).
     fn set_timestamp(
         &self,
         id: &str,
         timestamp: SystemTime,
     ) -> impl Future<Output = io::Result<()>> + Send;
 
-    /// Adds one to the attempt count and returns the new count.
-    fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send;
-
-    /// Records recipients (indices into the stored recipient list) as
-    /// delivered (or bounced: finished with). Idempotent; indices already
-    /// recorded stay recorded.
-    fn set_recipients_delivered(
+    /// Records the outcome of one delivery attempt, all of it in one durable
+    /// step: when it returns `Ok`, a crash cannot undo any part of it, and a
+    /// crash before leaves none of it. The queue never resends to a
+    /// recipient once a record naming it in [`AttemptOutcome::finished`]
+    /// has returned.
+    fn record(
         &self,
         id: &str,
-        indices: &[usize],
+        outcome: &AttemptOutcome,
     ) -> impl Future<Output = io::Result<()>> + Send;
 
-    /// Records the last delivery error (for operators; not needed for
-    /// correctness, so backends may store it lazily).
-    fn set_last_error(&self, id: &str, error: &str) -> impl Future<Output = io::Result<()>> + Send;
-
-    /// Records that the delay warning for this message was queued.
-    fn set_delay_warned(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send;
+    /// The backend's figures for operators (`slimta queue stats`); cheap,
+    /// from memory. The default has none.
+    fn counters(&self) -> StorageCounters {
+        Vec::new()
+    }
 
     /// Every stored id with its due time, for rescheduling at start-up.
     fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send;
@@ -216,14 +275,12 @@ pub trait DynStorage: Send + Sync + 'static {
         id: &'a str,
         timestamp: SystemTime,
     ) -> StorageFuture<'a, ()>;
-    fn increment_attempts_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, u32>;
-    fn set_recipients_delivered_boxed<'a>(
+    fn record_boxed<'a>(
         &'a self,
         id: &'a str,
-        indices: &'a [usize],
+        outcome: &'a AttemptOutcome,
     ) -> StorageFuture<'a, ()>;
-    fn set_last_error_boxed<'a>(&'a self, id: &'a str, error: &'a str) -> StorageFuture<'a, ()>;
-    fn set_delay_warned_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, ()>;
+    fn counters_dyn(&self) -> StorageCounters;
     fn load_boxed(&self) -> StorageFuture<'_, Vec<(String, SystemTime)>>;
     fn list_boxed(&self) -> StorageFuture<'_, Vec<QueueEntry>>;
     fn get_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, StoredEnvelope>;
@@ -252,21 +309,15 @@ impl<S: QueueStorage> DynStorage for S {
     ) -> StorageFuture<'a, ()> {
         Box::pin(self.set_timestamp(id, timestamp))
     }
-    fn increment_attempts_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, u32> {
-        Box::pin(self.increment_attempts(id))
-    }
-    fn set_recipients_delivered_boxed<'a>(
+    fn record_boxed<'a>(
         &'a self,
         id: &'a str,
-        indices: &'a [usize],
+        outcome: &'a AttemptOutcome,
     ) -> StorageFuture<'a, ()> {
-        Box::pin(self.set_recipients_delivered(id, indices))
+        Box::pin(self.record(id, outcome))
     }
-    fn set_last_error_boxed<'a>(&'a self, id: &'a str, error: &'a str) -> StorageFuture<'a, ()> {
-        Box::pin(self.set_last_error(id, error))
-    }
-    fn set_delay_warned_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, ()> {
-        Box::pin(self.set_delay_warned(id))
+    fn counters_dyn(&self) -> StorageCounters {
+        self.counters()
     }
     fn load_boxed(&self) -> StorageFuture<'_, Vec<(String, SystemTime)>> {
         Box::pin(self.load())
@@ -306,25 +357,15 @@ macro_rules! forward_dyn_storage {
             ) -> impl Future<Output = io::Result<()>> + Send {
                 async move { (**self).set_timestamp_boxed(id, timestamp).await }
             }
-            fn increment_attempts(&self, id: &str) -> impl Future<Output = io::Result<u32>> + Send {
-                async move { (**self).increment_attempts_boxed(id).await }
-            }
-            fn set_recipients_delivered(
+            fn record(
                 &self,
                 id: &str,
-                indices: &[usize],
+                outcome: &AttemptOutcome,
             ) -> impl Future<Output = io::Result<()>> + Send {
-                async move { (**self).set_recipients_delivered_boxed(id, indices).await }
+                async move { (**self).record_boxed(id, outcome).await }
             }
-            fn set_last_error(
-                &self,
-                id: &str,
-                error: &str,
-            ) -> impl Future<Output = io::Result<()>> + Send {
-                async move { (**self).set_last_error_boxed(id, error).await }
-            }
-            fn set_delay_warned(&self, id: &str) -> impl Future<Output = io::Result<()>> + Send {
-                async move { (**self).set_delay_warned_boxed(id).await }
+            fn counters(&self) -> StorageCounters {
+                (**self).counters_dyn()
             }
             fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send {
                 async move { (**self).load_boxed().await }

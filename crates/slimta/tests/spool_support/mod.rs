@@ -10,10 +10,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slimta::queue::{DiskOptions, DiskStorage};
+use slimta::queue::{AttemptOutcome, DiskOptions, DiskStorage};
 use slimta::{Delivery, Envelope, Relay, RelayError, Reply};
 
 /// A scratch directory and a spool path inside it (not created yet).
+/// The outcome of attempt `attempts` that finished `indices` and changed
+/// nothing else (a partial delivery, as the queue records it).
+pub fn finished(attempts: u32, indices: &[usize]) -> AttemptOutcome {
+    AttemptOutcome {
+        attempts,
+        finished: indices.to_vec(),
+        ..AttemptOutcome::default()
+    }
+}
+
 pub fn spool() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool");

@@ -24,7 +24,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, SystemTime};
 
-use slimta::queue::QueueStorage;
+use slimta::queue::{AttemptOutcome, QueueMeta, QueueStorage};
 use slimta::{BodyType, ClientInfo, Envelope, Protocol, TlsInfo};
 
 /// A fresh store for one check, and how to reopen it.
@@ -192,7 +192,7 @@ pub async fn partial_delivery<S: QueueStorage>(f: Fixture<S>) {
     let s = &f.storage;
     let id = s.write(&one(4), t(0, 0)).await.unwrap();
     let other = s.write(&one(4), t(0, 0)).await.unwrap();
-    s.set_recipients_delivered(&id, &[2]).await.unwrap();
+    finish(s, &id, 1, &[2]).await;
     let got = s.get(&id).await.unwrap();
     assert_eq!(got.meta.delivered, [2]);
     assert_eq!(
@@ -200,8 +200,8 @@ pub async fn partial_delivery<S: QueueStorage>(f: Fixture<S>) {
         [(0, "r0@y.test"), (1, "r1@y.test"), (3, "r3@y.test")]
     );
     // Idempotent, unordered, accumulating.
-    s.set_recipients_delivered(&id, &[3, 0, 2]).await.unwrap();
-    s.set_recipients_delivered(&id, &[0]).await.unwrap();
+    finish(s, &id, 2, &[3, 0, 2]).await;
+    finish(s, &id, 2, &[0]).await;
     let got = s.get(&id).await.unwrap();
     assert_eq!(got.meta.delivered, [0, 2, 3]);
     assert_eq!(got.pending_recipients(), [(1, "r1@y.test")]);
@@ -210,29 +210,87 @@ pub async fn partial_delivery<S: QueueStorage>(f: Fixture<S>) {
         4,
         "the stored recipient list must not shrink"
     );
-    s.set_recipients_delivered(&id, &[1]).await.unwrap();
+    // Indices beyond the stored list are ignored.
+    finish(s, &id, 3, &[1, 9]).await;
     assert!(s.get(&id).await.unwrap().pending_recipients().is_empty());
+    assert_eq!(s.get(&id).await.unwrap().meta.delivered, [0, 1, 2, 3]);
     // Other messages are untouched.
     assert!(s.get(&other).await.unwrap().meta.delivered.is_empty());
 }
 
+/// Records that attempt `attempts` finished `indices` and changed nothing
+/// else.
+async fn finish<S: QueueStorage>(s: &S, id: &str, attempts: u32, indices: &[usize]) {
+    let outcome = AttemptOutcome {
+        attempts,
+        finished: indices.to_vec(),
+        ..AttemptOutcome::default()
+    };
+    s.record(id, &outcome).await.unwrap();
+}
+
 pub async fn attempts_timestamps_and_errors<S: QueueStorage>(f: Fixture<S>) {
     let s = &f.storage;
-    let id = s.write(&one(1), t(100, 0)).await.unwrap();
-    for n in 1..=3 {
-        assert_eq!(s.increment_attempts(&id).await.unwrap(), n);
-    }
-    s.set_timestamp(&id, t(200, 5)).await.unwrap();
-    s.set_last_error(&id, "451 4.4.1 first").await.unwrap();
-    s.set_last_error(&id, "451 4.4.1 second").await.unwrap();
+    let id = s.write(&one(2), t(100, 0)).await.unwrap();
+    let deferred = AttemptOutcome {
+        attempts: 1,
+        finished: vec![],
+        next_attempt: Some(t(150, 0)),
+        last_error: Some("451 4.4.1 first".into()),
+        delay_warned: false,
+    };
+    s.record(&id, &deferred).await.unwrap();
     let meta = s.get(&id).await.unwrap().meta;
-    assert_eq!(meta.attempts, 3);
-    assert_eq!(meta.timestamp, Some(t(200, 5)));
-    assert_eq!(meta.last_error.as_deref(), Some("451 4.4.1 second"));
-    assert!(!meta.delay_warned);
-    s.set_delay_warned(&id).await.unwrap();
-    assert!(s.get(&id).await.unwrap().meta.delay_warned);
-    assert_eq!(s.load().await.unwrap(), [(id.clone(), t(200, 5))]);
+    assert_eq!(
+        meta,
+        QueueMeta {
+            timestamp: Some(t(150, 0)),
+            attempts: 1,
+            delivered: vec![],
+            last_error: Some("451 4.4.1 first".into()),
+            delay_warned: false,
+        }
+    );
+    // The whole outcome at once: every field of one record.
+    let second = AttemptOutcome {
+        attempts: 2,
+        finished: vec![1],
+        next_attempt: Some(t(200, 5)),
+        last_error: Some("451 4.4.1 second".into()),
+        delay_warned: true,
+    };
+    s.record(&id, &second).await.unwrap();
+    let after_second = s.get(&id).await.unwrap().meta;
+    assert_eq!(
+        after_second,
+        QueueMeta {
+            timestamp: Some(t(200, 5)),
+            attempts: 2,
+            delivered: vec![1],
+            last_error: Some("451 4.4.1 second".into()),
+            delay_warned: true,
+        }
+    );
+    // Applying a record twice changes nothing (a retried write).
+    s.record(&id, &second).await.unwrap();
+    assert_eq!(s.get(&id).await.unwrap().meta, after_second);
+    // `None` and `false` keep what is stored; the count is absolute.
+    finish(s, &id, 3, &[]).await;
+    let meta = s.get(&id).await.unwrap().meta;
+    assert_eq!(
+        (
+            meta.attempts,
+            meta.timestamp,
+            meta.last_error.as_deref(),
+            meta.delay_warned
+        ),
+        (3, Some(t(200, 5)), Some("451 4.4.1 second"), true)
+    );
+    // An operator's "retry now" sets only the due time.
+    s.set_timestamp(&id, t(300, 0)).await.unwrap();
+    let meta = s.get(&id).await.unwrap().meta;
+    assert_eq!((meta.timestamp, meta.attempts), (Some(t(300, 0)), 3));
+    assert_eq!(s.load().await.unwrap(), [(id.clone(), t(300, 0))]);
     // list() agrees with get(), without the message bytes.
     let stored = s.get(&id).await.unwrap();
     assert_eq!(
@@ -265,11 +323,7 @@ pub async fn unknown_ids<S: QueueStorage>(f: Fixture<S>) {
     ] {
         assert_not_found(s.get(id).await, "get");
         assert_not_found(s.set_timestamp(id, t(5, 0)).await, "set_timestamp");
-        assert_not_found(s.increment_attempts(id).await, "increment_attempts");
-        assert_not_found(
-            s.set_recipients_delivered(id, &[0]).await,
-            "set_recipients_delivered",
-        );
+        assert_not_found(s.record(id, &AttemptOutcome::default()).await, "record");
         s.remove(id).await.unwrap();
     }
     assert_eq!(s.load().await.unwrap().len(), 1);
@@ -310,11 +364,15 @@ pub async fn reopen_keeps_everything_acknowledged<S: QueueStorage>(f: Fixture<S>
     for e in &envelopes {
         ids.push(s.write(e, t(10, 0)).await.unwrap());
     }
-    s.increment_attempts(&ids[0]).await.unwrap();
-    s.increment_attempts(&ids[0]).await.unwrap();
-    s.set_recipients_delivered(&ids[0], &[1]).await.unwrap();
-    s.set_timestamp(&ids[0], t(20, 1)).await.unwrap();
-    s.set_last_error(&ids[0], "451 later").await.unwrap();
+    finish(&s, &ids[0], 1, &[]).await;
+    let second = AttemptOutcome {
+        attempts: 2,
+        finished: vec![1],
+        next_attempt: Some(t(20, 1)),
+        last_error: Some("451 later".into()),
+        delay_warned: true,
+    };
+    s.record(&ids[0], &second).await.unwrap();
     s.remove(&ids[2]).await.unwrap();
 
     let s = reopen(s);
@@ -326,15 +384,20 @@ pub async fn reopen_keeps_everything_acknowledged<S: QueueStorage>(f: Fixture<S>
     let first = s.get(&ids[0]).await.unwrap();
     assert_eq!(*first.envelope, envelopes[0]);
     assert_eq!(
-        (first.meta.attempts, first.meta.delivered.clone()),
-        (2, vec![1])
+        first.meta,
+        QueueMeta {
+            timestamp: Some(t(20, 1)),
+            attempts: 2,
+            delivered: vec![1],
+            last_error: Some("451 later".into()),
+            delay_warned: true,
+        }
     );
     assert_eq!(*s.get(&ids[1]).await.unwrap().envelope, envelopes[1]);
     assert_not_found(s.get(&ids[2]).await, "a removed message came back");
     // Counting goes on from the stored count, and updates after a reopen
     // survive the next one.
-    assert_eq!(s.increment_attempts(&ids[0]).await.unwrap(), 3);
-    s.set_recipients_delivered(&ids[0], &[0]).await.unwrap();
+    finish(&s, &ids[0], 3, &[0]).await;
     let s = reopen(s);
     let first = s.get(&ids[0]).await.unwrap();
     assert_eq!((first.meta.attempts, first.meta.delivered), (3, vec![0, 1]));

@@ -7,7 +7,7 @@
 //! header  := "SLIMTAQ\n" (8 bytes)  version: u16 = 1  reserved: u16 = 0
 //! record  := kind: u8  len: u64  payload: len bytes  crc: u32
 //!            (crc = CRC-32/ISO-HDLC over kind, len and payload)
-//! file    := header ENVELOPE TIMESTAMP (TIMESTAMP | ATTEMPTS | DELIVERED | LAST_ERROR)*
+//! file    := header ENVELOPE TIMESTAMP (TIMESTAMP | OUTCOME | ATTEMPTS | DELIVERED | LAST_ERROR | DELAY_WARNED)*
 //! ```
 //!
 //! All integers are little-endian. Payloads:
@@ -25,6 +25,18 @@
 //! - `6 DELAY_WARNED`: empty; the delay warning was queued (added after
 //!   version 1 shipped; older readers skip it as an unknown record, which
 //!   at worst sends the warning again).
+//! - `7 OUTCOME`: one delivery attempt's outcome, applied whole or (torn,
+//!   bad CRC) not at all: attempts: u32 (absolute); finished: u32 count,
+//!   u32 indices (added to the delivered set); next due: u8 0 (unchanged)
+//!   or u8 1 + time; last error: opt-str (none: unchanged); delay warned:
+//!   u8 (1: set; 0: unchanged).
+//!
+//! The queue writes `TIMESTAMP` (an operator's "retry now") and `OUTCOME`
+//! (everything an attempt changed, in one record and one `fdatasync`).
+//! Kinds 3 to 6, one field each, are what earlier releases appended per
+//! field; they are still read. (An earlier release reading a file with
+//! `OUTCOME` records skips them as unknown: it would retry recipients
+//! already delivered, never lose one.)
 //!
 //! `str` is a u32 byte length and UTF-8; `opt-str` is u8 0, or u8 1 and a
 //! str; `time` is i64 seconds since the Unix epoch (negative before it) and
@@ -45,7 +57,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use crate::envelope::{BodyType, ClientInfo, Envelope, Protocol, TlsInfo};
-use crate::queue::storage::{QueueMeta, StoredEnvelope};
+use crate::queue::storage::{AttemptOutcome, QueueMeta, StoredEnvelope};
 
 /// The first eight bytes of every spool file.
 pub(crate) const MAGIC: &[u8; 8] = b"SLIMTAQ\n";
@@ -61,14 +73,22 @@ const ATTEMPTS: u8 = 3;
 const DELIVERED: u8 = 4;
 const LAST_ERROR: u8 = 5;
 const DELAY_WARNED: u8 = 6;
+const OUTCOME: u8 = 7;
 
 /// A metadata change, appended as one record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Update {
     Timestamp(SystemTime),
+    Outcome(AttemptOutcome),
+    /// The one-field records of earlier releases, written only by tests
+    /// (files from those releases must stay readable).
+    #[cfg(test)]
     Attempts(u32),
+    #[cfg(test)]
     Delivered(Vec<usize>),
+    #[cfg(test)]
     LastError(String),
+    #[cfg(test)]
     DelayWarned,
 }
 
@@ -128,21 +148,36 @@ pub(crate) fn encode_update(update: &Update) -> Vec<u8> {
             put_time(&mut payload, *t);
             TIMESTAMP
         }
+        Update::Outcome(o) => {
+            payload.extend_from_slice(&o.attempts.to_le_bytes());
+            put_indices(&mut payload, &o.finished);
+            match o.next_attempt {
+                Some(t) => {
+                    payload.push(1);
+                    put_time(&mut payload, t);
+                }
+                None => payload.push(0),
+            }
+            put_opt_str(&mut payload, o.last_error.as_deref());
+            payload.push(u8::from(o.delay_warned));
+            OUTCOME
+        }
+        #[cfg(test)]
         Update::Attempts(n) => {
             payload.extend_from_slice(&n.to_le_bytes());
             ATTEMPTS
         }
+        #[cfg(test)]
         Update::Delivered(indices) => {
-            put_u32(&mut payload, indices.len());
-            for &i in indices {
-                put_u32(&mut payload, i);
-            }
+            put_indices(&mut payload, indices);
             DELIVERED
         }
+        #[cfg(test)]
         Update::LastError(e) => {
             put_str(&mut payload, e);
             LAST_ERROR
         }
+        #[cfg(test)]
         Update::DelayWarned => DELAY_WARNED,
     };
     let mut out = Vec::with_capacity(payload.len() + RECORD_OVERHEAD);
@@ -225,16 +260,39 @@ fn apply_update(meta: &mut QueueMeta, kind: u8, payload: &[u8]) -> Option<()> {
     match kind {
         TIMESTAMP => meta.timestamp = Some(r.time()?),
         ATTEMPTS => meta.attempts = r.u32()?,
-        DELIVERED => {
-            let n = r.u32()?;
-            for _ in 0..n {
-                meta.delivered.push(usize::try_from(r.u32()?).ok()?);
-            }
-            meta.delivered.sort_unstable();
-            meta.delivered.dedup();
-        }
+        DELIVERED => r.indices_into(&mut meta.delivered)?,
         LAST_ERROR => meta.last_error = Some(r.str()?),
         DELAY_WARNED => meta.delay_warned = true,
+        OUTCOME => {
+            // Decoded whole before anything is applied: a record is all
+            // or nothing, even one whose CRC is good but payload is not.
+            let attempts = r.u32()?;
+            let mut finished = Vec::new();
+            r.indices_into(&mut finished)?;
+            let next_attempt = match r.u8()? {
+                0 => None,
+                1 => Some(r.time()?),
+                _ => return None,
+            };
+            let last_error = r.opt_str()?;
+            let delay_warned = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            if !r.0.is_empty() {
+                return None;
+            }
+            let outcome = AttemptOutcome {
+                attempts,
+                finished,
+                next_attempt,
+                last_error,
+                delay_warned,
+            };
+            // Out-of-range indices are dropped after the whole file is read.
+            outcome.apply_to(meta, usize::MAX);
+        }
         _ => return Some(()),
     }
     r.0.is_empty().then_some(())
@@ -353,6 +411,13 @@ fn put_u32(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&n.to_le_bytes());
 }
 
+fn put_indices(out: &mut Vec<u8>, indices: &[usize]) {
+    put_u32(out, indices.len());
+    for &i in indices {
+        put_u32(out, i);
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     put_u32(out, s.len());
     out.extend_from_slice(s.as_bytes());
@@ -408,6 +473,18 @@ impl<'a> Reader<'a> {
 
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    /// A u32 count and that many u32 indices, added to `set` (kept sorted
+    /// and without duplicates).
+    fn indices_into(&mut self, set: &mut Vec<usize>) -> Option<()> {
+        let n = self.u32()?;
+        for _ in 0..n {
+            set.push(usize::try_from(self.u32()?).ok()?);
+        }
+        set.sort_unstable();
+        set.dedup();
+        Some(())
     }
 
     fn str(&mut self) -> Option<String> {
@@ -495,6 +572,53 @@ mod tests {
         );
         assert_eq!(m.last_error.as_deref(), Some("451 4.4.1 later"));
         assert!(m.delay_warned);
+    }
+
+    #[test]
+    fn an_outcome_record_is_applied_whole_or_not_at_all() {
+        let due = SystemTime::UNIX_EPOCH + Duration::new(1_800_000_000, 5);
+        let mut file = encode_new(&full_envelope(), SystemTime::UNIX_EPOCH);
+        let first = AttemptOutcome {
+            attempts: 1,
+            finished: vec![1],
+            next_attempt: Some(due),
+            last_error: Some("451 4.4.1 first".into()),
+            delay_warned: false,
+        };
+        file.extend_from_slice(&encode_update(&Update::Outcome(first)));
+        let before = decode(&file).unwrap().stored.meta;
+        assert_eq!(
+            (before.attempts, &before.delivered, before.timestamp),
+            (1, &vec![1], Some(due))
+        );
+        assert_eq!(before.last_error.as_deref(), Some("451 4.4.1 first"));
+        let second = AttemptOutcome {
+            attempts: 2,
+            finished: vec![0, 7],
+            next_attempt: None,
+            last_error: None,
+            delay_warned: true,
+        };
+        let next = encode_update(&Update::Outcome(second));
+        // Every cut of the second record leaves exactly the first state.
+        for cut in 0..next.len() {
+            let mut torn = file.clone();
+            torn.extend_from_slice(&next[..cut]);
+            assert_eq!(decode(&torn).unwrap().stored.meta, before, "cut at {cut}");
+        }
+        file.extend_from_slice(&next);
+        let after = decode(&file).unwrap().stored.meta;
+        assert_eq!(
+            after,
+            QueueMeta {
+                timestamp: Some(due),
+                attempts: 2,
+                // Index 7 is beyond the two recipients: dropped.
+                delivered: vec![0, 1],
+                last_error: Some("451 4.4.1 first".into()),
+                delay_warned: true,
+            }
+        );
     }
 
     #[test]

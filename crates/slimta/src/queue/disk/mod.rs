@@ -42,15 +42,16 @@
 //!   writers), renamed to `msg/<id>` by the committer, and `msg/` fsync'd
 //!   once per batch, all before `write` returns. A journal segment never
 //!   has to hold (or copy around) a 100 MB message.
-//! - **Metadata updates** (attempts, delivered recipients, due time, ...)
-//!   are appended to the message's own file as one record each and
-//!   `fdatasync`'d. A message still in the journal first gets its own
-//!   file (a "spill": its `NEW` record's bytes copied to `tmp/`, fsync'd,
-//!   renamed). So a deferred message costs what it did before the journal;
-//!   only messages delivered at their first attempt (the bulk) are cheaper.
-//!   Only `set_last_error` (for operators, not for correctness) is appended
-//!   without its own fsync. A torn append can only damage the last record;
-//!   the CRC exposes it, and start-up truncates it away.
+//! - **An attempt's outcome** ([`QueueStorage::record`]: attempts,
+//!   finished recipients, due time, last error, delay warning) is one
+//!   `OUTCOME` record appended to the message's own file and
+//!   `fdatasync`'d: one fsync per deferred attempt. A message still in the
+//!   journal first gets its own file (a "spill": its `NEW` record's bytes
+//!   copied to `tmp/`), and the outcome record is written into that copy
+//!   before its one fsync, so the first deferral costs that fsync plus a
+//!   share of the `msg/` directory sync. A torn append can only damage the
+//!   last record; the CRC exposes it, the reader applies an outcome whole
+//!   or not at all, and start-up truncates the torn tail away.
 //! - **Remove** is durable: a `REMOVE` record in the journal (if the
 //!   message's `NEW` record is in a segment that still exists) and the
 //!   unlink of its file (if it has one), both through the committer, which
@@ -98,8 +99,7 @@
 //! - Metadata is also kept in memory (a [`QueueEntry`] per message: the
 //!   envelope without its bytes, attempts, due time, delivered set, last
 //!   error, and where the message is), so [`QueueStorage::load`],
-//!   [`QueueStorage::list`] (operators, statistics) and
-//!   [`QueueStorage::increment_attempts`] read no files. That, and the
+//!   [`QueueStorage::list`] (operators, statistics) read no files. That, and the
 //!   lock file, is why two `DiskStorage`s must not share a spool; the
 //!   second `open` fails.
 //! - Updates to one message are expected one at a time (the queue never
@@ -121,7 +121,9 @@ use std::time::SystemTime;
 
 use crate::envelope::Envelope;
 
-use super::storage::{QueueEntry, QueueMeta, QueueStorage, StoredEnvelope};
+use super::storage::{
+    AttemptOutcome, QueueEntry, QueueMeta, QueueStorage, StorageCounters, StoredEnvelope,
+};
 use commit::{Committer, Journal, Resident, Residents};
 use format::{Invalid, Update};
 
@@ -613,7 +615,7 @@ impl DiskStorage {
         let mut tasks = tokio::task::JoinSet::new();
         for (id, segment, offset, len) in residents {
             let storage = self.clone();
-            tasks.spawn(async move { storage.migrate_one(id, segment, offset, len).await });
+            tasks.spawn(async move { storage.migrate_one(id, segment, offset, len, &[]).await });
         }
         let mut results = Vec::new();
         while let Some(done) = tasks.join_next().await {
@@ -623,13 +625,15 @@ impl DiskStorage {
     }
 
     /// One message of [`DiskStorage::migrate`]; the caller holds
-    /// `migrating`.
+    /// `migrating`. `tail` (metadata records, or nothing) is written after
+    /// the message's bytes, covered by the same fsync.
     async fn migrate_one(
         &self,
         id: String,
         segment: u64,
         offset: u64,
         len: u64,
+        tail: &[u8],
     ) -> io::Result<bool> {
         match self.place_of(&id) {
             Some(Place::File { .. }) => return Ok(true),
@@ -639,6 +643,7 @@ impl DiskStorage {
         let dest = self.file_of(&id)?;
         let (journal_dir, fsyncs) = (self.inner.journal_dir.clone(), self.inner.fsyncs.clone());
         let (read_id, tmp_for_write) = (id.clone(), tmp.clone());
+        let tail = tail.to_vec();
         let copied = blocking(move || {
             let bytes = match read_journal_record(&journal_dir, &read_id, segment, offset, len) {
                 Ok(bytes) => bytes,
@@ -653,7 +658,7 @@ impl DiskStorage {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
-            write_synced(&tmp_for_write, &[&bytes], &fsyncs)?;
+            write_synced(&tmp_for_write, &[&bytes, &tail], &fsyncs)?;
             Ok(Some(bytes))
         })
         .await?;
@@ -693,25 +698,35 @@ impl DiskStorage {
         Ok(true)
     }
 
-    /// Gives message `id` a file of its own (if it is only in the journal)
-    /// before a metadata record is appended to it.
-    async fn own_file(&self, id: &str) -> io::Result<()> {
-        if let Some(Place::Journal {
+    /// Gives message `id` a file of its own if it is only in the journal,
+    /// with `record` (one encoded metadata record) already at its end:
+    /// `Ok(true)` if so, `Ok(false)` if the message already had a file (the
+    /// caller appends the record). The copy's one fsync covers the record.
+    async fn own_file_with(&self, id: &str, record: &[u8]) -> io::Result<bool> {
+        let Some(Place::Journal {
             segment,
             offset,
             len,
         }) = self.place_of(id)
-        {
-            let moved = self
-                .migrate(vec![(id.to_owned(), segment, offset, len)])
-                .await
-                .pop()
-                .unwrap_or(Ok(false))?;
-            if !moved {
-                return Err(not_found(id));
-            }
+        else {
+            return Ok(false);
+        };
+        let _one_at_a_time = self.inner.migrating.write().await;
+        // Moved by a spill pass while this waited for the lock.
+        if !matches!(self.place_of(id), Some(Place::Journal { .. })) {
+            return match self.place_of(id) {
+                Some(_) => Ok(false),
+                None => Err(not_found(id)),
+            };
         }
-        Ok(())
+        if self
+            .migrate_one(id.to_owned(), segment, offset, len, record)
+            .await?
+        {
+            Ok(true)
+        } else {
+            Err(not_found(id))
+        }
     }
 
     /// Whether the committer asks for messages to be moved out of old
@@ -764,10 +779,16 @@ impl DiskStorage {
         self.inner.spilled_below.fetch_max(below, Ordering::Relaxed);
     }
 
-    async fn append(&self, id: &str, update: &Update, sync: bool) -> io::Result<()> {
+    /// Appends one metadata record to message `id`'s file and syncs it; a
+    /// message only in the journal gets its file first, with the record
+    /// in it (one fsync either way, plus the spill's share of a directory
+    /// sync the first time).
+    async fn append(&self, id: &str, update: &Update) -> io::Result<()> {
         let path = self.file_of(id)?;
-        self.own_file(id).await?;
         let record = format::encode_update(update);
+        if self.own_file_with(id, &record).await? {
+            return Ok(());
+        }
         let fsyncs = self.inner.fsyncs.clone();
         let owned_id = id.to_owned();
         blocking(move || {
@@ -781,10 +802,8 @@ impl DiskStorage {
                 let _ = file.set_len(len);
                 return Err(e);
             }
-            if sync {
-                fsyncs.fetch_add(1, Ordering::Relaxed);
-                file.sync_data()?;
-            }
+            fsyncs.fetch_add(1, Ordering::Relaxed);
+            file.sync_data()?;
             Ok(())
         })
         .await
@@ -870,14 +889,6 @@ impl DiskStorage {
         };
         decode_file(id, &bytes)
     }
-
-    async fn attempts(&self, id: &str) -> io::Result<u32> {
-        let cached = self.index().get(id).map(|slot| slot.entry.meta.attempts);
-        match cached {
-            Some(n) => Ok(n),
-            None => Ok(self.read(id).await?.meta.attempts),
-        }
-    }
 }
 
 impl QueueStorage for DiskStorage {
@@ -900,41 +911,31 @@ impl QueueStorage for DiskStorage {
     }
 
     async fn set_timestamp(&self, id: &str, timestamp: SystemTime) -> io::Result<()> {
-        self.append(id, &Update::Timestamp(timestamp), true).await?;
+        self.append(id, &Update::Timestamp(timestamp)).await?;
         self.update_entry(id, |e| e.meta.timestamp = Some(timestamp));
         Ok(())
     }
 
-    async fn increment_attempts(&self, id: &str) -> io::Result<u32> {
-        let attempts = self.attempts(id).await?.saturating_add(1);
-        self.append(id, &Update::Attempts(attempts), true).await?;
-        self.update_entry(id, |e| e.meta.attempts = attempts);
-        Ok(attempts)
-    }
-
-    async fn set_recipients_delivered(&self, id: &str, indices: &[usize]) -> io::Result<()> {
-        self.append(id, &Update::Delivered(indices.to_vec()), true)
-            .await?;
+    /// One `OUTCOME` record and one `fdatasync`; a message still only in
+    /// the journal is copied to its own file with the record at its end,
+    /// under the copy's one fsync.
+    async fn record(&self, id: &str, outcome: &AttemptOutcome) -> io::Result<()> {
+        self.append(id, &Update::Outcome(outcome.clone())).await?;
         self.update_entry(id, |entry| {
-            let delivered = &mut entry.meta.delivered;
-            delivered.extend(indices.iter().filter(|&&i| i < entry.recipients.len()));
-            delivered.sort_unstable();
-            delivered.dedup();
+            outcome.apply_to(&mut entry.meta, entry.recipients.len());
         });
         Ok(())
     }
 
-    async fn set_last_error(&self, id: &str, error: &str) -> io::Result<()> {
-        self.append(id, &Update::LastError(error.to_owned()), false)
-            .await?;
-        self.update_entry(id, |e| e.meta.last_error = Some(error.to_owned()));
-        Ok(())
-    }
-
-    async fn set_delay_warned(&self, id: &str) -> io::Result<()> {
-        self.append(id, &Update::DelayWarned, true).await?;
-        self.update_entry(id, |e| e.meta.delay_warned = true);
-        Ok(())
+    /// `fsyncs` since open, `journal_segments` on disk, `journal_messages`
+    /// whose only copy is in the journal.
+    fn counters(&self) -> StorageCounters {
+        let (segments, in_journal) = self.journal_counts();
+        vec![
+            ("fsyncs", self.fsync_count()),
+            ("journal_segments", segments),
+            ("journal_messages", in_journal),
+        ]
     }
 
     async fn list(&self) -> io::Result<Vec<QueueEntry>> {
@@ -1013,7 +1014,13 @@ mod tests {
             "a move must wait for the removal in progress"
         );
         drop(other_removal);
-        s.set_recipients_delivered(&b, &[0]).await.unwrap();
+        let outcome = AttemptOutcome {
+            attempts: 1,
+            finished: vec![0],
+            ..AttemptOutcome::default()
+        };
+        s.record(&b, &outcome).await.unwrap();
         assert_eq!(s.place_of(&b), Some(Place::File { origin: Some(1) }));
+        assert_eq!(s.get(&b).await.unwrap().meta.delivered, [0]);
     }
 }
