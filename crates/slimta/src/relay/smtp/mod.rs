@@ -14,7 +14,8 @@
 //! the MX relay, the static relay and the connection pool share one
 //! implementation of the protocol rules and of the error texts.
 
-mod connection;
+pub(crate) mod client_options;
+pub(crate) mod connection;
 #[cfg(feature = "mx")]
 mod mx;
 mod pool;
@@ -26,6 +27,7 @@ mod tls;
 
 #[cfg(feature = "mx")]
 pub use mx::MxSmtpRelay;
+pub use client_options::ClientOptions;
 pub use source::SourceSelection;
 pub use static_relay::StaticSmtpRelay;
 

@@ -52,14 +52,6 @@ impl SourceAddresses {
         }
     }
 
-    pub(crate) fn selection(&self) -> SourceSelection {
-        self.selection
-    }
-
-    pub(crate) fn ips(&self) -> &[IpAddr] {
-        &self.ips
-    }
-
     /// The address to bind for a connection to `destination`, if the pool
     /// has one of its family.
     pub(crate) fn pick(&self, destination: &SocketAddr) -> Option<IpAddr> {
