@@ -412,12 +412,16 @@ mod tests {
                 .tls_verify(true)
                 .resolved_tls_verify(RelayDefaults::MX)
         );
-        assert_eq!(options.clone().without_credentials().get_credentials(), None);
+        assert_eq!(
+            options.clone().without_credentials().get_credentials(),
+            None
+        );
     }
 
     #[test]
     fn debug_never_shows_the_password() {
-        let options = ClientOptions::new().credentials(Credentials::new("relayuser", "s3cret pass"));
+        let options =
+            ClientOptions::new().credentials(Credentials::new("relayuser", "s3cret pass"));
         let shown = format!("{options:?} {options:#?}");
         assert!(shown.contains("relayuser"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");

@@ -186,7 +186,11 @@ pub(crate) struct ConnectOptions {
 impl ConnectOptions {
     /// The session settings of a relay speaking `dialect`: `client` with
     /// the options it leaves unset taken from `defaults`.
-    pub(crate) fn resolve(client: &ClientOptions, defaults: RelayDefaults, dialect: Dialect) -> Self {
+    pub(crate) fn resolve(
+        client: &ClientOptions,
+        defaults: RelayDefaults,
+        dialect: Dialect,
+    ) -> Self {
         Self {
             dialect,
             ehlo_as: client.resolved_ehlo_as(),

@@ -25,9 +25,9 @@ mod stream;
 #[cfg(feature = "tls")]
 mod tls;
 
+pub use client_options::ClientOptions;
 #[cfg(feature = "mx")]
 pub use mx::MxSmtpRelay;
-pub use client_options::ClientOptions;
 pub use source::SourceSelection;
 pub use static_relay::StaticSmtpRelay;
 

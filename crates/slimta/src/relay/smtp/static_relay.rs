@@ -89,7 +89,10 @@ impl StaticSmtpRelay {
             self.defaults,
             self.session.dialect,
         ));
-        self.pool = Arc::new(Pool::new(options.get_pool_size(), options.get_idle_timeout()));
+        self.pool = Arc::new(Pool::new(
+            options.get_pool_size(),
+            options.get_idle_timeout(),
+        ));
         self.client = options;
         self
     }
