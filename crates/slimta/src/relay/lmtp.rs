@@ -87,3 +87,29 @@ impl Relay for StaticLmtpRelay {
         self.inner.attempt(envelope, attempt).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::smtp::TlsMode;
+
+    #[test]
+    fn lmtp_relay_keeps_its_defaults_under_new_options() {
+        for relay in [
+            StaticLmtpRelay::new("127.0.0.1", 24),
+            StaticLmtpRelay::unix("/run/dovecot/lmtp"),
+        ] {
+            let relay = relay.options(ClientOptions::new().ehlo_as("relay.test"));
+            let session = relay.inner.session();
+            assert_eq!(session.dialect, Dialect::Lmtp);
+            assert_eq!(session.tls, TlsMode::Off);
+            assert_eq!(session.ehlo_as, "relay.test");
+            assert_eq!(relay.inner.defaults(), RelayDefaults::LMTP);
+            assert!(
+                relay
+                    .client_options()
+                    .resolved_tls_verify(RelayDefaults::LMTP)
+            );
+        }
+    }
+}

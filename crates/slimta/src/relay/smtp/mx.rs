@@ -262,6 +262,44 @@ impl Relay for MxSmtpRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::smtp::{Credentials, TlsMode};
+
+    fn resolver() -> Resolver {
+        Resolver::new(&["127.0.0.1:53".parse().unwrap()]).expect("resolver")
+    }
+
+    #[test]
+    fn mx_relay_is_unverified_by_default_and_never_authenticates() {
+        let relay = MxSmtpRelay::new(resolver());
+        assert_eq!(relay.template.defaults(), RelayDefaults::MX);
+        assert_eq!(relay.template.session().tls, TlsMode::Opportunistic);
+
+        let relay = relay.options(
+            ClientOptions::new()
+                .ehlo_as("relay.test")
+                .credentials(Credentials::new("u", "p"))
+                .allow_plaintext_auth(true),
+        );
+        let exchanger = relay.relay_for("mx.example.test");
+        assert_eq!(exchanger.defaults(), RelayDefaults::MX);
+        assert_eq!(exchanger.session().tls, TlsMode::Opportunistic);
+        assert!(
+            !exchanger
+                .client_options()
+                .resolved_tls_verify(RelayDefaults::MX)
+        );
+        assert_eq!(exchanger.session().ehlo_as, "relay.test");
+        assert_eq!(exchanger.session().credentials, None);
+        assert_eq!(relay.client_options().get_credentials(), None);
+
+        let relay = relay.options(ClientOptions::new().tls_verify(true));
+        assert!(
+            relay
+                .relay_for("mx.example.test")
+                .client_options()
+                .resolved_tls_verify(RelayDefaults::MX)
+        );
+    }
 
     #[test]
     fn equal_preferences_rotate_with_the_attempt() {

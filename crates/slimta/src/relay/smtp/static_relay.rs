@@ -102,6 +102,18 @@ impl StaticSmtpRelay {
         &self.client
     }
 
+    /// The session settings the options resolved to.
+    #[cfg(test)]
+    pub(crate) fn session(&self) -> &ConnectOptions {
+        &self.session
+    }
+
+    /// What the relay assumes for the options left unset.
+    #[cfg(test)]
+    pub(crate) fn defaults(&self) -> RelayDefaults {
+        self.defaults
+    }
+
     /// Connects to a unix socket instead of host and port.
     pub(crate) fn unix_path(mut self, path: PathBuf) -> Self {
         self.unix_path = Some(path);
@@ -197,5 +209,37 @@ impl StaticSmtpRelay {
 impl Relay for StaticSmtpRelay {
     async fn attempt(&self, envelope: &Envelope, _attempt: u32) -> Result<Delivery, RelayError> {
         self.deliver(envelope).await.map_err(RelayError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::smtp::{Credentials, TlsMode};
+
+    #[test]
+    fn static_relay_resolves_unset_options_with_the_smtp_defaults() {
+        let relay = StaticSmtpRelay::new("smarthost.test", 25);
+        assert_eq!(relay.defaults, RelayDefaults::SMTP);
+        assert_eq!(relay.session.tls, TlsMode::Opportunistic);
+        assert_eq!(relay.session.dialect, Dialect::Smtp);
+        assert!(!relay.session.ehlo_as.is_empty());
+
+        let relay = relay.options(
+            ClientOptions::new()
+                .ehlo_as("relay.test")
+                .credentials(Credentials::new("u", "p"))
+                .chunking(false),
+        );
+        assert_eq!(relay.defaults, RelayDefaults::SMTP);
+        assert_eq!(relay.session.tls, TlsMode::Opportunistic);
+        assert!(relay.client_options().resolved_tls_verify(relay.defaults));
+        assert_eq!(relay.session.ehlo_as, "relay.test");
+        assert_eq!(relay.session.credentials, Some(Credentials::new("u", "p")));
+        assert!(!relay.session.chunking);
+
+        let relay = relay.options(ClientOptions::new().tls(TlsMode::Required));
+        assert_eq!(relay.session.tls, TlsMode::Required);
+        assert_eq!(relay.session.credentials, None);
     }
 }
