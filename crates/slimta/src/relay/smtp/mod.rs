@@ -7,7 +7,10 @@
 //! - [`crate::relay::lmtp::StaticLmtpRelay`] is the static relay in the
 //!   session driver's LMTP dialect.
 //!
-//! Both speak through `connection.rs`, the tokio driver of one SMTP client
+//! All three take their client settings as one [`ClientOptions`]
+//! (`client_options.rs`), each with its own defaults for what is left unset.
+//!
+//! All three speak through `connection.rs`, the tokio driver of one SMTP client
 //! session, which in turn uses the sans-IO client pieces in
 //! [`crate::smtp::client`] (reply parsing, EHLO extensions, the smuggling-safe
 //! DATA encoder). Keeping the session driver separate from the relays means
