@@ -412,10 +412,7 @@ mod tests {
                 .tls_verify(true)
                 .resolved_tls_verify(RelayDefaults::MX)
         );
-        assert_eq!(
-            options.clone().without_credentials().get_credentials(),
-            None
-        );
+        assert_eq!(options.without_credentials().get_credentials(), None);
     }
 
     #[test]
