@@ -228,15 +228,21 @@ mod tests {
         let relay = relay.options(
             ClientOptions::new()
                 .ehlo_as("relay.test")
-                .credentials(Credentials::new("u", "p"))
+                .credentials(Credentials::new("u", "s3cret"))
                 .chunking(false),
         );
         assert_eq!(relay.defaults, RelayDefaults::SMTP);
         assert_eq!(relay.session.tls, TlsMode::Opportunistic);
         assert!(relay.client_options().resolved_tls_verify(relay.defaults));
         assert_eq!(relay.session.ehlo_as, "relay.test");
-        assert_eq!(relay.session.credentials, Some(Credentials::new("u", "p")));
+        assert_eq!(
+            relay.session.credentials,
+            Some(Credentials::new("u", "s3cret"))
+        );
         assert!(!relay.session.chunking);
+
+        let shown = format!("{relay:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
 
         let relay = relay.options(ClientOptions::new().tls(TlsMode::Required));
         assert_eq!(relay.session.tls, TlsMode::Required);
