@@ -41,7 +41,7 @@ use slimta::relay::BlackholeRelay;
 use slimta::relay::http::HttpRelay;
 use slimta::relay::lmtp::StaticLmtpRelay;
 use slimta::relay::pipe::{DovecotLdaRelay, MaildropRelay, PipeRelay};
-use slimta::relay::smtp::{self as smtp_relay, MxSmtpRelay, SourceSelection, StaticSmtpRelay};
+use slimta::relay::smtp::{ClientOptions, MxSmtpRelay, StaticSmtpRelay};
 use slimta::smtp::ServerConfig;
 use slimta::smtp::sasl::Mechanism;
 use slimta::{DynRelay, Envelope, Handoff, HandoffResult};
@@ -49,7 +49,7 @@ use tokio::sync::watch;
 
 use crate::config::{
     Config, EdgeConfig, EdgeKind, LmtpTarget, ProxyProtocol, QueueConfig, RelayConfig,
-    SmtpClientConfig, StorageConfig,
+    StorageConfig,
 };
 use crate::kinds::policy::BuildContext;
 
@@ -389,93 +389,32 @@ fn build_relay(
     hostname: &str,
     resolver: Option<&slimta::dns::Resolver>,
 ) -> Result<AppRelay, String> {
-    let ehlo = |client: &SmtpClientConfig| {
-        client
-            .ehlo_as
-            .clone()
-            .unwrap_or_else(|| hostname.to_string())
-    };
-    let selection = |client: &SmtpClientConfig| {
-        if client.source_random {
-            SourceSelection::Random
-        } else {
-            SourceSelection::RoundRobin
-        }
-    };
-    let credentials = |client: &SmtpClientConfig| {
-        client
-            .credentials
-            .as_ref()
-            .map(|c| smtp_relay::Credentials::new(c.username.clone(), c.password.clone()))
-    };
     Ok(match relay {
         RelayConfig::Blackhole => Arc::new(BlackholeRelay::new()),
         RelayConfig::Static(r) => {
-            let c = &r.client;
             let mut relay = StaticSmtpRelay::new(r.host.clone(), r.port)
-                .ehlo_as(ehlo(c))
-                .connect_timeout(c.connect_timeout)
-                .command_timeout(c.command_timeout)
-                .pool_size(c.pool_size)
-                .idle_timeout(c.idle_timeout)
-                .tls(tls_mode(c.tls))
-                .tls_verify(c.tls_verify)
-                .allow_plaintext_auth(c.allow_plaintext_auth)
-                .chunking(c.chunking)
-                .source_addresses(c.source_addresses.iter().copied())
-                .source_selection(selection(c));
-            if let Some(file) = &c.tls_ca_file {
-                relay = relay.tls_ca_file(file.clone());
-            }
-            if let Some(credentials) = credentials(c) {
-                relay = relay.credentials(credentials);
-            }
+                .options(client_options(&r.client, hostname));
             if let Some(resolver) = resolver {
                 relay = relay.resolver(resolver.clone());
             }
             Arc::new(relay)
         }
         RelayConfig::Mx(r) => {
-            let c = &r.client;
             let resolver = resolver.ok_or_else(|| format!("relay.{name}: no resolver"))?;
             let mut relay = MxSmtpRelay::new(resolver.clone())
                 .port(r.port)
-                .ehlo_as(ehlo(c))
-                .connect_timeout(c.connect_timeout)
-                .command_timeout(c.command_timeout)
-                .pool_size(c.pool_size)
-                .idle_timeout(c.idle_timeout)
-                .tls(tls_mode(c.tls))
-                .chunking(c.chunking)
-                .source_addresses(c.source_addresses.iter().copied())
-                .source_selection(selection(c));
+                .options(client_options(&r.client, hostname));
             for (domain, host) in &r.force_mx {
                 relay = relay.force_mx(domain.clone(), host.clone());
             }
             Arc::new(relay)
         }
         RelayConfig::Lmtp(r) => {
-            let c = &r.client;
-            let mut relay = match &r.target {
+            let relay = match &r.target {
                 LmtpTarget::Unix(path) => StaticLmtpRelay::unix(path.clone()),
                 LmtpTarget::Tcp { host, port } => StaticLmtpRelay::new(host.clone(), *port),
-            }
-            .lhlo_as(ehlo(c))
-            .connect_timeout(c.connect_timeout)
-            .command_timeout(c.command_timeout)
-            .pool_size(c.pool_size)
-            .idle_timeout(c.idle_timeout)
-            .tls(tls_mode(c.tls))
-            .tls_verify(c.tls_verify)
-            .chunking(c.chunking)
-            .source_addresses(c.source_addresses.iter().copied());
-            if let Some(file) = &c.tls_ca_file {
-                relay = relay.tls_ca_file(file.clone());
-            }
-            if let Some(credentials) = credentials(c) {
-                relay = relay.credentials(credentials);
-            }
-            Arc::new(relay)
+            };
+            Arc::new(relay.options(client_options(&r.client, hostname)))
         }
         RelayConfig::Http(r) => {
             let relay = HttpRelay::new(&r.url)
@@ -513,13 +452,12 @@ fn build_relay(
     })
 }
 
-fn tls_mode(mode: crate::config::TlsMode) -> smtp_relay::TlsMode {
-    use crate::config::TlsMode as Config;
-    match mode {
-        Config::Off => smtp_relay::TlsMode::Off,
-        Config::Opportunistic => smtp_relay::TlsMode::Opportunistic,
-        Config::Required => smtp_relay::TlsMode::Required,
-        Config::Immediate => smtp_relay::TlsMode::Immediate,
+/// A relay's configured client settings, greeting as `hostname` unless
+/// `ehlo_as` was given.
+fn client_options(client: &ClientOptions, hostname: &str) -> ClientOptions {
+    match client.get_ehlo_as() {
+        Some(_) => client.clone(),
+        None => client.clone().ehlo_as(hostname),
     }
 }
 

@@ -35,16 +35,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use slimta::relay::smtp::ClientOptions;
 use toml::Table;
 
 pub use crate::kinds::policy::PolicyConfig;
 
 use read::{read_config, syntax_error};
 
+mod client;
 pub(crate) mod fields;
 mod read;
 
@@ -350,73 +352,6 @@ impl RelayConfig {
     }
 }
 
-/// The keys every SMTP-speaking relay (static, mx, lmtp) shares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmtpClientConfig {
-    /// The name sent in EHLO. Default: `process.hostname`.
-    pub ehlo_as: Option<String>,
-    /// Default 30 s.
-    pub connect_timeout: Duration,
-    /// How long to wait for each reply. Default 300 s.
-    pub command_timeout: Duration,
-    /// Most connections open at once per destination. Default 10.
-    pub pool_size: usize,
-    /// How long an idle pooled connection is kept. Default 10 s.
-    pub idle_timeout: Duration,
-    /// STARTTLS policy. Default opportunistic.
-    pub tls: TlsMode,
-    /// Verify the server's certificate. Default: true for static and lmtp,
-    /// false for mx (RFC 7435 opportunistic security).
-    pub tls_verify: bool,
-    /// AUTH credentials for a smart host.
-    pub credentials: Option<Credentials>,
-    /// Local addresses to connect from; empty means the system's choice.
-    pub source_addresses: Vec<IpAddr>,
-    /// `source_selection`: `"round_robin"` (default) or `"random"`.
-    pub source_random: bool,
-    /// `tls_ca_file`: PEM CA certificates to verify the server with,
-    /// instead of the system's trust store.
-    pub tls_ca_file: Option<PathBuf>,
-    /// `allow_plaintext_auth`: send PLAIN/LOGIN credentials without TLS.
-    /// Default false.
-    pub allow_plaintext_auth: bool,
-    /// `chunking`: send with BDAT when the server offers CHUNKING. Default
-    /// true.
-    pub chunking: bool,
-}
-
-/// `relay.NAME.tls`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    /// `"off"`: never STARTTLS.
-    Off,
-    /// `"opportunistic"`: STARTTLS when offered.
-    Opportunistic,
-    /// `"required"`: fail transiently without STARTTLS.
-    Required,
-    /// `"immediate"`: TLS from the first byte (port 465).
-    Immediate,
-}
-
-/// `relay.NAME.credentials = { username = "..", password = ".." }`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// The AUTH user name.
-    pub username: String,
-    /// The AUTH password.
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Configs get logged; the password must not be.
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<hidden>")
-            .finish()
-    }
-}
-
 /// `type = "static"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticRelayConfig {
@@ -424,8 +359,9 @@ pub struct StaticRelayConfig {
     pub host: String,
     /// Default 25.
     pub port: u16,
-    /// The shared SMTP client keys.
-    pub client: SmtpClientConfig,
+    /// The shared SMTP client keys (`config/client.rs`); `ehlo_as` unset
+    /// means `process.hostname`.
+    pub client: ClientOptions,
 }
 
 /// `type = "mx"`.
@@ -435,8 +371,9 @@ pub struct MxRelayConfig {
     pub port: u16,
     /// Domain (lowercase) to the host used instead of its MX records.
     pub force_mx: BTreeMap<String, String>,
-    /// The shared SMTP client keys.
-    pub client: SmtpClientConfig,
+    /// The shared SMTP client keys (`config/client.rs`); `ehlo_as` unset
+    /// means `process.hostname`.
+    pub client: ClientOptions,
 }
 
 /// `type = "lmtp"`.
@@ -444,8 +381,9 @@ pub struct MxRelayConfig {
 pub struct LmtpRelayConfig {
     /// A unix socket (`path`) or a host and port (`host`, `port`, default 24).
     pub target: LmtpTarget,
-    /// The shared SMTP client keys.
-    pub client: SmtpClientConfig,
+    /// The shared SMTP client keys (`config/client.rs`); `ehlo_as` unset
+    /// means `process.hostname`.
+    pub client: ClientOptions,
 }
 
 /// Where an LMTP relay connects.

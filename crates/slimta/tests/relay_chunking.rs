@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slimta::edge::{SessionInfo, SmtpEdge, Validators};
-use slimta::relay::smtp::StaticSmtpRelay;
+use slimta::relay::smtp::{ClientOptions, StaticSmtpRelay};
 use slimta::smtp::{MailParams, RcptParams};
 use slimta::{Envelope, Handoff, HandoffResult, Relay, Reply};
 use test_peers::Wiretap;
@@ -76,11 +76,15 @@ async fn edge() -> (Wiretap, Arc<Queued>) {
     (Wiretap::start(addr), queued)
 }
 
-fn relay_to(addr: SocketAddr) -> StaticSmtpRelay {
-    StaticSmtpRelay::new(addr.ip().to_string(), addr.port())
+fn options() -> ClientOptions {
+    ClientOptions::new()
         .ehlo_as("relay.test")
         .connect_timeout(Duration::from_secs(5))
         .command_timeout(Duration::from_secs(10))
+}
+
+fn relay_with(addr: SocketAddr, options: ClientOptions) -> StaticSmtpRelay {
+    StaticSmtpRelay::new(addr.ip().to_string(), addr.port()).options(options)
 }
 
 fn envelope(recipients: &[&str], message: &[u8]) -> Envelope {
@@ -106,9 +110,10 @@ const AWKWARD_CRLF: &[u8] =
 #[tokio::test]
 async fn the_message_goes_as_one_bdat_chunk_when_chunking_is_offered() {
     let (tap, queued) = edge().await;
-    let relay = relay_to(tap.addr())
-        .pool_size(1)
-        .idle_timeout(Duration::from_secs(30));
+    let relay = relay_with(
+        tap.addr(),
+        options().pool_size(1).idle_timeout(Duration::from_secs(30)),
+    );
     for message in [&b"Subject: plain\r\n\r\nhello\r\n"[..], AWKWARD] {
         let delivery = relay
             .attempt(&envelope(&["a@y.test", "b@y.test"], message), 1)
@@ -142,7 +147,7 @@ async fn the_message_goes_as_one_bdat_chunk_when_chunking_is_offered() {
 #[tokio::test]
 async fn chunking_off_uses_data() {
     let (tap, queued) = edge().await;
-    let relay = relay_to(tap.addr()).chunking(false);
+    let relay = relay_with(tap.addr(), options().chunking(false));
     relay
         .attempt(&envelope(&["a@y.test"], AWKWARD), 1)
         .await
@@ -160,9 +165,10 @@ async fn chunking_off_uses_data() {
 #[tokio::test]
 async fn refusals_around_bdat_keep_their_stage_and_the_session() {
     let (tap, queued) = edge().await;
-    let relay = relay_to(tap.addr())
-        .pool_size(1)
-        .idle_timeout(Duration::from_secs(30));
+    let relay = relay_with(
+        tap.addr(),
+        options().pool_size(1).idle_timeout(Duration::from_secs(30)),
+    );
     let message = b"Subject: hi\r\n\r\nbody\r\n";
 
     // One recipient refused: the other still gets the chunk.

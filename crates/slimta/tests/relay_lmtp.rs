@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use slimta::relay::lmtp::StaticLmtpRelay;
+use slimta::relay::smtp::ClientOptions;
 use slimta::{Envelope, Relay};
 use test_peers::{Dovecot, Wiretap};
 
@@ -28,11 +29,19 @@ fn big_message() -> Vec<u8> {
     m
 }
 
-fn tuned(relay: StaticLmtpRelay) -> StaticLmtpRelay {
-    relay
-        .lhlo_as("relay.test")
+fn options() -> ClientOptions {
+    ClientOptions::new()
+        .ehlo_as("relay.test")
         .connect_timeout(Duration::from_secs(5))
         .command_timeout(Duration::from_secs(20))
+}
+
+fn tuned_with(relay: StaticLmtpRelay, options: ClientOptions) -> StaticLmtpRelay {
+    relay.options(options)
+}
+
+fn tuned(relay: StaticLmtpRelay) -> StaticLmtpRelay {
+    tuned_with(relay, options())
 }
 
 /// `data_stage` is how the over-quota error names the step it answered.
@@ -99,16 +108,20 @@ async fn delivers_over_tcp_with_per_recipient_results() {
 #[tokio::test]
 async fn delivers_over_a_unix_socket_with_per_recipient_results() {
     let dovecot = Dovecot::start(USERS);
-    let relay = tuned(StaticLmtpRelay::unix(dovecot.lmtp_socket())).chunking(false);
+    let relay = tuned_with(
+        StaticLmtpRelay::unix(dovecot.lmtp_socket()),
+        options().chunking(false),
+    );
     per_recipient_outcomes(relay, &dovecot, "end of data").await;
 }
 
 #[tokio::test]
 async fn reuses_a_pooled_session_for_the_next_message() {
     let dovecot = Dovecot::start(USERS);
-    let relay = tuned(StaticLmtpRelay::unix(dovecot.lmtp_socket()))
-        .pool_size(1)
-        .idle_timeout(Duration::from_secs(30));
+    let relay = tuned_with(
+        StaticLmtpRelay::unix(dovecot.lmtp_socket()),
+        options().pool_size(1).idle_timeout(Duration::from_secs(30)),
+    );
     for i in 0..3 {
         let msg = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
         let d = relay

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use slimta::dns::{MxAnswer, MxHost, Resolver};
-use slimta::relay::smtp::MxSmtpRelay;
+use slimta::relay::smtp::{ClientOptions, MxSmtpRelay};
 use slimta::{Envelope, Relay};
 use test_peers::{Dnsmasq, SmtpSink, crlf_to_lf};
 
@@ -29,11 +29,12 @@ fn dns() -> Dnsmasq {
 
 fn relay(dns: &Dnsmasq, port: u16) -> MxSmtpRelay {
     let resolver = Resolver::new(&[dns.addr()]).expect("resolver");
-    MxSmtpRelay::new(resolver)
-        .port(port)
-        .ehlo_as("relay.test")
-        .connect_timeout(Duration::from_secs(5))
-        .command_timeout(Duration::from_secs(10))
+    MxSmtpRelay::new(resolver).port(port).options(
+        ClientOptions::new()
+            .ehlo_as("relay.test")
+            .connect_timeout(Duration::from_secs(5))
+            .command_timeout(Duration::from_secs(10)),
+    )
 }
 
 /// A port for the exchangers on 127.0.0.2/127.0.0.3, held on 127.0.0.1 while

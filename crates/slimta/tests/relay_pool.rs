@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use slimta::relay::smtp::StaticSmtpRelay;
+use slimta::relay::smtp::{ClientOptions, StaticSmtpRelay};
 use slimta::{Envelope, Relay};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -115,10 +115,18 @@ fn envelope(n: usize) -> Envelope {
     )
 }
 
-fn relay(addr: SocketAddr) -> StaticSmtpRelay {
-    StaticSmtpRelay::new(addr.ip().to_string(), addr.port())
+fn options() -> ClientOptions {
+    ClientOptions::new()
         .ehlo_as("relay.test")
         .command_timeout(Duration::from_secs(10))
+}
+
+fn relay_with(addr: SocketAddr, options: ClientOptions) -> StaticSmtpRelay {
+    StaticSmtpRelay::new(addr.ip().to_string(), addr.port()).options(options)
+}
+
+fn relay(addr: SocketAddr) -> StaticSmtpRelay {
+    relay_with(addr, options())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -126,11 +134,10 @@ async fn many_messages_share_at_most_pool_size_sessions() {
     // Issue 5: 1,000 messages through pool_size = 2.
     const MESSAGES: usize = 1000;
     let (addr, stats) = counting_server(false).await;
-    let relay = Arc::new(
-        relay(addr)
-            .pool_size(2)
-            .idle_timeout(Duration::from_secs(30)),
-    );
+    let relay = Arc::new(relay_with(
+        addr,
+        options().pool_size(2).idle_timeout(Duration::from_secs(30)),
+    ));
     let tasks: Vec<_> = (0..MESSAGES)
         .map(|n| {
             let relay = relay.clone();
@@ -176,9 +183,10 @@ async fn without_idle_timeout_every_delivery_has_its_own_session() {
 #[tokio::test]
 async fn a_session_the_server_closed_with_421_is_not_reused() {
     let (addr, stats) = counting_server(true).await;
-    let relay = relay(addr)
-        .pool_size(1)
-        .idle_timeout(Duration::from_secs(30));
+    let relay = relay_with(
+        addr,
+        options().pool_size(1).idle_timeout(Duration::from_secs(30)),
+    );
     for n in 0..3 {
         let delivery = relay.attempt(&envelope(n), 1).await.expect("delivered");
         assert!(delivery.result_for(0).is_ok(), "{delivery:?}");
@@ -190,7 +198,7 @@ async fn a_session_the_server_closed_with_421_is_not_reused() {
 #[tokio::test]
 async fn idle_sessions_expire_and_are_quit() {
     let (addr, stats) = counting_server(false).await;
-    let relay = relay(addr).idle_timeout(Duration::from_millis(100));
+    let relay = relay_with(addr, options().idle_timeout(Duration::from_millis(100)));
     assert!(
         relay
             .attempt(&envelope(0), 1)

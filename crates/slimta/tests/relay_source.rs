@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use slimta::relay::smtp::{SourceSelection, StaticSmtpRelay};
+use slimta::relay::smtp::{ClientOptions, SourceSelection, StaticSmtpRelay};
 use slimta::{Envelope, Relay};
 use test_peers::SmtpSink;
 
@@ -24,11 +24,15 @@ async fn send(relay: &StaticSmtpRelay, n: usize) {
     }
 }
 
-fn relay_to(sink: &SmtpSink) -> StaticSmtpRelay {
-    StaticSmtpRelay::new(sink.addr().ip().to_string(), sink.addr().port())
+fn options() -> ClientOptions {
+    ClientOptions::new()
         .ehlo_as("relay.test")
         .connect_timeout(Duration::from_secs(5))
         .command_timeout(Duration::from_secs(10))
+}
+
+fn relay_with(sink: &SmtpSink, options: ClientOptions) -> StaticSmtpRelay {
+    StaticSmtpRelay::new(sink.addr().ip().to_string(), sink.addr().port()).options(options)
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -40,7 +44,10 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 async fn round_robin_over_the_source_addresses() {
     let sink = SmtpSink::start(&[], true);
     // No idle reuse: every message is a new connection, so a new pick.
-    let relay = relay_to(&sink).source_addresses([ip("127.0.0.1"), ip("127.0.0.2")]);
+    let relay = relay_with(
+        &sink,
+        options().source_addresses([ip("127.0.0.1"), ip("127.0.0.2")]),
+    );
     send(&relay, 4).await;
     let addrs = sink.wait_for_messages(4, Duration::from_secs(5));
     assert_eq!(addrs.len(), 4);
@@ -53,9 +60,12 @@ async fn round_robin_over_the_source_addresses() {
 #[tokio::test]
 async fn random_picks_stay_in_the_pool_and_other_families_are_skipped() {
     let sink = SmtpSink::start(&[], true);
-    let relay = relay_to(&sink)
-        .source_addresses([ip("::1"), ip("127.0.0.3"), ip("127.0.0.4")])
-        .source_selection(SourceSelection::Random);
+    let relay = relay_with(
+        &sink,
+        options()
+            .source_addresses([ip("::1"), ip("127.0.0.3"), ip("127.0.0.4")])
+            .source_selection(SourceSelection::Random),
+    );
     send(&relay, 6).await;
     sink.wait_for_messages(6, Duration::from_secs(5));
     let addrs = sink.client_addrs();
@@ -69,7 +79,7 @@ async fn random_picks_stay_in_the_pool_and_other_families_are_skipped() {
 #[tokio::test]
 async fn without_an_address_of_the_family_the_system_chooses() {
     let sink = SmtpSink::start(&[], true);
-    let relay = relay_to(&sink).source_addresses([ip("::1")]);
+    let relay = relay_with(&sink, options().source_addresses([ip("::1")]));
     send(&relay, 1).await;
     sink.wait_for_messages(1, Duration::from_secs(5));
     assert_eq!(sink.client_addrs(), ["127.0.0.1"]);

@@ -6,17 +6,25 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slimta::relay::smtp::StaticSmtpRelay;
+use slimta::relay::smtp::{ClientOptions, StaticSmtpRelay};
 use slimta::{BodyType, Delivery, Envelope, Relay, RelayError};
 use test_peers::{SmtpSink, crlf_to_lf, free_port};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-fn relay_to(addr: SocketAddr) -> StaticSmtpRelay {
-    StaticSmtpRelay::new(addr.ip().to_string(), addr.port())
+fn options() -> ClientOptions {
+    ClientOptions::new()
         .ehlo_as("relay.test")
         .connect_timeout(Duration::from_secs(5))
         .command_timeout(Duration::from_secs(10))
+}
+
+fn relay_with(addr: SocketAddr, options: ClientOptions) -> StaticSmtpRelay {
+    StaticSmtpRelay::new(addr.ip().to_string(), addr.port()).options(options)
+}
+
+fn relay_to(addr: SocketAddr) -> StaticSmtpRelay {
+    relay_with(addr, options())
 }
 
 fn envelope(recipients: &[&str], message: &[u8]) -> Envelope {
@@ -511,7 +519,7 @@ async fn silent_server_times_out_transiently() {
         _ => None,
     })
     .await;
-    let relay = relay_to(addr).command_timeout(Duration::from_millis(300));
+    let relay = relay_with(addr, options().command_timeout(Duration::from_millis(300)));
     let result = relay.attempt(&envelope(&["a@y.test"], MESSAGE), 1).await;
     let err = outcome(&result, 0).unwrap_err();
     assert!(err.is_transient());
@@ -668,7 +676,10 @@ async fn addresses_with_control_characters_are_never_sent() {
 #[tokio::test]
 async fn connects_from_the_configured_source_address() {
     let sink = SmtpSink::start(&[], true);
-    let relay = relay_to(sink.addr()).source_address("127.0.0.5".parse().unwrap());
+    let relay = relay_with(
+        sink.addr(),
+        options().source_address("127.0.0.5".parse().unwrap()),
+    );
     assert!(
         relay
             .attempt(&envelope(&["rcpt@y.test"], MESSAGE), 1)

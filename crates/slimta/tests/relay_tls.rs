@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use slimta::relay::smtp::{Credentials, MxSmtpRelay, StaticSmtpRelay, TlsMode};
+use slimta::relay::smtp::{ClientOptions, Credentials, MxSmtpRelay, StaticSmtpRelay, TlsMode};
 use slimta::{Delivery, Envelope, Relay, RelayError};
 use test_peers::{AioMessage, AioSmtpd};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -64,11 +64,19 @@ fn server(pki: &TestPki, mode: &str, extra: &[&str]) -> AioSmtpd {
     AioSmtpd::start(&args)
 }
 
-fn relay_to(addr: SocketAddr) -> StaticSmtpRelay {
-    StaticSmtpRelay::new(addr.ip().to_string(), addr.port())
+fn options() -> ClientOptions {
+    ClientOptions::new()
         .ehlo_as("relay.test")
         .connect_timeout(Duration::from_secs(5))
         .command_timeout(Duration::from_secs(20))
+}
+
+fn relay_with(addr: SocketAddr, options: ClientOptions) -> StaticSmtpRelay {
+    StaticSmtpRelay::new(addr.ip().to_string(), addr.port()).options(options)
+}
+
+fn relay_to(addr: SocketAddr) -> StaticSmtpRelay {
+    relay_with(addr, options())
 }
 
 const MESSAGE: &[u8] = b"From: sender@x.test\r\nSubject: tls\r\n\r\nsecret\r\n";
@@ -94,7 +102,7 @@ fn only_message(server: &AioSmtpd) -> AioMessage {
 async fn starttls_with_a_verified_certificate_then_ehlo_again() {
     let pki = test_pki();
     let server = server(&pki, "starttls", &[]);
-    let relay = relay_to(server.addr()).tls_ca_file(&pki.ca);
+    let relay = relay_with(server.addr(), options().tls_ca_file(&pki.ca));
     let d = send(&relay).await.expect("delivered");
     assert!(d.result_for(0).is_ok(), "{:?}", d.result_for(0));
     let m = only_message(&server);
@@ -114,7 +122,7 @@ async fn an_untrusted_certificate_fails_unless_verification_is_off() {
     assert!(e.reply().text().contains("TLS handshake"), "{e}");
     assert!(server.messages().is_empty());
 
-    let relay = relay_to(server.addr()).tls_verify(false);
+    let relay = relay_with(server.addr(), options().tls_verify(false));
     send(&relay).await.expect("delivered without verification");
     assert_eq!(only_message(&server).get("tls"), Some("True"));
 }
@@ -123,9 +131,10 @@ async fn an_untrusted_certificate_fails_unless_verification_is_off() {
 async fn implicit_tls_from_the_first_byte() {
     let pki = test_pki();
     let server = server(&pki, "implicit", &[]);
-    let relay = relay_to(server.addr())
-        .tls(TlsMode::Immediate)
-        .tls_ca_file(&pki.ca);
+    let relay = relay_with(
+        server.addr(),
+        options().tls(TlsMode::Immediate).tls_ca_file(&pki.ca),
+    );
     send(&relay).await.expect("delivered");
     assert_eq!(only_message(&server).get("tls"), Some("True"));
 }
@@ -134,7 +143,7 @@ async fn implicit_tls_from_the_first_byte() {
 async fn required_tls_without_starttls_is_transient_and_opportunistic_goes_plain() {
     let pki = test_pki();
     let server = server(&pki, "plain", &[]);
-    let e = send(&relay_to(server.addr()).tls(TlsMode::Required))
+    let e = send(&relay_with(server.addr(), options().tls(TlsMode::Required)))
         .await
         .expect_err("no STARTTLS offered");
     assert!(e.is_transient(), "{e}");
@@ -166,9 +175,12 @@ async fn auth_uses_the_strongest_offered_mechanism() {
                 "s3cret pass",
             ],
         );
-        let relay = relay_to(server.addr())
-            .tls_ca_file(&pki.ca)
-            .credentials(Credentials::new("relayuser", "s3cret pass"));
+        let relay = relay_with(
+            server.addr(),
+            options()
+                .tls_ca_file(&pki.ca)
+                .credentials(Credentials::new("relayuser", "s3cret pass")),
+        );
         send(&relay)
             .await
             .unwrap_or_else(|e| panic!("{mechs}: {e}"));
@@ -193,9 +205,12 @@ async fn auth_failures_are_classified_and_name_the_step() {
             "right",
         ],
     );
-    let relay = relay_to(server.addr())
-        .tls_ca_file(&pki.ca)
-        .credentials(Credentials::new("u", "wrong"));
+    let relay = relay_with(
+        server.addr(),
+        options()
+            .tls_ca_file(&pki.ca)
+            .credentials(Credentials::new("u", "wrong")),
+    );
     let e = send(&relay).await.expect_err("bad password");
     assert!(e.is_permanent(), "{e}");
     assert_eq!(e.reply().code(), 535, "{e}");
@@ -216,9 +231,12 @@ async fn auth_failures_are_classified_and_name_the_step() {
             "454 4.7.0 Temporary authentication failure",
         ],
     );
-    let relay = relay_to(server2.addr())
-        .tls_ca_file(&pki.ca)
-        .credentials(Credentials::new("u", "right"));
+    let relay = relay_with(
+        server2.addr(),
+        options()
+            .tls_ca_file(&pki.ca)
+            .credentials(Credentials::new("u", "right")),
+    );
     let e = send(&relay).await.expect_err("454");
     assert!(e.is_transient(), "{e}");
     assert_eq!(e.reply().code(), 454, "{e}");
@@ -241,15 +259,19 @@ async fn no_password_in_plaintext_unless_allowed() {
             "p",
         ],
     );
-    let relay = relay_to(server.addr()).credentials(Credentials::new("u", "p"));
+    let with_password = options().credentials(Credentials::new("u", "p"));
+    let relay = relay_with(server.addr(), with_password.clone());
     let e = send(&relay).await.expect_err("would reveal the password");
     assert!(e.is_transient(), "{e}");
     assert!(e.reply().text().contains("reveal the password"), "{e}");
     assert!(server.messages().is_empty());
 
-    send(&relay.allow_plaintext_auth(true))
-        .await
-        .expect("allowed");
+    send(&relay_with(
+        server.addr(),
+        with_password.allow_plaintext_auth(true),
+    ))
+    .await
+    .expect("allowed");
     let m = only_message(&server);
     assert_eq!(
         (m.get("mech"), m.get("tls")),
@@ -266,9 +288,7 @@ async fn mx_delivery_is_opportunistic_without_verification() {
     let relay = MxSmtpRelay::new(resolver)
         .force_mx("y.test", "127.0.0.1")
         .port(server.addr().port())
-        .ehlo_as("relay.test")
-        .connect_timeout(Duration::from_secs(5))
-        .command_timeout(Duration::from_secs(20));
+        .options(options());
     let env = Envelope::new(
         "sender@x.test",
         vec!["rcpt@y.test".into()],
@@ -305,7 +325,7 @@ async fn server_bytes_after_the_starttls_reply_fail_the_session() {
         }
         seen
     });
-    let relay = relay_to(addr).tls(TlsMode::Required).tls_verify(false);
+    let relay = relay_with(addr, options().tls(TlsMode::Required).tls_verify(false));
     let e = send(&relay).await.expect_err("injection detected");
     assert!(e.is_transient(), "{e}");
     assert!(e.reply().text().contains("after its STARTTLS reply"), "{e}");
@@ -325,11 +345,14 @@ async fn pooled_tls_sessions_are_reused() {
         "starttls",
         &["--mechs", "PLAIN", "--user", "u", "--password", "p"],
     );
-    let relay = relay_to(server.addr())
-        .tls_ca_file(&pki.ca)
-        .credentials(Credentials::new("u", "p"))
-        .pool_size(1)
-        .idle_timeout(Duration::from_secs(30));
+    let relay = relay_with(
+        server.addr(),
+        options()
+            .tls_ca_file(&pki.ca)
+            .credentials(Credentials::new("u", "p"))
+            .pool_size(1)
+            .idle_timeout(Duration::from_secs(30)),
+    );
     for _ in 0..3 {
         send(&relay).await.expect("delivered");
     }
@@ -374,7 +397,7 @@ async fn implicit_tls_into_our_own_smtp_edge() {
     let (_stop, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move { edge.serve(listener, rx).await });
 
-    let relay = relay_to(addr).tls(TlsMode::Immediate).tls_ca_file(&pki.ca);
+    let relay = relay_with(addr, options().tls(TlsMode::Immediate).tls_ca_file(&pki.ca));
     let d = send(&relay).await.expect("queued by our edge");
     assert_eq!(d.reply().code(), 250, "{:?}", d.reply());
     let got = recorder.0.lock().unwrap().clone();

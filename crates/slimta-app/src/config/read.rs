@@ -16,16 +16,17 @@ use toml::{Table, Value};
 
 use crate::kinds::policy::{self, PolicyConfig, Stage};
 
+use super::client::read_smtp_client;
 use super::fields::{
     Errors, Section, boolean, check_domain, choice, count, domain, duration, email_address,
-    expected, float, integer, ip_addr, log_level, nameserver, non_empty_string, port,
-    positive_duration, quoted, socket_addr, string,
+    expected, float, integer, log_level, nameserver, non_empty_string, port, positive_duration,
+    quoted, socket_addr, string,
 };
 use super::{
-    CommandRelayConfig, Config, ConfigError, Credentials, DnsConfig, EdgeAuthConfig, EdgeConfig,
-    EdgeKind, EdgeTlsConfig, HttpRelayConfig, LmtpRelayConfig, LmtpTarget, LogFormat,
-    MxRelayConfig, PipeRelayConfig, ProcessConfig, ProxyProtocol, QueueConfig, RelayConfig,
-    RetryConfig, SmtpClientConfig, StaticRelayConfig, StorageConfig, TlsMode,
+    CommandRelayConfig, Config, ConfigError, DnsConfig, EdgeAuthConfig, EdgeConfig, EdgeKind,
+    EdgeTlsConfig, HttpRelayConfig, LmtpRelayConfig, LmtpTarget, LogFormat, MxRelayConfig,
+    PipeRelayConfig, ProcessConfig, ProxyProtocol, QueueConfig, RelayConfig, RetryConfig,
+    StaticRelayConfig, StorageConfig,
 };
 
 pub(super) fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
@@ -564,77 +565,6 @@ fn read_relay(mut s: Section<'_>, errors: &mut Errors) -> Option<RelayConfig> {
     relay
 }
 
-fn read_smtp_client(s: &mut Section<'_>, errors: &mut Errors, verify: bool) -> SmtpClientConfig {
-    let ehlo_as = s.opt(errors, "ehlo_as", domain);
-    let connect_timeout = s.or(
-        errors,
-        "connect_timeout",
-        Duration::from_secs(30),
-        positive_duration,
-    );
-    let command_timeout = s.or(
-        errors,
-        "command_timeout",
-        Duration::from_secs(300),
-        positive_duration,
-    );
-    let pool_size = s.or(errors, "pool_size", 10, count);
-    let idle_timeout = s.or(
-        errors,
-        "idle_timeout",
-        Duration::from_secs(10),
-        positive_duration,
-    );
-    let tls = match s.opt(
-        errors,
-        "tls",
-        choice(&["off", "opportunistic", "required", "immediate"]),
-    ) {
-        Some("off") => TlsMode::Off,
-        Some("required") => TlsMode::Required,
-        Some("immediate") => TlsMode::Immediate,
-        _ => TlsMode::Opportunistic,
-    };
-    let tls_verify = s.or(errors, "tls_verify", verify, boolean);
-    let credentials = s
-        .table(errors, "credentials")
-        .and_then(|c| read_credentials(c, errors));
-    let source_addresses = s
-        .list(errors, "source_addresses", ip_addr)
-        .unwrap_or_default();
-    let source_random = s.or(
-        errors,
-        "source_selection",
-        "round_robin",
-        choice(&["round_robin", "random"]),
-    ) == "random";
-    let tls_ca_file = s.opt(errors, "tls_ca_file", |v| {
-        let path = PathBuf::from(non_empty_string(v)?);
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!("no such file: {}", path.display()))
-        }
-    });
-    let allow_plaintext_auth = s.or(errors, "allow_plaintext_auth", false, boolean);
-    let chunking = s.or(errors, "chunking", true, boolean);
-    SmtpClientConfig {
-        chunking,
-        source_random,
-        tls_ca_file,
-        allow_plaintext_auth,
-        ehlo_as,
-        connect_timeout,
-        command_timeout,
-        pool_size,
-        idle_timeout,
-        tls,
-        tls_verify,
-        credentials,
-        source_addresses,
-    }
-}
-
 enum ListenEntry {
     Tcp(SocketAddr),
     Unix(PathBuf),
@@ -722,16 +652,6 @@ fn scheme_of(secret: &str) -> Option<&str> {
     let rest = secret.strip_prefix('{')?;
     let end = rest.find('}')?;
     Some(&rest[..end])
-}
-
-fn read_credentials(mut s: Section<'_>, errors: &mut Errors) -> Option<Credentials> {
-    let username = s.required(errors, "username", non_empty_string);
-    let password = s.required(errors, "password", string);
-    s.finish(errors, &[], None);
-    Some(Credentials {
-        username: username?,
-        password: password?,
-    })
 }
 
 fn read_force_mx(s: &Section<'_>, errors: &mut Errors) -> BTreeMap<String, String> {

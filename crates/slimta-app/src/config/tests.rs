@@ -2,6 +2,7 @@
 //! bad files with the exact error lines an operator would see.
 
 use super::*;
+use slimta::relay::smtp::{ClientOptions, Credentials, SourceSelection, TlsMode};
 
 /// A minimal valid file; bad cases append to or replace parts of it.
 const MINIMAL: &str = r#"
@@ -237,30 +238,31 @@ fn full_file_keeps_every_value() {
     assert_eq!((out.host.as_str(), out.port), ("127.0.0.1", 2600));
     assert_eq!(
         out.client,
-        SmtpClientConfig {
-            ehlo_as: Some("relay.example.test".into()),
-            connect_timeout: secs(3),
-            command_timeout: secs(4),
-            pool_size: 2,
-            idle_timeout: secs(5),
-            tls: TlsMode::Off,
-            tls_verify: false,
-            credentials: None,
-            source_addresses: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
-            source_random: false,
-            tls_ca_file: None,
-            allow_plaintext_auth: false,
-            chunking: false,
-        }
+        ClientOptions::new()
+            .ehlo_as("relay.example.test")
+            .connect_timeout(secs(3))
+            .command_timeout(secs(4))
+            .pool_size(2)
+            .idle_timeout(secs(5))
+            .tls(TlsMode::Off)
+            .tls_verify(false)
+            .source_addresses(["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()])
+            .source_selection(SourceSelection::RoundRobin)
+            .allow_plaintext_auth(false)
+            .chunking(false)
     );
     let RelayConfig::Mx(mx) = &config.relays["mx"] else {
         panic!("{:?}", config.relays["mx"]);
     };
     assert_eq!(mx.port, 2525);
     assert_eq!(mx.force_mx["example.test"], "127.0.0.2");
-    assert!(!mx.client.tls_verify, "opportunistic MX does not verify");
-    assert_eq!(mx.client.tls, TlsMode::Opportunistic);
-    assert!(mx.client.chunking, "BDAT when offered, by default");
+    assert_eq!(
+        mx.client.get_tls_verify(),
+        Some(false),
+        "opportunistic MX does not verify"
+    );
+    assert_eq!(mx.client.get_tls(), Some(TlsMode::Opportunistic));
+    assert!(mx.client.get_chunking(), "BDAT when offered, by default");
     assert!(config.unsupported().is_empty());
 }
 
@@ -496,11 +498,18 @@ per_recipient = true
 
 #[test]
 fn passwords_stay_out_of_debug_output() {
-    let credentials = Credentials {
-        username: "u".into(),
-        password: "hunter2".into(),
+    let text = format!(
+        "{MINIMAL}\n[relay.pw]\ntype = \"static\"\nhost = \"127.0.0.1\"\ncredentials = {{ username = \"u\", password = \"hunter2\" }}\n"
+    );
+    let config = parse(&text).unwrap();
+    let RelayConfig::Static(out) = &config.relays["pw"] else {
+        panic!("{:?}", config.relays["pw"]);
     };
-    let shown = format!("{credentials:?}");
+    assert_eq!(
+        out.client.get_credentials(),
+        Some(&Credentials::new("u", "hunter2"))
+    );
+    let shown = format!("{:?}", config.relays["pw"]);
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("\"u\""), "{shown}");
 }

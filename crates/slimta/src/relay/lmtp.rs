@@ -15,6 +15,8 @@
 //!   refused at RCPT keeps that reply, an accepted one gets its own reply
 //!   after the data. A reply that never comes (lost connection, timeout) is
 //!   transient for that recipient and every one after it.
+//! - The client settings are the SMTP relays' [`ClientOptions`], with the
+//!   LMTP defaults for what they leave unset.
 //! - TLS is off by default: LMTP servers sit on the same machine or a
 //!   trusted network (RFC 2033 4: LMTP is not for wide-area use); it can be
 //!   turned on for TCP like the SMTP relay's. A unix socket is never TLS.
@@ -22,12 +24,12 @@
 //!   on a socket or a local port, so there is no default destination; the
 //!   pool keeps no idle sessions (`idle_timeout` zero) unless configured.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::envelope::Envelope;
-use crate::relay::smtp::{Credentials, StaticSmtpRelay, TlsMode};
+use crate::relay::smtp::client_options::RelayDefaults;
+use crate::relay::smtp::connection::Dialect;
+use crate::relay::smtp::{ClientOptions, StaticSmtpRelay};
 use crate::relay::{Delivery, Relay, RelayError};
 
 /// Delivers every envelope to one LMTP server.
@@ -38,10 +40,15 @@ pub struct StaticLmtpRelay {
 
 impl StaticLmtpRelay {
     /// A relay to the LMTP server at `host` (an IP address or a name) and
-    /// `port`.
+    /// `port`, with the default [`ClientOptions`].
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self {
-            inner: StaticSmtpRelay::new(host, port).lmtp().tls(TlsMode::Off),
+            inner: StaticSmtpRelay::with_defaults(
+                host.into(),
+                port,
+                RelayDefaults::LMTP,
+                Dialect::Lmtp,
+            ),
         }
     }
 
@@ -50,89 +57,59 @@ impl StaticLmtpRelay {
     pub fn unix(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
         Self {
-            inner: StaticSmtpRelay::new(path.display().to_string(), 0)
-                .lmtp()
-                .tls(TlsMode::Off)
-                .unix_path(path),
+            inner: StaticSmtpRelay::with_defaults(
+                path.display().to_string(),
+                0,
+                RelayDefaults::LMTP,
+                Dialect::Lmtp,
+            )
+            .unix_path(path),
         }
     }
 
-    /// The most sessions open at once (default 20).
-    pub fn pool_size(mut self, size: usize) -> Self {
-        self.inner = self.inner.pool_size(size);
+    /// Uses these client settings; [`ClientOptions::ehlo_as`] is the LHLO
+    /// name. Unset TLS settings mean no TLS, and the certificate verified
+    /// when TLS is asked for. Over a unix socket there is never TLS nor a
+    /// source address.
+    pub fn options(mut self, options: ClientOptions) -> Self {
+        self.inner = self.inner.options(options);
         self
     }
 
-    /// How long a session may wait idle for the next message (default zero:
-    /// QUIT after each delivery).
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.inner = self.inner.idle_timeout(timeout);
-        self
-    }
-
-    /// The name to send with LHLO (default: this machine's host name).
-    pub fn lhlo_as(mut self, name: impl Into<String>) -> Self {
-        self.inner = self.inner.ehlo_as(name);
-        self
-    }
-
-    /// How long to wait for the connection (default 30 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.inner = self.inner.connect_timeout(timeout);
-        self
-    }
-
-    /// How long to wait for each reply and each write (default 5 minutes).
-    pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.inner = self.inner.command_timeout(timeout);
-        self
-    }
-
-    /// When to use TLS over TCP (default [`TlsMode::Off`]); see
-    /// [`StaticSmtpRelay::tls`]. Never used on a unix socket.
-    pub fn tls(mut self, mode: TlsMode) -> Self {
-        self.inner = self.inner.tls(mode);
-        self
-    }
-
-    /// Whether the server's certificate is verified (default true); see
-    /// [`StaticSmtpRelay::tls_verify`] for what `false` risks.
-    pub fn tls_verify(mut self, verify: bool) -> Self {
-        self.inner = self.inner.tls_verify(verify);
-        self
-    }
-
-    /// Trust only the CAs in this PEM file; see
-    /// [`StaticSmtpRelay::tls_ca_file`].
-    pub fn tls_ca_file(mut self, file: impl Into<PathBuf>) -> Self {
-        self.inner = self.inner.tls_ca_file(file);
-        self
-    }
-
-    /// AUTH with these credentials after LHLO; see
-    /// [`StaticSmtpRelay::credentials`].
-    pub fn credentials(mut self, credentials: Credentials) -> Self {
-        self.inner = self.inner.credentials(credentials);
-        self
-    }
-
-    /// Send messages with BDAT when the server offers CHUNKING (default
-    /// true); see [`StaticSmtpRelay::chunking`].
-    pub fn chunking(mut self, enabled: bool) -> Self {
-        self.inner = self.inner.chunking(enabled);
-        self
-    }
-
-    /// Local addresses to connect from over TCP; see
-    /// [`StaticSmtpRelay::source_addresses`].
-    pub fn source_addresses(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
-        self.inner = self.inner.source_addresses(ips);
-        self
+    /// The client settings in use.
+    pub fn client_options(&self) -> &ClientOptions {
+        self.inner.client_options()
     }
 }
 
 impl Relay for StaticLmtpRelay {
     async fn attempt(&self, envelope: &Envelope, attempt: u32) -> Result<Delivery, RelayError> {
         self.inner.attempt(envelope, attempt).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::smtp::TlsMode;
+
+    #[test]
+    fn lmtp_relay_keeps_its_defaults_under_new_options() {
+        for relay in [
+            StaticLmtpRelay::new("127.0.0.1", 24),
+            StaticLmtpRelay::unix("/run/dovecot/lmtp"),
+        ] {
+            let relay = relay.options(ClientOptions::new().ehlo_as("relay.test"));
+            let session = relay.inner.session();
+            assert_eq!(session.dialect, Dialect::Lmtp);
+            assert_eq!(session.tls, TlsMode::Off);
+            assert_eq!(session.ehlo_as, "relay.test");
+            assert_eq!(relay.inner.defaults(), RelayDefaults::LMTP);
+            assert!(
+                relay
+                    .client_options()
+                    .resolved_tls_verify(RelayDefaults::LMTP)
+            );
+        }
     }
 }

@@ -86,6 +86,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tokio::time::timeout;
 
+use super::client_options::{ClientOptions, RelayDefaults};
 use super::source::SourceAddresses;
 use super::stream::{Quiet, Stream};
 #[cfg(feature = "tls")]
@@ -174,8 +175,6 @@ pub(crate) struct ConnectOptions {
     pub(crate) command_timeout: Duration,
     pub(crate) source_addresses: SourceAddresses,
     pub(crate) tls: TlsMode,
-    pub(crate) tls_verify: bool,
-    pub(crate) tls_ca_file: Option<std::path::PathBuf>,
     #[cfg(feature = "tls")]
     pub(crate) tls_client: Arc<TlsClient>,
     pub(crate) credentials: Option<Credentials>,
@@ -185,23 +184,31 @@ pub(crate) struct ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Defaults: SMTP, opportunistic TLS with verification (the smart-host
-    /// default), no AUTH.
-    pub(crate) fn new(ehlo_as: String) -> Self {
+    /// The session settings of a relay speaking `dialect`: `client` with
+    /// the options it leaves unset taken from `defaults`.
+    pub(crate) fn resolve(
+        client: &ClientOptions,
+        defaults: RelayDefaults,
+        dialect: Dialect,
+    ) -> Self {
         Self {
-            dialect: Dialect::Smtp,
-            ehlo_as,
-            connect_timeout: Duration::from_secs(30),
-            command_timeout: Duration::from_secs(300),
-            source_addresses: SourceAddresses::default(),
-            tls: TlsMode::Opportunistic,
-            tls_verify: true,
-            tls_ca_file: None,
+            dialect,
+            ehlo_as: client.resolved_ehlo_as(),
+            connect_timeout: client.get_connect_timeout(),
+            command_timeout: client.get_command_timeout(),
+            source_addresses: SourceAddresses::new(
+                client.get_source_addresses().to_vec(),
+                client.get_source_selection(),
+            ),
+            tls: client.resolved_tls(defaults),
             #[cfg(feature = "tls")]
-            tls_client: Arc::new(TlsClient::new(true, None)),
-            credentials: None,
-            allow_plaintext_auth: false,
-            chunking: true,
+            tls_client: Arc::new(TlsClient::new(
+                client.resolved_tls_verify(defaults),
+                client.get_tls_ca_file().map(Path::to_path_buf),
+            )),
+            credentials: client.get_credentials().cloned(),
+            allow_plaintext_auth: client.get_allow_plaintext_auth(),
+            chunking: client.get_chunking(),
         }
     }
 }

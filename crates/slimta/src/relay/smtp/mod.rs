@@ -7,14 +7,18 @@
 //! - [`crate::relay::lmtp::StaticLmtpRelay`] is the static relay in the
 //!   session driver's LMTP dialect.
 //!
-//! Both speak through `connection.rs`, the tokio driver of one SMTP client
+//! All three take their client settings as one [`ClientOptions`]
+//! (`client_options.rs`), each with its own defaults for what is left unset.
+//!
+//! All three speak through `connection.rs`, the tokio driver of one SMTP client
 //! session, which in turn uses the sans-IO client pieces in
 //! [`crate::smtp::client`] (reply parsing, EHLO extensions, the smuggling-safe
 //! DATA encoder). Keeping the session driver separate from the relays means
 //! the MX relay, the static relay and the connection pool share one
 //! implementation of the protocol rules and of the error texts.
 
-mod connection;
+pub(crate) mod client_options;
+pub(crate) mod connection;
 #[cfg(feature = "mx")]
 mod mx;
 mod pool;
@@ -24,6 +28,7 @@ mod stream;
 #[cfg(feature = "tls")]
 mod tls;
 
+pub use client_options::ClientOptions;
 #[cfg(feature = "mx")]
 pub use mx::MxSmtpRelay;
 pub use source::SourceSelection;

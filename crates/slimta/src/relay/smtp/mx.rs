@@ -30,7 +30,10 @@
 //!   failed as a whole, the whole error is returned, as the static relay
 //!   does; otherwise the result is per recipient and the [`Delivery`]'s reply
 //!   is the first group's final reply.
-//! - TLS is opportunistic and unverified (RFC 7435): STARTTLS whenever an
+//! - The client settings are the shared [`ClientOptions`]; the relay never
+//!   sends AUTH, whatever they say, because the exchangers are arbitrary
+//!   hosts named by the DNS and the password would go to each of them.
+//! - TLS is by default opportunistic and unverified (RFC 7435): STARTTLS whenever an
 //!   exchanger offers it, any certificate accepted. MX host names come from
 //!   unauthenticated DNS, so verifying them against certificates proves
 //!   little without DANE or MTA-STS, and most exchangers on the Internet
@@ -45,14 +48,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use crate::dns::{MxAnswer, MxHost, Resolver};
 use crate::envelope::{Envelope, domain_of};
 use crate::relay::{Delivery, Relay, RelayError};
 use crate::reply::Reply;
 
-use super::{StaticSmtpRelay, TlsMode};
+use super::client_options::RelayDefaults;
+use super::connection::Dialect;
+use super::{ClientOptions, StaticSmtpRelay};
 
 /// Delivers each recipient domain to its mail exchangers.
 #[derive(Debug)]
@@ -68,10 +72,13 @@ impl MxSmtpRelay {
     /// An MX relay looking names up with `resolver`, delivering on port 25.
     pub fn new(resolver: Resolver) -> Self {
         Self {
-            template: StaticSmtpRelay::new("", 25)
-                .resolver(resolver.clone())
-                .tls(TlsMode::Opportunistic)
-                .tls_verify(false),
+            template: StaticSmtpRelay::with_defaults(
+                String::new(),
+                25,
+                RelayDefaults::MX,
+                Dialect::Smtp,
+            )
+            .resolver(resolver.clone()),
             resolver,
             port: 25,
             forced: HashMap::new(),
@@ -93,69 +100,22 @@ impl MxSmtpRelay {
         self
     }
 
-    /// The name to send with EHLO/HELO (default: this machine's host name).
-    pub fn ehlo_as(mut self, name: impl Into<String>) -> Self {
-        self.template = self.template.ehlo_as(name);
+    /// Uses these client settings for every exchanger. Unset TLS settings
+    /// mean STARTTLS when offered, any certificate accepted (see the module
+    /// docs); [`ClientOptions::credentials`] is ignored: the relay never
+    /// authenticates. The pool size and idle timeout apply per exchanger.
+    pub fn options(mut self, options: ClientOptions) -> Self {
+        self.template = self.template.options(options.without_credentials());
+        self.relays
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         self
     }
 
-    /// How long to wait for each TCP connection (default 30 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.template = self.template.connect_timeout(timeout);
-        self
-    }
-
-    /// How long to wait for each reply and each write (default 5 minutes).
-    pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.template = self.template.command_timeout(timeout);
-        self
-    }
-
-    /// When to use TLS (default [`TlsMode::Opportunistic`], without
-    /// certificate verification: see the module docs).
-    pub fn tls(mut self, mode: TlsMode) -> Self {
-        self.template = self.template.tls(mode);
-        self
-    }
-
-    /// Send messages with BDAT when an exchanger offers CHUNKING (default
-    /// true); see [`StaticSmtpRelay::chunking`].
-    pub fn chunking(mut self, enabled: bool) -> Self {
-        self.template = self.template.chunking(enabled);
-        self
-    }
-
-    /// The local address to connect from (default: chosen by the system).
-    pub fn source_address(mut self, ip: std::net::IpAddr) -> Self {
-        self.template = self.template.source_address(ip);
-        self
-    }
-
-    /// Local addresses to connect from, one per connection of the
-    /// exchanger's family; see [`StaticSmtpRelay::source_addresses`].
-    pub fn source_addresses(mut self, ips: impl IntoIterator<Item = std::net::IpAddr>) -> Self {
-        self.template = self.template.source_addresses(ips);
-        self
-    }
-
-    /// How the source address is picked (default round robin).
-    pub fn source_selection(mut self, selection: super::SourceSelection) -> Self {
-        self.template = self.template.source_selection(selection);
-        self
-    }
-
-    /// The most sessions open to one exchanger at once (default 20); see
-    /// [`StaticSmtpRelay::pool_size`].
-    pub fn pool_size(mut self, size: usize) -> Self {
-        self.template = self.template.pool_size(size);
-        self
-    }
-
-    /// How long a session to an exchanger may wait idle for the next message
-    /// (default zero: no reuse); see [`StaticSmtpRelay::idle_timeout`].
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.template = self.template.idle_timeout(timeout);
-        self
+    /// The client settings in use (without credentials).
+    pub fn client_options(&self) -> &ClientOptions {
+        self.template.client_options()
     }
 
     fn relay_for(&self, host: &str) -> Arc<StaticSmtpRelay> {
@@ -302,6 +262,44 @@ impl Relay for MxSmtpRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::smtp::{Credentials, TlsMode};
+
+    fn resolver() -> Resolver {
+        Resolver::new(&["127.0.0.1:53".parse().unwrap()]).expect("resolver")
+    }
+
+    #[test]
+    fn mx_relay_is_unverified_by_default_and_never_authenticates() {
+        let relay = MxSmtpRelay::new(resolver());
+        assert_eq!(relay.template.defaults(), RelayDefaults::MX);
+        assert_eq!(relay.template.session().tls, TlsMode::Opportunistic);
+
+        let relay = relay.options(
+            ClientOptions::new()
+                .ehlo_as("relay.test")
+                .credentials(Credentials::new("u", "p"))
+                .allow_plaintext_auth(true),
+        );
+        let exchanger = relay.relay_for("mx.example.test");
+        assert_eq!(exchanger.defaults(), RelayDefaults::MX);
+        assert_eq!(exchanger.session().tls, TlsMode::Opportunistic);
+        assert!(
+            !exchanger
+                .client_options()
+                .resolved_tls_verify(RelayDefaults::MX)
+        );
+        assert_eq!(exchanger.session().ehlo_as, "relay.test");
+        assert_eq!(exchanger.session().credentials, None);
+        assert_eq!(relay.client_options().get_credentials(), None);
+
+        let relay = relay.options(ClientOptions::new().tls_verify(true));
+        assert!(
+            relay
+                .relay_for("mx.example.test")
+                .client_options()
+                .resolved_tls_verify(RelayDefaults::MX)
+        );
+    }
 
     #[test]
     fn equal_preferences_rotate_with_the_attempt() {

@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// How [`crate::relay::smtp::StaticSmtpRelay::source_addresses`] picks an
+/// How [`crate::relay::smtp::ClientOptions::source_addresses`] picks an
 /// address for each connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -50,14 +50,6 @@ impl SourceAddresses {
             counter: Arc::new(AtomicUsize::new(0)),
             hasher: RandomState::new(),
         }
-    }
-
-    pub(crate) fn selection(&self) -> SourceSelection {
-        self.selection
-    }
-
-    pub(crate) fn ips(&self) -> &[IpAddr] {
-        &self.ips
     }
 
     /// The address to bind for a connection to `destination`, if the pool

@@ -13,8 +13,11 @@
 //!   attempt (with the configured [`crate::dns::Resolver`] when one is set,
 //!   else tokio's `lookup_host`, i.e. the system resolver), each address
 //!   tried in turn until one accepts the connection.
-//! - Defaults follow RFC 5321 4.5.3.2 loosely: 30 s to connect, 5 minutes per
-//!   reply; the EHLO name is the machine's host name.
+//! - The client settings are a [`ClientOptions`] (shared with the MX and
+//!   LMTP relays), resolved once when the relay takes them into the session
+//!   settings every connection reads behind an `Arc`. Unset TLS settings
+//!   mean STARTTLS when offered, certificate verified: a smart host is a
+//!   known host.
 //! - Sessions come from a pool (`pool.rs`): at most `pool_size` at once
 //!   (default 20); with an `idle_timeout` (default zero: QUIT after every
 //!   delivery) a session waits that long for the next message and is
@@ -23,16 +26,15 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::envelope::Envelope;
 use crate::relay::{Delivery, Relay, RelayError};
 use crate::reply::Reply;
 
+use super::ClientOptions;
+use super::client_options::RelayDefaults;
 use super::connection::{ConnectOptions, Connection, Dialect, SessionError};
 use super::pool::Pool;
-use super::source::SourceAddresses;
-use super::{Credentials, SourceSelection, TlsMode};
 
 /// Delivers every envelope to one SMTP server.
 #[derive(Clone, Debug)]
@@ -40,162 +42,81 @@ pub struct StaticSmtpRelay {
     host: String,
     port: u16,
     unix_path: Option<PathBuf>,
-    pub(crate) options: ConnectOptions,
     #[cfg(feature = "mx")]
     resolver: Option<crate::dns::Resolver>,
-    pool_size: usize,
-    idle_timeout: Duration,
+    client: ClientOptions,
+    defaults: RelayDefaults,
+    session: Arc<ConnectOptions>,
     pool: Arc<Pool>,
 }
 
-const DEFAULT_POOL_SIZE: usize = 20;
-
 impl StaticSmtpRelay {
-    /// A relay to `host` (an IP address or a name) on `port`.
+    /// A relay to `host` (an IP address or a name) on `port`, with the
+    /// default [`ClientOptions`].
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        let ehlo_as = gethostname::gethostname().to_string_lossy().into_owned();
+        Self::with_defaults(host.into(), port, RelayDefaults::SMTP, Dialect::Smtp)
+    }
+
+    /// A relay with `defaults` for the options left unset, speaking
+    /// `dialect` (the LMTP and MX relays are built this way).
+    pub(crate) fn with_defaults(
+        host: String,
+        port: u16,
+        defaults: RelayDefaults,
+        dialect: Dialect,
+    ) -> Self {
+        let client = ClientOptions::new();
         Self {
-            host: host.into(),
+            host,
             port,
             unix_path: None,
-            options: ConnectOptions::new(if ehlo_as.is_empty() {
-                "localhost".into()
-            } else {
-                ehlo_as
-            }),
             #[cfg(feature = "mx")]
             resolver: None,
-            pool_size: DEFAULT_POOL_SIZE,
-            idle_timeout: Duration::ZERO,
-            pool: Arc::new(Pool::new(DEFAULT_POOL_SIZE, Duration::ZERO)),
+            session: Arc::new(ConnectOptions::resolve(&client, defaults, dialect)),
+            pool: Arc::new(Pool::new(client.get_pool_size(), client.get_idle_timeout())),
+            client,
+            defaults,
         }
     }
 
-    /// The most sessions open to the host at once, busy and idle together
-    /// (default 20, Postfix's `default_destination_concurrency_limit`).
-    /// Deliveries beyond it wait for a session. Values below 1 count as 1.
-    pub fn pool_size(mut self, size: usize) -> Self {
-        self.pool_size = size;
-        self.pool = Arc::new(Pool::new(size, self.idle_timeout));
+    /// Uses these client settings (greeting name, timeouts, TLS, AUTH, pool,
+    /// BDAT, source addresses) instead of the current ones. Unset TLS
+    /// settings mean STARTTLS when offered, with the certificate verified.
+    /// The relay gets a new, empty connection pool.
+    pub fn options(mut self, options: ClientOptions) -> Self {
+        self.session = Arc::new(ConnectOptions::resolve(
+            &options,
+            self.defaults,
+            self.session.dialect,
+        ));
+        self.pool = Arc::new(Pool::new(
+            options.get_pool_size(),
+            options.get_idle_timeout(),
+        ));
+        self.client = options;
         self
     }
 
-    /// How long a session may wait idle for the next message before it is
-    /// closed (default zero: QUIT right after each delivery).
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
-        self.pool = Arc::new(Pool::new(self.pool_size, timeout));
-        self
+    /// The client settings in use.
+    pub fn client_options(&self) -> &ClientOptions {
+        &self.client
     }
 
-    /// The name to send with EHLO/HELO (default: this machine's host name).
-    pub fn ehlo_as(mut self, name: impl Into<String>) -> Self {
-        self.options.ehlo_as = name.into();
-        self
+    /// The session settings the options resolved to.
+    #[cfg(test)]
+    pub(crate) fn session(&self) -> &ConnectOptions {
+        &self.session
     }
 
-    /// How long to wait for the TCP connection (default 30 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.options.connect_timeout = timeout;
-        self
-    }
-
-    /// How long to wait for each reply and each write (default 5 minutes).
-    pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.options.command_timeout = timeout;
-        self
-    }
-
-    /// The local address to connect from (default: chosen by the system).
-    /// The same as [`StaticSmtpRelay::source_addresses`] with one address.
-    pub fn source_address(self, ip: IpAddr) -> Self {
-        self.source_addresses([ip])
-    }
-
-    /// Local addresses to connect from: each connection binds one of those
-    /// of the destination's family (IPv4 or IPv6), chosen as
-    /// [`StaticSmtpRelay::source_selection`] says (default round robin).
-    /// With none of that family the system chooses.
-    pub fn source_addresses(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
-        let selection = self.options.source_addresses.selection();
-        self.options.source_addresses = SourceAddresses::new(ips.into_iter().collect(), selection);
-        self
-    }
-
-    /// How the source address of each connection is picked (default round
-    /// robin).
-    pub fn source_selection(mut self, selection: SourceSelection) -> Self {
-        let ips = self.options.source_addresses.ips().to_vec();
-        self.options.source_addresses = SourceAddresses::new(ips, selection);
-        self
-    }
-
-    /// The same relay speaking LMTP (the LMTP relay is built this way).
-    pub(crate) fn lmtp(mut self) -> Self {
-        self.options.dialect = Dialect::Lmtp;
-        self
+    /// What the relay assumes for the options left unset.
+    #[cfg(test)]
+    pub(crate) fn defaults(&self) -> RelayDefaults {
+        self.defaults
     }
 
     /// Connects to a unix socket instead of host and port.
     pub(crate) fn unix_path(mut self, path: PathBuf) -> Self {
         self.unix_path = Some(path);
-        self
-    }
-
-    /// When to use TLS (default [`TlsMode::Opportunistic`]: STARTTLS when
-    /// offered).
-    pub fn tls(mut self, mode: TlsMode) -> Self {
-        self.options.tls = mode;
-        self
-    }
-
-    /// Whether the server's certificate must be valid for the host name and
-    /// signed by a trusted CA (default true). `false` still encrypts but
-    /// accepts any certificate: anyone on the path can then read and change
-    /// the mail by presenting their own, and AUTH credentials go to them.
-    /// Use it only for a host you reach over a network you trust.
-    pub fn tls_verify(mut self, verify: bool) -> Self {
-        self.options.tls_verify = verify;
-        self.rebuild_tls();
-        self
-    }
-
-    /// Trust only the CA certificates in this PEM file instead of the
-    /// system's store (a private CA; tests).
-    pub fn tls_ca_file(mut self, file: impl Into<PathBuf>) -> Self {
-        self.options.tls_ca_file = Some(file.into());
-        self.rebuild_tls();
-        self
-    }
-
-    fn rebuild_tls(&mut self) {
-        #[cfg(feature = "tls")]
-        {
-            self.options.tls_client = Arc::new(super::tls::TlsClient::new(
-                self.options.tls_verify,
-                self.options.tls_ca_file.clone(),
-            ));
-        }
-    }
-
-    /// AUTH with these credentials after EHLO (and after STARTTLS).
-    pub fn credentials(mut self, credentials: Credentials) -> Self {
-        self.options.credentials = Some(credentials);
-        self
-    }
-
-    /// Allow AUTH PLAIN and LOGIN, which reveal the password, on a session
-    /// without TLS (default false: only CRAM-MD5 is used then).
-    pub fn allow_plaintext_auth(mut self, allow: bool) -> Self {
-        self.options.allow_plaintext_auth = allow;
-        self
-    }
-
-    /// Send messages with BDAT when the server offers CHUNKING (default
-    /// true); `false` always uses DATA, for a server whose CHUNKING is
-    /// broken.
-    pub fn chunking(mut self, enabled: bool) -> Self {
-        self.options.chunking = enabled;
         self
     }
 
@@ -208,14 +129,17 @@ impl StaticSmtpRelay {
         self
     }
 
-    /// A relay with the same settings to another host (the MX relay's
-    /// per-destination relays are made this way).
+    /// A relay with the same settings to another host, with its own pool
+    /// (the MX relay's per-destination relays are made this way).
     #[cfg(feature = "mx")]
     pub(crate) fn with_host(&self, host: &str, port: u16) -> Self {
         Self {
             host: host.to_string(),
             port,
-            pool: Arc::new(Pool::new(self.pool_size, self.idle_timeout)),
+            pool: Arc::new(Pool::new(
+                self.client.get_pool_size(),
+                self.client.get_idle_timeout(),
+            )),
             ..self.clone()
         }
     }
@@ -264,14 +188,14 @@ impl StaticSmtpRelay {
             Some(conn) => conn,
             None if self.unix_path.is_some() => {
                 let path = self.unix_path.as_deref().expect("checked");
-                Connection::open_unix(path, &self.options).await?
+                Connection::open_unix(path, &self.session).await?
             }
             None => {
                 let addrs = self.resolve().await.map_err(|error| SessionError {
                     error,
                     before_transaction: true,
                 })?;
-                let conn = Connection::open(&self.host, &addrs, &self.options).await?;
+                let conn = Connection::open(&self.host, &addrs, &self.session).await?;
                 tracing::debug!(peer = conn.peer(), extensions = ?conn.extensions(), "SMTP session open");
                 conn
             }
@@ -285,5 +209,43 @@ impl StaticSmtpRelay {
 impl Relay for StaticSmtpRelay {
     async fn attempt(&self, envelope: &Envelope, _attempt: u32) -> Result<Delivery, RelayError> {
         self.deliver(envelope).await.map_err(RelayError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::smtp::{Credentials, TlsMode};
+
+    #[test]
+    fn static_relay_resolves_unset_options_with_the_smtp_defaults() {
+        let relay = StaticSmtpRelay::new("smarthost.test", 25);
+        assert_eq!(relay.defaults, RelayDefaults::SMTP);
+        assert_eq!(relay.session.tls, TlsMode::Opportunistic);
+        assert_eq!(relay.session.dialect, Dialect::Smtp);
+        assert!(!relay.session.ehlo_as.is_empty());
+
+        let relay = relay.options(
+            ClientOptions::new()
+                .ehlo_as("relay.test")
+                .credentials(Credentials::new("u", "s3cret"))
+                .chunking(false),
+        );
+        assert_eq!(relay.defaults, RelayDefaults::SMTP);
+        assert_eq!(relay.session.tls, TlsMode::Opportunistic);
+        assert!(relay.client_options().resolved_tls_verify(relay.defaults));
+        assert_eq!(relay.session.ehlo_as, "relay.test");
+        assert_eq!(
+            relay.session.credentials,
+            Some(Credentials::new("u", "s3cret"))
+        );
+        assert!(!relay.session.chunking);
+
+        let shown = format!("{relay:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+
+        let relay = relay.options(ClientOptions::new().tls(TlsMode::Required));
+        assert_eq!(relay.session.tls, TlsMode::Required);
+        assert_eq!(relay.session.credentials, None);
     }
 }
