@@ -45,6 +45,7 @@ use crate::bounce::{self, FailedRecipient};
 use crate::relay::{Relay, RelayError};
 use crate::reply::Reply;
 
+use super::dispatch::{AttemptEnd, Dispatch};
 use super::storage::{AttemptOutcome, QueueMeta, QueueStorage, StoredEnvelope};
 use super::{Queue, clock};
 
@@ -72,22 +73,24 @@ pub(crate) struct Failure {
 /// Puts the id back into the schedule if the attempt task ends without
 /// deciding (a panic in a relay or policy), so the message is not stranded
 /// until the next restart.
-struct Reschedule<'a, S, R> {
-    queue: &'a Queue<S, R>,
+struct Reschedule<'a, S: QueueStorage, R: Relay, D: Dispatch> {
+    queue: &'a Queue<S, R, D>,
     id: &'a str,
     armed: bool,
 }
 
-impl<S, R> Drop for Reschedule<'_, S, R> {
+impl<S: QueueStorage, R: Relay, D: Dispatch> Drop for Reschedule<'_, S, R, D> {
     fn drop(&mut self) {
         if self.armed {
-            let at = tokio::time::Instant::now() + STORAGE_RETRY;
-            self.queue.inner.schedule.reschedule(self.id.to_owned(), at);
+            // Drop cannot wait for the dispatcher: a task tells it.
+            let (queue, id) = (self.queue.clone(), self.id.to_owned());
+            let due = clock::now() + STORAGE_RETRY;
+            tokio::spawn(async move { queue.reschedule_at(&id, due).await });
         }
     }
 }
 
-impl<S: QueueStorage, R: Relay> Queue<S, R> {
+impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
     /// Attempts delivery of the stored message `id` to its pending
     /// recipients and records the outcome.
     pub(super) async fn attempt(&self, id: String) {
@@ -108,7 +111,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                 Ok(stored) => stored,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     tracing::debug!(id = %id, "queued message vanished before its attempt");
-                    self.inner.schedule.forget(&id);
+                    self.inner.dispatch.ended(&id, AttemptEnd::Gone).await;
                     guard.armed = false;
                     return;
                 }
@@ -217,7 +220,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         if !permanent.is_empty() {
             if let Err(e) = self.bounce(id, stored, &permanent).await {
                 tracing::error!(id = %id, error = %e, "cannot queue the bounce; retrying later");
-                self.reschedule_at(id, clock::now() + STORAGE_RETRY);
+                self.reschedule_at(id, clock::now() + STORAGE_RETRY).await;
                 return;
             }
             finished.extend(permanent.iter().map(|f| f.index));
@@ -234,7 +237,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
             return;
         };
         let delay_warned = warning_due && self.queue_warning(id, stored, &transient).await;
-        let due = self.due_after(id, delay);
+        let due = self.due_after(id, delay).await;
         let outcome = AttemptOutcome {
             attempts: attempt,
             finished,
@@ -243,7 +246,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
             delay_warned,
         };
         if self.record(id, &outcome, "the attempt's outcome").await {
-            self.reschedule_at(id, due);
+            self.reschedule_at(id, due).await;
         }
     }
 
@@ -286,12 +289,12 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     /// so the schedule forgets it. (A delete that comes after the relay
     /// refused a recipient for good, before the bounce is queued, does not
     /// stop that bounce: the verdict was in before the delete.)
-    fn deleted_meanwhile(&self, id: &str, error: &io::Error) -> bool {
+    async fn deleted_meanwhile(&self, id: &str, error: &io::Error) -> bool {
         if error.kind() != io::ErrorKind::NotFound {
             return false;
         }
         tracing::info!(id = %id, "message deleted during its delivery attempt");
-        self.inner.schedule.forget(id);
+        self.inner.dispatch.ended(id, AttemptEnd::Gone).await;
         true
     }
 
@@ -303,10 +306,10 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     async fn record(&self, id: &str, outcome: &AttemptOutcome, what: &str) -> bool {
         match self.inner.storage.record(id, outcome).await {
             Ok(()) => true,
-            Err(e) if self.deleted_meanwhile(id, &e) => false,
+            Err(e) if self.deleted_meanwhile(id, &e).await => false,
             Err(e) => {
                 tracing::error!(id = %id, error = %e, "cannot record {what}; retrying later");
-                self.reschedule_at(id, clock::now() + STORAGE_RETRY);
+                self.reschedule_at(id, clock::now() + STORAGE_RETRY).await;
                 false
             }
         }
@@ -314,18 +317,21 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
 
     /// When the next attempt is due after `delay`; an operator's "retry
     /// now" during this attempt wins over the delay.
-    fn due_after(&self, id: &str, delay: Duration) -> std::time::SystemTime {
-        if self.inner.schedule.take_retry_request(id) {
+    async fn due_after(&self, id: &str, delay: Duration) -> std::time::SystemTime {
+        if self.inner.dispatch.take_retry_request(id).await {
             clock::now()
         } else {
             clock::now() + delay
         }
     }
 
-    fn reschedule_at(&self, id: &str, due: std::time::SystemTime) {
+    /// Tells the dispatcher to attempt `id` again at `due` (recorded in
+    /// storage already, or the storage failed and memory retries).
+    async fn reschedule_at(&self, id: &str, due: std::time::SystemTime) {
         self.inner
-            .schedule
-            .reschedule(id.to_owned(), clock::instant_at(due));
+            .dispatch
+            .ended(id, AttemptEnd::RetryAt(due))
+            .await;
     }
 
     /// Removes a message nothing is pending for: the durable removal is the
@@ -336,7 +342,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     /// the recipients not recorded as done) or nothing.
     pub(super) async fn finish(&self, id: &str, outcome: Option<AttemptOutcome>) {
         match self.inner.storage.remove(id).await {
-            Ok(()) => self.inner.schedule.forget(id),
+            Ok(()) => self.inner.dispatch.ended(id, AttemptEnd::Done).await,
             Err(e) => {
                 tracing::error!(id = %id, error = %e, "cannot remove a finished message");
                 if let Some(outcome) = outcome
@@ -344,7 +350,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
                 {
                     return;
                 }
-                self.reschedule_at(id, clock::now() + STORAGE_RETRY);
+                self.reschedule_at(id, clock::now() + STORAGE_RETRY).await;
             }
         }
     }

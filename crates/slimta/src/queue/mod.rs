@@ -8,8 +8,9 @@
 //! later (transient failure, with a [`Backoff`]) or bounced (permanent
 //! failure, or the backoff gave up).
 //!
-//! Files by concern: [`backoff`] (retry delays), `schedule` (the due-time
-//! index), `attempt` (one delivery attempt and what is recorded after it),
+//! Files by concern: [`backoff`] (retry delays), [`dispatch`] (the
+//! contract of who attempts what next), `schedule` ([`LocalDispatch`], the
+//! default in-process due-time index), `attempt` (one delivery attempt and what is recorded after it),
 //! [`clock`] (the time base), [`storage`] (the storage contract),
 //! [`memory`] (in-memory storage), [`disk`] (the durable spool), `ops`
 //! (operator commands and statistics: list, show, retry now, delete).
@@ -20,11 +21,14 @@
 //!   ones before anything else. A recipient that was delivered is never sent
 //!   again, even when another recipient of the same message is retried
 //!   (python-slimta re-sent to everyone).
-//! - No polling: one scheduler task sleeps until the earliest due time (see
-//!   `schedule`); attempts run as tasks, at most `max_concurrency` at once.
-//! - A message is attempted by at most one task at a time; the schedule
+//! - No polling: one scheduler task waits for the dispatcher's next due
+//!   message ([`LocalDispatch`] sleeps until the earliest due time);
+//!   attempts run as tasks, at most `max_concurrency` at once.
+//! - A message is attempted by at most one task at a time; the dispatcher
 //!   refuses a second entry for an id it already knows.
-//! - Storage is the truth: the in-memory schedule only says *when*; every
+//! - Storage is the truth of *what* is queued; the dispatcher only says
+//!   *who attempts what next*, and hears of an attempt's end after its
+//!   outcome is recorded. Every
 //!   attempt but the first starts by reading the message back from storage,
 //!   so a restart (a new `Queue` over the same storage, then
 //!   [`Queue::start`]) continues exactly where the old one stopped.
@@ -56,6 +60,7 @@ mod attempt;
 pub mod backoff;
 pub mod clock;
 pub mod disk;
+pub mod dispatch;
 pub mod memory;
 mod ops;
 mod schedule;
@@ -84,7 +89,8 @@ pub use storage::{
     StoredEnvelope,
 };
 
-use schedule::Schedule;
+pub use dispatch::{AttemptEnd, Dispatch, Lease, Placement};
+pub use schedule::LocalDispatch;
 
 /// The default limit on concurrent delivery attempts.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 100;
@@ -112,10 +118,10 @@ struct Config {
     stats_interval: Option<Duration>,
 }
 
-struct Inner<S, R> {
+struct Inner<S, R, D> {
     storage: S,
     relay: R,
-    schedule: Schedule,
+    dispatch: D,
     config: RwLock<Config>,
     started: OnceLock<()>,
     scheduler: Mutex<Vec<AbortHandle>>,
@@ -125,14 +131,16 @@ struct Inner<S, R> {
     first_attempts: Mutex<FirstAttempts>,
 }
 
-/// A durable mail queue over storage `S`, delivering through relay `R`.
+/// A durable mail queue over storage `S`, delivering through relay `R`,
+/// attempting what dispatcher `D` hands out (by default the in-process
+/// [`LocalDispatch`]).
 ///
 /// Cheap to clone: clones share one queue.
-pub struct Queue<S, R> {
-    inner: Arc<Inner<S, R>>,
+pub struct Queue<S, R, D = LocalDispatch> {
+    inner: Arc<Inner<S, R, D>>,
 }
 
-impl<S, R> Clone for Queue<S, R> {
+impl<S, R, D> Clone for Queue<S, R, D> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -141,15 +149,24 @@ impl<S, R> Clone for Queue<S, R> {
 }
 
 impl<S: QueueStorage, R: Relay> Queue<S, R> {
-    /// A queue with the default [`ExponentialBackoff`], no policies and at
-    /// most [`DEFAULT_MAX_CONCURRENCY`] concurrent attempts. It accepts
-    /// handoffs at once but attempts nothing until [`Queue::start`].
+    /// A queue with the default [`ExponentialBackoff`], no policies, at
+    /// most [`DEFAULT_MAX_CONCURRENCY`] concurrent attempts and the
+    /// in-process [`LocalDispatch`]. It accepts handoffs at once but
+    /// attempts nothing until [`Queue::start`].
     pub fn new(storage: S, relay: R) -> Self {
+        Self::with_dispatch(storage, relay, LocalDispatch::default())
+    }
+}
+
+impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
+    /// Like [`Queue::new`], with `dispatch` deciding which stored message is
+    /// attempted next (see [`dispatch`]).
+    pub fn with_dispatch(storage: S, relay: R, dispatch: D) -> Self {
         Self {
             inner: Arc::new(Inner {
                 storage,
                 relay,
-                schedule: Schedule::default(),
+                dispatch,
                 config: RwLock::new(Config {
                     backoff: Arc::new(ExponentialBackoff::default()),
                     max_concurrency: DEFAULT_MAX_CONCURRENCY,
@@ -268,7 +285,12 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     /// How many messages wait for a delivery attempt (not counting attempts
     /// in progress).
     pub fn waiting(&self) -> usize {
-        self.inner.schedule.waiting()
+        self.inner.dispatch.waiting()
+    }
+
+    /// The dispatcher.
+    pub fn dispatch(&self) -> &D {
+        &self.inner.dispatch
     }
 
     /// Loads every stored message, schedules it at its stored due time, and
@@ -289,7 +311,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         }
         let count = stored.len();
         for (id, due) in stored {
-            self.inner.schedule.insert(id, clock::instant_at(due));
+            self.inner.dispatch.add(id, due).await;
         }
         let (limit, stats_interval) = self.config(|c| (c.max_concurrency, c.stats_interval));
         let permits = Arc::new(Semaphore::new(limit));
@@ -349,10 +371,10 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let id = self.inner.schedule.next_due().await;
+            let lease = self.inner.dispatch.next_due().await;
             let queue = self.clone();
             tokio::spawn(async move {
-                queue.attempt(id).await;
+                queue.attempt(lease.id).await;
                 drop(permit);
             });
         }
@@ -420,11 +442,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
             Ok(id) => {
                 // Before the schedule entry: the attempt may start at once.
                 self.keep_for_first_attempt(&id, &envelope);
-                if !self
-                    .inner
-                    .schedule
-                    .insert(id.clone(), clock::instant_at(now))
-                {
+                if !self.inner.dispatch.add(id.clone(), now).await {
                     // Cannot happen for a new id; never leave it cached.
                     self.take_first_attempt(&id);
                 }
@@ -445,7 +463,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     }
 }
 
-impl<S: QueueStorage, R: Relay> Handoff for Queue<S, R> {
+impl<S: QueueStorage, R: Relay, D: Dispatch> Handoff for Queue<S, R, D> {
     /// Runs the queue policies, then stores the parts concurrently (so a
     /// group-committing backend can share fsyncs between them).
     ///

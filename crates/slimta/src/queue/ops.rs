@@ -3,14 +3,15 @@
 //!
 //! Decisions:
 //! - These go through the [`Queue`] (not straight to storage) because the
-//!   queue owns the in-memory schedule: "retry now" must move the due time
+//!   queue tells its dispatcher: "retry now" must move the due time
 //!   the scheduler sleeps on, and "delete" must take the message out of it,
 //!   or the scheduler would wake for a message that is gone.
-//! - "Retry now" on a message being attempted at that moment does nothing
-//!   (the attempt is the retry). "Delete" of a message being attempted
+//! - "Retry now" on a message being attempted at that moment is remembered
+//!   by the dispatcher: if the attempt leaves recipients pending, the next
+//!   attempt is due at once instead of after the backoff. "Delete" of a message being attempted
 //!   removes it from storage; the attempt may still deliver that once, then
 //!   finds the message gone and forgets it.
-//! - Storage is updated before the schedule, so a crash right after an
+//! - Storage is updated before the dispatcher, so a crash right after an
 //!   operator's "retry" still retries at once after the restart.
 
 use std::io;
@@ -18,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::relay::Relay;
 
-use super::schedule::Placement;
+use super::dispatch::{Dispatch, Placement};
 use super::storage::{QueueEntry, QueueStorage, StoredEnvelope};
 use super::{Queue, clock};
 
@@ -46,7 +47,7 @@ fn not_found(id: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("no queued message {id}"))
 }
 
-impl<S: QueueStorage, R: Relay> Queue<S, R> {
+impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
     /// A summary of every stored message.
     ///
     /// # Errors
@@ -76,11 +77,10 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found(id)),
             other => other?,
         }
-        let at = clock::instant_at(now);
-        if self.inner.schedule.move_to(id, at) == Placement::Unknown
+        if self.inner.dispatch.retry_now(id).await == Placement::Unknown
             && self.inner.started.get().is_some()
         {
-            self.inner.schedule.insert(id.to_owned(), at);
+            self.inner.dispatch.add(id.to_owned(), now).await;
         }
         tracing::info!(id = %id, "retry requested by the operator");
         Ok(())
@@ -111,7 +111,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
     pub async fn delete(&self, id: &str) -> io::Result<()> {
         // Fails with NotFound for an unknown id; remove() would not.
         self.inner.storage.get(id).await?;
-        self.inner.schedule.remove_waiting(id);
+        self.inner.dispatch.delete(id).await;
         self.take_first_attempt(id);
         self.inner.storage.remove(id).await?;
         tracing::warn!(id = %id, "message deleted by the operator");
@@ -127,7 +127,7 @@ impl<S: QueueStorage, R: Relay> Queue<S, R> {
         let entries = self.inner.storage.list().await?;
         Ok(QueueStats {
             messages: entries.len(),
-            waiting: self.inner.schedule.waiting(),
+            waiting: self.inner.dispatch.waiting(),
             oldest: entries.iter().map(|e| e.received).min(),
         })
     }

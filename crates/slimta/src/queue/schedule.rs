@@ -1,4 +1,5 @@
-//! The due-time index: which message is attempted next, and when.
+//! [`LocalDispatch`], the default [`Dispatch`]: the in-process due-time
+//! index, which message is attempted next, and when.
 //!
 //! Decision: a `BTreeMap` keyed by (due instant, sequence number) and one
 //! scheduler task that sleeps until the earliest entry is due or until a
@@ -15,9 +16,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
 
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
+
+use super::clock;
+use super::dispatch::{AttemptEnd, Dispatch, Lease, Placement};
 
 #[derive(Default)]
 struct State {
@@ -51,32 +56,22 @@ impl State {
     }
 }
 
-/// Where a message stands in the schedule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Placement {
-    /// Waiting for its due time.
-    Waiting,
-    /// Handed out by [`Schedule::next_due`]: being attempted.
-    InFlight,
-    /// Not known (never scheduled, or forgotten).
-    Unknown,
-}
-
-/// Due times of the messages the queue knows about.
+/// The default [`Dispatch`]: an in-process due-time index of the messages
+/// one queue knows about (see the module docs).
 #[derive(Default)]
-pub(crate) struct Schedule {
+pub struct LocalDispatch {
     state: Mutex<State>,
     wake: Notify,
 }
 
-impl Schedule {
+impl LocalDispatch {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Schedules a message the index does not know yet. Returns `false` (and
     /// changes nothing) if the id is already scheduled or being attempted.
-    pub(crate) fn insert(&self, id: String, at: Instant) -> bool {
+    fn insert(&self, id: String, at: Instant) -> bool {
         let mut state = self.lock();
         if !state.known.insert(id.clone()) {
             return false;
@@ -87,10 +82,10 @@ impl Schedule {
         true
     }
 
-    /// Schedules the next attempt of a message that [`Schedule::next_due`]
+    /// Schedules the next attempt of a message that [`LocalDispatch::pop_due`]
     /// handed out: at `at`, or at once if an operator asked for a retry
     /// while it was in flight.
-    pub(crate) fn reschedule(&self, id: String, at: Instant) {
+    fn reschedule(&self, id: String, at: Instant) {
         let mut state = self.lock();
         let at = if Self::take_request(&mut state, &id) {
             at.min(Instant::now())
@@ -103,9 +98,9 @@ impl Schedule {
         self.wake.notify_one();
     }
 
-    /// Forgets a message handed out by [`Schedule::next_due`] (it was
+    /// Forgets a message handed out by [`LocalDispatch::pop_due`] (it was
     /// removed from storage).
-    pub(crate) fn forget(&self, id: &str) {
+    fn forget(&self, id: &str) {
         let mut state = self.lock();
         state.known.remove(id);
         Self::take_request(&mut state, id);
@@ -114,7 +109,7 @@ impl Schedule {
     /// Takes back an operator's retry request for a message in flight, for
     /// an attempt that is about to store its next due time (it stores "now"
     /// instead).
-    pub(crate) fn take_retry_request(&self, id: &str) -> bool {
+    fn take_request_for(&self, id: &str) -> bool {
         Self::take_request(&mut self.lock(), id)
     }
 
@@ -137,7 +132,7 @@ impl Schedule {
     /// Moves a waiting message's due time to `at` (an operator's "retry
     /// now"). For a message in flight the request is remembered until its
     /// attempt reschedules it (see the module docs).
-    pub(crate) fn move_to(&self, id: &str, at: Instant) -> Placement {
+    fn move_to(&self, id: &str, at: Instant) -> Placement {
         let mut state = self.lock();
         let placement = Self::placement(&state, id);
         match placement {
@@ -158,7 +153,7 @@ impl Schedule {
     /// Takes a waiting message out of the schedule (it is being deleted).
     /// A message in flight stays known: its attempt finds it gone and
     /// forgets it.
-    pub(crate) fn remove_waiting(&self, id: &str) -> Placement {
+    fn remove_waiting(&self, id: &str) -> Placement {
         let mut state = self.lock();
         let placement = Self::placement(&state, id);
         if placement == Placement::Waiting {
@@ -170,13 +165,13 @@ impl Schedule {
 
     /// How many messages are waiting for an attempt (not counting those
     /// being attempted).
-    pub(crate) fn waiting(&self) -> usize {
+    fn waiting_count(&self) -> usize {
         self.lock().due.len()
     }
 
     /// Waits until the earliest message is due and takes it out of the
     /// index. It stays known until rescheduled or forgotten.
-    pub(crate) async fn next_due(&self) -> String {
+    async fn pop_due(&self) -> String {
         loop {
             let head = self.lock().due.first_key_value().map(|(k, _)| k.0);
             match head {
@@ -201,6 +196,51 @@ impl Schedule {
     }
 }
 
+impl std::fmt::Debug for LocalDispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalDispatch")
+            .field("waiting", &self.waiting_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything at once, from memory: one process, no leases.
+impl Dispatch for LocalDispatch {
+    async fn add(&self, id: String, due: SystemTime) -> bool {
+        self.insert(id, clock::instant_at(due))
+    }
+
+    async fn next_due(&self) -> Lease {
+        Lease {
+            id: self.pop_due().await,
+            expires: None,
+        }
+    }
+
+    async fn ended(&self, id: &str, end: AttemptEnd) {
+        match end {
+            AttemptEnd::RetryAt(due) => self.reschedule(id.to_owned(), clock::instant_at(due)),
+            AttemptEnd::Done | AttemptEnd::Gone => self.forget(id),
+        }
+    }
+
+    async fn retry_now(&self, id: &str) -> Placement {
+        self.move_to(id, clock::instant_at(clock::now()))
+    }
+
+    async fn take_retry_request(&self, id: &str) -> bool {
+        self.take_request_for(id)
+    }
+
+    async fn delete(&self, id: &str) -> Placement {
+        self.remove_waiting(id)
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting_count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -209,75 +249,75 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn hands_out_in_due_order_and_ignores_duplicates() {
-        let s = Schedule::default();
+        let s = LocalDispatch::default();
         let now = Instant::now();
         assert!(s.insert("late".into(), now + Duration::from_secs(60)));
         assert!(s.insert("early".into(), now + Duration::from_secs(1)));
         assert!(s.insert("now".into(), now));
         assert!(!s.insert("early".into(), now));
-        assert_eq!(s.waiting(), 3);
-        assert_eq!(s.next_due().await, "now");
-        assert_eq!(s.next_due().await, "early");
+        assert_eq!(s.waiting_count(), 3);
+        assert_eq!(s.pop_due().await, "now");
+        assert_eq!(s.pop_due().await, "early");
         assert_eq!(Instant::now(), now + Duration::from_secs(1));
         // Handed out but not forgotten: still known.
         assert!(!s.insert("early".into(), now));
         s.forget("early");
         assert!(s.insert("early".into(), now + Duration::from_secs(120)));
-        assert_eq!(s.next_due().await, "late");
-        assert_eq!(s.next_due().await, "early");
+        assert_eq!(s.pop_due().await, "late");
+        assert_eq!(s.pop_due().await, "early");
         assert_eq!(Instant::now(), now + Duration::from_secs(120));
     }
 
     #[tokio::test(start_paused = true)]
     async fn operators_move_and_remove_waiting_messages() {
-        let s = Schedule::default();
+        let s = LocalDispatch::default();
         let now = Instant::now();
         s.insert("a".into(), now + Duration::from_secs(3600));
         s.insert("b".into(), now + Duration::from_secs(7200));
         assert_eq!(s.move_to("b", now), Placement::Waiting);
-        assert_eq!(s.next_due().await, "b");
+        assert_eq!(s.pop_due().await, "b");
         assert_eq!(Instant::now(), now, "moved to now, no wait");
         assert_eq!(s.move_to("b", now), Placement::InFlight);
         assert_eq!(s.remove_waiting("b"), Placement::InFlight);
         assert_eq!(s.move_to("zzz", now), Placement::Unknown);
         assert_eq!(s.remove_waiting("a"), Placement::Waiting);
-        assert_eq!(s.waiting(), 0);
+        assert_eq!(s.waiting_count(), 0);
         assert!(s.insert("a".into(), now), "removed ids are forgotten");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_retry_asked_for_in_flight_beats_the_backoff_once() {
-        let s = Schedule::default();
+        let s = LocalDispatch::default();
         let now = Instant::now();
         s.insert("m".into(), now);
-        assert_eq!(s.next_due().await, "m");
+        assert_eq!(s.pop_due().await, "m");
         // The operator asks while the attempt runs; the attempt then fails
         // and asks for an hour: the request wins, once.
         assert_eq!(s.move_to("m", now), Placement::InFlight);
         s.reschedule("m".into(), now + Duration::from_secs(3600));
-        assert_eq!(s.next_due().await, "m");
+        assert_eq!(s.pop_due().await, "m");
         assert_eq!(Instant::now(), now, "due at once, not after the backoff");
         s.reschedule("m".into(), now + Duration::from_secs(3600));
-        assert_eq!(s.next_due().await, "m");
+        assert_eq!(s.pop_due().await, "m");
         assert_eq!(Instant::now(), now + Duration::from_secs(3600));
         // Taken by the attempt storing its due time, or dropped when the
         // message is forgotten.
         assert_eq!(s.move_to("m", now), Placement::InFlight);
-        assert!(s.take_retry_request("m"));
-        assert!(!s.take_retry_request("m"));
+        assert!(s.take_request_for("m"));
+        assert!(!s.take_request_for("m"));
         assert_eq!(s.move_to("m", now), Placement::InFlight);
         s.forget("m");
-        assert!(!s.take_retry_request("m"));
+        assert!(!s.take_request_for("m"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_earlier_insert_wakes_the_sleeper() {
-        let s = std::sync::Arc::new(Schedule::default());
+        let s = std::sync::Arc::new(LocalDispatch::default());
         let start = Instant::now();
         s.insert("far".into(), start + Duration::from_secs(3600));
         let waiter = tokio::spawn({
             let s = s.clone();
-            async move { (s.next_due().await, Instant::now()) }
+            async move { (s.pop_due().await, Instant::now()) }
         });
         tokio::time::sleep(Duration::from_secs(10)).await;
         s.insert("near".into(), start + Duration::from_secs(20));
