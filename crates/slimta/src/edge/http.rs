@@ -22,12 +22,19 @@
 //! Decisions:
 //! - The path is ignored (any path is a submission endpoint), as in
 //!   python-slimta.
-//! - Relay control is the SMTP edge's: a recipient outside
-//!   `accept_domains` is refused (`550 5.7.1`) unless the request
-//!   authenticated. Without `accept_domains` nobody unauthenticated may
-//!   send anywhere, so a bare `HttpEdge::new` is never an open relay. One
-//!   refused recipient refuses the request: unlike SMTP there is no way to
-//!   say "some recipients accepted".
+//! - Checks are the SMTP edge's: a [`ValidatorChain`] whose first link is
+//!   relay control ([`AcceptDomains`]: a recipient outside
+//!   `accept_domains` is refused `550 5.7.1` unless the request
+//!   authenticated), followed by the links given to
+//!   [`HttpEdge::validators`]. The chain's `mail` hook judges the sender,
+//!   its `rcpt` hook each recipient (before the body is read, so a refused
+//!   request costs no upload), `have_data` the whole message before it is
+//!   queued, and `queued` may reword the answer. Without `accept_domains`
+//!   nobody unauthenticated may send anywhere, so a bare `HttpEdge::new` is
+//!   never an open relay. One refused recipient refuses the request: unlike
+//!   SMTP there is no way to say "some recipients accepted". The hooks
+//!   that have no HTTP counterpart (`banner`, `ehlo`, `auth`, `data`) are
+//!   not called.
 //! - When credentials are set, every request must authenticate with HTTP
 //!   Basic. Hashes are checked off the runtime threads
 //!   ([`Credentials::verify_async`]) and a failure is answered after
@@ -78,6 +85,8 @@ use crate::reply::Reply;
 use crate::smtp::address::{parse_forward_path, parse_reverse_path};
 
 use super::accept_domains::AcceptDomains;
+use super::chain::ValidatorChain;
+use super::validators::{SessionInfo, Validators};
 use super::credentials::Credentials;
 use super::listener::{self, ListenerLimits};
 use super::tls::{self, ReloadableTls};
@@ -108,6 +117,7 @@ struct Shared<H> {
     hostname: String,
     handoff: Arc<H>,
     accept_domains: AcceptDomains,
+    validators: ValidatorChain,
     credentials: Option<Credentials>,
     max_size: usize,
     max_recipients: usize,
@@ -121,6 +131,7 @@ impl<H> Clone for Shared<H> {
             hostname: self.hostname.clone(),
             handoff: self.handoff.clone(),
             accept_domains: self.accept_domains.clone(),
+            validators: self.validators.clone(),
             credentials: self.credentials.clone(),
             max_size: self.max_size,
             max_recipients: self.max_recipients,
@@ -148,6 +159,7 @@ impl<H: Handoff> HttpEdge<H> {
                 hostname: hostname.into(),
                 handoff: Arc::new(handoff),
                 accept_domains: AcceptDomains::new(Vec::<String>::new()),
+                validators: ValidatorChain::new(),
                 credentials: None,
                 max_size: 10 * 1024 * 1024,
                 max_recipients: 100,
@@ -163,6 +175,13 @@ impl<H: Handoff> HttpEdge<H> {
     /// Recipients in these domains are accepted without authentication.
     pub fn accept_domains(mut self, domains: AcceptDomains) -> Self {
         self.shared.accept_domains = domains;
+        self
+    }
+
+    /// Checks run after relay control, as on the SMTP edge (see the module
+    /// docs for which hooks run).
+    pub fn validators(mut self, validators: ValidatorChain) -> Self {
+        self.shared.validators = validators;
         self
     }
 
@@ -425,10 +444,24 @@ impl<H: Handoff> Shared<H> {
         if !is_rfc822(headers) {
             return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
         }
-        let envelope = match self.envelope_headers(headers, user.is_some()) {
+        let envelope = match self.envelope_headers(headers) {
             Ok(envelope) => envelope,
             Err((status, reply)) => return reply_response(status, &reply),
         };
+        let mut session = SessionInfo {
+            id,
+            ..SessionInfo::default()
+        };
+        session.client.ip = Some(conn.peer.ip());
+        session.client.port = conn.peer.port();
+        session.client.helo = envelope.helo.clone();
+        session.client.protocol = Protocol::Http;
+        session.client.auth = user.clone();
+        session.client.tls = conn.tls.clone();
+        let checks = self.checks();
+        if let Err(reply) = check_envelope(&checks, &mut session, &envelope).await {
+            return reply_response(status_for(&reply), &reply);
+        }
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -458,9 +491,27 @@ impl<H: Handoff> Shared<H> {
         envelope.client.tls = conn.tls.clone();
         envelope.smtputf8 = smtputf8;
         envelope.receive_time = SystemTime::now();
+        let mut verdict = Reply::new(250, "2.0.0", "Ok");
+        checks.have_data(&mut verdict, &session, &envelope).await;
+        if !verdict.is_positive() {
+            return reply_response(status_for(&verdict), &verdict);
+        }
         let results = self.handoff.handoff(envelope).await;
-        let reply = crate::handoff::queued_reply(&results);
+        let mut reply = crate::handoff::queued_reply(&results);
+        let queued = reply.is_positive();
+        checks.queued(&mut reply, &session, &results).await;
+        if reply.is_positive() != queued {
+            // Rewording only: the message is queued, or not, already.
+            reply = crate::handoff::queued_reply(&results);
+        }
         reply_response(status_for(&reply), &reply)
+    }
+
+    /// Relay control first, then the configured checks.
+    fn checks(&self) -> ValidatorChain {
+        ValidatorChain::new()
+            .then(self.accept_domains.clone())
+            .then(self.validators.clone())
     }
 
     fn too_large(&self) -> Response {
@@ -490,13 +541,9 @@ impl<H: Handoff> Shared<H> {
             .then(|| user.to_string())
     }
 
-    /// Sender, recipients and EHLO name from the headers, with the
-    /// relay-control rule applied.
-    fn envelope_headers(
-        &self,
-        headers: &HeaderMap,
-        authenticated: bool,
-    ) -> Result<HeaderEnvelope, Refusal> {
+    /// Sender, recipients and EHLO name from the headers (syntax and
+    /// limits; the checks come after).
+    fn envelope_headers(&self, headers: &HeaderMap) -> Result<HeaderEnvelope, Refusal> {
         let sender_header = headers
             .get("x-envelope-sender")
             .ok_or_else(|| bad_request(501, "5.5.4", "X-Envelope-Sender header missing"))?;
@@ -544,14 +591,6 @@ impl<H: Handoff> Shared<H> {
                 "X-Envelope-Recipient header missing",
             ));
         }
-        if !authenticated
-            && let Some(denied) = recipients
-                .iter()
-                .find(|r| !self.accept_domains.accepts_domain_of(r))
-        {
-            let reply = Reply::new(550, "5.7.1", format!("<{denied}>: Relaying denied"));
-            return Err((status_for(&reply), reply));
-        }
         let helo = match headers.get("x-ehlo") {
             None => None,
             Some(v) => {
@@ -570,6 +609,37 @@ impl<H: Handoff> Shared<H> {
             smtputf8,
         })
     }
+}
+
+/// Runs the chain's `mail` hook on the sender and its `rcpt` hook on each
+/// recipient, as an SMTP session would; the first refusal refuses the
+/// request.
+async fn check_envelope(
+    checks: &ValidatorChain,
+    session: &mut SessionInfo,
+    envelope: &HeaderEnvelope,
+) -> Result<(), Reply> {
+    let mail_params = crate::smtp::MailParams::default();
+    let mut reply = Reply::new(250, "2.1.0", "Sender ok");
+    checks
+        .mail(&mut reply, session, &envelope.sender, &mail_params)
+        .await;
+    if !reply.is_positive() {
+        return Err(reply);
+    }
+    session.sender = Some(envelope.sender.clone());
+    let rcpt_params = crate::smtp::RcptParams::default();
+    for recipient in &envelope.recipients {
+        let mut reply = Reply::new(250, "2.1.5", "Recipient ok");
+        checks
+            .rcpt(&mut reply, session, recipient, &rcpt_params)
+            .await;
+        if !reply.is_positive() {
+            return Err(reply);
+        }
+        session.recipients.push(recipient.clone());
+    }
+    Ok(())
 }
 
 struct HeaderEnvelope {

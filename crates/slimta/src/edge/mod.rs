@@ -6,6 +6,7 @@
 //! never whether delivery succeeded.
 
 pub mod accept_domains;
+pub mod chain;
 pub mod credentials;
 #[cfg(feature = "http")]
 pub mod http;
@@ -20,5 +21,6 @@ pub mod transport;
 pub mod validators;
 
 pub use accept_domains::AcceptDomains;
+pub use chain::{DynValidators, ValidatorChain};
 pub use smtp::SmtpEdge;
 pub use validators::{AcceptAll, SessionInfo, Validators};
