@@ -1,6 +1,7 @@
 //! Real peers for slimta's tests, started on loopback on free ports.
 //!
-//! Tests talk to real programs (DEVELOPERS.md: real parts, not mocks). Each
+//! Tests talk to real programs (real parts, not mocks: a mock only
+//! agrees with our own reading of the protocol). Each
 //! peer here is started by the test that needs it and killed when its handle
 //! is dropped. A peer whose program is missing or does not come up makes the
 //! test fail with a message saying what to install: the README's test command

@@ -12,7 +12,7 @@
 //!   (RFC 2920) and a lockstep client still gets each reply at once.
 //! - An idle session holds no read buffer (see `transport`).
 //! - The message reply reflects only whether the queue took responsibility
-//!   (DESIGN.md): `250 2.6.0 Message queued as ID` once every part is
+//!   (a 250 is a promise that the message will not be lost): `250 2.6.0 Message queued as ID` once every part is
 //!   durable, otherwise the first failed part's reply (see `handoff`).
 //! - Shutdown: a session waiting for a command gets `421 4.3.2` and is
 //!   closed; a session inside DATA finishes the message first, so nothing a
