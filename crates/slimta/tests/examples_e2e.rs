@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use test_peers::{Dovecot, Peer, free_port, swaks};
+use test_peers::{Dovecot, Peer, SmtpSink, free_port, swaks};
 
 /// The example `name`, built (a no-op when it is fresh) with this test's
 /// features and profile, so the run never uses a stale binary.
@@ -99,4 +99,56 @@ fn mda_example_delivers_into_dovecot_and_refuses_unknown_users() {
     ] {
         assert!(message.contains(needle), "no {needle:?} in {message}");
     }
+}
+
+#[test]
+fn msa_example_wants_starttls_then_auth_and_relays_to_the_smart_host() {
+    let sink = SmtpSink::start(&[], true);
+    let pki = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (pki.path().join("cert.pem"), pki.path().join("key.pem"));
+    std::fs::write(&cert_file, params.self_signed(&key).unwrap().pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut command = Command::new(example("msa"));
+    command
+        .arg(addr.to_string())
+        .args([&cert_file, &key_file])
+        .arg(sink.addr().to_string())
+        .args(["alice", "secret"]);
+    let _msa = Peer::spawn(command, addr, "the msa example");
+    let envelope = ["--from", "alice@x.test", "--to", "bob@y.test"];
+    let auth = [
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        "secret",
+    ];
+
+    let no_auth = swaks(addr, &envelope);
+    assert!(
+        String::from_utf8_lossy(&no_auth.stdout).contains("530 5.7.0"),
+        "{no_auth:?}"
+    );
+    let plain_before_tls = swaks(addr, &[&envelope[..], &auth[..]].concat());
+    assert!(!plain_before_tls.status.success(), "{plain_before_tls:?}");
+    let bad_password = swaks(
+        addr,
+        &[&envelope[..], &["--tls"], &auth[..5], &["wrong"]].concat(),
+    );
+    assert!(!bad_password.status.success(), "{bad_password:?}");
+    assert!(sink.messages().is_empty());
+
+    let sent = swaks(addr, &[&envelope[..], &["--tls"], &auth[..]].concat());
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stdout)
+    );
+    let got = sink.wait_for_messages(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_args, vec!["<bob@y.test>"]);
 }
