@@ -130,11 +130,8 @@ impl QueuePolicy for std::sync::Arc<dyn DynQueuePolicy> {
 
 /// A policy chosen at run time (a program's configuration) is a policy.
 impl RelayPolicy for std::sync::Arc<dyn DynRelayPolicy> {
-    fn apply(
-        &self,
-        envelope: &mut Envelope,
-    ) -> impl Future<Output = Result<(), RelayError>> + Send {
-        async move { (**self).apply_boxed(envelope).await }
+    async fn apply(&self, envelope: &mut Envelope) -> Result<(), RelayError> {
+        (**self).apply_boxed(envelope).await
     }
 }
 
