@@ -1,6 +1,7 @@
 //! Black-box tests of the hardened edge: PROXY protocol (swaks and raw
 //! sockets), and, as they land, TLS and AUTH.
 
+mod common;
 mod support;
 
 use std::process::Command;

@@ -3,7 +3,10 @@
 //! spool writable, and still relays mail. Started as anyone else with a
 //! different user configured, it refuses to start.
 
+mod common;
 mod support;
+
+use common::config;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,34 +20,13 @@ use test_peers::nobody_ids;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn config(sink: std::net::SocketAddr, spool: &Path) -> String {
-    format!(
-        r#"
-[process]
-hostname = "mx.example.test"
-user = "nobody"
-
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:{{port}}"]
-queue = "main"
-accept_domains = ["example.test"]
-reverse_dns = false
-
-[queue.main]
-type = "disk"
-path = "{spool}"
-relay = "out"
-
-[relay.out]
-type = "static"
-host = "{ip}"
-port = {port}
-tls = "off"
-"#,
-        spool = spool.display(),
-        ip = sink.ip(),
-        port = sink.port(),
-    )
+    [
+        config::process("mx.example.test", "user = \"nobody\""),
+        config::smtp_edge("\"example.test\"", "reverse_dns = false"),
+        config::disk_queue(&spool.display().to_string(), ""),
+        config::static_relay(sink, "tls = \"off\""),
+    ]
+    .concat()
 }
 
 /// Uid and Gid lines (real, effective, saved, filesystem) of a thread;

@@ -8,7 +8,10 @@
 //! (the recipients) to 127.0.0.2 and x.test (the sender, who gets the
 //! bounce) to 127.0.0.3, both on one port, so no DNS is involved.
 
+mod common;
 mod queue_common;
+
+use common::config;
 
 use std::time::Duration;
 
@@ -46,32 +49,15 @@ fn a_bounce_parses_as_rfc3464_field_by_field() {
         false,
     );
     let bounces = SmtpSink::start_at(format!("127.0.0.3:{port}").parse().unwrap(), &[], true);
-    let mut daemon = Daemon::new(&format!(
-        r#"
-[process]
-hostname = "mx.example.test"
-
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:{{port}}"]
-queue = "main"
-accept_domains = ["example.test"]
-
-[queue.main]
-type = "disk"
-path = "{{dir}}/spool"
-relay = "out"
-
-[relay.out]
-type = "mx"
-port = {port}
-force_mx = {{ "example.test" = "127.0.0.2", "x.test" = "127.0.0.3" }}
-
-[dns]
-# Never asked (every domain is forced), but never the machine's resolver.
-nameservers = ["127.0.0.1:9"]
-"#
-    ));
+    let mut daemon = Daemon::new(
+        &[
+            config::process("mx.example.test", ""),
+            config::smtp_edge("\"example.test\"", ""),
+            config::disk_queue("{dir}/spool", ""),
+            config::forced_mx_relay(port),
+        ]
+        .concat(),
+    );
     daemon.start();
     let reply = send(
         daemon.addr(),
@@ -154,36 +140,14 @@ nameservers = ["127.0.0.1:9"]
 /// The config of the two tests below: example.test to 127.0.0.2 and
 /// x.test to 127.0.0.3, both on `port`; `extra` goes into `[queue.main]`.
 fn routed_config(port: u16, extra: &str) -> String {
-    format!(
-        r#"
-[process]
-hostname = "mx.example.test"
-
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:{{port}}"]
-queue = "main"
-accept_domains = ["example.test"]
-
-[queue.main]
-type = "disk"
-path = "{{dir}}/spool"
-relay = "out"
-{extra}
-
-[queue.main.retry]
-initial_delay = "1s"
-max_delay = "1s"
-
-[relay.out]
-type = "mx"
-port = {port}
-force_mx = {{ "example.test" = "127.0.0.2", "x.test" = "127.0.0.3" }}
-
-[dns]
-nameservers = ["127.0.0.1:9"]
-"#
-    )
+    [
+        config::process("mx.example.test", ""),
+        config::smtp_edge("\"example.test\"", ""),
+        config::disk_queue("{dir}/spool", extra),
+        config::retry("1s", Some("1s")),
+        config::forced_mx_relay(port),
+    ]
+    .concat()
 }
 
 #[test]

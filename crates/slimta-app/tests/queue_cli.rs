@@ -3,7 +3,10 @@
 //! itself), with messages deferred by a relay whose destination port is
 //! closed.
 
+mod common;
 mod queue_common;
+
+use common::config;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
@@ -37,33 +40,19 @@ fn ids(list: &str) -> Vec<String> {
 fn queue_commands_work_with_and_without_the_daemon() {
     // Nothing listens on the relay's port: every attempt is deferred.
     let closed = free_port();
-    let mut daemon = Daemon::new(&format!(
-        r#"
-[process]
-hostname = "mx.example.test"
-
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:{{port}}"]
-queue = "main"
-accept_domains = ["example.test"]
-
-[queue.main]
-type = "disk"
-path = "{{dir}}/spool"
-relay = "out"
-stats_interval = "1s"
-
-[queue.main.retry]
-initial_delay = "1h"
-
-[relay.out]
-type = "static"
-host = "127.0.0.1"
-port = {closed}
-connect_timeout = "5s"
-"#
-    ));
+    let mut daemon = Daemon::new(
+        &[
+            config::process("mx.example.test", ""),
+            config::smtp_edge("\"example.test\"", ""),
+            config::disk_queue("{dir}/spool", "stats_interval = \"1s\""),
+            config::retry("1h", None),
+            config::static_relay(
+                format!("127.0.0.1:{closed}").parse().unwrap(),
+                "connect_timeout = \"5s\"",
+            ),
+        ]
+        .concat(),
+    );
     daemon.start();
     for n in 1..=2 {
         let reply = send(

@@ -9,7 +9,10 @@
 //! relayed but not yet recorded as delivered when the kill came is sent
 //! again after the restart) and are counted and printed, not failed.
 
+mod common;
 mod queue_common;
+
+use common::config;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -65,37 +68,18 @@ say("DONE")
 #[test]
 fn every_acknowledged_message_survives_kill_9() {
     let sink = SmtpSink::start(&[], true);
-    let mut daemon = Daemon::new(&format!(
-        r#"
-[process]
-hostname = "mx.example.test"
-log_level = "info"
-
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:{{port}}"]
-queue = "main"
-accept_domains = ["example.test"]
-
-[queue.main]
-type = "disk"
-path = "{{dir}}/spool"
-relay = "out"
-
-[queue.main.retry]
-initial_delay = "1s"
-max_delay = "2s"
-
-[relay.out]
-type = "static"
-host = "127.0.0.1"
-port = {}
-# One connection to the sink, so delivery lags the eight clients and the
-# kill finds a backlog in the spool.
-pool_size = 1
-"#,
-        sink.addr().port()
-    ));
+    let mut daemon = Daemon::new(
+        &[
+            config::process("mx.example.test", "log_level = \"info\""),
+            config::smtp_edge("\"example.test\"", ""),
+            config::disk_queue("{dir}/spool", ""),
+            config::retry("1s", Some("2s")),
+            // One connection to the sink, so delivery lags the eight
+            // clients and the kill finds a backlog in the spool.
+            config::static_relay(sink.addr(), "pool_size = 1"),
+        ]
+        .concat(),
+    );
     daemon.start();
 
     let python = test_peers::require("python3", "python3");

@@ -6,7 +6,10 @@
 //! smtp-sink's fault injection (`-r RCPT`) refuses every recipient, so the
 //! destination is a small scripted SMTP server on loopback in this test.
 
+mod common;
 mod queue_common;
+
+use common::config;
 
 use std::time::{Duration, Instant};
 
@@ -21,33 +24,16 @@ fn the_refused_recipient_is_retried_alone() {
             "250 2.1.5 Ok".into()
         }
     });
-    let mut daemon = Daemon::new(&format!(
-        r#"
-[process]
-hostname = "mx.example.test"
-
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:{{port}}"]
-queue = "main"
-accept_domains = ["example.test"]
-
-[queue.main]
-type = "disk"
-path = "{{dir}}/spool"
-relay = "out"
-
-[queue.main.retry]
-initial_delay = "1s"
-max_delay = "1s"
-
-[relay.out]
-type = "static"
-host = "127.0.0.1"
-port = {}
-"#,
-        server.addr.port()
-    ));
+    let mut daemon = Daemon::new(
+        &[
+            config::process("mx.example.test", ""),
+            config::smtp_edge("\"example.test\"", ""),
+            config::disk_queue("{dir}/spool", ""),
+            config::retry("1s", Some("1s")),
+            config::static_relay(server.addr, ""),
+        ]
+        .concat(),
+    );
     daemon.start();
     let reply = send(
         daemon.addr(),

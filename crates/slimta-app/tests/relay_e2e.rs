@@ -2,7 +2,10 @@
 //! STARTTLS (verified against a test CA) and AUTH into B's SMTP edge, and
 //! A's HTTP relay posts into B's HTTP edge. B relays on to smtp-sink.
 
+mod common;
 mod support;
+
+use common::config;
 
 use std::time::Duration;
 
@@ -32,25 +35,16 @@ fn send(slimta: &Slimta, rcpt: &str, subject: &str) {
 /// A front MTA with a config of its own: an SMTP edge for `accepts` relaying
 /// to `relay` (a `[relay.out]` body).
 fn front(accepts: &str, relay: &str) -> Slimta {
-    Slimta::start(&format!(
-        r#"
-[process]
-hostname = "a.example.test"
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:{{port}}"]
-queue = "main"
-accept_domains = ["{accepts}"]
-reverse_dns = false
-[queue.main]
-type = "memory"
-relay = "out"
-[queue.main.retry]
-initial_delay = "1s"
-[relay.out]
-{relay}
-"#
-    ))
+    Slimta::start(
+        &[
+            config::process("a.example.test", ""),
+            config::smtp_edge(&format!("\"{accepts}\""), "reverse_dns = false"),
+            config::memory_queue(""),
+            config::retry("1s", None),
+            format!("\n[relay.out]\n{relay}\n"),
+        ]
+        .concat(),
+    )
 }
 
 #[test]

@@ -2,7 +2,10 @@
 //! `accept_domains` and AUTH users change for new sessions, other changes
 //! are reported as needing a restart, and a broken file changes nothing.
 
+mod common;
 mod support;
+
+use common::config;
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -14,32 +17,16 @@ const ALICE_OLD: &str = "AGFsaWNlAG9sZA=="; // "old"
 const ALICE_NEW: &str = "AGFsaWNlAG5ldw=="; // "new"
 
 fn config(domains: &str, alice: &str, max_concurrency: u32) -> String {
-    format!(
-        r#"
-[process]
-hostname = "mx.example.test"
-log_level = "info"
-
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:{{port}}"]
-queue = "main"
-accept_domains = [{domains}]
-reverse_dns = false
-
-[edge.in.auth]
-allow_plaintext = true
-users = {{ alice = "{{PLAIN}}{alice}" }}
-
-[queue.main]
-type = "memory"
-relay = "out"
-max_concurrency = {max_concurrency}
-
-[relay.out]
-type = "blackhole"
-"#
-    )
+    [
+        config::process("mx.example.test", "log_level = \"info\""),
+        config::smtp_edge(domains, "reverse_dns = false"),
+        format!(
+            "[edge.in.auth]\nallow_plaintext = true\nusers = {{ alice = \"{{PLAIN}}{alice}\" }}\n"
+        ),
+        config::memory_queue(&format!("max_concurrency = {max_concurrency}")),
+        config::blackhole_relay(),
+    ]
+    .concat()
 }
 
 fn rewrite(slimta: &Slimta, text: &str) {

@@ -2,6 +2,7 @@
 //! Python's smtplib, raw sockets, Postfix's smtp-source) talk to it, and
 //! Postfix's smtp-sink receives what it relays.
 
+mod common;
 mod support;
 
 use std::process::Command;

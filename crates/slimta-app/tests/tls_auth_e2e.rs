@@ -2,6 +2,7 @@
 //! independent clients: swaks, Python's ssl/smtplib, the PyPI STARTTLS
 //! injection tester, raw sockets. Certificates are made at test time.
 
+mod common;
 mod support;
 
 use std::path::{Path, PathBuf};

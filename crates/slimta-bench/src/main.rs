@@ -1,7 +1,7 @@
 //! `slimta-load`: the SMTP load client of the benchmark harness (`bench/run`).
 //!
 //! Why our own client next to Postfix's `smtp-source`: `smtp-source` only
-//! reports a wall-clock time, and the targets of issue 6 include a latency
+//! reports a wall-clock time, and the performance targets include a latency
 //! percentile (time from sending the final `.` to reading the `250`) and a
 //! memory figure under 10,000 idle connections, which need a client that
 //! keeps per-message samples and can hold connections open.

@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the SMTP hot paths (issue 6, item 4).
+//! Criterion micro-benchmarks of the SMTP hot paths.
 //!
 //! Why these four: per accepted message, the server parses a handful of
 //! pipelined command lines, reads and dot-unstuffs the whole message, and

@@ -1,6 +1,6 @@
 //! The narrow door between an edge and a queue.
 //!
-//! An edge must not know what a queue is (DESIGN.md: the parts stay
+//! An edge must not know what a queue is (the parts stay
 //! swappable), so it hands finished envelopes to anything that implements
 //! [`Handoff`]. The queue implements it; a test can implement it with a
 //! channel.

@@ -131,7 +131,7 @@ fn relay(addr: SocketAddr) -> StaticSmtpRelay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_messages_share_at_most_pool_size_sessions() {
-    // Issue 5: 1,000 messages through pool_size = 2.
+    // 1,000 messages through pool_size = 2.
     const MESSAGES: usize = 1000;
     let (addr, stats) = counting_server(false).await;
     let relay = Arc::new(relay_with(

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 pub use test_peers::{Peer, SmtpSink, crlf_to_lf, free_port};
 
+use crate::common::config;
+
 /// A running `slimta --config FILE`, killed on drop.
 pub struct Slimta {
     pub peer: Peer,
@@ -77,32 +79,16 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// A config: SMTP edge on `{port}`, memory queue, static relay to `sink`.
 pub fn relay_config(sink: SocketAddr, edge_extra: &str) -> String {
-    format!(
-        r#"
-[process]
-hostname = "mx.example.test"
-log_level = "info"
-
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:{{port}}"]
-queue = "main"
-accept_domains = ["example.test"]
-reverse_dns = false
-{edge_extra}
-
-[queue.main]
-type = "memory"
-relay = "out"
-
-[relay.out]
-type = "static"
-host = "{ip}"
-port = {sink_port}
-"#,
-        ip = sink.ip(),
-        sink_port = sink.port(),
-    )
+    [
+        config::process("mx.example.test", "log_level = \"info\""),
+        config::smtp_edge(
+            "\"example.test\"",
+            &format!("reverse_dns = false\n{edge_extra}"),
+        ),
+        config::memory_queue(""),
+        config::static_relay(sink, ""),
+    ]
+    .concat()
 }
 
 /// A raw SMTP client that reads whole (multi-line) replies.

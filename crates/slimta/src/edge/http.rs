@@ -40,7 +40,7 @@
 //!   ([`Credentials::verify_async`]) and a failure is answered after
 //!   `auth_failure_delay` (1 s by default), the HTTP twin of the SMTP
 //!   edge's failed-login delay. Basic auth over plain HTTP is allowed: the
-//!   operator chooses TLS for the listener (the seed calls HTTP submission a
+//!   operator chooses TLS for the listener (python-slimta calls HTTP submission a
 //!   controlled-environment protocol).
 //! - The body is read frame by frame and refused with 413 as soon as it
 //!   passes `max_size` (or at once if `Content-Length` says so): memory per

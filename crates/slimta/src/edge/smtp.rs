@@ -12,7 +12,7 @@
 //!   (RFC 2920) and a lockstep client still gets each reply at once.
 //! - An idle session holds no read buffer (see `transport`).
 //! - The message reply reflects only whether the queue took responsibility
-//!   (DESIGN.md): `250 2.6.0 Message queued as ID` once every part is
+//!   (a 250 is a promise that the message will not be lost): `250 2.6.0 Message queued as ID` once every part is
 //!   durable, otherwise the first failed part's reply (see `handoff`).
 //! - Shutdown: a session waiting for a command gets `421 4.3.2` and is
 //!   closed; a session inside DATA finishes the message first, so nothing a
@@ -42,9 +42,17 @@ static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An SMTP edge: accepts sessions and hands messages to a queue.
 pub struct SmtpEdge<H, V = AcceptAll> {
-    server_config: Arc<ServerConfig>,
     handoff: Arc<H>,
     validators: Arc<V>,
+    settings: Settings,
+}
+
+/// Everything an edge is configured with besides its handoff and
+/// validators: one value, so changing the validators' type (or cloning the
+/// edge for a session) carries every setting over without listing them.
+#[derive(Clone)]
+struct Settings {
+    server_config: Arc<ServerConfig>,
     command_timeout: Duration,
     data_timeout: Duration,
     max_connections: usize,
@@ -62,21 +70,9 @@ pub struct SmtpEdge<H, V = AcceptAll> {
 impl<H, V> Clone for SmtpEdge<H, V> {
     fn clone(&self) -> Self {
         Self {
-            server_config: self.server_config.clone(),
             handoff: self.handoff.clone(),
             validators: self.validators.clone(),
-            command_timeout: self.command_timeout,
-            data_timeout: self.data_timeout,
-            max_connections: self.max_connections,
-            drain_timeout: self.drain_timeout,
-            proxy: self.proxy,
-            #[cfg(feature = "tls")]
-            tls: self.tls.clone(),
-            tls_immediately: self.tls_immediately,
-            #[cfg(feature = "mx")]
-            reverse_dns: self.reverse_dns.clone(),
-            credentials: self.credentials.clone(),
-            auth_failure_delay: self.auth_failure_delay,
+            settings: self.settings.clone(),
         }
     }
 }
@@ -87,21 +83,23 @@ impl<H: Handoff> SmtpEdge<H, AcceptAll> {
     /// real ones with [`SmtpEdge::validators`]).
     pub fn new(hostname: impl Into<String>, handoff: H) -> Self {
         Self {
-            server_config: Arc::new(ServerConfig::new(hostname)),
             handoff: Arc::new(handoff),
             validators: Arc::new(AcceptAll),
-            command_timeout: Duration::from_secs(300),
-            data_timeout: Duration::from_secs(600),
-            max_connections: 1000,
-            drain_timeout: Duration::from_secs(30),
-            proxy: None,
-            #[cfg(feature = "tls")]
-            tls: None,
-            tls_immediately: false,
-            #[cfg(feature = "mx")]
-            reverse_dns: None,
-            credentials: None,
-            auth_failure_delay: Duration::from_secs(1),
+            settings: Settings {
+                server_config: Arc::new(ServerConfig::new(hostname)),
+                command_timeout: Duration::from_secs(300),
+                data_timeout: Duration::from_secs(600),
+                max_connections: 1000,
+                drain_timeout: Duration::from_secs(30),
+                proxy: None,
+                #[cfg(feature = "tls")]
+                tls: None,
+                tls_immediately: false,
+                #[cfg(feature = "mx")]
+                reverse_dns: None,
+                credentials: None,
+                auth_failure_delay: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -110,21 +108,9 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
     /// Uses `validators` for every session.
     pub fn validators<W: Validators>(self, validators: W) -> SmtpEdge<H, W> {
         SmtpEdge {
-            server_config: self.server_config,
             handoff: self.handoff,
             validators: Arc::new(validators),
-            command_timeout: self.command_timeout,
-            data_timeout: self.data_timeout,
-            max_connections: self.max_connections,
-            drain_timeout: self.drain_timeout,
-            proxy: self.proxy,
-            #[cfg(feature = "tls")]
-            tls: self.tls,
-            tls_immediately: self.tls_immediately,
-            #[cfg(feature = "mx")]
-            reverse_dns: self.reverse_dns,
-            credentials: self.credentials,
-            auth_failure_delay: self.auth_failure_delay,
+            settings: self.settings,
         }
     }
 
@@ -132,14 +118,14 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
     /// in the [`ServerConfig`]). Without credentials every AUTH fails unless
     /// a validator's `auth` hook accepts it.
     pub fn credentials(mut self, credentials: Credentials) -> Self {
-        self.credentials = Some(Arc::new(credentials));
+        self.settings.credentials = Some(Arc::new(credentials));
         self
     }
 
     /// The pause before answering a failed AUTH, multiplied by the number of
     /// failures in the session (at most 5 times). Default 1 s.
     pub fn auth_failure_delay(mut self, delay: Duration) -> Self {
-        self.auth_failure_delay = delay;
+        self.settings.auth_failure_delay = delay;
         self
     }
 
@@ -148,7 +134,7 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
     /// `localhost` without a query.
     #[cfg(feature = "mx")]
     pub fn reverse_dns(mut self, resolver: super::reverse_dns::ReverseDns) -> Self {
-        self.reverse_dns = Some(Arc::new(resolver));
+        self.settings.reverse_dns = Some(Arc::new(resolver));
         self
     }
 
@@ -157,7 +143,7 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
     /// A malformed header, or none within the command timeout, closes the
     /// connection without a banner.
     pub fn proxy_protocol(mut self, mode: Option<ProxyMode>) -> Self {
-        self.proxy = mode;
+        self.settings.proxy = mode;
         self
     }
 
@@ -165,45 +151,45 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
     /// says so) and implicit TLS.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: super::tls::ReloadableTls) -> Self {
-        self.tls = Some(tls);
+        self.settings.tls = Some(tls);
         self
     }
 
     /// TLS on connect (port 465 style) instead of STARTTLS; needs
     /// [`SmtpEdge::tls`].
     pub fn tls_immediately(mut self, on: bool) -> Self {
-        self.tls_immediately = on;
+        self.settings.tls_immediately = on;
         self
     }
 
     /// Replaces the protocol limits and extensions.
     pub fn server_config(mut self, config: ServerConfig) -> Self {
-        self.server_config = Arc::new(config);
+        self.settings.server_config = Arc::new(config);
         self
     }
 
     /// Idle time allowed while waiting for a command (RFC 5321 4.5.3.2: at
     /// least 5 minutes).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout;
+        self.settings.command_timeout = timeout;
         self
     }
 
     /// Idle time allowed between two reads of message data.
     pub fn data_timeout(mut self, timeout: Duration) -> Self {
-        self.data_timeout = timeout;
+        self.settings.data_timeout = timeout;
         self
     }
 
     /// Sessions served at once; more clients get `421 4.3.2` and are closed.
     pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max.max(1);
+        self.settings.max_connections = max.max(1);
         self
     }
 
     /// How long shutdown waits for running sessions.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
+        self.settings.drain_timeout = timeout;
         self
     }
 
@@ -214,16 +200,16 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
         L: Accept,
         L::Stream: Into<Transport>,
     {
-        let host = &self.server_config.hostname;
+        let host = &self.settings.server_config.hostname;
         let limits = ListenerLimits {
-            max_connections: self.max_connections,
+            max_connections: self.settings.max_connections,
             refusal: Reply::new(
                 421,
                 "4.3.2",
                 format!("{host} Too many connections, try again later"),
             )
             .to_bytes(),
-            drain_timeout: self.drain_timeout,
+            drain_timeout: self.settings.drain_timeout,
         };
         let edge = self.clone();
         let session_shutdown = shutdown.clone();
@@ -253,8 +239,11 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
             info.client.port = peer.port();
         }
         let mut peer = peer.map_or_else(|| "unix".to_string(), |p| p.to_string());
-        if let Some(mode) = self.proxy {
-            match stream.take_proxy_header(mode, self.command_timeout).await {
+        if let Some(mode) = self.settings.proxy {
+            match stream
+                .take_proxy_header(mode, self.settings.command_timeout)
+                .await
+            {
                 Ok(header) => {
                     if let Some(source) = header.source {
                         info.client.ip = Some(source.ip());
@@ -269,14 +258,14 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
             }
         }
         #[cfg(feature = "tls")]
-        if self.tls_immediately {
-            let Some(tls) = &self.tls else {
+        if self.settings.tls_immediately {
+            let Some(tls) = &self.settings.tls else {
                 tracing::error!(session = info.id, "tls_immediately without certificates");
                 return;
             };
             let acceptor = tls.acceptor();
             let handshake = stream.start_tls(&acceptor);
-            match tokio::time::timeout(self.command_timeout, handshake).await {
+            match tokio::time::timeout(self.settings.command_timeout, handshake).await {
                 Ok(Ok(tls_info)) => info.client.tls = Some(tls_info),
                 Ok(Err(e)) => {
                     tracing::info!(session = info.id, client = %peer, error = %e, "TLS handshake failed");
@@ -289,7 +278,7 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
             }
         }
         #[cfg(feature = "mx")]
-        if let (Some(resolver), Some(ip)) = (&self.reverse_dns, info.client.ip) {
+        if let (Some(resolver), Some(ip)) = (&self.settings.reverse_dns, info.client.ip) {
             info.client.host = if ip.to_canonical().is_loopback() {
                 Some("localhost".to_string())
             } else {
@@ -306,7 +295,7 @@ impl<H: Handoff, V: Validators> SmtpEdge<H, V> {
         let mut session = Session {
             edge: self,
             stream,
-            server: Server::new(self.server_config.clone()),
+            server: Server::new(self.settings.server_config.clone()),
             info,
             messages: 0,
             failed_auths: 0,
@@ -371,9 +360,9 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                     self.flush().await?;
                     let data = self.server.reading_data();
                     let timeout = if data {
-                        self.edge.data_timeout
+                        self.edge.settings.data_timeout
                     } else {
-                        self.edge.command_timeout
+                        self.edge.settings.command_timeout
                     };
                     let read = tokio::select! {
                         read = tokio::time::timeout(timeout, self.stream.read_into(&mut self.server)) => read,
@@ -474,7 +463,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
                     self.failed_auths += 1;
                     tracing::info!(session = self.info.id, user = %attempt.authcid, failures = self.failed_auths, "authentication failed");
                     let factor = self.failed_auths.min(5);
-                    tokio::time::sleep(self.edge.auth_failure_delay * factor).await;
+                    tokio::time::sleep(self.edge.settings.auth_failure_delay * factor).await;
                 }
             }
             EventKind::Message(_) => unreachable!("messages are delivered by run()"),
@@ -553,7 +542,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
 
     fn tls_available(&self) -> bool {
         #[cfg(feature = "tls")]
-        return self.edge.tls.is_some();
+        return self.edge.settings.tls.is_some();
         #[cfg(not(feature = "tls"))]
         false
     }
@@ -561,10 +550,10 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
     /// Runs the STARTTLS handshake; true when the session is now encrypted.
     async fn start_tls(&mut self) -> bool {
         #[cfg(feature = "tls")]
-        if let Some(tls) = &self.edge.tls {
+        if let Some(tls) = &self.edge.settings.tls {
             let acceptor = tls.acceptor();
             let handshake = self.stream.start_tls(&acceptor);
-            match tokio::time::timeout(self.edge.command_timeout, handshake).await {
+            match tokio::time::timeout(self.edge.settings.command_timeout, handshake).await {
                 Ok(Ok(info)) => {
                     tracing::info!(session = self.info.id, protocol = %info.protocol, cipher = %info.cipher, "STARTTLS");
                     self.info.client.tls = Some(info);
@@ -586,7 +575,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
     /// Checks an AUTH attempt against the edge's credentials. Proxy
     /// authorization (an authzid other than the authcid) is not supported.
     async fn check_credentials(&self, attempt: &AuthAttempt) -> bool {
-        let Some(credentials) = &self.edge.credentials else {
+        let Some(credentials) = &self.edge.settings.credentials else {
             return false;
         };
         if attempt

@@ -31,11 +31,30 @@
 //! - BDAT arguments are parsed from raw bytes (before any UTF-8 check):
 //!   `BDAT SP 1*DIGIT [SP "LAST"]`, nothing else. Anything else is
 //!   unrecoverable (the chunk would be read as commands), see the server.
+//! - The accepted MAIL and RCPT parameters ([`MailParams`], [`RcptParams`])
+//!   are defined here, where they are parsed, and the server re-exports
+//!   them: the server uses the parser, never the other way round.
 
 use crate::envelope::BodyType;
 use crate::reply::Reply;
 use crate::smtp::address::{parse_forward_path, parse_reverse_path};
-use crate::smtp::server::{MailParams, RcptParams};
+
+/// MAIL FROM parameters that were accepted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MailParams {
+    /// `SIZE=` (RFC 1870).
+    pub size: Option<u64>,
+    /// `BODY=` (RFC 6152 / 3030).
+    pub body: BodyType,
+    /// `SMTPUTF8` (RFC 6531).
+    pub smtputf8: bool,
+    /// `AUTH=` (RFC 4954), xtext-decoded; `Some("")` for `AUTH=<>`.
+    pub auth: Option<String>,
+}
+
+/// RCPT TO parameters that were accepted (none yet; DSN comes later).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RcptParams {}
 
 /// The command word of a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

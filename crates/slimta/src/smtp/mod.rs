@@ -16,7 +16,6 @@ pub mod data;
 pub mod sasl;
 pub mod server;
 
+pub use command::{MailParams, RcptParams};
 pub use sasl::{AuthAttempt, AuthSecret, Mechanism};
-pub use server::{
-    Event, EventKind, MailParams, RcptParams, Server, ServerConfig, Step, Transaction,
-};
+pub use server::{Event, EventKind, Server, ServerConfig, Step, Transaction};

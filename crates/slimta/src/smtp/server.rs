@@ -177,9 +177,10 @@ use std::sync::Arc;
 
 use memchr::memmem;
 
-use crate::envelope::{BodyType, Protocol};
+use crate::envelope::Protocol;
 use crate::reply::Reply;
 use crate::smtp::command::{self, BdatArgs, Offered, Verb};
+pub use crate::smtp::command::{MailParams, RcptParams};
 use crate::smtp::data::{Body, DataReader};
 use crate::smtp::sasl::{self, AuthAttempt, Mechanism};
 
@@ -254,23 +255,6 @@ impl ServerConfig {
         }
     }
 }
-
-/// MAIL FROM parameters that were accepted.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MailParams {
-    /// `SIZE=` (RFC 1870).
-    pub size: Option<u64>,
-    /// `BODY=` (RFC 6152 / 3030).
-    pub body: BodyType,
-    /// `SMTPUTF8` (RFC 6531).
-    pub smtputf8: bool,
-    /// `AUTH=` (RFC 4954), xtext-decoded; `Some("")` for `AUTH=<>`.
-    pub auth: Option<String>,
-}
-
-/// RCPT TO parameters that were accepted (none yet; DSN comes later).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RcptParams {}
 
 /// A completed mail transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
