@@ -32,7 +32,7 @@ use slimta::edge::http::HttpEdge;
 use slimta::edge::proxy::ProxyMode;
 use slimta::edge::reverse_dns::ReverseDns;
 use slimta::edge::tls::{ReloadableTls, TlsConfig};
-use slimta::edge::{AcceptDomains, SmtpEdge, listener};
+use slimta::edge::{AcceptDomains, SmtpEdge, ValidatorChain, listener};
 use slimta::queue::Queue;
 use slimta::queue::backoff::ExponentialBackoff;
 use slimta::queue::disk::{DiskOptions, DiskStorage};
@@ -164,7 +164,7 @@ impl Drop for ControlSocket {
 enum Serving {
     Http(HttpEdge<AppQueue>, Vec<tokio::net::TcpListener>),
     Smtp(
-        SmtpEdge<AppQueue, AcceptDomains>,
+        SmtpEdge<AppQueue, ValidatorChain>,
         Vec<tokio::net::TcpListener>,
         Vec<tokio::net::UnixListener>,
     ),
@@ -517,6 +517,16 @@ fn build_queue(
     })
 }
 
+/// The edge's `checks`, in order, as one chain (relay control goes first,
+/// in front of it).
+fn checks(edge: &EdgeConfig) -> ValidatorChain {
+    edge.checks
+        .iter()
+        .fold(ValidatorChain::new(), |chain, check| {
+            chain.then_shared(check.validators())
+        })
+}
+
 fn build_http_edge(
     edge: &EdgeConfig,
     queue: AppQueue,
@@ -527,6 +537,7 @@ fn build_http_edge(
 ) -> HttpEdge<AppQueue> {
     let mut http = HttpEdge::new(hostname, queue)
         .accept_domains(accept_domains)
+        .validators(checks(edge))
         .max_size(usize::try_from(edge.max_size).unwrap_or(usize::MAX))
         .max_recipients(edge.max_recipients)
         .timeout(edge.command_timeout)
@@ -547,7 +558,7 @@ fn build_smtp_edge(
     tls: Option<ReloadableTls>,
     credentials: Option<Credentials>,
     accept_domains: AcceptDomains,
-) -> SmtpEdge<AppQueue, AcceptDomains> {
+) -> SmtpEdge<AppQueue, ValidatorChain> {
     let mut server = ServerConfig::new(hostname);
     server.max_size = usize::try_from(edge.max_size).unwrap_or(usize::MAX);
     server.max_recipients = edge.max_recipients;
@@ -563,7 +574,7 @@ fn build_smtp_edge(
         server.auth_required = auth.required;
     }
     let mut smtp = SmtpEdge::new(hostname, queue)
-        .validators(accept_domains)
+        .validators(ValidatorChain::new().then(accept_domains).then(checks(edge)))
         .server_config(server)
         .command_timeout(edge.command_timeout)
         .data_timeout(edge.data_timeout)

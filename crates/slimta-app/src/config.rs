@@ -2,7 +2,8 @@
 //!
 //! The file has the four sections of python-slimta's app (`[process]`,
 //! `[edge.NAME]`, `[queue.NAME]`, `[relay.NAME]`) plus `[dns]` and
-//! `[policy.NAME]` (named, parameterised policies: `kinds/policy/`). It is parsed
+//! `[policy.NAME]` and `[check.NAME]` (named, parameterised queue policies and
+//! edge checks: `kinds/policy/`, `kinds/check/`). It is parsed
 //! into a [`toml::Table`] and walked by hand instead of through serde derive,
 //! because an operator running `slimta --check-config` wants **every** mistake
 //! at once, each with the key path that holds it
@@ -42,6 +43,7 @@ use std::time::Duration;
 use slimta::relay::smtp::ClientOptions;
 use toml::Table;
 
+pub use crate::kinds::check::CheckConfig;
 pub use crate::kinds::policy::PolicyConfig;
 
 use read::{read_config, syntax_error};
@@ -100,6 +102,9 @@ pub struct Config {
     /// `[policy.NAME]`, by name (those a queue uses are also in its
     /// `policies` / `relay_policies`).
     pub policies: BTreeMap<String, PolicyConfig>,
+    /// `[check.NAME]`, by name (those an edge uses are also in its
+    /// `checks`).
+    pub checks: BTreeMap<String, CheckConfig>,
     /// `[dns]`: the resolver used by MX relays (and later SPF, DNSBL).
     pub dns: DnsConfig,
 }
@@ -145,6 +150,9 @@ pub struct EdgeConfig {
     /// from anyone; others are relaying and need authentication. Default
     /// empty: mail for nobody.
     pub accept_domains: Vec<String>,
+    /// Checks run after the relay-control rule, in order (`checks`:
+    /// `[check.NAME]` names). Default none.
+    pub checks: Vec<CheckConfig>,
     /// Largest message in bytes, advertised in SIZE. Default 10485760.
     pub max_size: u64,
     /// Recipients per transaction before `452 4.5.3`. Default 100.

@@ -483,3 +483,32 @@ fn ten_thousand_idle_connections_stay_small() {
     idle[0].cmd("NOOP", "250");
     eprintln!("RSS: {before} KiB before, {during} KiB with 10,000 idle connections");
 }
+
+/// `[check.NAME]` sections listed in `edge.E.checks` run after relay
+/// control: an unknown local user is refused at RCPT with 5.1.1, a
+/// recipient elsewhere still gets relay control's 5.7.1 (the first refusal
+/// wins), and only the listed user's copy is relayed.
+#[test]
+fn a_recipient_list_check_refuses_unknown_users_after_relay_control() {
+    let sink = SmtpSink::start(&[], true);
+    let config = format!(
+        "{}\n[check.users]\ntype = \"recipient_list\"\naddresses = [\"Alice@example.test\"]\n",
+        relay_config(sink.addr(), "checks = [\"users\"]")
+    );
+    let slimta = Slimta::start(&config);
+    let mut c = session(&slimta);
+    c.send(b"EHLO check.test\r\nMAIL FROM:<p@x.test>\r\nRCPT TO:<alice@EXAMPLE.test>\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<c@other.test>\r\nRCPT TO:<postmaster>\r\nDATA\r\n");
+    c.expect("250-mx.example.test");
+    c.expect("250 2.1.0 Sender <p@x.test> ok");
+    c.expect("250 2.1.5 Recipient <alice@EXAMPLE.test> ok");
+    c.expect("550 5.1.1 <bob@example.test>: User unknown");
+    c.expect("550 5.7.1 <c@other.test>: Relaying denied");
+    c.expect("250 2.1.5 Recipient <postmaster> ok");
+    c.expect("354 ");
+    c.send(b"Subject: checked\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    c.expect("250 2.6.0 Message queued as ");
+    c.expect("221 2.0.0 Bye");
+    let got = sink.wait_for_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "slimta log:\n{}", slimta.log());
+    assert_eq!(got[0].rcpt_args, vec!["<alice@EXAMPLE.test>", "<postmaster>"]);
+}

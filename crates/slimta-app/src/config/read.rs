@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::kinds::check::{self, CheckConfig};
 use crate::kinds::policy::{self, PolicyConfig, Stage};
 
 use super::client::read_smtp_client;
@@ -56,9 +57,12 @@ pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
     let queue_tables = named_tables(&mut section, errors, "queue");
     let relay_tables = named_tables(&mut section, errors, "relay");
     let policy_tables = named_tables(&mut section, errors, "policy");
+    let check_tables = named_tables(&mut section, errors, "check");
     section.finish(errors, &[], None);
     let policies = policy::read_sections(&policy_tables, errors);
     let policy_names = policy::section_names(&policy_tables);
+    let checks = check::read_sections(&check_tables, errors);
+    let check_names = check::section_names(&check_tables);
 
     if edge_tables.is_empty() {
         errors.push(
@@ -87,7 +91,7 @@ pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
     let mut edges = BTreeMap::new();
     for (name, table) in &edge_tables {
         let section = Section::new(format!("edge.{name}"), table);
-        if let Some(edge) = read_edge(section, errors, &queue_tables) {
+        if let Some(edge) = read_edge(section, errors, &queue_tables, (&checks, &check_names)) {
             edges.insert(name.clone(), edge);
         }
     }
@@ -99,6 +103,7 @@ pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
         queues,
         relays,
         policies,
+        checks,
         dns,
     }
 }
@@ -178,6 +183,7 @@ fn read_edge(
     mut s: Section<'_>,
     errors: &mut Errors,
     queues: &BTreeMap<String, &Table>,
+    (checks, check_names): (&BTreeMap<String, CheckConfig>, &BTreeSet<String>),
 ) -> Option<EdgeConfig> {
     let kind = s.required(errors, "type", choice(&["smtp", "lmtp", "http"]));
     let listen = s.required(errors, "listen", |v| match v {
@@ -211,6 +217,7 @@ fn read_edge(
         errors.push(s.key_path("queue"), format!("no queue named \"{queue}\""));
     }
     let accept_domains = s.list(errors, "accept_domains", domain).unwrap_or_default();
+    let checks = check::read_list(&mut s, errors, checks, check_names);
     let max_size = s.or(errors, "max_size", 10_485_760, integer(1, u64::MAX));
     let max_recipients = s.or(errors, "max_recipients", 100, count);
     let max_connections = s.or(errors, "max_connections", 1000, count);
@@ -267,6 +274,7 @@ fn read_edge(
         listen: addresses?,
         queue: queue?,
         accept_domains,
+        checks,
         max_size,
         max_recipients,
         max_connections,

@@ -48,6 +48,7 @@ fn minimal_file_gets_every_default() {
             listen: vec!["127.0.0.1:2525".parse().unwrap()],
             queue: "main".into(),
             accept_domains: vec![],
+            checks: vec![],
             max_size: 10_485_760,
             max_recipients: 100,
             max_connections: 1000,
@@ -308,7 +309,7 @@ const BAD: &[(&str, &[&str])] = &[
         &[
             "edge.in2.listen: must list at least one address",
             "edge.in2.queue: no queue named \"nope\"",
-            "edge.in2.bogus: unknown key (expected one of: accept_domains, auth, command_timeout, data_timeout, listen, max_connections, max_recipients, max_size, proxy_protocol, queue, reverse_dns, tls, tls_immediately, type)",
+            "edge.in2.bogus: unknown key (expected one of: accept_domains, auth, checks, command_timeout, data_timeout, listen, max_connections, max_recipients, max_size, proxy_protocol, queue, reverse_dns, tls, tls_immediately, type)",
         ],
     ),
     (
@@ -415,6 +416,18 @@ const BAD: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "[check.users]\ntype = \"recipient_list\"\naddresses = [\"nobody\"]\n[check.spf]\ntype = \"spf\"\n[check.x]\ntype = \"greylist\"\n[check.empty]\ntype = \"recipient_list\"\naddresses = []\nzone = \"z\"\n[edge.e2]\ntype = \"smtp\"\nlisten = [\"127.0.0.1:2526\"]\nqueue = \"main\"\nchecks = [\"users\", \"nope\", \"spf\", \"nope\"]",
+        &[
+            "check.empty.addresses: must list at least one address",
+            "check.empty.zone: unknown key (expected one of: addresses, type)",
+            "check.spf.type: check type \"spf\" is not built yet (built: \"recipient_list\")",
+            "check.users.addresses[0]: invalid address \"nobody\" (expected local@domain, without <>)",
+            "check.x.type: unknown value \"greylist\" (expected one of: \"recipient_list\", \"spf\", \"dnsbl\", \"milter\")",
+            "edge.e2.checks[1]: no check named \"nope\" (define [check.nope] with a type)",
+            "edge.e2.checks[3]: \"nope\" is listed twice",
+        ],
+    ),
+    (
         "[process]\nhostname = 42\nlog_format = \"xml\"\nlog_level = \"inf,slimta=debug\"\n[dns]\nnameservers = [\"dns.example:53\"]\nport = 53\n[extra]",
         &[
             "process.hostname: expected a string, found integer",
@@ -422,7 +435,7 @@ const BAD: &[(&str, &[&str])] = &[
             "process.log_format: unknown value \"xml\" (expected one of: \"text\", \"json\")",
             "dns.nameservers[0]: invalid nameserver \"dns.example:53\" (expected IP or IP:PORT, e.g. \"127.0.0.1:5353\")",
             "dns.port: unknown key (expected one of: nameservers)",
-            "extra: unknown key (expected one of: dns, edge, policy, process, queue, relay)",
+            "extra: unknown key (expected one of: check, dns, edge, policy, process, queue, relay)",
         ],
     ),
     (

@@ -1,0 +1,178 @@
+//! Edge checks of the app: `[check.NAME]` sections, and the names an edge
+//! lists in `checks` (run, in order, after the relay-control rule of
+//! `accept_domains`, at the SMTP stage each needs: a recipient check at
+//! RCPT, a content check once the message is in).
+//!
+//! Each kind is a [`CheckKind`] in [`KINDS`]: its `type` name and the
+//! function that reads its keys into [`CheckSettings`] (which later builds
+//! the library [`Validators`](slimta::edge::Validators) link). A kind that
+//! is named but not built yet has no reader: a file using it is refused
+//! by `--check-config` with "not built yet" instead of running without it.
+//!
+//! Decisions:
+//! - An edge's links form one `ValidatorChain`: relay control first, then
+//!   the listed checks; the first refusal wins and stops the chain (a later
+//!   check never turns a refusal into an acceptance).
+//! - Checks are always named sections (they carry parameters: lists,
+//!   hosts, zones); there are no bare names.
+//! - The same check listed twice in one edge is an error.
+
+mod recipient_list;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use slimta::edge::DynValidators;
+use toml::Table;
+
+use crate::config::fields::{Errors, Section, choice, quoted, string};
+
+/// The settings one kind read from its section, able to build the check.
+pub trait CheckSettings: fmt::Debug + Send + Sync {
+    /// The link of the edge's validator chain.
+    fn validators(&self) -> Arc<dyn DynValidators>;
+}
+
+/// Reads a kind's keys from its section (`type` is already taken).
+type ReadSettings = fn(&mut Section<'_>, &mut Errors) -> Option<Arc<dyn CheckSettings>>;
+
+/// One `type` of check.
+pub struct CheckKind {
+    /// The `type` in the file.
+    pub name: &'static str,
+    /// `None`: the kind is known but not built yet.
+    read: Option<ReadSettings>,
+}
+
+/// Every kind of check the app knows, built or planned.
+pub const KINDS: &[CheckKind] = &[
+    recipient_list::RECIPIENT_LIST,
+    planned("spf"),
+    planned("dnsbl"),
+    planned("milter"),
+];
+
+const fn planned(name: &'static str) -> CheckKind {
+    CheckKind { name, read: None }
+}
+
+/// A configured check: a `[check.NAME]` section.
+#[derive(Clone)]
+pub struct CheckConfig {
+    /// The section name.
+    pub name: String,
+    /// Its kind.
+    pub kind: &'static CheckKind,
+    settings: Arc<dyn CheckSettings>,
+}
+
+impl fmt::Debug for CheckConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckConfig")
+            .field("name", &self.name)
+            .field("type", &self.kind.name)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// Two checks are the same when name, kind and settings read the same
+/// (what SIGHUP needs to tell a changed edge from an unchanged one).
+impl PartialEq for CheckConfig {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
+}
+
+impl Eq for CheckConfig {}
+
+impl CheckConfig {
+    /// The library link.
+    pub fn validators(&self) -> Arc<dyn DynValidators> {
+        self.settings.validators()
+    }
+}
+
+/// Reads every `[check.NAME]` section; a section with errors is left out
+/// (its errors are reported) but its name stays known, so references to it
+/// are not reported a second time.
+pub(crate) fn read_sections(
+    tables: &BTreeMap<String, &Table>,
+    errors: &mut Errors,
+) -> BTreeMap<String, CheckConfig> {
+    let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+    let mut out = BTreeMap::new();
+    for (name, table) in tables {
+        let mut s = Section::new(format!("check.{name}"), table);
+        let Some(kind) = s
+            .required(errors, "type", choice(&names))
+            .and_then(|t| KINDS.iter().find(|k| k.name == t))
+        else {
+            continue;
+        };
+        let Some(read) = kind.read else {
+            let built: Vec<&str> = KINDS
+                .iter()
+                .filter(|k| k.read.is_some())
+                .map(|k| k.name)
+                .collect();
+            errors.push(
+                s.key_path("type"),
+                format!(
+                    "check type \"{}\" is not built yet (built: {})",
+                    kind.name,
+                    quoted(&built)
+                ),
+            );
+            continue;
+        };
+        let settings = read(&mut s, errors);
+        s.finish(errors, &[], Some(kind.name));
+        if let Some(settings) = settings {
+            out.insert(
+                name.clone(),
+                CheckConfig {
+                    name: name.clone(),
+                    kind,
+                    settings,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Reads an edge's `checks` list: each entry names a `[check.NAME]` section
+/// (`sections`; `section_names` are the names of every section, read or
+/// not).
+pub(crate) fn read_list(
+    s: &mut Section<'_>,
+    errors: &mut Errors,
+    sections: &BTreeMap<String, CheckConfig>,
+    section_names: &BTreeSet<String>,
+) -> Vec<CheckConfig> {
+    let path = s.key_path("checks");
+    let names = s.list(errors, "checks", string).unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        if !seen.insert(name.clone()) {
+            errors.push(at, format!("\"{name}\" is listed twice"));
+        } else if let Some(check) = sections.get(name) {
+            out.push(check.clone());
+        } else if !section_names.contains(name) {
+            errors.push(
+                at,
+                format!("no check named \"{name}\" (define [check.{name}] with a type)"),
+            );
+        }
+    }
+    out
+}
+
+/// The names of every `[check.NAME]` section, read or not.
+pub(crate) fn section_names(tables: &BTreeMap<String, &Table>) -> BTreeSet<String> {
+    tables.keys().cloned().collect()
+}
