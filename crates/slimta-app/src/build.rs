@@ -574,7 +574,11 @@ fn build_smtp_edge(
         server.auth_required = auth.required;
     }
     let mut smtp = SmtpEdge::new(hostname, queue)
-        .validators(ValidatorChain::new().then(accept_domains).then(checks(edge)))
+        .validators(
+            ValidatorChain::new()
+                .then(accept_domains)
+                .then(checks(edge)),
+        )
         .server_config(server)
         .command_timeout(edge.command_timeout)
         .data_timeout(edge.data_timeout)

@@ -510,5 +510,8 @@ fn a_recipient_list_check_refuses_unknown_users_after_relay_control() {
     c.expect("221 2.0.0 Bye");
     let got = sink.wait_for_messages(1, WAIT);
     assert_eq!(got.len(), 1, "slimta log:\n{}", slimta.log());
-    assert_eq!(got[0].rcpt_args, vec!["<alice@EXAMPLE.test>", "<postmaster>"]);
+    assert_eq!(
+        got[0].rcpt_args,
+        vec!["<alice@EXAMPLE.test>", "<postmaster>"]
+    );
 }

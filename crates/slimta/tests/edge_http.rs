@@ -547,3 +547,99 @@ async fn silent_clients_are_closed() {
     }
     running.stop().await;
 }
+
+/// Refuses one sender at MAIL and messages containing "SPAM" at the end of
+/// the data; notes every hook it sees.
+struct SenderAndContent {
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl slimta::edge::Validators for SenderAndContent {
+    async fn mail(
+        &self,
+        reply: &mut Reply,
+        session: &slimta::edge::SessionInfo,
+        sender: &str,
+        _: &slimta::smtp::MailParams,
+    ) {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("mail {sender} via {:?}", session.client.protocol));
+        if sender == "bad@x.test" {
+            reply.set(550, "5.7.1", "Sender refused");
+        }
+    }
+    async fn rcpt(
+        &self,
+        _: &mut Reply,
+        _: &slimta::edge::SessionInfo,
+        recipient: &str,
+        _: &slimta::smtp::RcptParams,
+    ) {
+        self.seen.lock().unwrap().push(format!("rcpt {recipient}"));
+    }
+    async fn have_data(
+        &self,
+        reply: &mut Reply,
+        _: &slimta::edge::SessionInfo,
+        envelope: &Envelope,
+    ) {
+        self.seen.lock().unwrap().push("have_data".into());
+        if envelope.message.windows(4).any(|w| w == b"SPAM") {
+            reply.set(554, "5.7.1", "Content refused");
+        }
+    }
+}
+
+/// The HTTP edge runs the same checks as the SMTP edge: relay control
+/// first (its refusal stops the chain), then the configured links for the
+/// sender, each recipient and the message.
+#[tokio::test]
+async fn the_validator_chain_judges_sender_recipients_and_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = message_file(dir.path(), b"Subject: x\r\n\r\nclean\r\n");
+    let spam = dir.path().join("spam.eml");
+    std::fs::write(&spam, b"Subject: x\r\n\r\nSPAM\r\n").unwrap();
+    let queue = TestQueue::new(Ok("Q".into()));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let checks = slimta::edge::ValidatorChain::new().then(SenderAndContent { seen: seen.clone() });
+    let running = start(edge(&queue).validators(checks)).await;
+    let url = format!("http://{}/", running.addr);
+    let post = async |file: &Path, sender: &str, rcpt: &str| {
+        curl_owned(&post_args(&url, file, Some(&b64(sender)), &[&b64(rcpt)])).await
+    };
+
+    let got = post(&clean, "bad@x.test", "a@example.test").await;
+    assert_eq!(got.status, 500);
+    assert_eq!(
+        got.header("x-smtp-reply"),
+        Some(r#"550; message="5.7.1 Sender refused""#)
+    );
+    assert_eq!(*seen.lock().unwrap(), ["mail bad@x.test via Http"]);
+    seen.lock().unwrap().clear();
+
+    // Relay control refuses first: the link never sees that recipient.
+    let got = post(&clean, "a@x.test", "c@elsewhere.test").await;
+    assert_eq!(got.status, 500);
+    assert_eq!(*seen.lock().unwrap(), ["mail a@x.test via Http"]);
+    seen.lock().unwrap().clear();
+
+    let got = post(&spam, "a@x.test", "b@example.test").await;
+    assert_eq!(got.status, 500);
+    assert_eq!(
+        got.header("x-smtp-reply"),
+        Some(r#"554; message="5.7.1 Content refused""#)
+    );
+    assert!(queue.taken().is_empty());
+    seen.lock().unwrap().clear();
+
+    let got = post(&clean, "a@x.test", "b@example.test").await;
+    assert_eq!(got.status, 204);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["mail a@x.test via Http", "rcpt b@example.test", "have_data"]
+    );
+    assert_eq!(queue.taken().len(), 1);
+    running.stop().await;
+}

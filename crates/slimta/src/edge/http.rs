@@ -86,10 +86,10 @@ use crate::smtp::address::{parse_forward_path, parse_reverse_path};
 
 use super::accept_domains::AcceptDomains;
 use super::chain::ValidatorChain;
-use super::validators::{SessionInfo, Validators};
 use super::credentials::Credentials;
 use super::listener::{self, ListenerLimits};
 use super::tls::{self, ReloadableTls};
+use super::validators::{SessionInfo, Validators};
 
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
