@@ -434,7 +434,7 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
 
     /// Stores one envelope and schedules its first attempt now.
     ///
-    /// Decision (from the brief the edge relies on): any storage failure is
+    /// Decision (the edge relies on it): any storage failure is
     /// answered `452 4.3.1`, so the client keeps the message and retries.
     async fn store(&self, envelope: Arc<Envelope>) -> Result<String, Reply> {
         let now = clock::now();

@@ -10,7 +10,7 @@
 //!   delivery that any address could make.
 //! - Round robin (the default) spreads connections evenly and predictably
 //!   (the reputation of every address grows alike, and tests can check it);
-//!   random is there for the seed's behaviour. One counter per relay, shared
+//!   random is there for python-slimta's behaviour. One counter per relay, shared
 //!   by its clones and by the MX relay's per-exchanger relays.
 //! - Random picks need no cryptographic quality: they come from std's
 //!   randomly keyed SipHash over a counter, with no extra dependency.
