@@ -16,6 +16,7 @@ use toml::{Table, Value};
 
 use crate::kinds::check::{self, CheckConfig};
 use crate::kinds::policy::{self, PolicyConfig, Stage};
+use crate::kinds::sections;
 
 use super::client::read_smtp_client;
 use super::fields::{
@@ -60,9 +61,9 @@ pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
     let check_tables = named_tables(&mut section, errors, "check");
     section.finish(errors, &[], None);
     let policies = policy::read_sections(&policy_tables, errors);
-    let policy_names = policy::section_names(&policy_tables);
+    let policy_names = sections::section_names(&policy_tables);
     let checks = check::read_sections(&check_tables, errors);
-    let check_names = check::section_names(&check_tables);
+    let check_names = sections::section_names(&check_tables);
 
     if edge_tables.is_empty() {
         errors.push(

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use slimta::edge::DynValidators;
 use toml::Table;
 
-use crate::config::fields::{Errors, Section, choice, quoted, string};
+use crate::config::fields::{Errors, Section, string};
 
 /// The settings one kind read from its section, able to build the check.
 pub trait CheckSettings: fmt::Debug + Send + Sync {
@@ -35,7 +35,7 @@ pub trait CheckSettings: fmt::Debug + Send + Sync {
 }
 
 /// Reads a kind's keys from its section (`type` is already taken).
-type ReadSettings = fn(&mut Section<'_>, &mut Errors) -> Option<Arc<dyn CheckSettings>>;
+type ReadSettings = super::sections::Reader<dyn CheckSettings>;
 
 /// One `type` of check.
 pub struct CheckKind {
@@ -94,53 +94,32 @@ impl CheckConfig {
     }
 }
 
-/// Reads every `[check.NAME]` section; a section with errors is left out
-/// (its errors are reported) but its name stays known, so references to it
-/// are not reported a second time.
+impl super::sections::Kind for CheckKind {
+    type Settings = dyn CheckSettings;
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn reader(&self) -> Option<ReadSettings> {
+        self.read
+    }
+}
+
+/// Reads every `[check.NAME]` section (see `kinds/sections.rs`).
 pub(crate) fn read_sections(
     tables: &BTreeMap<String, &Table>,
     errors: &mut Errors,
 ) -> BTreeMap<String, CheckConfig> {
-    let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-    let mut out = BTreeMap::new();
-    for (name, table) in tables {
-        let mut s = Section::new(format!("check.{name}"), table);
-        let Some(kind) = s
-            .required(errors, "type", choice(&names))
-            .and_then(|t| KINDS.iter().find(|k| k.name == t))
-        else {
-            continue;
-        };
-        let Some(read) = kind.read else {
-            let built: Vec<&str> = KINDS
-                .iter()
-                .filter(|k| k.read.is_some())
-                .map(|k| k.name)
-                .collect();
-            errors.push(
-                s.key_path("type"),
-                format!(
-                    "check type \"{}\" is not built yet (built: {})",
-                    kind.name,
-                    quoted(&built)
-                ),
-            );
-            continue;
-        };
-        let settings = read(&mut s, errors);
-        s.finish(errors, &[], Some(kind.name));
-        if let Some(settings) = settings {
-            out.insert(
-                name.clone(),
-                CheckConfig {
-                    name: name.clone(),
-                    kind,
-                    settings,
-                },
-            );
-        }
-    }
-    out
+    super::sections::read("check", KINDS, tables, errors)
+        .into_iter()
+        .map(|(name, (kind, settings))| {
+            let check = CheckConfig {
+                name: name.clone(),
+                kind,
+                settings,
+            };
+            (name, check)
+        })
+        .collect()
 }
 
 /// Reads an edge's `checks` list: each entry names a `[check.NAME]` section
@@ -170,9 +149,4 @@ pub(crate) fn read_list(
         }
     }
     out
-}
-
-/// The names of every `[check.NAME]` section, read or not.
-pub(crate) fn section_names(tables: &BTreeMap<String, &Table>) -> BTreeSet<String> {
-    tables.keys().cloned().collect()
 }

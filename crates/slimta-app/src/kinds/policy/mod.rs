@@ -30,7 +30,7 @@ use std::sync::Arc;
 use slimta::policy::{DynQueuePolicy, DynRelayPolicy};
 use toml::Table;
 
-use crate::config::fields::{Errors, Section, choice, quoted, string};
+use crate::config::fields::{Errors, Section, quoted, string};
 
 /// Where a policy runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +72,7 @@ pub trait PolicySettings: fmt::Debug + Send + Sync {
 }
 
 /// Reads a kind's keys from its section (`type` is already taken).
-type ReadSettings = fn(&mut Section<'_>, &mut Errors) -> Option<Arc<dyn PolicySettings>>;
+type ReadSettings = super::sections::Reader<dyn PolicySettings>;
 
 /// One `type` of policy.
 pub struct PolicyKind {
@@ -167,55 +167,31 @@ impl PolicyConfig {
     }
 }
 
-/// Reads every `[policy.NAME]` section; a section with errors is left out
-/// (its errors are reported) but its name stays known, so references to it
-/// are not reported a second time.
+impl super::sections::Kind for PolicyKind {
+    type Settings = dyn PolicySettings;
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn reader(&self) -> Option<ReadSettings> {
+        self.read
+    }
+}
+
+/// Reads every `[policy.NAME]` section (see `kinds/sections.rs`).
 pub(crate) fn read_sections(
     tables: &BTreeMap<String, &Table>,
     errors: &mut Errors,
 ) -> BTreeMap<String, PolicyConfig> {
-    let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-    let mut out = BTreeMap::new();
-    for (name, table) in tables {
-        let mut s = Section::new(format!("policy.{name}"), table);
-        let Some(kind) = s
-            .required(errors, "type", choice(&names))
-            .and_then(kind_named)
-        else {
-            continue;
-        };
-        let Some(read) = kind.read else {
-            errors.push(
-                s.key_path("type"),
-                format!(
-                    "policy type \"{}\" is not built yet (built: {})",
-                    kind.name,
-                    quoted(&built_names())
-                ),
-            );
-            continue;
-        };
-        let settings = read(&mut s, errors);
-        s.finish(errors, &[], Some(kind.name));
-        if let Some(settings) = settings {
-            out.insert(
-                name.clone(),
-                PolicyConfig {
-                    name: name.clone(),
-                    kind,
-                    settings,
-                },
-            );
-        }
-    }
-    out
-}
-
-fn built_names() -> Vec<&'static str> {
-    KINDS
-        .iter()
-        .filter(|k| k.read.is_some())
-        .map(|k| k.name)
+    super::sections::read("policy", KINDS, tables, errors)
+        .into_iter()
+        .map(|(name, (kind, settings))| {
+            let policy = PolicyConfig {
+                name: name.clone(),
+                kind,
+                settings,
+            };
+            (name, policy)
+        })
         .collect()
 }
 
@@ -299,9 +275,4 @@ fn bare(name: &str) -> Result<PolicyConfig, String> {
         kind,
         settings,
     })
-}
-
-/// The names of `[policy.NAME]` sections, for reference checks.
-pub(crate) fn section_names(tables: &BTreeMap<String, &Table>) -> BTreeSet<String> {
-    tables.keys().cloned().collect()
 }
