@@ -517,14 +517,12 @@ fn build_queue(
     })
 }
 
-/// The edge's `checks`, in order, as one chain (relay control goes first,
-/// in front of it).
-fn checks(edge: &EdgeConfig) -> ValidatorChain {
+/// `chain` followed by the edge's `checks`, in order (each its own link:
+/// no nested chain to walk for an edge without checks).
+fn with_checks(chain: ValidatorChain, edge: &EdgeConfig) -> ValidatorChain {
     edge.checks
         .iter()
-        .fold(ValidatorChain::new(), |chain, check| {
-            chain.then_shared(check.validators())
-        })
+        .fold(chain, |chain, check| chain.then_shared(check.validators()))
 }
 
 fn build_http_edge(
@@ -537,7 +535,7 @@ fn build_http_edge(
 ) -> HttpEdge<AppQueue> {
     let mut http = HttpEdge::new(hostname, queue)
         .accept_domains(accept_domains)
-        .validators(checks(edge))
+        .validators(with_checks(ValidatorChain::new(), edge))
         .max_size(usize::try_from(edge.max_size).unwrap_or(usize::MAX))
         .max_recipients(edge.max_recipients)
         .timeout(edge.command_timeout)
@@ -574,11 +572,10 @@ fn build_smtp_edge(
         server.auth_required = auth.required;
     }
     let mut smtp = SmtpEdge::new(hostname, queue)
-        .validators(
-            ValidatorChain::new()
-                .then(accept_domains)
-                .then(checks(edge)),
-        )
+        .validators(with_checks(
+            ValidatorChain::new().then(accept_domains),
+            edge,
+        ))
         .server_config(server)
         .command_timeout(edge.command_timeout)
         .data_timeout(edge.data_timeout)
