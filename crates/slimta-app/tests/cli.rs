@@ -105,7 +105,7 @@ port = 70000
             "{p}: edge.in.listen[1]: invalid socket address \"x\" (expected IP:PORT, e.g. \"127.0.0.1:2525\" or \"[::1]:2525\")"
         ),
         format!(
-            "{p}: edge.in.bogus: unknown key (expected one of: accept_domains, auth, command_timeout, data_timeout, listen, max_connections, max_recipients, max_size, proxy_protocol, queue, reverse_dns, tls, tls_immediately, type)"
+            "{p}: edge.in.bogus: unknown key (expected one of: accept_domains, auth, checks, command_timeout, data_timeout, listen, max_connections, max_recipients, max_size, proxy_protocol, queue, reverse_dns, tls, tls_immediately, type)"
         ),
         format!("{p}: 5 errors"),
     ];
