@@ -4,7 +4,8 @@
 //!
 //! `cargo run --example mta -- LISTEN DOMAIN...`, e.g.
 //! `mta 0.0.0.0:25 example.com`. The resolver is the system's, or the
-//! name server in `MTA_NAMESERVER` (`127.0.0.1:5353`).
+//! name server in `MTA_NAMESERVER` (`127.0.0.1:5353`); the exchangers' SMTP
+//! port is 25, or `MTA_PORT`.
 use slimta::dns::Resolver;
 use slimta::edge::{AcceptDomains, SmtpEdge};
 use slimta::queue::{MemoryStorage, Queue};
@@ -20,7 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(server) => Resolver::new(&[server.parse()?])?,
         Err(_) => Resolver::system()?,
     };
-    let queue = Queue::new(MemoryStorage::new(), MxSmtpRelay::new(resolver));
+    let port = std::env::var("MTA_PORT").map_or(Ok(25), |p| p.parse())?;
+    let relay = MxSmtpRelay::new(resolver).port(port);
+    let queue = Queue::new(MemoryStorage::new(), relay);
     queue.start().await?;
 
     // Open relays are refused: only these domains are accepted as

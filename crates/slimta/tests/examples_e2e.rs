@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use test_peers::{Dovecot, Peer, SmtpSink, free_port, swaks};
+use test_peers::{Dnsmasq, Dovecot, Peer, SmtpSink, free_port, swaks};
 
 /// The example `name`, built (a no-op when it is fresh) with this test's
 /// features and profile, so the run never uses a stale binary.
@@ -151,4 +151,35 @@ fn msa_example_wants_starttls_then_auth_and_relays_to_the_smart_host() {
     let got = sink.wait_for_messages(1, Duration::from_secs(30));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].rcpt_args, vec!["<bob@y.test>"]);
+}
+
+#[cfg(feature = "mx")]
+#[test]
+fn mta_example_accepts_its_domains_and_delivers_by_mx() {
+    let sink = SmtpSink::start(&[], true);
+    let mx = format!("--host-record=mx.example.test,{}", sink.addr().ip());
+    let dns = Dnsmasq::start(&["--mx-host=example.test,mx.example.test,10", &mx]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut command = Command::new(example("mta"));
+    command
+        .arg(addr.to_string())
+        .arg("example.test")
+        .env("MTA_NAMESERVER", dns.addr().to_string())
+        .env("MTA_PORT", sink.addr().port().to_string());
+    let _mta = Peer::spawn(command, addr, "the mta example");
+
+    let elsewhere = swaks(addr, &["--from", "a@x.test", "--to", "c@elsewhere.test"]);
+    assert!(
+        String::from_utf8_lossy(&elsewhere.stdout).contains("550 5.7.1"),
+        "{elsewhere:?}"
+    );
+    let sent = swaks(addr, &["--from", "a@x.test", "--to", "bob@example.test"]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stdout)
+    );
+    let got = sink.wait_for_messages(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1, "the MX (smtp-sink) got nothing");
+    assert_eq!(got[0].rcpt_args, vec!["<bob@example.test>"]);
 }
