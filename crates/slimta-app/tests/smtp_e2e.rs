@@ -190,8 +190,9 @@ fn a_session_sent_byte_by_byte_works() {
     );
 }
 
-/// Every sequence of ../shared/smuggling.md: one reply to the whole DATA,
-/// and no envelope from the attacker ever reaches the sink.
+/// Every SMTP smuggling end-of-data variant (bare LF or CR around the dot,
+/// a NUL beside it; CVE-2023-51764/5/6): one reply to the whole DATA, and
+/// no envelope from the attacker ever reaches the sink.
 #[test]
 fn smuggling_sequences_never_make_a_second_message() {
     let sink = SmtpSink::start(&[], true);

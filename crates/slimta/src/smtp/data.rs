@@ -1,7 +1,8 @@
 //! The DATA reader: finds the end of message and undoes dot-stuffing,
 //! smuggling-safe (CVE-2023-51764/5/6).
 //!
-//! Decisions (project-wide, see `shared/smuggling.md`):
+//! Decisions (project-wide: the SMTP edge, the LMTP edge and the relay
+//! client's DATA encoder follow the same rules):
 //! - Only `<CRLF>.<CRLF>` ends the data; `.<CRLF>` at the very start of the
 //!   data (directly after the 354) ends an empty message. Bare CR and bare LF
 //!   are content: they never end a line, never start one, never end the
