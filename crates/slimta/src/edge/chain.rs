@@ -193,6 +193,14 @@ impl ValidatorChain {
         self
     }
 
+    /// Adds every link of `other` at the end of the chain (its links, not
+    /// `other` as one nested link).
+    #[must_use]
+    pub fn followed_by(mut self, other: &ValidatorChain) -> Self {
+        Arc::make_mut(&mut self.links).extend(other.links.iter().cloned());
+        self
+    }
+
     /// How many links the chain has.
     pub fn len(&self) -> usize {
         self.links.len()

@@ -96,6 +96,8 @@ static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 /// An HTTP edge: accepts messages by `POST` and hands them to a queue.
 pub struct HttpEdge<H> {
     shared: Shared<H>,
+    accept_domains: AcceptDomains,
+    validators: ValidatorChain,
     tls: Option<ReloadableTls>,
     max_connections: usize,
     drain_timeout: Duration,
@@ -105,6 +107,8 @@ impl<H> Clone for HttpEdge<H> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            accept_domains: self.accept_domains.clone(),
+            validators: self.validators.clone(),
             tls: self.tls.clone(),
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
@@ -116,8 +120,8 @@ impl<H> Clone for HttpEdge<H> {
 struct Shared<H> {
     hostname: String,
     handoff: Arc<H>,
-    accept_domains: AcceptDomains,
-    validators: ValidatorChain,
+    /// Relay control, then the configured validators (built by `router`).
+    checks: ValidatorChain,
     credentials: Option<Credentials>,
     max_size: usize,
     max_recipients: usize,
@@ -130,8 +134,7 @@ impl<H> Clone for Shared<H> {
         Self {
             hostname: self.hostname.clone(),
             handoff: self.handoff.clone(),
-            accept_domains: self.accept_domains.clone(),
-            validators: self.validators.clone(),
+            checks: self.checks.clone(),
             credentials: self.credentials.clone(),
             max_size: self.max_size,
             max_recipients: self.max_recipients,
@@ -158,14 +161,15 @@ impl<H: Handoff> HttpEdge<H> {
             shared: Shared {
                 hostname: hostname.into(),
                 handoff: Arc::new(handoff),
-                accept_domains: AcceptDomains::new(Vec::<String>::new()),
-                validators: ValidatorChain::new(),
+                checks: ValidatorChain::new(),
                 credentials: None,
                 max_size: 10 * 1024 * 1024,
                 max_recipients: 100,
                 timeout: Duration::from_secs(60),
                 auth_failure_delay: Duration::from_secs(1),
             },
+            accept_domains: AcceptDomains::new(Vec::<String>::new()),
+            validators: ValidatorChain::new(),
             tls: None,
             max_connections: 1000,
             drain_timeout: Duration::from_secs(30),
@@ -174,14 +178,14 @@ impl<H: Handoff> HttpEdge<H> {
 
     /// Recipients in these domains are accepted without authentication.
     pub fn accept_domains(mut self, domains: AcceptDomains) -> Self {
-        self.shared.accept_domains = domains;
+        self.accept_domains = domains;
         self
     }
 
     /// Checks run after relay control, as on the SMTP edge (see the module
     /// docs for which hooks run).
     pub fn validators(mut self, validators: ValidatorChain) -> Self {
-        self.shared.validators = validators;
+        self.validators = validators;
         self
     }
 
@@ -240,7 +244,13 @@ impl<H: Handoff> HttpEdge<H> {
     fn router(&self) -> Router {
         Router::new()
             .fallback(handle::<H>)
-            .with_state(Arc::new(self.shared.clone()))
+            .with_state(Arc::new(Shared {
+                // Once per served edge, not per request.
+                checks: ValidatorChain::new()
+                    .then(self.accept_domains.clone())
+                    .followed_by(&self.validators),
+                ..self.shared.clone()
+            }))
     }
 
     /// Serves `listener` until `shutdown` becomes true; then stops accepting,
@@ -458,8 +468,8 @@ impl<H: Handoff> Shared<H> {
         session.client.protocol = Protocol::Http;
         session.client.auth = user.clone();
         session.client.tls = conn.tls.clone();
-        let checks = self.checks();
-        if let Err(reply) = check_envelope(&checks, &mut session, &envelope).await {
+        let checks = &self.checks;
+        if let Err(reply) = check_envelope(checks, &mut session, &envelope).await {
             return reply_response(status_for(&reply), &reply);
         }
         let declared = headers
@@ -505,13 +515,6 @@ impl<H: Handoff> Shared<H> {
             reply = crate::handoff::queued_reply(&results);
         }
         reply_response(status_for(&reply), &reply)
-    }
-
-    /// Relay control first, then the configured checks.
-    fn checks(&self) -> ValidatorChain {
-        ValidatorChain::new()
-            .then(self.accept_domains.clone())
-            .then(self.validators.clone())
     }
 
     fn too_large(&self) -> Response {
