@@ -16,4 +16,4 @@
 
 pub mod check;
 pub mod policy;
-pub(crate) mod sections;
+pub mod sections;

@@ -10,6 +10,7 @@
 //! reported a second time.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::sync::Arc;
 
 use toml::Table;
@@ -20,23 +21,69 @@ use crate::config::fields::{Errors, Section, choice, quoted};
 pub(crate) type Reader<S> = fn(&mut Section<'_>, &mut Errors) -> Option<Arc<S>>;
 
 /// One entry of a kind table.
-pub(crate) trait Kind: Sync + 'static {
+pub trait Kind: Sync + 'static {
     /// What the reader produces.
-    type Settings: ?Sized;
+    type Settings: ?Sized + fmt::Debug + Send + Sync;
     /// The `type` in the file.
     fn name(&self) -> &'static str;
+}
+
+/// How a kind reads its section (apart from [`Kind`], which the public
+/// configuration types name, because readers use the crate's own
+/// section walker).
+pub(crate) trait Readable: Kind {
     /// `None`: known but not built yet.
     fn reader(&self) -> Option<Reader<Self::Settings>>;
 }
 
+/// A configured section (or, for policies, a bare kind name): its name,
+/// its kind, and the settings the kind read.
+pub struct Configured<K: Kind> {
+    /// The section name (a bare kind: the kind's name).
+    pub name: String,
+    /// Its kind.
+    pub kind: &'static K,
+    pub(crate) settings: Arc<K::Settings>,
+}
+
+impl<K: Kind> Clone for Configured<K> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            kind: self.kind,
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<K: Kind> fmt::Debug for Configured<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Configured")
+            .field("name", &self.name)
+            .field("type", &self.kind.name())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// Two are the same when name, kind and settings read the same (what
+/// SIGHUP needs to tell a changed queue or edge from an unchanged one).
+impl<K: Kind> PartialEq for Configured<K> {
+    fn eq(&self, other: &Self) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
+}
+
+impl<K: Kind> Eq for Configured<K> {}
+
 /// Reads every `[SECTION.NAME]` of `tables` (`section` is `"policy"`,
 /// `"check"`, ...) with the kinds of `kinds`.
-pub(crate) fn read<K: Kind>(
+pub(crate) fn read<K: Readable>(
     section: &str,
     kinds: &'static [K],
     tables: &BTreeMap<String, &Table>,
     errors: &mut Errors,
-) -> BTreeMap<String, (&'static K, Arc<K::Settings>)> {
+) -> BTreeMap<String, Configured<K>> {
     let names: Vec<&str> = kinds.iter().map(Kind::name).collect();
     let mut out = BTreeMap::new();
     for (name, table) in tables {
@@ -66,7 +113,14 @@ pub(crate) fn read<K: Kind>(
         let settings = read(&mut s, errors);
         s.finish(errors, &[], Some(kind.name()));
         if let Some(settings) = settings {
-            out.insert(name.clone(), (kind, settings));
+            out.insert(
+                name.clone(),
+                Configured {
+                    name: name.clone(),
+                    kind,
+                    settings,
+                },
+            );
         }
     }
     out

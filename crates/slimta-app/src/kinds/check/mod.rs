@@ -58,34 +58,7 @@ const fn planned(name: &'static str) -> CheckKind {
 }
 
 /// A configured check: a `[check.NAME]` section.
-#[derive(Clone)]
-pub struct CheckConfig {
-    /// The section name.
-    pub name: String,
-    /// Its kind.
-    pub kind: &'static CheckKind,
-    settings: Arc<dyn CheckSettings>,
-}
-
-impl fmt::Debug for CheckConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CheckConfig")
-            .field("name", &self.name)
-            .field("type", &self.kind.name)
-            .field("settings", &self.settings)
-            .finish()
-    }
-}
-
-/// Two checks are the same when name, kind and settings read the same
-/// (what SIGHUP needs to tell a changed edge from an unchanged one).
-impl PartialEq for CheckConfig {
-    fn eq(&self, other: &Self) -> bool {
-        format!("{self:?}") == format!("{other:?}")
-    }
-}
-
-impl Eq for CheckConfig {}
+pub type CheckConfig = super::sections::Configured<CheckKind>;
 
 impl CheckConfig {
     /// The library link.
@@ -99,6 +72,9 @@ impl super::sections::Kind for CheckKind {
     fn name(&self) -> &'static str {
         self.name
     }
+}
+
+impl super::sections::Readable for CheckKind {
     fn reader(&self) -> Option<ReadSettings> {
         self.read
     }
@@ -110,16 +86,6 @@ pub(crate) fn read_sections(
     errors: &mut Errors,
 ) -> BTreeMap<String, CheckConfig> {
     super::sections::read("check", KINDS, tables, errors)
-        .into_iter()
-        .map(|(name, (kind, settings))| {
-            let check = CheckConfig {
-                name: name.clone(),
-                kind,
-                settings,
-            };
-            (name, check)
-        })
-        .collect()
 }
 
 /// Reads an edge's `checks` list: each entry names a `[check.NAME]` section

@@ -115,32 +115,7 @@ fn kind_named(name: &str) -> Option<&'static PolicyKind> {
 }
 
 /// A configured policy: a `[policy.NAME]` section or a bare kind name.
-#[derive(Clone)]
-pub struct PolicyConfig {
-    /// The section name, or the kind's name when used bare.
-    pub name: String,
-    /// Its kind.
-    pub kind: &'static PolicyKind,
-    settings: Arc<dyn PolicySettings>,
-}
-
-impl fmt::Debug for PolicyConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PolicyConfig")
-            .field("name", &self.name)
-            .field("type", &self.kind.name)
-            .field("settings", &self.settings)
-            .finish()
-    }
-}
-
-/// Two policies are the same when name, kind and settings read the same
-/// (what SIGHUP needs to tell a changed queue from an unchanged one).
-impl PartialEq for PolicyConfig {
-    fn eq(&self, other: &Self) -> bool {
-        format!("{self:?}") == format!("{other:?}")
-    }
-}
+pub type PolicyConfig = super::sections::Configured<PolicyKind>;
 
 impl PolicyConfig {
     /// The library queue policy.
@@ -172,6 +147,9 @@ impl super::sections::Kind for PolicyKind {
     fn name(&self) -> &'static str {
         self.name
     }
+}
+
+impl super::sections::Readable for PolicyKind {
     fn reader(&self) -> Option<ReadSettings> {
         self.read
     }
@@ -183,16 +161,6 @@ pub(crate) fn read_sections(
     errors: &mut Errors,
 ) -> BTreeMap<String, PolicyConfig> {
     super::sections::read("policy", KINDS, tables, errors)
-        .into_iter()
-        .map(|(name, (kind, settings))| {
-            let policy = PolicyConfig {
-                name: name.clone(),
-                kind,
-                settings,
-            };
-            (name, policy)
-        })
-        .collect()
 }
 
 /// Reads a queue's `policies` or `relay_policies` list: each entry names a
