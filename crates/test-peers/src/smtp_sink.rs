@@ -39,27 +39,10 @@ impl SmtpSink {
 
     /// Like [`SmtpSink::start`] on a given loopback address (127.0.0.2, ...).
     pub fn start_on(ip: &str, extra: &[&str], dump: bool) -> Self {
-        let program = require("smtp-sink", "postfix");
-        let port = free_port();
-        let addr: SocketAddr = format!("{ip}:{port}").parse().expect("bad address");
-        let mut command = Command::new(program);
-        command.args(["-u", "nobody"]).args(extra);
-        let dump = dump.then(|| {
-            let dir = tempfile::Builder::new()
-                .prefix("sink")
-                .tempdir()
-                .expect("tempdir");
-            set_mode(dir.path(), 0o777);
-            command
-                .arg("-d")
-                .arg(format!("{}/%M.", dir.path().display()));
-            dir
-        });
-        command.arg(addr.to_string()).arg("1000");
-        Self {
-            peer: Peer::spawn(command, addr, "smtp-sink"),
-            dump,
-        }
+        let addr: SocketAddr = format!("{ip}:{}", free_port())
+            .parse()
+            .expect("bad address");
+        Self::start_at(addr, extra, dump)
     }
 
     /// Where it listens.
