@@ -340,6 +340,17 @@ pub fn format_stats(stats: &QueueStats, counters: &[(&'static str, u64)]) -> Str
     for (name, value) in counters {
         let _ = writeln!(out, "{name}: {value}");
     }
+    let _ = writeln!(out, "dead_destinations: {}", stats.dead.len());
+    for dead in &stats.dead {
+        let _ = writeln!(
+            out,
+            "dead: {} failures={} probe_in_secs={} last_error={}",
+            dead.destination,
+            dead.failures,
+            dead.probe_in.as_secs(),
+            dead.last_error.replace('\n', " ")
+        );
+    }
     out
 }
 

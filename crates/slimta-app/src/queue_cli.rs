@@ -200,6 +200,8 @@ async fn offline(spool: &std::path::Path, request: &Request) -> Result<Response,
                 messages: entries.len(),
                 waiting: entries.len(),
                 oldest: entries.iter().map(|e| e.received).min(),
+                // Destinations are judged by a running queue only.
+                dead: Vec::new(),
             };
             control::format_stats(&stats, &storage.counters())
         }),

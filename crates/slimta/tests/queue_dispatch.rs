@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use slimta::queue::{
-    AttemptEnd, Dispatch, Lease, LocalDispatch, MemoryStorage, Placement, Queue, QueueStorage,
-    clock,
+    Admission, AttemptEnd, Contact, Dispatch, Lease, LocalDispatch, MemoryStorage, Placement,
+    Queue, QueueStorage, clock,
 };
+use slimta::relay::Destination;
 use slimta::{Delivery, Envelope, Handoff, Relay, RelayError, Reply};
 
 /// What the dispatcher heard, and what storage held at that moment.
@@ -39,9 +40,15 @@ impl Logging {
 }
 
 impl Dispatch for Logging {
-    async fn add(&self, id: String, due: SystemTime) -> bool {
+    async fn add(&self, id: String, due: SystemTime, destination: Option<Destination>) -> bool {
         self.heard.lock().unwrap().push(Heard::Added(id.clone()));
-        self.local.add(id, due).await
+        self.local.add(id, due, destination).await
+    }
+    async fn admit(&self, id: &str, destination: Destination) -> Admission {
+        self.local.admit(id, destination).await
+    }
+    async fn contact(&self, id: &str, contact: Contact) {
+        self.local.contact(id, contact).await;
     }
     async fn next_due(&self) -> Lease {
         let lease = self.local.next_due().await;

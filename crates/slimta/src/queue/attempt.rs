@@ -42,10 +42,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bounce::{self, FailedRecipient};
-use crate::relay::{Relay, RelayError};
+use crate::relay::{Delivery, Destination, Relay, RelayError};
 use crate::reply::Reply;
 
-use super::dispatch::{AttemptEnd, Dispatch};
+use super::dispatch::{Admission, AttemptEnd, Contact, Dispatch, Lease};
 use super::storage::{AttemptOutcome, QueueMeta, QueueStorage, StoredEnvelope};
 use super::{Queue, clock};
 
@@ -93,7 +93,8 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Drop for Reschedule<'_, S, R, D> {
 impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
     /// Attempts delivery of the stored message `id` to its pending
     /// recipients and records the outcome.
-    pub(super) async fn attempt(&self, id: String) {
+    pub(super) async fn attempt(&self, lease: Lease) {
+        let id = lease.id;
         let mut guard = Reschedule {
             queue: self,
             id: &id,
@@ -121,11 +122,38 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
                 }
             },
         };
-        self.deliver(&id, &stored).await;
+        let defer = match (lease.destination, lease.defer) {
+            (_, Some(error)) => Some(error),
+            (Some(_), None) => None,
+            // Found in storage at start-up: the dispatcher learns where it
+            // goes now, and may hold it back for that destination's limits.
+            (None, None) => match self.destination_of_pending(&stored) {
+                None => None,
+                Some(destination) => match self.inner.dispatch.admit(&id, destination).await {
+                    Admission::Attempt => None,
+                    Admission::Defer(error) => Some(error),
+                    Admission::Later => {
+                        guard.armed = false;
+                        return;
+                    }
+                },
+            },
+        };
+        self.deliver(&id, &stored, defer).await;
         guard.armed = false;
     }
 
-    async fn deliver(&self, id: &str, stored: &StoredEnvelope) {
+    /// The destination of a stored message's first pending recipient.
+    fn destination_of_pending(&self, stored: &StoredEnvelope) -> Option<Destination> {
+        let pending = stored.pending_recipients();
+        let &(_, recipient) = pending.first()?;
+        Some(self.inner.relay.destination(recipient))
+    }
+
+    /// Attempts the pending recipients, or, with `defer` (the destination
+    /// is dead), records that transient failure for them without a
+    /// connection.
+    async fn deliver(&self, id: &str, stored: &StoredEnvelope, defer: Option<RelayError>) {
         let pending = stored.pending_recipients();
         if pending.is_empty() {
             self.finish(id, None).await;
@@ -135,7 +163,17 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
         let indices: Vec<usize> = pending.iter().map(|&(i, _)| i).collect();
         let recipients: Vec<String> = pending.iter().map(|&(_, r)| r.to_owned()).collect();
 
-        let results = match self.relay(stored, &recipients, attempt).await {
+        let relayed = match defer {
+            Some(error) => Err(error),
+            None => {
+                let relayed = self.relay(stored, &recipients, attempt).await;
+                if let Some(contact) = contact_of(&relayed, recipients.len()) {
+                    self.inner.dispatch.contact(id, contact).await;
+                }
+                relayed
+            }
+        };
+        let results = match relayed {
             Ok(delivery) => (0..indices.len())
                 .map(|k| match delivery.result_for(k) {
                     Ok(reply) => Outcome::Delivered(reply.clone()),
@@ -456,6 +494,30 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
                 tracing::warn!(id = %id, error = %reply, "cannot queue the delay warning");
                 false
             }
+        }
+    }
+}
+
+/// What an attempt's result says about its destination: unreachable when
+/// the whole attempt (or every recipient) failed to reach it, reached when
+/// a server answered; nothing for a failure before any connection (a local
+/// or DNS error), which says nothing about the destination's servers.
+fn contact_of(relayed: &Result<Delivery, RelayError>, recipients: usize) -> Option<Contact> {
+    match relayed {
+        Err(e) if e.is_unreachable() => Some(Contact::Unreachable(e.clone())),
+        Err(e) if e.remote_mta().is_some() => Some(Contact::Reached),
+        Err(_) => None,
+        Ok(delivery) => {
+            let mut first_unreachable = None;
+            for k in 0..recipients {
+                match delivery.result_for(k) {
+                    Err(e) if e.is_unreachable() => {
+                        first_unreachable.get_or_insert(e);
+                    }
+                    _ => return Some(Contact::Reached),
+                }
+            }
+            first_unreachable.map(Contact::Unreachable)
         }
     }
 }

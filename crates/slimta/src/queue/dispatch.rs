@@ -28,9 +28,23 @@
 //!   to the tokio clock itself.
 //! - Methods are async so that a remote dispatcher can make a round trip;
 //!   the local one answers at once.
+//! - Destinations: a message is added with the [`Destination`] of its
+//!   recipients when the queue knows it (a new message: the queue splits
+//!   envelopes so each stored message has one), and without one when it
+//!   does not (found in storage at start-up: reading every message to
+//!   learn it would make a restart slow). A [`Lease`] without a
+//!   destination makes the queue read the message and ask
+//!   [`Dispatch::admit`]; what the attempt learns of the destination's
+//!   health goes to [`Dispatch::contact`] before the outcome is recorded.
+//!   A dispatcher that does not schedule by destination keeps the
+//!   defaults of these methods (admit everything, ignore contacts).
 
 use std::future::Future;
 use std::time::SystemTime;
+
+use crate::relay::{Destination, RelayError};
+
+use super::destinations::DeadDestination;
 
 /// A message handed out for one attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +54,48 @@ pub struct Lease {
     /// When another process may take the message if this attempt has not
     /// ended; `None`: never (an in-process dispatcher).
     pub expires: Option<SystemTime>,
+    /// The destination it was scheduled under; `None`: not known yet (the
+    /// queue reads the message and asks [`Dispatch::admit`]).
+    pub destination: Option<Destination>,
+    /// The destination is dead: record this transient failure as the
+    /// attempt's outcome without connecting.
+    pub defer: Option<RelayError>,
+}
+
+impl Lease {
+    /// A lease for an attempt of `id`, no destination known, no expiry.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            expires: None,
+            destination: None,
+            defer: None,
+        }
+    }
+}
+
+/// What [`Dispatch::admit`] decided for a message whose destination the
+/// queue has just learnt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Attempt it now.
+    Attempt,
+    /// The destination is dead: record this transient failure without
+    /// connecting.
+    Defer(RelayError),
+    /// The destination has no free slot: the dispatcher keeps the message
+    /// and hands it out again later; the attempt ends without an outcome.
+    Later,
+}
+
+/// What an attempt learnt about its destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Contact {
+    /// The destination's server answered (whatever it said).
+    Reached,
+    /// The destination could not be reached at all
+    /// ([`RelayError::is_unreachable`]).
+    Unreachable(RelayError),
 }
 
 /// How an attempt of a handed-out message ended.
@@ -75,10 +131,33 @@ pub trait Dispatch: Send + Sync + 'static {
     /// Makes a stored message known, due at `due` (a new message, or one
     /// found in storage at start-up). Returns `false`, and changes nothing,
     /// if the id is already waiting or in flight.
-    fn add(&self, id: String, due: SystemTime) -> impl Future<Output = bool> + Send;
+    ///
+    /// `destination`: where its recipients go, when the queue knows (see the
+    /// module docs).
+    fn add(
+        &self,
+        id: String,
+        due: SystemTime,
+        destination: Option<Destination>,
+    ) -> impl Future<Output = bool> + Send;
 
     /// Waits until a message is due and hands it out.
     fn next_due(&self) -> impl Future<Output = Lease> + Send;
+
+    /// The queue read a message handed out without a destination and found
+    /// its recipients go to `destination`: may it be attempted now? The
+    /// default admits everything.
+    fn admit(&self, id: &str, destination: Destination) -> impl Future<Output = Admission> + Send {
+        let _ = (id, destination);
+        async { Admission::Attempt }
+    }
+
+    /// What the attempt of `id` (handed out, admitted) learnt about its
+    /// destination, before its outcome is recorded. The default ignores it.
+    fn contact(&self, id: &str, contact: Contact) -> impl Future<Output = ()> + Send {
+        let _ = (id, contact);
+        async {}
+    }
 
     /// The attempt of a message handed out by [`Dispatch::next_due`] ended;
     /// storage already holds its outcome.
@@ -103,4 +182,17 @@ pub trait Dispatch: Send + Sync + 'static {
     /// How many messages wait for an attempt (not counting those in
     /// flight), for statistics.
     fn waiting(&self) -> usize;
+
+    /// The destinations marked dead, for operators. The default: none.
+    fn dead_destinations(&self) -> Vec<DeadDestination> {
+        Vec::new()
+    }
+
+    /// An operator's retry: the dead destination `destination` (every dead
+    /// destination for `None`) is alive again and gets attempts at once.
+    /// Returns how many were dead. The default: none.
+    fn revive(&self, destination: Option<&str>) -> usize {
+        let _ = destination;
+        0
+    }
 }

@@ -24,6 +24,15 @@
 //! - No polling: one scheduler task waits for the dispatcher's next due
 //!   message ([`LocalDispatch`] sleeps until the earliest due time);
 //!   attempts run as tasks, at most `max_concurrency` at once.
+//! - Fair between destinations: the relay names each recipient's
+//!   [`Destination`]; an envelope for several is stored as one message per
+//!   destination (python-slimta's `RecipientDomainSplit`, on by default:
+//!   [`Queue::split_by_destination`]), and the dispatcher hands out due
+//!   messages round robin between destinations, each limited to its own
+//!   attempts in flight, with slow start and dead marking
+//!   (`queue/destinations.rs`). A tarpitting destination holds at most its
+//!   own slots, never every attempt slot, and a dead one is not connected
+//!   to until its probe.
 //! - A message is attempted by at most one task at a time; the dispatcher
 //!   refuses a second entry for an id it already knows.
 //! - Storage is the truth of *what* is queued; the dispatcher only says
@@ -59,6 +68,7 @@
 mod attempt;
 pub mod backoff;
 pub mod clock;
+mod destinations;
 pub mod disk;
 pub mod dispatch;
 pub mod memory;
@@ -77,7 +87,7 @@ use tokio::task::AbortHandle;
 use crate::envelope::Envelope;
 use crate::handoff::{Handoff, HandoffResult};
 use crate::policy::{DynQueuePolicy, DynRelayPolicy, QueuePolicy, RelayPolicy};
-use crate::relay::Relay;
+use crate::relay::{Destination, Relay};
 use crate::reply::Reply;
 
 pub use backoff::{Backoff, ExponentialBackoff};
@@ -89,7 +99,8 @@ pub use storage::{
     StoredEnvelope,
 };
 
-pub use dispatch::{AttemptEnd, Dispatch, Lease, Placement};
+pub use destinations::{DeadDestination, DestinationSettings};
+pub use dispatch::{Admission, AttemptEnd, Contact, Dispatch, Lease, Placement};
 pub use schedule::LocalDispatch;
 
 /// The default limit on concurrent delivery attempts.
@@ -116,6 +127,7 @@ struct Config {
     postmaster: Option<Arc<str>>,
     delay_warning: Option<Duration>,
     stats_interval: Option<Duration>,
+    split_by_destination: bool,
 }
 
 struct Inner<S, R, D> {
@@ -177,6 +189,7 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
                     postmaster: None,
                     delay_warning: None,
                     stats_interval: None,
+                    split_by_destination: true,
                 }),
                 started: OnceLock::new(),
                 scheduler: Mutex::new(Vec::new()),
@@ -261,6 +274,17 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
         self
     }
 
+    /// Whether an envelope whose recipients go to several destinations
+    /// ([`Relay::destination`]) is stored as one message per destination
+    /// (the default), so the dispatcher can schedule each part with its
+    /// destination's limits. Off: stored whole, and attempted under the
+    /// destination of its first pending recipient.
+    #[must_use]
+    pub fn split_by_destination(self, split: bool) -> Self {
+        self.configure(|c| c.split_by_destination = split);
+        self
+    }
+
     /// Adds a policy that runs, in the order added, on every envelope before
     /// it is stored.
     #[must_use]
@@ -311,7 +335,8 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
         }
         let count = stored.len();
         for (id, due) in stored {
-            self.inner.dispatch.add(id, due).await;
+            // The destination is learnt when the message is first due.
+            self.inner.dispatch.add(id, due, None).await;
         }
         let (limit, stats_interval) = self.config(|c| (c.max_concurrency, c.stats_interval));
         let permits = Arc::new(Semaphore::new(limit));
@@ -374,7 +399,7 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
             let lease = self.inner.dispatch.next_due().await;
             let queue = self.clone();
             tokio::spawn(async move {
-                queue.attempt(lease.id).await;
+                queue.attempt(lease).await;
                 drop(permit);
             });
         }
@@ -404,7 +429,46 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
             }
             parts = next;
         }
+        if self.config(|c| c.split_by_destination) {
+            parts = parts
+                .into_iter()
+                .flat_map(|part| match part {
+                    Ok(envelope) => self.split(envelope).into_iter().map(Ok).collect(),
+                    refused => vec![refused],
+                })
+                .collect();
+        }
         parts
+    }
+
+    /// One envelope per destination of `envelope`'s recipients, each with
+    /// its recipients in their original order (the envelope itself when
+    /// they all go to one).
+    fn split(&self, envelope: Envelope) -> Vec<Envelope> {
+        let mut groups: Vec<(Destination, Vec<String>)> = Vec::new();
+        for recipient in &envelope.recipients {
+            let destination = self.inner.relay.destination(recipient);
+            match groups.iter_mut().find(|(d, _)| *d == destination) {
+                Some((_, recipients)) => recipients.push(recipient.clone()),
+                None => groups.push((destination, vec![recipient.clone()])),
+            }
+        }
+        if groups.len() <= 1 {
+            return vec![envelope];
+        }
+        groups
+            .into_iter()
+            .map(|(_, recipients)| envelope.with_recipients(recipients))
+            .collect()
+    }
+
+    /// The destination a stored envelope is scheduled under: its first
+    /// recipient's.
+    pub(crate) fn destination_of(&self, envelope: &Envelope) -> Option<Destination> {
+        envelope
+            .recipients
+            .first()
+            .map(|r| self.inner.relay.destination(r))
     }
 
     fn first_attempts(&self) -> std::sync::MutexGuard<'_, FirstAttempts> {
@@ -442,7 +506,8 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
             Ok(id) => {
                 // Before the schedule entry: the attempt may start at once.
                 self.keep_for_first_attempt(&id, &envelope);
-                if !self.inner.dispatch.add(id.clone(), now).await {
+                let destination = self.destination_of(&envelope);
+                if !self.inner.dispatch.add(id.clone(), now, destination).await {
                     // Cannot happen for a new id; never leave it cached.
                     self.take_first_attempt(&id);
                 }

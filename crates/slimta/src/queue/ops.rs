@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::relay::Relay;
 
+use super::destinations::DeadDestination;
 use super::dispatch::{Dispatch, Placement};
 use super::storage::{QueueEntry, QueueStorage, StoredEnvelope};
 use super::{Queue, clock};
@@ -32,6 +33,8 @@ pub struct QueueStats {
     pub waiting: usize,
     /// When the oldest stored message was received.
     pub oldest: Option<SystemTime>,
+    /// Destinations marked dead (no connections until their probe).
+    pub dead: Vec<DeadDestination>,
 }
 
 impl QueueStats {
@@ -80,7 +83,7 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
         if self.inner.dispatch.retry_now(id).await == Placement::Unknown
             && self.inner.started.get().is_some()
         {
-            self.inner.dispatch.add(id.to_owned(), now).await;
+            self.inner.dispatch.add(id.to_owned(), now, None).await;
         }
         tracing::info!(id = %id, "retry requested by the operator");
         Ok(())
@@ -92,6 +95,13 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
     ///
     /// The storage's error (messages before it were rescheduled).
     pub async fn retry_all(&self) -> io::Result<usize> {
+        let revived = self.inner.dispatch.revive(None);
+        if revived > 0 {
+            tracing::info!(
+                destinations = revived,
+                "dead destinations revived by the operator"
+            );
+        }
         let mut count = 0;
         for (id, _) in self.inner.storage.load().await? {
             match self.retry_now(&id).await {
@@ -129,6 +139,7 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
             messages: entries.len(),
             waiting: self.inner.dispatch.waiting(),
             oldest: entries.iter().map(|e| e.received).min(),
+            dead: self.inner.dispatch.dead_destinations(),
         })
     }
 

@@ -1,196 +1,407 @@
-//! [`LocalDispatch`], the default [`Dispatch`]: the in-process due-time
-//! index, which message is attempted next, and when.
+//! [`LocalDispatch`], the default [`Dispatch`]: the in-process index of
+//! queued messages, which message is attempted next, and when, fair between
+//! destinations.
 //!
-//! Decision: a `BTreeMap` keyed by (due instant, sequence number) and one
-//! scheduler task that sleeps until the earliest entry is due or until a
-//! [`Notify`] says an earlier entry arrived. Nothing polls: ten thousand
-//! messages waiting for a retry cost a map entry each and no wake-ups. The
-//! sequence number keeps entries with the same due time distinct and in
-//! arrival order.
+//! Two stages per message:
+//! - **Waiting** for its due time: a `BTreeMap` keyed by (due instant,
+//!   sequence number), and a wait that sleeps until the earliest entry is
+//!   due or a [`Notify`] says something changed. Nothing polls: ten thousand
+//!   messages waiting for a retry cost a map entry each and no wake-ups.
+//! - **Ready** (due): in its destination's line, first come first served.
+//!   [`Dispatch::next_due`] hands out the head of the next line in a
+//!   round-robin rotation of the lines that have messages and a free slot,
+//!   so a destination with a thousand due messages gets one attempt per
+//!   turn like a destination with one. Slots per destination, slow start
+//!   and dead marking follow the rules in `queue/destinations.rs`; a dead
+//!   destination's messages are handed out at once with the error to defer
+//!   them with (no connection), so they wait out their backoff in storage
+//!   instead of piling up here.
 //!
-//! The index also remembers every id it has seen until it is forgotten
-//! (scheduled *or* being attempted). Inserting a known id is a no-op, so the
-//! start-up load racing an early handoff, or any other double insert, can
-//! never start two concurrent attempts on one message (two attempts could
-//! deliver twice).
+//! Decisions:
+//! - Messages whose destination is not known (found in storage at
+//!   start-up) wait in a line of their own, without a limit: the queue
+//!   reads each, learns its destination and asks [`Dispatch::admit`], which
+//!   moves it to the back of that destination's line if it has no free
+//!   slot. The destination is remembered for the message's later attempts.
+//! - A line leaves the rotation when it is empty or full; the end of an
+//!   attempt (which frees a slot) or an operator's retry (which revives a
+//!   dead destination) puts it back. No timer per destination: a dead
+//!   destination's period ends when its next message is due.
+//! - A destination's standing (window, failures, dead marking) is kept
+//!   while it has messages, attempts in flight or anything unusual to
+//!   remember, and forgotten once it is back to the initial window with
+//!   nothing queued: the map does not grow with every domain ever seen.
+//! - Every id the index knows is in one map with its stage; inserting a
+//!   known id is a no-op, so the start-up load racing an early hand-off, or
+//!   any other double insert, can never start two concurrent attempts on
+//!   one message (two attempts could deliver twice). A line may still hold
+//!   an id that left it (deleted, or moved on): such stale entries are
+//!   skipped when they reach the head, which keeps delete O(log n).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
+use crate::relay::Destination;
+
 use super::clock;
-use super::dispatch::{AttemptEnd, Dispatch, Lease, Placement};
+use super::destinations::{DeadDestination, DestinationSettings, Health, Verdict};
+use super::dispatch::{Admission, AttemptEnd, Contact, Dispatch, Lease, Placement};
+
+type Id = Arc<str>;
+/// A line's key: `None` is the line of messages whose destination is not
+/// known yet.
+type LineKey = Option<Destination>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Waiting((Instant, u64)),
+    Ready,
+    InFlight,
+}
+
+#[derive(Debug)]
+struct Entry {
+    destination: LineKey,
+    stage: Stage,
+    /// An operator asked for a retry while it was in flight.
+    retry_requested: bool,
+    /// Counted in its destination's attempts in flight.
+    charged: bool,
+}
+
+/// One destination's due messages and standing.
+#[derive(Debug)]
+struct Line {
+    ready: VecDeque<Id>,
+    in_flight: usize,
+    health: Health,
+    /// In the rotation.
+    queued: bool,
+}
 
 #[derive(Default)]
 struct State {
-    due: BTreeMap<(Instant, u64), String>,
-    known: HashSet<String>,
-    /// Where each waiting id sits in `due`, for operator commands.
-    keys: HashMap<String, (Instant, u64)>,
-    /// Ids in flight an operator asked to retry now.
-    retry_requested: HashSet<String>,
+    entries: HashMap<Id, Entry>,
+    due: BTreeMap<(Instant, u64), Id>,
+    lines: HashMap<LineKey, Line>,
+    rotation: VecDeque<LineKey>,
+    /// Entries in the `Ready` stage.
+    ready: usize,
     seq: u64,
 }
 
 impl State {
-    fn push(&mut self, id: String, at: Instant) {
+    fn line<'a>(
+        lines: &'a mut HashMap<LineKey, Line>,
+        key: &LineKey,
+        settings: &DestinationSettings,
+    ) -> &'a mut Line {
+        if !lines.contains_key(key) {
+            let health = Health::new(
+                settings,
+                key.as_ref().unwrap_or(&Destination::whole_relay()),
+            );
+            lines.insert(
+                key.clone(),
+                Line {
+                    ready: VecDeque::new(),
+                    in_flight: 0,
+                    health,
+                    queued: false,
+                },
+            );
+        }
+        lines.get_mut(key).expect("inserted above")
+    }
+
+    /// Puts a line back in the rotation if it has messages and is not in
+    /// it.
+    fn requeue(&mut self, key: &LineKey) {
+        if let Some(line) = self.lines.get_mut(key)
+            && !line.queued
+            && !line.ready.is_empty()
+        {
+            line.queued = true;
+            self.rotation.push_back(key.clone());
+        }
+    }
+
+    /// Forgets a line with nothing in it and nothing to remember.
+    fn drop_if_idle(&mut self, key: &LineKey, settings: &DestinationSettings) {
+        if let Some(line) = self.lines.get(key)
+            && !line.queued
+            && line.ready.is_empty()
+            && line.in_flight == 0
+            && line.health.is_fresh(settings)
+        {
+            self.lines.remove(key);
+        }
+    }
+
+    fn wait(&mut self, id: Id, at: Instant) {
         self.seq += 1;
         let key = (at, self.seq);
-        if let Some(old) = self.keys.insert(id.clone(), key) {
-            self.due.remove(&old);
+        if let Some(entry) = self.entries.get_mut(&id) {
+            match entry.stage {
+                Stage::Waiting(old) => {
+                    self.due.remove(&old);
+                }
+                Stage::Ready => self.ready -= 1,
+                Stage::InFlight => {}
+            }
+            entry.stage = Stage::Waiting(key);
         }
         self.due.insert(key, id);
     }
 
-    fn take_waiting(&mut self, id: &str) -> bool {
-        match self.keys.remove(id) {
-            Some(key) => {
-                self.due.remove(&key);
-                true
+    /// Moves every message due at `now` into its destination's line.
+    fn promote(&mut self, now: Instant, settings: &DestinationSettings) {
+        while let Some(entry) = self.due.first_entry() {
+            if entry.key().0 > now {
+                break;
             }
-            None => false,
+            let id = entry.remove();
+            let Some(e) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            e.stage = Stage::Ready;
+            let key = e.destination.clone();
+            self.ready += 1;
+            Self::line(&mut self.lines, &key, settings)
+                .ready
+                .push_back(id);
+            self.requeue(&key);
         }
+    }
+
+    /// The next message to hand out, round robin between lines with a
+    /// free slot.
+    fn pick(&mut self, now: Instant, settings: &DestinationSettings) -> Option<Lease> {
+        for _ in 0..self.rotation.len() {
+            let key = self.rotation.pop_front()?;
+            let Some(line) = self.lines.get_mut(&key) else {
+                continue;
+            };
+            while let Some(head) = line.ready.front() {
+                if self
+                    .entries
+                    .get(head)
+                    .is_some_and(|e| e.stage == Stage::Ready)
+                {
+                    break;
+                }
+                line.ready.pop_front();
+            }
+            if line.ready.is_empty() {
+                line.queued = false;
+                self.drop_if_idle(&key, settings);
+                continue;
+            }
+            let verdict = match key {
+                None => Verdict::Attempt,
+                Some(_) => line.health.verdict(now, line.in_flight),
+            };
+            let defer = match verdict {
+                Verdict::Full => {
+                    line.queued = false;
+                    continue;
+                }
+                Verdict::Attempt => None,
+                Verdict::Defer(error) => Some(error),
+            };
+            let id = line.ready.pop_front().expect("not empty");
+            let charged = defer.is_none() && key.is_some();
+            if charged {
+                line.in_flight += 1;
+            }
+            self.rotation.push_back(key.clone());
+            let entry = self.entries.get_mut(&id).expect("checked ready");
+            entry.stage = Stage::InFlight;
+            entry.charged = charged;
+            self.ready -= 1;
+            return Some(Lease {
+                id: id.to_string(),
+                expires: None,
+                destination: key,
+                defer,
+            });
+        }
+        None
+    }
+
+    /// Ends the charge of an entry on its destination's slots.
+    fn release(&mut self, id: &str, settings: &DestinationSettings) {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        if !std::mem::take(&mut entry.charged) {
+            return;
+        }
+        let key = entry.destination.clone();
+        if let Some(line) = self.lines.get_mut(&key) {
+            line.in_flight = line.in_flight.saturating_sub(1);
+        }
+        self.requeue(&key);
+        self.drop_if_idle(&key, settings);
+    }
+
+    fn placement(&self, id: &str) -> Placement {
+        match self.entries.get(id).map(|e| e.stage) {
+            None => Placement::Unknown,
+            Some(Stage::Waiting(_) | Stage::Ready) => Placement::Waiting,
+            Some(Stage::InFlight) => Placement::InFlight,
+        }
+    }
+
+    /// Revives the dead destinations `matching` accepts; returns how many
+    /// were dead.
+    fn revive(
+        &mut self,
+        settings: &DestinationSettings,
+        matching: impl Fn(&Destination) -> bool,
+    ) -> usize {
+        let mut revived = Vec::new();
+        for (key, line) in &mut self.lines {
+            if let Some(destination) = key
+                && matching(destination)
+                && line.health.revive(settings)
+            {
+                tracing::info!(destination = %destination, "destination revived by an operator");
+                revived.push(key.clone());
+            }
+        }
+        for key in &revived {
+            self.requeue(key);
+        }
+        revived.len()
     }
 }
 
-/// The default [`Dispatch`]: an in-process due-time index of the messages
-/// one queue knows about (see the module docs).
-#[derive(Default)]
+/// The default [`Dispatch`]: an in-process index of the messages one queue
+/// knows about, fair between destinations (see the module docs).
 pub struct LocalDispatch {
     state: Mutex<State>,
+    settings: DestinationSettings,
     wake: Notify,
 }
 
+impl Default for LocalDispatch {
+    /// With the default [`DestinationSettings`].
+    fn default() -> Self {
+        Self::new(DestinationSettings::default())
+    }
+}
+
 impl LocalDispatch {
+    /// A dispatcher limiting every destination as `settings` say.
+    pub fn new(settings: DestinationSettings) -> Self {
+        Self {
+            state: Mutex::default(),
+            settings,
+            wake: Notify::new(),
+        }
+    }
+
+    /// The per-destination limits in use.
+    pub fn settings(&self) -> &DestinationSettings {
+        &self.settings
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Schedules a message the index does not know yet. Returns `false` (and
-    /// changes nothing) if the id is already scheduled or being attempted.
-    fn insert(&self, id: String, at: Instant) -> bool {
+    /// changes nothing) if the id is already known.
+    fn insert(&self, id: &str, at: Instant, destination: LineKey) -> bool {
         let mut state = self.lock();
-        if !state.known.insert(id.clone()) {
+        if state.entries.contains_key(id) {
             return false;
         }
-        state.push(id, at);
+        let id: Id = id.into();
+        state.entries.insert(
+            id.clone(),
+            Entry {
+                destination,
+                stage: Stage::InFlight,
+                retry_requested: false,
+                charged: false,
+            },
+        );
+        state.wait(id, at);
         drop(state);
         self.wake.notify_one();
         true
     }
 
-    /// Schedules the next attempt of a message that [`LocalDispatch::pop_due`]
-    /// handed out: at `at`, or at once if an operator asked for a retry
-    /// while it was in flight.
-    fn reschedule(&self, id: String, at: Instant) {
+    /// Schedules the next attempt of a message that was handed out: at
+    /// `at`, or at once if an operator asked for a retry while it was in
+    /// flight.
+    fn reschedule(&self, id: &str, at: Instant) {
         let mut state = self.lock();
-        let at = if Self::take_request(&mut state, &id) {
+        state.release(id, &self.settings);
+        let Some((key, entry)) = state.entries.get_key_value(id) else {
+            return;
+        };
+        let key = key.clone();
+        let at = if entry.retry_requested {
             at.min(Instant::now())
         } else {
             at
         };
-        state.known.insert(id.clone());
-        state.push(id, at);
+        if let Some(entry) = state.entries.get_mut(id) {
+            entry.retry_requested = false;
+        }
+        state.wait(key, at);
         drop(state);
         self.wake.notify_one();
     }
 
-    /// Forgets a message handed out by [`LocalDispatch::pop_due`] (it was
-    /// removed from storage).
+    /// Forgets a message that was handed out (removed from storage).
     fn forget(&self, id: &str) {
         let mut state = self.lock();
-        state.known.remove(id);
-        Self::take_request(&mut state, id);
-    }
-
-    /// Takes back an operator's retry request for a message in flight, for
-    /// an attempt that is about to store its next due time (it stores "now"
-    /// instead).
-    fn take_request_for(&self, id: &str) -> bool {
-        Self::take_request(&mut self.lock(), id)
-    }
-
-    /// Removes `id`'s retry request; the set is almost always empty, so the
-    /// id is hashed only when it is not.
-    fn take_request(state: &mut State, id: &str) -> bool {
-        !state.retry_requested.is_empty() && state.retry_requested.remove(id)
-    }
-
-    fn placement(state: &State, id: &str) -> Placement {
-        if !state.known.contains(id) {
-            Placement::Unknown
-        } else if state.keys.contains_key(id) {
-            Placement::Waiting
-        } else {
-            Placement::InFlight
-        }
-    }
-
-    /// Moves a waiting message's due time to `at` (an operator's "retry
-    /// now"). For a message in flight the request is remembered until its
-    /// attempt reschedules it (see the module docs).
-    fn move_to(&self, id: &str, at: Instant) -> Placement {
-        let mut state = self.lock();
-        let placement = Self::placement(&state, id);
-        match placement {
-            Placement::Waiting => {
-                state.take_waiting(id);
-                state.push(id.to_owned(), at);
-                drop(state);
-                self.wake.notify_one();
-            }
-            Placement::InFlight => {
-                state.retry_requested.insert(id.to_owned());
-            }
-            Placement::Unknown => {}
-        }
-        placement
-    }
-
-    /// Takes a waiting message out of the schedule (it is being deleted).
-    /// A message in flight stays known: its attempt finds it gone and
-    /// forgets it.
-    fn remove_waiting(&self, id: &str) -> Placement {
-        let mut state = self.lock();
-        let placement = Self::placement(&state, id);
-        if placement == Placement::Waiting {
-            state.take_waiting(id);
-            state.known.remove(id);
-        }
-        placement
+        state.release(id, &self.settings);
+        state.entries.remove(id);
+        drop(state);
+        self.wake.notify_one();
     }
 
     /// How many messages are waiting for an attempt (not counting those
     /// being attempted).
     fn waiting_count(&self) -> usize {
-        self.lock().due.len()
+        let state = self.lock();
+        state.due.len() + state.ready
     }
 
-    /// Waits until the earliest message is due and takes it out of the
-    /// index. It stays known until rescheduled or forgotten.
-    async fn pop_due(&self) -> String {
+    /// Waits until a message may be attempted and hands it out.
+    async fn pop_due(&self) -> Lease {
         loop {
-            let head = self.lock().due.first_key_value().map(|(k, _)| k.0);
-            match head {
-                Some(at) if at <= Instant::now() => {
-                    let mut state = self.lock();
-                    if let Some((_, id)) = state.due.pop_first() {
-                        state.keys.remove(&id);
-                        return id;
-                    }
+            // Registered before looking, so a change between the look and
+            // the wait is not missed.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut state = self.lock();
+                let now = Instant::now();
+                state.promote(now, &self.settings);
+                if let Some(lease) = state.pick(now, &self.settings) {
+                    return lease;
                 }
+                state.due.first_key_value().map(|(k, _)| k.0)
+            };
+            match next {
                 Some(at) => {
                     tokio::select! {
                         () = sleep_until(at) => {}
-                        () = self.wake.notified() => {}
+                        () = &mut notified => {}
                     }
                 }
-                // notify_one stores a permit when nobody waits, so an insert
-                // between the check above and this await is not missed.
-                None => self.wake.notified().await,
+                None => notified.await,
             }
         }
     }
@@ -200,44 +411,158 @@ impl std::fmt::Debug for LocalDispatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalDispatch")
             .field("waiting", &self.waiting_count())
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
 /// Everything at once, from memory: one process, no leases.
 impl Dispatch for LocalDispatch {
-    async fn add(&self, id: String, due: SystemTime) -> bool {
-        self.insert(id, clock::instant_at(due))
+    async fn add(&self, id: String, due: SystemTime, destination: Option<Destination>) -> bool {
+        self.insert(&id, clock::instant_at(due), destination)
     }
 
     async fn next_due(&self) -> Lease {
-        Lease {
-            id: self.pop_due().await,
-            expires: None,
+        self.pop_due().await
+    }
+
+    async fn admit(&self, id: &str, destination: Destination) -> Admission {
+        let mut state = self.lock();
+        let key = Some(destination);
+        let Some(entry) = state.entries.get_mut(id) else {
+            return Admission::Attempt;
+        };
+        entry.destination = key.clone();
+        let line = State::line(&mut state.lines, &key, &self.settings);
+        match line.health.verdict(Instant::now(), line.in_flight) {
+            Verdict::Attempt => {
+                line.in_flight += 1;
+                if let Some(entry) = state.entries.get_mut(id) {
+                    entry.charged = true;
+                }
+                Admission::Attempt
+            }
+            Verdict::Defer(error) => Admission::Defer(error),
+            Verdict::Full => {
+                // Full means an attempt is in flight: its end requeues the
+                // line.
+                let (id, _) = state.entries.get_key_value(id).expect("checked");
+                let id = id.clone();
+                if let Some(line) = state.lines.get_mut(&key) {
+                    line.ready.push_back(id.clone());
+                }
+                if let Some(entry) = state.entries.get_mut(&id) {
+                    entry.stage = Stage::Ready;
+                }
+                state.ready += 1;
+                Admission::Later
+            }
+        }
+    }
+
+    async fn contact(&self, id: &str, contact: Contact) {
+        let mut state = self.lock();
+        let Some(Some(destination)) = state.entries.get(id).map(|e| e.destination.clone()) else {
+            return;
+        };
+        let key = Some(destination.clone());
+        let line = State::line(&mut state.lines, &key, &self.settings);
+        match contact {
+            Contact::Reached => line.health.reached(&self.settings),
+            Contact::Unreachable(error) => {
+                let reason = error.reply().to_string();
+                if line
+                    .health
+                    .unreachable(Instant::now(), error, &self.settings)
+                {
+                    let view = line.health.dead_view(&destination, Instant::now());
+                    tracing::warn!(
+                        destination = %destination,
+                        failures = view.as_ref().map_or(0, |v| v.failures),
+                        probe_in_secs = view.map_or(0, |v| v.probe_in.as_secs()),
+                        error = %reason,
+                        "destination marked dead: its messages are deferred without connecting until the probe"
+                    );
+                }
+            }
         }
     }
 
     async fn ended(&self, id: &str, end: AttemptEnd) {
         match end {
-            AttemptEnd::RetryAt(due) => self.reschedule(id.to_owned(), clock::instant_at(due)),
+            AttemptEnd::RetryAt(due) => self.reschedule(id, clock::instant_at(due)),
             AttemptEnd::Done | AttemptEnd::Gone => self.forget(id),
         }
     }
 
     async fn retry_now(&self, id: &str) -> Placement {
-        self.move_to(id, clock::instant_at(clock::now()))
+        let mut state = self.lock();
+        let placement = state.placement(id);
+        let destination = state.entries.get(id).and_then(|e| e.destination.clone());
+        if let Some(destination) = destination {
+            state.revive(&self.settings, |d| *d == destination);
+        }
+        match state.entries.get_mut(id) {
+            Some(entry) if entry.stage == Stage::InFlight => entry.retry_requested = true,
+            Some(entry) if matches!(entry.stage, Stage::Waiting(_)) => {
+                let (key, _) = state.entries.get_key_value(id).expect("present");
+                let key = key.clone();
+                state.wait(key, Instant::now());
+            }
+            _ => {}
+        }
+        drop(state);
+        self.wake.notify_one();
+        placement
     }
 
     async fn take_retry_request(&self, id: &str) -> bool {
-        self.take_request_for(id)
+        self.lock()
+            .entries
+            .get_mut(id)
+            .is_some_and(|e| std::mem::take(&mut e.retry_requested))
     }
 
     async fn delete(&self, id: &str) -> Placement {
-        self.remove_waiting(id)
+        let mut state = self.lock();
+        let placement = state.placement(id);
+        match state.entries.get(id).map(|e| e.stage) {
+            Some(Stage::Waiting(key)) => {
+                state.due.remove(&key);
+                state.entries.remove(id);
+            }
+            Some(Stage::Ready) => {
+                // Its line entry goes stale and is skipped.
+                state.ready -= 1;
+                state.entries.remove(id);
+            }
+            Some(Stage::InFlight) | None => {}
+        }
+        placement
     }
 
     fn waiting(&self) -> usize {
         self.waiting_count()
+    }
+
+    fn dead_destinations(&self) -> Vec<DeadDestination> {
+        let state = self.lock();
+        let now = Instant::now();
+        let mut dead: Vec<DeadDestination> = state
+            .lines
+            .iter()
+            .filter_map(|(key, line)| line.health.dead_view(key.as_ref()?, now))
+            .collect();
+        dead.sort_by(|a, b| a.destination.cmp(&b.destination));
+        dead
+    }
+
+    fn revive(&self, destination: Option<&str>) -> usize {
+        let revived = self.lock().revive(&self.settings, |d| {
+            destination.is_none_or(|want| d.as_str() == want)
+        });
+        self.wake.notify_one();
+        revived
     }
 }
 
@@ -246,25 +571,43 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::relay::RelayError;
+    use crate::reply::Reply;
+
+    fn dest(key: &str) -> Option<Destination> {
+        Some(Destination::new(key))
+    }
+
+    async fn pop(s: &LocalDispatch) -> Lease {
+        s.pop_due().await
+    }
+
+    /// Pops without waiting: `None` when nothing may go now.
+    fn try_pop(s: &LocalDispatch) -> Option<Lease> {
+        let mut state = s.lock();
+        let now = Instant::now();
+        state.promote(now, &s.settings);
+        state.pick(now, &s.settings)
+    }
 
     #[tokio::test(start_paused = true)]
     async fn hands_out_in_due_order_and_ignores_duplicates() {
         let s = LocalDispatch::default();
         let now = Instant::now();
-        assert!(s.insert("late".into(), now + Duration::from_secs(60)));
-        assert!(s.insert("early".into(), now + Duration::from_secs(1)));
-        assert!(s.insert("now".into(), now));
-        assert!(!s.insert("early".into(), now));
+        assert!(s.insert("late", now + Duration::from_secs(60), None));
+        assert!(s.insert("early", now + Duration::from_secs(1), None));
+        assert!(s.insert("now", now, None));
+        assert!(!s.insert("early", now, None));
         assert_eq!(s.waiting_count(), 3);
-        assert_eq!(s.pop_due().await, "now");
-        assert_eq!(s.pop_due().await, "early");
+        assert_eq!(pop(&s).await.id, "now");
+        assert_eq!(pop(&s).await.id, "early");
         assert_eq!(Instant::now(), now + Duration::from_secs(1));
         // Handed out but not forgotten: still known.
-        assert!(!s.insert("early".into(), now));
+        assert!(!s.insert("early", now, None));
         s.forget("early");
-        assert!(s.insert("early".into(), now + Duration::from_secs(120)));
-        assert_eq!(s.pop_due().await, "late");
-        assert_eq!(s.pop_due().await, "early");
+        assert!(s.insert("early", now + Duration::from_secs(120), None));
+        assert_eq!(pop(&s).await.id, "late");
+        assert_eq!(pop(&s).await.id, "early");
         assert_eq!(Instant::now(), now + Duration::from_secs(120));
     }
 
@@ -272,56 +615,236 @@ mod tests {
     async fn operators_move_and_remove_waiting_messages() {
         let s = LocalDispatch::default();
         let now = Instant::now();
-        s.insert("a".into(), now + Duration::from_secs(3600));
-        s.insert("b".into(), now + Duration::from_secs(7200));
-        assert_eq!(s.move_to("b", now), Placement::Waiting);
-        assert_eq!(s.pop_due().await, "b");
+        s.insert("a", now + Duration::from_secs(3600), None);
+        s.insert("b", now + Duration::from_secs(7200), None);
+        assert_eq!(s.retry_now("b").await, Placement::Waiting);
+        assert_eq!(pop(&s).await.id, "b");
         assert_eq!(Instant::now(), now, "moved to now, no wait");
-        assert_eq!(s.move_to("b", now), Placement::InFlight);
-        assert_eq!(s.remove_waiting("b"), Placement::InFlight);
-        assert_eq!(s.move_to("zzz", now), Placement::Unknown);
-        assert_eq!(s.remove_waiting("a"), Placement::Waiting);
+        assert_eq!(s.retry_now("b").await, Placement::InFlight);
+        assert_eq!(s.delete("b").await, Placement::InFlight);
+        assert_eq!(s.retry_now("zzz").await, Placement::Unknown);
+        assert_eq!(s.delete("a").await, Placement::Waiting);
         assert_eq!(s.waiting_count(), 0);
-        assert!(s.insert("a".into(), now), "removed ids are forgotten");
+        assert!(s.insert("a", now, None), "removed ids are forgotten");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_retry_asked_for_in_flight_beats_the_backoff_once() {
         let s = LocalDispatch::default();
         let now = Instant::now();
-        s.insert("m".into(), now);
-        assert_eq!(s.pop_due().await, "m");
+        s.insert("m", now, None);
+        assert_eq!(pop(&s).await.id, "m");
         // The operator asks while the attempt runs; the attempt then fails
         // and asks for an hour: the request wins, once.
-        assert_eq!(s.move_to("m", now), Placement::InFlight);
-        s.reschedule("m".into(), now + Duration::from_secs(3600));
-        assert_eq!(s.pop_due().await, "m");
+        assert_eq!(s.retry_now("m").await, Placement::InFlight);
+        s.reschedule("m", now + Duration::from_secs(3600));
+        assert_eq!(pop(&s).await.id, "m");
         assert_eq!(Instant::now(), now, "due at once, not after the backoff");
-        s.reschedule("m".into(), now + Duration::from_secs(3600));
-        assert_eq!(s.pop_due().await, "m");
+        s.reschedule("m", now + Duration::from_secs(3600));
+        assert_eq!(pop(&s).await.id, "m");
         assert_eq!(Instant::now(), now + Duration::from_secs(3600));
         // Taken by the attempt storing its due time, or dropped when the
         // message is forgotten.
-        assert_eq!(s.move_to("m", now), Placement::InFlight);
-        assert!(s.take_request_for("m"));
-        assert!(!s.take_request_for("m"));
-        assert_eq!(s.move_to("m", now), Placement::InFlight);
+        assert_eq!(s.retry_now("m").await, Placement::InFlight);
+        assert!(s.take_retry_request("m").await);
+        assert!(!s.take_retry_request("m").await);
+        assert_eq!(s.retry_now("m").await, Placement::InFlight);
         s.forget("m");
-        assert!(!s.take_request_for("m"));
+        assert!(!s.take_retry_request("m").await);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_earlier_insert_wakes_the_sleeper() {
-        let s = std::sync::Arc::new(LocalDispatch::default());
+        let s = Arc::new(LocalDispatch::default());
         let start = Instant::now();
-        s.insert("far".into(), start + Duration::from_secs(3600));
+        s.insert("far", start + Duration::from_secs(3600), None);
         let waiter = tokio::spawn({
             let s = s.clone();
-            async move { (s.pop_due().await, Instant::now()) }
+            async move { (s.pop_due().await.id, Instant::now()) }
         });
         tokio::time::sleep(Duration::from_secs(10)).await;
-        s.insert("near".into(), start + Duration::from_secs(20));
+        s.insert("near", start + Duration::from_secs(20), None);
         let (id, at) = waiter.await.unwrap();
         assert_eq!((id.as_str(), at), ("near", start + Duration::from_secs(20)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn destinations_take_turns() {
+        let s = LocalDispatch::default();
+        let now = Instant::now();
+        for i in 0..4 {
+            s.insert(&format!("a{i}"), now, dest("a.test"));
+        }
+        s.insert("b0", now, dest("b.test"));
+        s.insert("b1", now, dest("b.test"));
+        s.insert("c0", now, dest("c.test"));
+        let mut order = Vec::new();
+        while let Some(lease) = try_pop(&s) {
+            order.push(lease.id);
+        }
+        assert_eq!(order, ["a0", "b0", "c0", "a1", "b1", "a2", "a3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_destination_waits_while_others_go_and_a_freed_slot_requeues_it() {
+        let mut settings = DestinationSettings::default();
+        settings.overrides.insert("slow.test".into(), 2);
+        let s = LocalDispatch::new(settings);
+        let now = Instant::now();
+        for i in 0..5 {
+            s.insert(&format!("slow{i}"), now, dest("slow.test"));
+        }
+        for i in 0..3 {
+            s.insert(&format!("ok{i}"), now, dest("ok.test"));
+        }
+        let mut order = Vec::new();
+        while let Some(lease) = try_pop(&s) {
+            order.push(lease.id);
+        }
+        assert_eq!(order, ["slow0", "ok0", "slow1", "ok1", "ok2"]);
+        assert_eq!(s.waiting_count(), 3);
+        // One slow attempt ends: exactly one more goes.
+        s.ended("slow0", AttemptEnd::Done).await;
+        assert_eq!(try_pop(&s).unwrap().id, "slow2");
+        assert!(try_pop(&s).is_none());
+    }
+
+    fn refused() -> RelayError {
+        RelayError::unreachable(Reply::new(
+            451,
+            "4.4.1",
+            "Connection to down:25 failed: refused",
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_destination_defers_without_slots_then_sends_one_probe() {
+        let s = LocalDispatch::default();
+        let now = Instant::now();
+        for i in 0..8 {
+            s.insert(&format!("d{i}"), now, dest("down.test"));
+        }
+        // Slow start: five go.
+        let first: Vec<Lease> = std::iter::from_fn(|| try_pop(&s)).collect();
+        assert_eq!(first.len(), 5);
+        assert!(first.iter().all(|l| l.defer.is_none()));
+        for lease in &first {
+            s.contact(&lease.id, Contact::Unreachable(refused())).await;
+            s.ended(
+                &lease.id,
+                AttemptEnd::RetryAt(clock::now() + Duration::from_secs(600)),
+            )
+            .await;
+        }
+        let dead = s.dead_destinations();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].destination, "down.test");
+        assert_eq!(dead[0].failures, 5);
+        // The other three are handed out to be deferred, no slot needed.
+        let rest: Vec<Lease> = std::iter::from_fn(|| try_pop(&s)).collect();
+        assert_eq!(rest.len(), 3);
+        for lease in &rest {
+            let e = lease.defer.as_ref().expect("deferred without connecting");
+            assert!(e.reply().text().contains("refused"), "{}", e.reply());
+            s.ended(
+                &lease.id,
+                AttemptEnd::RetryAt(clock::now() + Duration::from_secs(60)),
+            )
+            .await;
+        }
+        // After the dead period: one probe, alone.
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let probe = try_pop(&s).expect("a probe");
+        assert!(probe.defer.is_none());
+        assert!(try_pop(&s).is_none(), "the others wait for the probe");
+        s.contact(&probe.id, Contact::Reached).await;
+        s.ended(&probe.id, AttemptEnd::Done).await;
+        assert!(s.dead_destinations().is_empty());
+        let after: Vec<Lease> = std::iter::from_fn(|| try_pop(&s)).collect();
+        assert_eq!(after.len(), 2, "alive again");
+        assert!(after.iter().all(|l| l.defer.is_none()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operator_retry_revives_the_destination() {
+        let s = LocalDispatch::default();
+        let now = Instant::now();
+        for i in 0..6 {
+            s.insert(&format!("d{i}"), now, dest("down.test"));
+        }
+        for lease in std::iter::from_fn(|| try_pop(&s)).collect::<Vec<_>>() {
+            if lease.defer.is_none() {
+                s.contact(&lease.id, Contact::Unreachable(refused())).await;
+            }
+            s.ended(
+                &lease.id,
+                AttemptEnd::RetryAt(clock::now() + Duration::from_secs(3600)),
+            )
+            .await;
+        }
+        assert_eq!(s.dead_destinations().len(), 1);
+        assert_eq!(s.retry_now("d5").await, Placement::Waiting);
+        assert!(s.dead_destinations().is_empty());
+        let lease = try_pop(&s).unwrap();
+        assert_eq!((lease.id.as_str(), lease.defer), ("d5", None));
+        // And a revive of everything.
+        assert_eq!(Dispatch::revive(&s, None), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_destinations_are_learnt_and_limited() {
+        let mut settings = DestinationSettings::default();
+        settings.initial_concurrency = 1;
+        let s = LocalDispatch::new(settings);
+        let now = Instant::now();
+        s.insert("x", now, None);
+        s.insert("y", now, None);
+        let x = try_pop(&s).unwrap();
+        let y = try_pop(&s).unwrap();
+        assert_eq!((x.destination.clone(), y.destination.clone()), (None, None));
+        assert_eq!(
+            s.admit("x", Destination::new("a.test")).await,
+            Admission::Attempt
+        );
+        assert_eq!(
+            s.admit("y", Destination::new("a.test")).await,
+            Admission::Later
+        );
+        assert_eq!(s.waiting_count(), 1);
+        assert!(try_pop(&s).is_none(), "a.test has one slot, taken by x");
+        s.contact("x", Contact::Reached).await;
+        s.ended(
+            "x",
+            AttemptEnd::RetryAt(clock::now() + Duration::from_secs(60)),
+        )
+        .await;
+        let y = try_pop(&s).unwrap();
+        assert_eq!((y.id.as_str(), y.destination), ("y", dest("a.test")));
+        // x's destination is remembered for its next attempt.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        s.ended("y", AttemptEnd::Done).await;
+        let x = try_pop(&s).unwrap();
+        assert_eq!((x.id.as_str(), x.destination), ("x", dest("a.test")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deleted_ready_messages_are_skipped_and_idle_lines_forgotten() {
+        let s = LocalDispatch::default();
+        let now = Instant::now();
+        s.insert("a", now, dest("a.test"));
+        s.insert("b", now, dest("a.test"));
+        {
+            let mut state = s.lock();
+            state.promote(now, &s.settings);
+        }
+        assert_eq!(s.delete("a").await, Placement::Waiting);
+        assert_eq!(s.waiting_count(), 1);
+        let b = try_pop(&s).unwrap();
+        assert_eq!(b.id, "b");
+        s.contact("b", Contact::Reached).await;
+        s.ended("b", AttemptEnd::Done).await;
+        assert!(try_pop(&s).is_none());
+        assert!(s.lock().lines.is_empty(), "nothing left to remember");
+        assert!(s.lock().entries.is_empty());
     }
 }

@@ -30,7 +30,7 @@ use crate::envelope::Envelope;
 use crate::relay::smtp::client_options::RelayDefaults;
 use crate::relay::smtp::connection::Dialect;
 use crate::relay::smtp::{ClientOptions, StaticSmtpRelay};
-use crate::relay::{Delivery, Relay, RelayError};
+use crate::relay::{Delivery, Destination, Relay, RelayError};
 
 /// Delivers every envelope to one LMTP server.
 #[derive(Clone, Debug)]
@@ -85,6 +85,10 @@ impl StaticLmtpRelay {
 impl Relay for StaticLmtpRelay {
     async fn attempt(&self, envelope: &Envelope, attempt: u32) -> Result<Delivery, RelayError> {
         self.inner.attempt(envelope, attempt).await
+    }
+
+    fn destination(&self, recipient: &str) -> Destination {
+        self.inner.destination(recipient)
     }
 }
 

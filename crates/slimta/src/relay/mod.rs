@@ -14,8 +14,14 @@
 //! - [`Relay`] is a native async trait. The app picks relays at run time from
 //!   its config, so [`DynRelay`] adds a boxed, object-safe form and
 //!   `Box<dyn DynRelay>` / `Arc<dyn DynRelay>` implement [`Relay`] again.
+//! - A relay names the [`Destination`] of each recipient
+//!   ([`Relay::destination`]) so the queue can limit attempts per
+//!   destination, and marks a failure to reach the destination at all
+//!   ([`RelayError::is_unreachable`]: refused, timed out or turned away
+//!   before the banner) so the queue can stop connecting to a dead one.
 
 pub mod blackhole;
+pub mod destination;
 #[cfg(feature = "http-relay")]
 pub mod http;
 pub mod lmtp;
@@ -31,6 +37,7 @@ use crate::envelope::Envelope;
 use crate::reply::Reply;
 
 pub use blackhole::BlackholeRelay;
+pub use destination::Destination;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -44,6 +51,7 @@ pub struct RelayError {
     kind: Kind,
     reply: Reply,
     remote_mta: Option<String>,
+    unreachable: bool,
 }
 
 impl RelayError {
@@ -53,6 +61,7 @@ impl RelayError {
             kind: Kind::Transient,
             reply,
             remote_mta: None,
+            unreachable: false,
         }
     }
 
@@ -62,6 +71,7 @@ impl RelayError {
             kind: Kind::Permanent,
             reply,
             remote_mta: None,
+            unreachable: false,
         }
     }
 
@@ -73,6 +83,31 @@ impl RelayError {
         } else {
             Self::transient(reply)
         }
+    }
+
+    /// A transient failure to reach the destination at all: the connection
+    /// was refused or timed out, or the server closed it, timed out or
+    /// answered 4xx before or at its banner. The queue counts these to
+    /// mark a destination dead (see `queue/destinations.rs`).
+    pub fn unreachable(reply: Reply) -> Self {
+        Self {
+            unreachable: true,
+            ..Self::transient(reply)
+        }
+    }
+
+    /// Marks a transient failure as [`RelayError::unreachable`]; a
+    /// permanent one stays as it is (it is the server's answer).
+    #[must_use]
+    pub fn as_unreachable(mut self) -> Self {
+        self.unreachable = self.kind == Kind::Transient;
+        self
+    }
+
+    /// Whether the destination could not be reached at all (see
+    /// [`RelayError::unreachable`]).
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable
     }
 
     /// Whether the queue should retry.
@@ -183,6 +218,14 @@ pub trait Relay: Send + Sync + 'static {
         envelope: &Envelope,
         attempt: u32,
     ) -> impl Future<Output = Result<Delivery, RelayError>> + Send;
+
+    /// The destination the queue schedules `recipient` under (see
+    /// [`Destination`]). Recipients of one destination may be attempted
+    /// together; the default is one destination for the whole relay.
+    fn destination(&self, recipient: &str) -> Destination {
+        let _ = recipient;
+        Destination::whole_relay()
+    }
 }
 
 /// The boxed future of [`DynRelay`].
@@ -192,11 +235,18 @@ pub type RelayFuture<'a> = Pin<Box<dyn Future<Output = Result<Delivery, RelayErr
 pub trait DynRelay: Send + Sync + 'static {
     /// Boxed [`Relay::attempt`].
     fn attempt_boxed<'a>(&'a self, envelope: &'a Envelope, attempt: u32) -> RelayFuture<'a>;
+
+    /// [`Relay::destination`].
+    fn destination_dyn(&self, recipient: &str) -> Destination;
 }
 
 impl<R: Relay> DynRelay for R {
     fn attempt_boxed<'a>(&'a self, envelope: &'a Envelope, attempt: u32) -> RelayFuture<'a> {
         Box::pin(self.attempt(envelope, attempt))
+    }
+
+    fn destination_dyn(&self, recipient: &str) -> Destination {
+        self.destination(recipient)
     }
 }
 
@@ -204,11 +254,19 @@ impl Relay for Box<dyn DynRelay> {
     async fn attempt(&self, envelope: &Envelope, attempt: u32) -> Result<Delivery, RelayError> {
         (**self).attempt_boxed(envelope, attempt).await
     }
+
+    fn destination(&self, recipient: &str) -> Destination {
+        (**self).destination_dyn(recipient)
+    }
 }
 
 impl Relay for Arc<dyn DynRelay> {
     async fn attempt(&self, envelope: &Envelope, attempt: u32) -> Result<Delivery, RelayError> {
         (**self).attempt_boxed(envelope, attempt).await
+    }
+
+    fn destination(&self, recipient: &str) -> Destination {
+        (**self).destination_dyn(recipient)
     }
 }
 

@@ -242,7 +242,7 @@ pub(crate) struct Connection {
 }
 
 fn connect_failed(peer: &str, err: impl fmt::Display) -> RelayError {
-    RelayError::transient(Reply::new(
+    RelayError::unreachable(Reply::new(
         451,
         "4.4.1",
         format!("Connection to {peer} failed: {err}"),
@@ -563,9 +563,14 @@ impl Connection {
     }
 
     async fn handshake(&mut self, ehlo_as: &str) -> Result<(), RelayError> {
-        let banner = self.read_reply(Stage::Banner).await?;
+        // Anything but a greeting means the destination is not taking mail
+        // now: the queue counts it towards marking the destination dead.
+        let banner = self
+            .read_reply(Stage::Banner)
+            .await
+            .map_err(RelayError::as_unreachable)?;
         if !banner.is_positive() {
-            return Err(self.remote_error(&banner, Stage::Banner));
+            return Err(self.remote_error(&banner, Stage::Banner).as_unreachable());
         }
         self.greet(ehlo_as).await
     }

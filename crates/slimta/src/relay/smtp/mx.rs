@@ -24,6 +24,9 @@
 //!   (and, later, pooled connections) are shared by every domain that uses
 //!   the same exchanger. The map only grows; it holds one small value per
 //!   distinct exchanger seen.
+//! - The queue schedules by recipient domain ([`Relay::destination`]):
+//!   the domain is known before any lookup, so a domain's attempts can be
+//!   limited and a dead domain left alone without asking the DNS.
 //! - Domain groups are delivered one after the other, in the order their
 //!   first recipient appears; results are merged back into the envelope's
 //!   recipient order. When the envelope has a single domain and the attempt
@@ -51,7 +54,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::dns::{MxAnswer, MxHost, Resolver};
 use crate::envelope::{Envelope, domain_of};
-use crate::relay::{Delivery, Relay, RelayError};
+use crate::relay::{Delivery, Destination, Relay, RelayError};
 use crate::reply::Reply;
 
 use super::client_options::RelayDefaults;
@@ -256,6 +259,15 @@ impl Relay for MxSmtpRelay {
             _ => Reply::new(554, "5.5.1", "No valid recipients"),
         });
         Ok(Delivery::per_recipient(reply, results))
+    }
+
+    /// The recipient's domain, lower-cased (a recipient without one is its
+    /// own destination: it fails at once anyway).
+    fn destination(&self, recipient: &str) -> Destination {
+        match domain_of(recipient).filter(|d| !d.is_empty()) {
+            Some(domain) => Destination::new(domain.to_ascii_lowercase()),
+            None => Destination::new(recipient),
+        }
     }
 }
 

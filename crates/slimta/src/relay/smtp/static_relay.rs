@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::envelope::Envelope;
-use crate::relay::{Delivery, Relay, RelayError};
+use crate::relay::{Delivery, Destination, Relay, RelayError};
 use crate::reply::Reply;
 
 use super::ClientOptions;
@@ -209,6 +209,17 @@ impl StaticSmtpRelay {
 impl Relay for StaticSmtpRelay {
     async fn attempt(&self, envelope: &Envelope, _attempt: u32) -> Result<Delivery, RelayError> {
         self.deliver(envelope).await.map_err(RelayError::from)
+    }
+
+    /// One destination: the server (`host:port`, or the socket path).
+    fn destination(&self, _recipient: &str) -> Destination {
+        match &self.unix_path {
+            Some(path) => Destination::new(path.display().to_string()),
+            None if self.host.contains(':') && !self.host.starts_with('[') => {
+                Destination::new(format!("[{}]:{}", self.host, self.port))
+            }
+            None => Destination::new(format!("{}:{}", self.host, self.port)),
+        }
     }
 }
 
