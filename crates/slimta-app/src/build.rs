@@ -1,39 +1,47 @@
 //! Turns a checked [`Config`] into running edges, queues and relays.
 //!
 //! This is the only place that knows both the config schema and the
-//! library; everything here is wiring. Backends are picked at run time, so
-//! relays are `Arc<dyn DynRelay>`; queues are an enum over the two storage
-//! types ([`AppQueue`]) so that each keeps its concrete, unboxed storage and
-//! the memory queue can be drained at shutdown.
+//! library; everything here is wiring. Relays and storages are picked at
+//! run time by their `type` and built by their kind (`kinds/relay/`,
+//! `kinds/storage/`), so relays are `Arc<dyn DynRelay>` and every queue is
+//! one type, [`AppQueue`] = `Queue<Arc<dyn DynStorage>, _>`, whatever its
+//! storage: a new storage kind needs no change here. The price is one
+//! dynamic call (and one boxed future) per storage operation, nothing
+//! measurable next to what the operation does (an fsync, a network round
+//! trip). What differs between storages at run time is asked of the
+//! configured kind, never of the running storage by downcasting: whether
+//! it is durable (how the queue stops) and its spool directory, if any
+//! (the control socket, the privilege drop); backend figures come through
+//! `QueueStorage::counters`.
 //!
 //! Shutdown order: edges stop accepting and drain their sessions (each edge
 //! waits at most its drain timeout); then every queue's scheduler stops,
-//! all queues at once. A memory queue first gets up to `MEMORY_DRAIN` to
-//! deliver what it holds, because whatever is still in memory at exit is
-//! lost (a memory queue is not durable by definition; use `type = "disk"`
-//! for that). A disk queue
-//! starts no new attempt: its messages are on disk and resume at the next
-//! start. It gives the attempts in progress up to `ATTEMPT_GRACE` to finish
-//! and record their outcome, so a message delivered in the last moment is
-//! not delivered again after the restart (one stuck on a slow relay past
-//! that is attempted again, which is the at-least-once rule). Then it logs
-//! its storage's fsync count (with the number of messages written, the
-//! figure that shows how well group commit works).
+//! all queues at once. A queue whose storage is not durable (memory) first
+//! gets up to `MEMORY_DRAIN` to deliver what it holds, because whatever is
+//! still in memory at exit is lost (use `type = "disk"` for durability). A
+//! durable queue starts no new attempt: its messages are stored and resume
+//! at the next start. It gives the attempts in progress up to
+//! `ATTEMPT_GRACE` to finish and record their outcome, so a message
+//! delivered in the last moment is not delivered again after the restart
+//! (one stuck on a slow relay past that is attempted again, which is the
+//! at-least-once rule). Then it logs its storage's fsync count, when the
+//! storage counts them (with the number of messages written, the figure
+//! that shows how well group commit works).
 //!
-//! Each disk queue also serves its control socket (`control.rs`) while the
-//! daemon runs; it is removed at shutdown.
+//! Each queue with a spool (disk) also serves its control socket
+//! (`control.rs`) while the daemon runs; it is removed at shutdown.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use slimta::DynRelay;
 use slimta::edge::credentials::Credentials;
 use slimta::edge::http::HttpEdge;
 use slimta::edge::proxy::ProxyMode;
 use slimta::edge::reverse_dns::ReverseDns;
 use slimta::edge::tls::{ReloadableTls, TlsConfig};
 use slimta::edge::{AcceptDomains, SmtpEdge, ValidatorChain, listener};
-use slimta::DynRelay;
 use slimta::queue::backoff::ExponentialBackoff;
 use slimta::queue::{DynStorage, Queue, QueueStorage};
 use slimta::smtp::ServerConfig;

@@ -24,8 +24,8 @@ use super::fields::{
     socket_addr,
 };
 use super::{
-    Config, ConfigError, DnsConfig, EdgeAuthConfig, EdgeConfig, EdgeKind, EdgeTlsConfig,
-    LogFormat, ProcessConfig, ProxyProtocol, QueueConfig, RetryConfig,
+    Config, ConfigError, DnsConfig, EdgeAuthConfig, EdgeConfig, EdgeKind, EdgeTlsConfig, LogFormat,
+    ProcessConfig, ProxyProtocol, QueueConfig, RetryConfig,
 };
 
 pub(super) fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {

@@ -17,7 +17,7 @@
 
 mod agent;
 mod blackhole;
-pub(crate) mod client;
+mod client;
 mod http;
 mod lmtp;
 mod mx;
