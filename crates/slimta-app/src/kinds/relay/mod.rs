@@ -127,3 +127,44 @@ pub(crate) use agent::Agent;
 pub(crate) use mx::Mx;
 #[cfg(test)]
 pub(crate) use static_smtp::StaticSmtp;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys found by running every reader on an empty section are all
+    /// the keys the relay types take (what "unknown key for type" needs).
+    #[test]
+    fn every_relay_key_is_found_from_the_readers() {
+        let mut expected = vec![
+            "host",
+            "port",
+            "force_mx",
+            "path",
+            "url",
+            "timeout",
+            "command",
+            "per_recipient",
+            "args",
+            "ehlo_as",
+            "connect_timeout",
+            "command_timeout",
+            "pool_size",
+            "idle_timeout",
+            "tls",
+            "tls_verify",
+            "credentials",
+            "source_addresses",
+            "source_selection",
+            "tls_ca_file",
+            "allow_plaintext_auth",
+            "chunking",
+        ];
+        expected.sort_unstable();
+        assert_eq!(super::super::sections::keys_of(KINDS), expected);
+        assert_eq!(
+            super::super::storage::keys(),
+            ["journal_max_message", "path"]
+        );
+    }
+}
