@@ -1,57 +1,56 @@
 //! Turns a checked [`Config`] into running edges, queues and relays.
 //!
 //! This is the only place that knows both the config schema and the
-//! library; everything here is wiring. Backends are picked at run time, so
-//! relays are `Arc<dyn DynRelay>`; queues are an enum over the two storage
-//! types ([`AppQueue`]) so that each keeps its concrete, unboxed storage and
-//! the memory queue can be drained at shutdown.
+//! library; everything here is wiring. Relays and storages are picked at
+//! run time by their `type` and built by their kind (`kinds/relay/`,
+//! `kinds/storage/`), so relays are `Arc<dyn DynRelay>` and every queue is
+//! one type, [`AppQueue`] = `Queue<Arc<dyn DynStorage>, _>`, whatever its
+//! storage: a new storage kind needs no change here. The price is one
+//! dynamic call (and one boxed future) per storage operation, nothing
+//! measurable next to what the operation does (an fsync, a network round
+//! trip). What differs between storages at run time is asked of the
+//! configured kind, never of the running storage by downcasting: whether
+//! it is durable (how the queue stops) and its spool directory, if any
+//! (the control socket, the privilege drop); backend figures come through
+//! `QueueStorage::counters`.
 //!
 //! Shutdown order: edges stop accepting and drain their sessions (each edge
 //! waits at most its drain timeout); then every queue's scheduler stops,
-//! all queues at once. A memory queue first gets up to `MEMORY_DRAIN` to
-//! deliver what it holds, because whatever is still in memory at exit is
-//! lost (a memory queue is not durable by definition; use `type = "disk"`
-//! for that). A disk queue
-//! starts no new attempt: its messages are on disk and resume at the next
-//! start. It gives the attempts in progress up to `ATTEMPT_GRACE` to finish
-//! and record their outcome, so a message delivered in the last moment is
-//! not delivered again after the restart (one stuck on a slow relay past
-//! that is attempted again, which is the at-least-once rule). Then it logs
-//! its storage's fsync count (with the number of messages written, the
-//! figure that shows how well group commit works).
+//! all queues at once. A queue whose storage is not durable (memory) first
+//! gets up to `MEMORY_DRAIN` to deliver what it holds, because whatever is
+//! still in memory at exit is lost (use `type = "disk"` for durability). A
+//! durable queue starts no new attempt: its messages are stored and resume
+//! at the next start. It gives the attempts in progress up to
+//! `ATTEMPT_GRACE` to finish and record their outcome, so a message
+//! delivered in the last moment is not delivered again after the restart
+//! (one stuck on a slow relay past that is attempted again, which is the
+//! at-least-once rule). Then it logs its storage's fsync count, when the
+//! storage counts them (with the number of messages written, the figure
+//! that shows how well group commit works).
 //!
-//! Each disk queue also serves its control socket (`control.rs`) while the
-//! daemon runs; it is removed at shutdown.
+//! Each queue with a spool (disk) also serves its control socket
+//! (`control.rs`) while the daemon runs; it is removed at shutdown.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use slimta::DynRelay;
 use slimta::edge::credentials::Credentials;
 use slimta::edge::http::HttpEdge;
 use slimta::edge::proxy::ProxyMode;
 use slimta::edge::reverse_dns::ReverseDns;
 use slimta::edge::tls::{ReloadableTls, TlsConfig};
 use slimta::edge::{AcceptDomains, SmtpEdge, ValidatorChain, listener};
-use slimta::queue::Queue;
 use slimta::queue::backoff::ExponentialBackoff;
-use slimta::queue::disk::{DiskOptions, DiskStorage};
-use slimta::queue::memory::MemoryStorage;
-use slimta::relay::BlackholeRelay;
-use slimta::relay::http::HttpRelay;
-use slimta::relay::lmtp::StaticLmtpRelay;
-use slimta::relay::pipe::{DovecotLdaRelay, MaildropRelay, PipeRelay};
-use slimta::relay::smtp::{ClientOptions, MxSmtpRelay, StaticSmtpRelay};
+use slimta::queue::{DynStorage, Queue, QueueStorage};
 use slimta::smtp::ServerConfig;
 use slimta::smtp::sasl::Mechanism;
-use slimta::{DynRelay, Envelope, Handoff, HandoffResult};
 use tokio::sync::watch;
 
-use crate::config::{
-    Config, EdgeConfig, EdgeKind, LmtpTarget, ProxyProtocol, QueueConfig, RelayConfig,
-    StorageConfig,
-};
+use crate::config::{Config, EdgeConfig, EdgeKind, ProxyProtocol, QueueConfig, StorageConfig};
 use crate::kinds::policy::BuildContext;
+use crate::kinds::relay::BuildContext as RelayContext;
 
 /// How long a client's reverse DNS lookup may delay its banner.
 const REVERSE_DNS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -64,86 +63,71 @@ const ATTEMPT_GRACE: Duration = Duration::from_secs(10);
 
 type AppRelay = Arc<dyn DynRelay>;
 
-/// A queue of either storage type.
-#[derive(Clone)]
-pub enum AppQueue {
-    /// `type = "memory"`.
-    Memory(Queue<MemoryStorage, AppRelay>),
-    /// `type = "disk"`.
-    Disk(Queue<DiskStorage, AppRelay>),
+/// A queue of the app, whatever its storage kind.
+pub type AppQueue = Queue<Arc<dyn DynStorage>, AppRelay>;
+
+/// Stops `queue` (`name`) as its storage kind asks: one that does not keep
+/// messages over a restart first delivers what it holds (bounded), a
+/// durable one lets the attempts in progress finish (bounded).
+async fn stop(queue: &AppQueue, name: &str, kind: &str, durable: bool) {
+    if !durable {
+        let deadline = tokio::time::Instant::now() + MEMORY_DRAIN;
+        while stored(queue).await > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = stored(queue).await;
+        if left > 0 {
+            tracing::warn!(
+                queue = name,
+                messages = left,
+                "{kind} queue stopped with undelivered messages; they are lost"
+            );
+        }
+        // The wait above included the attempts in progress.
+        queue.stop();
+        return;
+    }
+    let running = queue.shutdown(ATTEMPT_GRACE).await;
+    if running > 0 {
+        tracing::warn!(
+            queue = name,
+            attempts = running,
+            "delivery attempts still running at shutdown; their messages are attempted again at the next start"
+        );
+    }
+    let fsyncs = queue
+        .storage()
+        .counters()
+        .into_iter()
+        .find_map(|(counter, value)| (counter == "fsyncs").then_some(value));
+    tracing::info!(queue = name, fsyncs, "{kind} queue stopped");
 }
 
-impl Handoff for AppQueue {
-    async fn handoff(&self, envelope: Envelope) -> Vec<HandoffResult> {
-        match self {
-            AppQueue::Memory(q) => q.handoff(envelope).await,
-            AppQueue::Disk(q) => q.handoff(envelope).await,
-        }
-    }
+/// How many messages `queue`'s storage holds (0 when it cannot say).
+async fn stored(queue: &AppQueue) -> usize {
+    queue.storage().load().await.map_or(0, |ids| ids.len())
 }
 
-impl AppQueue {
-    async fn start(&self) -> std::io::Result<()> {
-        match self {
-            AppQueue::Memory(q) => q.start().await,
-            AppQueue::Disk(q) => q.start().await,
-        }
-    }
-
-    /// Lets a memory queue finish what it holds (bounded), then stops.
-    async fn stop(&self, name: &str) {
-        match self {
-            AppQueue::Memory(q) => {
-                let deadline = tokio::time::Instant::now() + MEMORY_DRAIN;
-                while !q.storage().is_empty() && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let left = q.storage().len();
-                if left > 0 {
-                    tracing::warn!(
-                        queue = name,
-                        messages = left,
-                        "memory queue stopped with undelivered messages; they are lost"
-                    );
-                }
-                // The wait above included the attempts in progress.
-                q.stop();
-            }
-            AppQueue::Disk(q) => {
-                let running = q.shutdown(ATTEMPT_GRACE).await;
-                if running > 0 {
-                    tracing::warn!(
-                        queue = name,
-                        attempts = running,
-                        "delivery attempts still running at shutdown; their messages are attempted again at the next start"
-                    );
-                }
-                tracing::info!(
-                    queue = name,
-                    fsyncs = q.storage().fsync_count(),
-                    "disk queue stopped"
-                );
-            }
-        }
-    }
-
-    /// Serves `<spool>/control.sock` for a disk queue (see `control.rs`);
-    /// `None` for a memory queue.
-    fn serve_control(&self, name: &str) -> Result<Option<ControlSocket>, String> {
-        let AppQueue::Disk(q) = self else {
-            return Ok(None);
-        };
-        let path = crate::control::socket_path(q.storage().path());
-        let listener = crate::control::bind(&path).map_err(|e| {
-            format!(
-                "queue.{name}: cannot serve the control socket {}: {e}",
-                path.display()
-            )
-        })?;
-        tracing::info!(queue = name, socket = %path.display(), "control socket ready");
-        let task = tokio::spawn(crate::control::serve(listener, q.clone()));
-        Ok(Some(ControlSocket { path, task }))
-    }
+/// Serves `<spool>/control.sock` for a queue whose storage has a spool
+/// (see `control.rs`); `None` for one without.
+fn serve_control(
+    name: &str,
+    queue: &AppQueue,
+    storage: &StorageConfig,
+) -> Result<Option<ControlSocket>, String> {
+    let Some(spool) = storage.spool() else {
+        return Ok(None);
+    };
+    let path = crate::control::socket_path(spool);
+    let listener = crate::control::bind(&path).map_err(|e| {
+        format!(
+            "queue.{name}: cannot serve the control socket {}: {e}",
+            path.display()
+        )
+    })?;
+    tracing::info!(queue = name, socket = %path.display(), "control socket ready");
+    let task = tokio::spawn(crate::control::serve(listener, queue.clone()));
+    Ok(Some(ControlSocket { path, task }))
 }
 
 /// A served control socket, closed and removed at shutdown.
@@ -176,14 +160,11 @@ fn drop_privileges(config: &Config, target: &crate::privileges::Target) -> Resul
     let spools = config
         .queues
         .iter()
-        .filter_map(|(name, q)| match &q.storage {
-            StorageConfig::Disk { path, .. } => Some((format!("queue.{name}.path"), path)),
-            StorageConfig::Memory => None,
-        });
+        .filter_map(|(name, q)| Some((format!("queue.{name}.path"), q.storage.spool()?)));
     let sockets = config.edges.iter().flat_map(|(name, e)| {
         e.listen_unix
             .iter()
-            .map(move |path| (format!("edge.{name}.listen"), path))
+            .map(move |path| (format!("edge.{name}.listen"), path.as_path()))
     });
     for (key, path) in spools.chain(sockets) {
         crate::privileges::give(path, target).map_err(|e| {
@@ -219,7 +200,12 @@ pub async fn run(
     let resolver = build_resolver(config)?;
     let mut relays: BTreeMap<&str, AppRelay> = BTreeMap::new();
     for (name, relay) in &config.relays {
-        relays.insert(name, build_relay(name, relay, hostname, resolver.as_ref())?);
+        let context = RelayContext {
+            section: &format!("relay.{name}"),
+            hostname,
+            resolver: resolver.as_ref(),
+        };
+        relays.insert(name, relay.build(&context)?);
     }
     let mut queues: BTreeMap<&str, AppQueue> = BTreeMap::new();
     let mut controls = Vec::new();
@@ -229,7 +215,7 @@ pub async fn run(
             .cloned()
             .ok_or_else(|| format!("queue.{name}.relay: no relay named {:?}", queue.relay))?;
         let built = build_queue(name, queue, relay, hostname)?;
-        if let Some(socket) = built.serve_control(name)? {
+        if let Some(socket) = serve_control(name, &built, &queue.storage)? {
             controls.push(socket);
         }
         queues.insert(name, built);
@@ -358,19 +344,16 @@ pub async fn run(
     // All at once: each may wait up to its grace, and they are independent.
     let mut stopping = tokio::task::JoinSet::new();
     for (name, queue) in queues {
-        let (name, queue) = (name.to_owned(), queue.clone());
-        stopping.spawn(async move { queue.stop(&name).await });
+        let storage = &config.queues[name].storage;
+        let (name, kind, durable) = (name.to_owned(), storage.kind.name, storage.durable());
+        stopping.spawn(async move { stop(&queue, &name, kind, durable).await });
     }
     while stopping.join_next().await.is_some() {}
     Ok(())
 }
 
 fn build_resolver(config: &Config) -> Result<Option<slimta::dns::Resolver>, String> {
-    if !config
-        .relays
-        .values()
-        .any(|r| matches!(r, RelayConfig::Mx(_) | RelayConfig::Static(_)))
-    {
+    if !config.relays.values().any(|r| r.kind.dns) {
         return Ok(None);
     }
     let resolver = if config.dns.nameservers.is_empty() {
@@ -381,84 +364,6 @@ fn build_resolver(config: &Config) -> Result<Option<slimta::dns::Resolver>, Stri
     resolver
         .map(Some)
         .map_err(|e| format!("dns: cannot set up the resolver: {}", e.message()))
-}
-
-fn build_relay(
-    name: &str,
-    relay: &RelayConfig,
-    hostname: &str,
-    resolver: Option<&slimta::dns::Resolver>,
-) -> Result<AppRelay, String> {
-    Ok(match relay {
-        RelayConfig::Blackhole => Arc::new(BlackholeRelay::new()),
-        RelayConfig::Static(r) => {
-            let mut relay = StaticSmtpRelay::new(r.host.clone(), r.port)
-                .options(client_options(&r.client, hostname));
-            if let Some(resolver) = resolver {
-                relay = relay.resolver(resolver.clone());
-            }
-            Arc::new(relay)
-        }
-        RelayConfig::Mx(r) => {
-            let resolver = resolver.ok_or_else(|| format!("relay.{name}: no resolver"))?;
-            let mut relay = MxSmtpRelay::new(resolver.clone())
-                .port(r.port)
-                .options(client_options(&r.client, hostname));
-            for (domain, host) in &r.force_mx {
-                relay = relay.force_mx(domain.clone(), host.clone());
-            }
-            Arc::new(relay)
-        }
-        RelayConfig::Lmtp(r) => {
-            let relay = match &r.target {
-                LmtpTarget::Unix(path) => StaticLmtpRelay::unix(path.clone()),
-                LmtpTarget::Tcp { host, port } => StaticLmtpRelay::new(host.clone(), *port),
-            };
-            Arc::new(relay.options(client_options(&r.client, hostname)))
-        }
-        RelayConfig::Http(r) => {
-            let relay = HttpRelay::new(&r.url)
-                .map_err(|e| format!("relay.{name}.url: {e}"))?
-                .timeout(r.timeout)
-                .ehlo_as(r.ehlo_as.clone().unwrap_or_else(|| hostname.to_string()));
-            Arc::new(relay)
-        }
-        RelayConfig::Pipe(r) => Arc::new(
-            PipeRelay::new(r.command.clone())
-                .per_recipient(r.per_recipient)
-                .timeout(r.timeout),
-        ),
-        RelayConfig::Maildrop(r) if r.args.is_empty() => Arc::new(
-            MaildropRelay::new()
-                .path(r.path.display().to_string())
-                .timeout(r.timeout),
-        ),
-        RelayConfig::Dovecot(r) if r.args.is_empty() => Arc::new(
-            DovecotLdaRelay::new()
-                .path(r.path.display().to_string())
-                .timeout(r.timeout),
-        ),
-        // Explicit arguments replace the preset's: the program is run as
-        // given, once per recipient (both programs deliver to one user).
-        RelayConfig::Maildrop(r) | RelayConfig::Dovecot(r) => {
-            let mut command = vec![r.path.display().to_string()];
-            command.extend(r.args.iter().cloned());
-            Arc::new(
-                PipeRelay::new(command)
-                    .per_recipient(true)
-                    .timeout(r.timeout),
-            )
-        }
-    })
-}
-
-/// A relay's configured client settings, greeting as `hostname` unless
-/// `ehlo_as` was given.
-fn client_options(client: &ClientOptions, hostname: &str) -> ClientOptions {
-    match client.get_ehlo_as() {
-        Some(_) => client.clone(),
-        None => client.clone().ehlo_as(hostname),
-    }
 }
 
 fn build_queue(
@@ -474,47 +379,23 @@ fn build_queue(
         max_age: config.retry.max_age,
         max_attempts: config.retry.maximum,
     };
-    macro_rules! configure {
-        ($queue:expr) => {{
-            let mut queue = $queue
-                .with_backoff(backoff)
-                .max_concurrency(config.max_concurrency)
-                .with_hostname(hostname)
-                .bounce_headers_only(config.bounce_headers_only)
-                .postmaster(config.postmaster.clone())
-                .delay_warning(config.delay_warning)
-                .stats_interval(config.stats_interval);
-            let context = BuildContext { hostname };
-            for policy in &config.policies {
-                queue = queue.add_policy(policy.queue_policy(&context));
-            }
-            for policy in &config.relay_policies {
-                queue = queue.add_relay_policy(policy.relay_policy(&context));
-            }
-            queue
-        }};
+    let storage = config.storage.open(&format!("queue.{name}"))?;
+    let mut queue = Queue::new(storage, relay)
+        .with_backoff(backoff)
+        .max_concurrency(config.max_concurrency)
+        .with_hostname(hostname)
+        .bounce_headers_only(config.bounce_headers_only)
+        .postmaster(config.postmaster.clone())
+        .delay_warning(config.delay_warning)
+        .stats_interval(config.stats_interval);
+    let context = BuildContext { hostname };
+    for policy in &config.policies {
+        queue = queue.add_policy(policy.queue_policy(&context));
     }
-    Ok(match &config.storage {
-        StorageConfig::Memory => {
-            AppQueue::Memory(configure!(Queue::new(MemoryStorage::new(), relay)))
-        }
-        StorageConfig::Disk {
-            path,
-            journal_max_message,
-        } => {
-            let options = DiskOptions {
-                journal_max_message: usize::try_from(*journal_max_message).unwrap_or(usize::MAX),
-                ..DiskOptions::default()
-            };
-            let storage = DiskStorage::open_with(path, options).map_err(|e| {
-                format!(
-                    "queue.{name}.path: cannot open the spool {}: {e}",
-                    path.display()
-                )
-            })?;
-            AppQueue::Disk(configure!(Queue::new(storage, relay)))
-        }
-    })
+    for policy in &config.relay_policies {
+        queue = queue.add_relay_policy(policy.relay_policy(&context));
+    }
+    Ok(queue)
 }
 
 /// `chain` followed by the edge's `checks`, in order (each its own link:

@@ -3,7 +3,9 @@
 //! The file has the four sections of python-slimta's app (`[process]`,
 //! `[edge.NAME]`, `[queue.NAME]`, `[relay.NAME]`) plus `[dns]` and
 //! `[policy.NAME]` and `[check.NAME]` (named, parameterised queue policies and
-//! edge checks: `kinds/policy/`, `kinds/check/`). It is parsed
+//! edge checks: `kinds/policy/`, `kinds/check/`). Each configurable `type`
+//! (storage, relay, policy, check) reads its own keys in its file under
+//! `kinds/`. It is parsed
 //! into a [`toml::Table`] and walked by hand instead of through serde derive,
 //! because an operator running `slimta --check-config` wants **every** mistake
 //! at once, each with the key path that holds it
@@ -40,15 +42,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use slimta::relay::smtp::ClientOptions;
 use toml::Table;
 
 pub use crate::kinds::check::CheckConfig;
 pub use crate::kinds::policy::PolicyConfig;
+pub use crate::kinds::relay::RelayConfig;
+pub use crate::kinds::storage::StorageConfig;
 
 use read::{read_config, syntax_error};
 
-mod client;
 pub(crate) mod fields;
 mod read;
 
@@ -251,7 +253,8 @@ impl EdgeKind {
 /// `[queue.NAME]`: storage, delivery concurrency, retries and bounces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueConfig {
-    /// Where messages are kept (`type`, and `path` for disk).
+    /// Where messages are kept: `type` and that kind's keys
+    /// (`kinds/storage/`).
     pub storage: StorageConfig,
     /// The name of the relay that delivers (`relay`).
     pub relay: String,
@@ -277,22 +280,6 @@ pub struct QueueConfig {
     pub relay_policies: Vec<PolicyConfig>,
     /// `[queue.NAME.retry]`.
     pub retry: RetryConfig,
-}
-
-/// `queue.NAME.type` with its type-specific keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageConfig {
-    /// `"memory"`: lost on restart; for tests and throwaway relays.
-    Memory,
-    /// `"disk"`: a durable spool directory.
-    Disk {
-        /// The spool directory (`path`, required).
-        path: PathBuf,
-        /// `journal_max_message`: new messages up to this many bytes go
-        /// through the spool's shared journal, bigger ones get their own
-        /// file at once; 0 turns the journal off. Default 1 MiB.
-        journal_max_message: u64,
-    },
 }
 
 /// `[queue.NAME.retry]`: exponential backoff with a cap and a maximum age.
@@ -321,126 +308,6 @@ impl Default for RetryConfig {
             maximum: 0,
         }
     }
-}
-
-/// `[relay.NAME]`: how mail leaves, by `type`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RelayConfig {
-    /// `"static"`: every message to one smart host.
-    Static(StaticRelayConfig),
-    /// `"mx"`: each recipient domain's MX hosts.
-    Mx(MxRelayConfig),
-    /// `"blackhole"`: accepts and discards (benchmarks, tests).
-    Blackhole,
-    /// `"lmtp"`: an LMTP server (Dovecot), over TCP or a unix socket.
-    Lmtp(LmtpRelayConfig),
-    /// `"http"`: POST to a URL (our HTTP edge speaks the same headers).
-    Http(HttpRelayConfig),
-    /// `"pipe"`: a local program per message or per recipient.
-    Pipe(PipeRelayConfig),
-    /// `"maildrop"`: Courier maildrop, per recipient.
-    Maildrop(CommandRelayConfig),
-    /// `"dovecot"`: dovecot-lda, per recipient.
-    Dovecot(CommandRelayConfig),
-}
-
-impl RelayConfig {
-    /// The `type` used in the file.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::Static(_) => "static",
-            Self::Mx(_) => "mx",
-            Self::Blackhole => "blackhole",
-            Self::Lmtp(_) => "lmtp",
-            Self::Http(_) => "http",
-            Self::Pipe(_) => "pipe",
-            Self::Maildrop(_) => "maildrop",
-            Self::Dovecot(_) => "dovecot",
-        }
-    }
-}
-
-/// `type = "static"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaticRelayConfig {
-    /// The smart host's name or address (`host`, required).
-    pub host: String,
-    /// Default 25.
-    pub port: u16,
-    /// The shared SMTP client keys (`config/client.rs`); `ehlo_as` unset
-    /// means `process.hostname`.
-    pub client: ClientOptions,
-}
-
-/// `type = "mx"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MxRelayConfig {
-    /// The port on each MX host. Default 25 (other values are for tests).
-    pub port: u16,
-    /// Domain (lowercase) to the host used instead of its MX records.
-    pub force_mx: BTreeMap<String, String>,
-    /// The shared SMTP client keys (`config/client.rs`); `ehlo_as` unset
-    /// means `process.hostname`.
-    pub client: ClientOptions,
-}
-
-/// `type = "lmtp"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LmtpRelayConfig {
-    /// A unix socket (`path`) or a host and port (`host`, `port`, default 24).
-    pub target: LmtpTarget,
-    /// The shared SMTP client keys (`config/client.rs`); `ehlo_as` unset
-    /// means `process.hostname`.
-    pub client: ClientOptions,
-}
-
-/// Where an LMTP relay connects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LmtpTarget {
-    /// A unix socket.
-    Unix(PathBuf),
-    /// A TCP host and port.
-    Tcp {
-        /// Name or address.
-        host: String,
-        /// Port.
-        port: u16,
-    },
-}
-
-/// `type = "http"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpRelayConfig {
-    /// Where messages are POSTed (`url`, required, http or https).
-    pub url: String,
-    /// Default 60 s.
-    pub timeout: Duration,
-    /// The name sent as the EHLO header. Default: `process.hostname`.
-    pub ehlo_as: Option<String>,
-}
-
-/// `type = "pipe"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PipeRelayConfig {
-    /// Program and arguments with `{sender}`, `{recipient}`, ... templates
-    /// (`command`, required, non-empty).
-    pub command: Vec<String>,
-    /// Run once per recipient. Default false.
-    pub per_recipient: bool,
-    /// Default 60 s.
-    pub timeout: Duration,
-}
-
-/// `type = "maildrop"` or `"dovecot"`: a local delivery agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandRelayConfig {
-    /// The program. Default `/usr/bin/maildrop` or
-    /// `/usr/lib/dovecot/dovecot-lda`.
-    pub path: PathBuf,
-    /// Extra arguments, with the same templates as `pipe`.
-    pub args: Vec<String>,
-    /// Default 60 s.
-    pub timeout: Duration,
 }
 
 /// `[dns]`.

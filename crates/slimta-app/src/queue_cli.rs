@@ -11,14 +11,14 @@
 //! Exit codes: 0 done, 1 the message does not exist or the operation
 //! failed, 2 a configuration or usage problem (as for the daemon).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
 use slimta::queue::{DiskStorage, QueueStorage};
 
-use crate::config::{Config, StorageConfig};
+use crate::config::Config;
 use crate::control::{self, Request, Response};
 
 /// `slimta queue ...`: list, show, retry or delete queued messages.
@@ -122,24 +122,23 @@ pub fn run(config: &Config, queue: Option<&str>, action: &QueueAction) -> ExitCo
 }
 
 fn pick_spool(config: &Config, queue: Option<&str>) -> Result<PathBuf, String> {
-    let disk: Vec<(&String, &PathBuf)> = config
+    let disk: Vec<(&String, &Path)> = config
         .queues
         .iter()
-        .filter_map(|(name, q)| match &q.storage {
-            StorageConfig::Disk { path, .. } => Some((name, path)),
-            StorageConfig::Memory => None,
-        })
+        .filter_map(|(name, q)| Some((name, q.storage.spool()?)))
         .collect();
     match queue {
         Some(name) => match config.queues.get(name).map(|q| &q.storage) {
-            Some(StorageConfig::Disk { path, .. }) => Ok(path.clone()),
-            Some(StorageConfig::Memory) => Err(format!(
-                "queue \"{name}\" is a memory queue; only disk queues can be operated"
-            )),
+            Some(storage) => storage.spool().map(Path::to_path_buf).ok_or_else(|| {
+                format!(
+                    "queue \"{name}\" is a {} queue; only disk queues can be operated",
+                    storage.kind.name
+                )
+            }),
             None => Err(format!("no queue named \"{name}\"")),
         },
         None => match disk.as_slice() {
-            [(_, path)] => Ok((*path).clone()),
+            [(_, path)] => Ok((*path).to_path_buf()),
             [] => Err("the configuration has no disk queue".into()),
             _ => Err(format!(
                 "several disk queues ({}); choose one with --queue",
@@ -153,7 +152,7 @@ fn pick_spool(config: &Config, queue: Option<&str>) -> Result<PathBuf, String> {
 }
 
 /// The request carried out on the spool itself, with no daemon running.
-async fn offline(spool: &std::path::Path, request: &Request) -> Result<Response, String> {
+async fn offline(spool: &Path, request: &Request) -> Result<Response, String> {
     if !spool.join("msg").is_dir() {
         return Err(format!("{} is not a spool (no msg/)", spool.display()));
     }

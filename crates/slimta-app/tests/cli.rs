@@ -8,28 +8,26 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::config::{
+    blackhole_relay, memory_queue, memory_queue_via, process, relay, smtp_edge, smtp_edge_on,
+};
+
 const BIN: &str = env!("CARGO_BIN_EXE_slimta");
 
 /// A runnable configuration that needs nothing outside the process: a
 /// memory queue, a blackhole relay and a port the system picks.
-const RUNNABLE: &str = r#"
-[process]
-hostname = "mx.example.test"
-log_level = "info"
-
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:0"]
-queue = "main"
-accept_domains = ["example.test"]
-
-[queue.main]
-type = "memory"
-relay = "out"
-
-[relay.out]
-type = "blackhole"
-"#;
+fn runnable() -> String {
+    [
+        process("mx.example.test", "log_level = \"info\""),
+        smtp_edge("\"example.test\"", ""),
+        memory_queue(""),
+        blackhole_relay(),
+    ]
+    .concat()
+    .replace("{port}", "0")
+}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -63,7 +61,7 @@ fn version_prints_the_crate_version() {
 #[test]
 fn check_config_accepts_a_good_file() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "good.toml", RUNNABLE);
+    let path = write(dir.path(), "good.toml", &runnable());
     let out = slimta(&["--check-config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(text(&out.stdout), format!("{}: ok\n", path.display()));
@@ -76,21 +74,12 @@ fn check_config_prints_every_error_with_its_key_path() {
     let path = write(
         dir.path(),
         "bad.toml",
-        r#"
-[edge.in]
-type = "smtp"
-listen = ["127.0.0.1:2525", "x"]
-queue = "main"
-bogus = true
-
-[queue.main]
-type = "memory"
-relay = "out2"
-
-[relay.out]
-type = "static"
-port = 70000
-"#,
+        &[
+            smtp_edge_on("\"127.0.0.1:2525\", \"x\"", "bogus = true"),
+            memory_queue_via("out2", ""),
+            relay("static", "port = 70000\n"),
+        ]
+        .concat(),
     );
     let out = slimta(&["--check-config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -116,6 +105,8 @@ port = 70000
 #[test]
 fn check_config_reports_a_syntax_error_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
+    // Not a configuration but a broken one: the first lines of an edge,
+    // cut inside the array (the line and column are asserted).
     let path = write(
         dir.path(),
         "syntax.toml",
@@ -135,14 +126,14 @@ fn check_config_reports_a_syntax_error_with_its_line() {
 #[test]
 fn check_config_knows_the_user_and_group_to_run_as() {
     let dir = tempfile::tempdir().unwrap();
-    let known = RUNNABLE.replace(
+    let known = runnable().replace(
         "log_level = \"info\"",
         "log_level = \"info\"\nuser = \"nobody\"\ngroup = \"nogroup\"",
     );
     let path = write(dir.path(), "known.toml", &known);
     let out = slimta(&["--check-config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let unknown = RUNNABLE.replace(
+    let unknown = runnable().replace(
         "log_level = \"info\"",
         "log_level = \"info\"\nuser = \"no-such-user-slimta\"\ngroup = \"no-such-group-slimta\"",
     );
@@ -300,7 +291,7 @@ impl Drop for Daemon {
 #[test]
 fn sigterm_stops_the_daemon_with_exit_0_and_sighup_does_not() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "run.toml", RUNNABLE);
+    let path = write(dir.path(), "run.toml", &runnable());
     let mut daemon = Daemon::start(&["--config", path.to_str().unwrap()], dir.path(), None);
     daemon.wait_for("slimta starting");
     daemon.signal("HUP");
@@ -320,7 +311,7 @@ fn sigterm_stops_the_daemon_with_exit_0_and_sighup_does_not() {
 fn sigint_stops_the_daemon_too_and_the_pid_file_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("slimta.pid");
-    let file = RUNNABLE.replace(
+    let file = runnable().replace(
         "[process]\n",
         &format!("[process]\npid_file = \"{}\"\n", pid_file.display()),
     );
@@ -338,7 +329,7 @@ fn sigint_stops_the_daemon_too_and_the_pid_file_is_removed() {
 #[test]
 fn json_logs_and_rust_log_override() {
     let dir = tempfile::tempdir().unwrap();
-    let file = RUNNABLE.replace(
+    let file = runnable().replace(
         "log_level = \"info\"",
         "log_level = \"error\"\nlog_format = \"json\"",
     );

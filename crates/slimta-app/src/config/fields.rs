@@ -131,6 +131,11 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// The keys asked for so far (read or not).
+    pub(crate) fn asked(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.known.iter().copied()
+    }
+
     /// Reports every key the schema did not ask for. `elsewhere` are keys
     /// valid for other types of the same section, for a clearer message.
     pub(crate) fn finish(self, errors: &mut Errors, elsewhere: &[&str], kind: Option<&str>) {

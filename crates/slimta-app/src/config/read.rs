@@ -9,26 +9,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::{Table, Value};
 
 use crate::kinds::check::{self, CheckConfig};
 use crate::kinds::policy::{self, PolicyConfig, Stage};
-use crate::kinds::sections;
+use crate::kinds::{relay, sections, storage};
 
-use super::client::read_smtp_client;
 use super::fields::{
     Errors, Section, boolean, check_domain, choice, count, domain, duration, email_address,
-    expected, float, integer, log_level, nameserver, non_empty_string, port, positive_duration,
-    quoted, socket_addr, string,
+    expected, float, integer, log_level, nameserver, non_empty_string, positive_duration, quoted,
+    socket_addr,
 };
 use super::{
-    CommandRelayConfig, Config, ConfigError, DnsConfig, EdgeAuthConfig, EdgeConfig, EdgeKind,
-    EdgeTlsConfig, HttpRelayConfig, LmtpRelayConfig, LmtpTarget, LogFormat, MxRelayConfig,
-    PipeRelayConfig, ProcessConfig, ProxyProtocol, QueueConfig, RelayConfig, RetryConfig,
-    StaticRelayConfig, StorageConfig,
+    Config, ConfigError, DnsConfig, EdgeAuthConfig, EdgeConfig, EdgeKind, EdgeTlsConfig, LogFormat,
+    ProcessConfig, ProxyProtocol, QueueConfig, RetryConfig,
 };
 
 pub(super) fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
@@ -72,18 +69,18 @@ pub(super) fn read_config(root: &Table, errors: &mut Errors) -> Config {
         );
     }
 
-    let relays: BTreeMap<String, RelayConfig> = relay_tables
-        .iter()
-        .filter_map(|(name, s)| {
-            read_relay(Section::new(format!("relay.{name}"), s), errors).map(|r| (name.clone(), r))
-        })
-        .collect();
+    let relays = relay::read_sections(&relay_tables, errors);
 
     let mut queues = BTreeMap::new();
     for (name, table) in &queue_tables {
         let section = Section::new(format!("queue.{name}"), table);
-        if let Some(queue) = read_queue(section, errors, &relay_tables, (&policies, &policy_names))
-        {
+        if let Some(queue) = read_queue(
+            name,
+            section,
+            errors,
+            &relay_tables,
+            (&policies, &policy_names),
+        ) {
             queues.insert(name.clone(), queue);
         }
     }
@@ -304,24 +301,15 @@ fn check_listen_addresses(edges: &BTreeMap<String, EdgeConfig>, errors: &mut Err
 }
 
 fn read_queue(
+    name: &str,
     mut s: Section<'_>,
     errors: &mut Errors,
     relays: &BTreeMap<String, &Table>,
     (policies, policy_names): (&BTreeMap<String, PolicyConfig>, &BTreeSet<String>),
 ) -> Option<QueueConfig> {
-    let kind = s.required(errors, "type", choice(&["memory", "disk"]));
-    let storage = match kind {
-        Some("disk") => {
-            let path = s.required(errors, "path", non_empty_string);
-            let journal_max_message =
-                s.or(errors, "journal_max_message", 1 << 20, integer(0, u64::MAX));
-            path.map(|p| StorageConfig::Disk {
-                path: PathBuf::from(p),
-                journal_max_message,
-            })
-        }
-        Some(_) => Some(StorageConfig::Memory),
-        None => None,
+    let (kind, storage) = match storage::read(name, &mut s, errors) {
+        Some((kind, storage)) => (Some(kind.name), storage),
+        None => (None, None),
     };
     let relay = s.required(errors, "relay", non_empty_string);
     if let Some(relay) = relay.as_ref().filter(|r| !relays.contains_key(*r)) {
@@ -338,7 +326,7 @@ fn read_queue(
         Some(r) => read_retry(r, errors),
         None => RetryConfig::default(),
     };
-    s.finish(errors, &["path", "journal_max_message"], kind);
+    s.finish(errors, &storage::keys(), kind);
     Some(QueueConfig {
         storage: storage?,
         relay: relay?,
@@ -391,9 +379,9 @@ fn read_retry(mut s: Section<'_>, errors: &mut Errors) -> RetryConfig {
 
 /// Two disk queues sharing a spool would load each other's messages.
 fn check_spool_paths(queues: &BTreeMap<String, QueueConfig>, errors: &mut Errors) {
-    let mut seen: BTreeMap<&PathBuf, &str> = BTreeMap::new();
+    let mut seen: BTreeMap<&Path, &str> = BTreeMap::new();
     for (name, queue) in queues {
-        if let StorageConfig::Disk { path, .. } = &queue.storage {
+        if let Some(path) = queue.storage.spool() {
             if let Some(first) = seen.get(path) {
                 errors.push(
                     format!("queue.{name}.path"),
@@ -404,174 +392,6 @@ fn check_spool_paths(queues: &BTreeMap<String, QueueConfig>, errors: &mut Errors
             }
         }
     }
-}
-
-const RELAY_TYPES: [&str; 8] = [
-    "static",
-    "mx",
-    "blackhole",
-    "lmtp",
-    "http",
-    "pipe",
-    "maildrop",
-    "dovecot",
-];
-
-/// Every key any relay type uses, for "unknown key for type" messages.
-const RELAY_KEYS: [&str; 23] = [
-    "host",
-    "port",
-    "force_mx",
-    "path",
-    "url",
-    "timeout",
-    "command",
-    "per_recipient",
-    "args",
-    "ehlo_as",
-    "connect_timeout",
-    "command_timeout",
-    "pool_size",
-    "idle_timeout",
-    "tls",
-    "tls_verify",
-    "credentials",
-    "source_addresses",
-    "source_selection",
-    "tls_ca_file",
-    "allow_plaintext_auth",
-    "chunking",
-    "type",
-];
-
-fn read_relay(mut s: Section<'_>, errors: &mut Errors) -> Option<RelayConfig> {
-    let kind = s.required(errors, "type", choice(&RELAY_TYPES));
-    let relay = match kind? {
-        "static" => {
-            let host = s.required(errors, "host", non_empty_string);
-            let port = s.or(errors, "port", 25, port);
-            let client = read_smtp_client(&mut s, errors, true);
-            host.map(|host| RelayConfig::Static(StaticRelayConfig { host, port, client }))
-        }
-        "mx" => {
-            let port = s.or(errors, "port", 25, port);
-            let force_mx = s
-                .table(errors, "force_mx")
-                .map(|t| read_force_mx(&t, errors))
-                .unwrap_or_default();
-            let client = read_smtp_client(&mut s, errors, false);
-            Some(RelayConfig::Mx(MxRelayConfig {
-                port,
-                force_mx,
-                client,
-            }))
-        }
-        "lmtp" => {
-            let path = s.opt(errors, "path", non_empty_string);
-            let host = s.opt(errors, "host", non_empty_string);
-            let port = s.or(errors, "port", 24, port);
-            let target = match (path, host) {
-                (Some(path), None) => Some(LmtpTarget::Unix(PathBuf::from(path))),
-                (None, Some(host)) => Some(LmtpTarget::Tcp { host, port }),
-                (Some(_), Some(_)) => {
-                    errors.push(s.key_path("path"), "give either path or host, not both");
-                    None
-                }
-                (None, None) => {
-                    errors.push(
-                        s.key_path("path"),
-                        "missing required key (an LMTP relay needs path or host)",
-                    );
-                    None
-                }
-            };
-            let client = read_smtp_client(&mut s, errors, true);
-            target.map(|target| RelayConfig::Lmtp(LmtpRelayConfig { target, client }))
-        }
-        "http" => {
-            let url = s.required(errors, "url", |v| {
-                let u = string(v)?;
-                if u.starts_with("http://") || u.starts_with("https://") {
-                    Ok(u)
-                } else {
-                    Err(format!(
-                        "invalid URL \"{u}\" (expected http:// or https://)"
-                    ))
-                }
-            });
-            let timeout = s.or(
-                errors,
-                "timeout",
-                Duration::from_secs(60),
-                positive_duration,
-            );
-            let ehlo_as = s.opt(errors, "ehlo_as", domain);
-            url.map(|url| {
-                RelayConfig::Http(HttpRelayConfig {
-                    url,
-                    timeout,
-                    ehlo_as,
-                })
-            })
-        }
-        "pipe" => {
-            let command = s.required(errors, "command", |v| match v {
-                Value::Array(items) if items.is_empty() => {
-                    Err("must name at least the program".to_owned())
-                }
-                _ => Ok(()),
-            });
-            let command = if command.is_some() {
-                s.list(errors, "command", non_empty_string)
-            } else {
-                None
-            };
-            let per_recipient = s.or(errors, "per_recipient", false, boolean);
-            let timeout = s.or(
-                errors,
-                "timeout",
-                Duration::from_secs(60),
-                positive_duration,
-            );
-            command.map(|command| {
-                RelayConfig::Pipe(PipeRelayConfig {
-                    command,
-                    per_recipient,
-                    timeout,
-                })
-            })
-        }
-        kind @ ("maildrop" | "dovecot") => {
-            let default = if kind == "maildrop" {
-                "/usr/bin/maildrop"
-            } else {
-                "/usr/lib/dovecot/dovecot-lda"
-            };
-            let path = s
-                .or(errors, "path", default.to_owned(), non_empty_string)
-                .into();
-            let args = s.list(errors, "args", string).unwrap_or_default();
-            let timeout = s.or(
-                errors,
-                "timeout",
-                Duration::from_secs(60),
-                positive_duration,
-            );
-            let config = CommandRelayConfig {
-                path,
-                args,
-                timeout,
-            };
-            Some(if kind == "maildrop" {
-                RelayConfig::Maildrop(config)
-            } else {
-                RelayConfig::Dovecot(config)
-            })
-        }
-        _ => Some(RelayConfig::Blackhole),
-    };
-    s.finish(errors, &RELAY_KEYS, kind);
-    relay
 }
 
 enum ListenEntry {
@@ -661,25 +481,4 @@ fn scheme_of(secret: &str) -> Option<&str> {
     let rest = secret.strip_prefix('{')?;
     let end = rest.find('}')?;
     Some(&rest[..end])
-}
-
-fn read_force_mx(s: &Section<'_>, errors: &mut Errors) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for (key, value) in s.table {
-        let path = s.key_path(&format!("\"{key}\""));
-        let domain = match check_domain(key) {
-            Ok(d) => d,
-            Err(why) => {
-                errors.push(path, format!("invalid domain \"{key}\": {why}"));
-                continue;
-            }
-        };
-        match non_empty_string(value) {
-            Ok(host) => {
-                out.insert(domain, host);
-            }
-            Err(message) => errors.push(path, message),
-        }
-    }
-    out
 }

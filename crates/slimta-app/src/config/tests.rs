@@ -2,6 +2,8 @@
 //! bad files with the exact error lines an operator would see.
 
 use super::*;
+use crate::kinds::relay::{Agent, Mx, StaticSmtp};
+use crate::kinds::storage::Disk;
 use slimta::relay::smtp::{ClientOptions, Credentials, SourceSelection, TlsMode};
 
 /// A minimal valid file; bad cases append to or replace parts of it.
@@ -64,10 +66,13 @@ fn minimal_file_gets_every_default() {
     );
 
     let queue = &config.queues["main"];
+    assert_eq!(queue.storage.kind.name, "memory");
+    assert!(!queue.storage.durable());
+    assert_eq!(queue.storage.spool(), None);
     assert_eq!(
         *queue,
         QueueConfig {
-            storage: StorageConfig::Memory,
+            storage: queue.storage.clone(),
             relay: "out".into(),
             max_concurrency: 100,
             bounce_headers_only: false,
@@ -85,7 +90,7 @@ fn minimal_file_gets_every_default() {
             },
         }
     );
-    assert_eq!(config.relays["out"], RelayConfig::Blackhole);
+    assert_eq!(config.relays["out"].kind.name, "blackhole");
     assert!(config.unsupported().is_empty());
 }
 
@@ -197,12 +202,13 @@ fn full_file_keeps_every_value() {
     );
 
     let queue = &config.queues["main"];
+    assert_eq!(queue.storage.kind.name, "disk");
     assert_eq!(
-        queue.storage,
-        StorageConfig::Disk {
+        queue.storage.settings_as::<Disk>(),
+        Some(&Disk {
             path: "/var/spool/slimta".into(),
             journal_max_message: 65536,
-        }
+        })
     );
     assert_eq!(queue.max_concurrency, 3);
     assert!(queue.bounce_headers_only);
@@ -233,7 +239,7 @@ fn full_file_keeps_every_value() {
         }
     );
 
-    let RelayConfig::Static(out) = &config.relays["out"] else {
+    let Some(out) = config.relays["out"].settings_as::<StaticSmtp>() else {
         panic!("{:?}", config.relays["out"]);
     };
     assert_eq!((out.host.as_str(), out.port), ("127.0.0.1", 2600));
@@ -252,7 +258,7 @@ fn full_file_keeps_every_value() {
             .allow_plaintext_auth(false)
             .chunking(false)
     );
-    let RelayConfig::Mx(mx) = &config.relays["mx"] else {
+    let Some(mx) = config.relays["mx"].settings_as::<Mx>() else {
         panic!("{:?}", config.relays["mx"]);
     };
     assert_eq!(mx.port, 2525);
@@ -277,13 +283,15 @@ fn embedded_default_is_safe() {
     assert!(edge.accept_domains.is_empty(), "never an open relay");
     let queue = &config.queues[&edge.queue];
     assert_eq!(
-        queue.storage,
-        StorageConfig::Disk {
+        queue.storage.settings_as::<Disk>(),
+        Some(&Disk {
             path: "./slimta-spool".into(),
             journal_max_message: 1 << 20,
-        }
+        })
     );
-    assert!(matches!(config.relays[&queue.relay], RelayConfig::Mx(_)));
+    assert!(queue.storage.durable());
+    assert_eq!(config.relays[&queue.relay].kind.name, "mx");
+    assert!(config.relays[&queue.relay].settings_as::<Mx>().is_some());
 }
 
 /// Each case: what to append to [`MINIMAL`] (or a whole file when it starts
@@ -496,7 +504,8 @@ per_recipient = true
 "#
     );
     let config = parse(&text).unwrap();
-    let RelayConfig::Dovecot(lda) = &config.relays["lda"] else {
+    assert_eq!(config.relays["lda"].kind.name, "dovecot");
+    let Some(lda) = config.relays["lda"].settings_as::<Agent>() else {
         panic!("{:?}", config.relays["lda"]);
     };
     assert_eq!(lda.path, PathBuf::from("/usr/lib/dovecot/dovecot-lda"));
@@ -515,7 +524,7 @@ fn passwords_stay_out_of_debug_output() {
         "{MINIMAL}\n[relay.pw]\ntype = \"static\"\nhost = \"127.0.0.1\"\ncredentials = {{ username = \"u\", password = \"hunter2\" }}\n"
     );
     let config = parse(&text).unwrap();
-    let RelayConfig::Static(out) = &config.relays["pw"] else {
+    let Some(out) = config.relays["pw"].settings_as::<StaticSmtp>() else {
         panic!("{:?}", config.relays["pw"]);
     };
     assert_eq!(

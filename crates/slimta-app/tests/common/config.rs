@@ -17,15 +17,26 @@ pub fn process(hostname: &str, extra: &str) -> String {
 /// `[edge.in]`: SMTP on `127.0.0.1:{port}` into queue `main`, accepting
 /// `domains` (a TOML array body such as `"example.test"`), then `extra`.
 pub fn smtp_edge(domains: &str, extra: &str) -> String {
-    format!(
-        "\n[edge.in]\ntype = \"smtp\"\nlisten = [\"127.0.0.1:{{port}}\"]\nqueue = \"main\"\n\
-         accept_domains = [{domains}]\n{extra}\n"
+    smtp_edge_on(
+        "\"127.0.0.1:{port}\"",
+        &format!("accept_domains = [{domains}]\n{extra}"),
     )
+}
+
+/// `[edge.in]`: SMTP on `listen` (a TOML array body such as
+/// `"127.0.0.1:0"`) into queue `main`, then `extra`.
+pub fn smtp_edge_on(listen: &str, extra: &str) -> String {
+    format!("\n[edge.in]\ntype = \"smtp\"\nlisten = [{listen}]\nqueue = \"main\"\n{extra}\n")
 }
 
 /// `[queue.main]`: a memory queue relaying with `out`, then `extra`.
 pub fn memory_queue(extra: &str) -> String {
-    format!("\n[queue.main]\ntype = \"memory\"\nrelay = \"out\"\n{extra}\n")
+    memory_queue_via("out", extra)
+}
+
+/// `[queue.main]`: a memory queue relaying with `relay`, then `extra`.
+pub fn memory_queue_via(relay: &str, extra: &str) -> String {
+    format!("\n[queue.main]\ntype = \"memory\"\nrelay = \"{relay}\"\n{extra}\n")
 }
 
 /// `[queue.main]`: a disk queue at `path` relaying with `out`, then `extra`.
@@ -64,5 +75,10 @@ pub fn forced_mx_relay(port: u16) -> String {
 
 /// `[relay.out]` of type `blackhole` (accepts and drops every message).
 pub fn blackhole_relay() -> String {
-    "\n[relay.out]\ntype = \"blackhole\"\n".to_string()
+    relay("blackhole", "")
+}
+
+/// `[relay.out]` of type `kind` with `extra` lines (its own keys).
+pub fn relay(kind: &str, extra: &str) -> String {
+    format!("\n[relay.out]\ntype = \"{kind}\"\n{extra}")
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use slimta::relay::smtp::{ClientOptions, Credentials, SourceSelection, TlsMode};
 
-use super::fields::{
+use crate::config::fields::{
     Errors, Section, boolean, choice, count, domain, ip_addr, non_empty_string, positive_duration,
     string,
 };
@@ -116,4 +116,13 @@ fn read_credentials(mut s: Section<'_>, errors: &mut Errors) -> Option<Credentia
     let password = s.required(errors, "password", string);
     s.finish(errors, &[], None);
     Some(Credentials::new(username?, password?))
+}
+
+/// A relay's configured client settings, greeting as `hostname` unless
+/// `ehlo_as` was given.
+pub(super) fn with_hostname(client: &ClientOptions, hostname: &str) -> ClientOptions {
+    match client.get_ehlo_as() {
+        Some(_) => client.clone(),
+        None => client.clone().ehlo_as(hostname),
+    }
 }
