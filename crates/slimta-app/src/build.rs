@@ -43,7 +43,7 @@ use slimta::edge::reverse_dns::ReverseDns;
 use slimta::edge::tls::{ReloadableTls, TlsConfig};
 use slimta::edge::{AcceptDomains, SmtpEdge, ValidatorChain, listener};
 use slimta::queue::backoff::ExponentialBackoff;
-use slimta::queue::{DynStorage, Queue, QueueStorage};
+use slimta::queue::{DestinationSettings, DynStorage, LocalDispatch, Queue, QueueStorage};
 use slimta::smtp::ServerConfig;
 use slimta::smtp::sasl::Mechanism;
 use tokio::sync::watch;
@@ -214,7 +214,12 @@ pub async fn run(
             .get(queue.relay.as_str())
             .cloned()
             .ok_or_else(|| format!("queue.{name}.relay: no relay named {:?}", queue.relay))?;
-        let built = build_queue(name, queue, relay, hostname)?;
+        let destinations = config
+            .relays
+            .get(queue.relay.as_str())
+            .map(|r| r.destinations.clone())
+            .unwrap_or_default();
+        let built = build_queue(name, queue, relay, destinations, hostname)?;
         if let Some(socket) = serve_control(name, &built, &queue.storage)? {
             controls.push(socket);
         }
@@ -370,6 +375,7 @@ fn build_queue(
     name: &str,
     config: &QueueConfig,
     relay: AppRelay,
+    destinations: DestinationSettings,
     hostname: &str,
 ) -> Result<AppQueue, String> {
     let backoff = ExponentialBackoff {
@@ -380,7 +386,7 @@ fn build_queue(
         max_attempts: config.retry.maximum,
     };
     let storage = config.storage.open(&format!("queue.{name}"))?;
-    let mut queue = Queue::new(storage, relay)
+    let mut queue = Queue::with_dispatch(storage, relay, LocalDispatch::new(destinations))
         .with_backoff(backoff)
         .max_concurrency(config.max_concurrency)
         .with_hostname(hostname)

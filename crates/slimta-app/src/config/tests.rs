@@ -584,3 +584,56 @@ type = "blackhole"
     assert_eq!(q.delay_warning, Some(secs(4 * 3600)));
     assert_eq!(q.stats_interval, None);
 }
+
+#[test]
+fn relays_take_destination_limits_and_a_small_pool_caps_them() {
+    let config = parse(&MINIMAL.replace(
+        "[relay.out]\ntype = \"blackhole\"\n",
+        r#"[relay.out]
+type = "mx"
+destination_concurrency = 8
+initial_destination_concurrency = 2
+domain_concurrency = { "Slow.Test" = 3 }
+dead_after = 3
+dead_for = "10s"
+dead_for_max = "5m"
+
+[relay.small]
+type = "static"
+host = "127.0.0.1"
+pool_size = 4
+domain_concurrency = { "x.test" = 9 }
+
+[relay.pipe]
+type = "blackhole"
+dead_after = 0
+"#,
+    ))
+    .unwrap();
+    let out = &config.relays["out"].destinations;
+    assert_eq!(out.concurrency, 8);
+    assert_eq!(out.initial_concurrency, 2);
+    assert_eq!(out.overrides["slow.test"], 3);
+    assert_eq!(out.dead_after, 3);
+    assert_eq!(out.dead_for, secs(10));
+    assert_eq!(out.dead_for_max, secs(300));
+    let small = &config.relays["small"].destinations;
+    assert_eq!(small.concurrency, 4, "never more attempts than pooled sessions");
+    assert_eq!(small.overrides["x.test"], 4);
+    let pipe = &config.relays["pipe"].destinations;
+    assert_eq!(
+        (pipe.concurrency, pipe.initial_concurrency, pipe.dead_after),
+        (20, 5, 0),
+        "defaults; no pool to cap them"
+    );
+    assert_eq!(
+        errors_of(&MINIMAL.replace(
+            "type = \"blackhole\"\n",
+            "type = \"blackhole\"\ndestination_concurrency = 0\ndead_for = \"1h\"\ndead_for_max = \"1m\"\n"
+        )),
+        [
+            "relay.out.destination_concurrency: must be between 1 and 4294967295, found 0",
+            "relay.out.dead_for_max: must be at least dead_for (3600s)",
+        ]
+    );
+}

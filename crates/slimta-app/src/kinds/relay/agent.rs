@@ -83,6 +83,7 @@ fn read(
 pub(super) const MAILDROP: RelayKind = RelayKind {
     name: "maildrop",
     dns: false,
+    pooled: false,
     read: |s: &mut Section<'_>, errors: &mut Errors| {
         read(Program::Maildrop, "/usr/bin/maildrop", s, errors)
     },
@@ -91,6 +92,7 @@ pub(super) const MAILDROP: RelayKind = RelayKind {
 pub(super) const DOVECOT: RelayKind = RelayKind {
     name: "dovecot",
     dns: false,
+    pooled: false,
     read: |s: &mut Section<'_>, errors: &mut Errors| {
         read(Program::Dovecot, "/usr/lib/dovecot/dovecot-lda", s, errors)
     },

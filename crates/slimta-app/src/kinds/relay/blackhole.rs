@@ -21,5 +21,6 @@ impl RelaySettings for Blackhole {
 pub(super) const BLACKHOLE: RelayKind = RelayKind {
     name: "blackhole",
     dns: false,
+    pooled: false,
     read: |_: &mut Section<'_>, _: &mut Errors| Some(Arc::new(Blackhole)),
 };

@@ -6,7 +6,7 @@
 //! - The configuration holds the library's own type, so a relay is built by
 //!   handing it over: a key added here reaches the three relays at once.
 //! - The application's defaults are applied here, not left to the library's:
-//!   10 sessions kept 10 s (the library's are 20 and no reuse), and TLS
+//!   20 sessions kept 10 s (the library's are 20 and no reuse), and TLS
 //!   opportunistic for every kind, LMTP included. `tls_verify` defaults to
 //!   what the caller says (true for static and lmtp, false for mx).
 //! - `ehlo_as` stays unset when absent: the builder fills in
@@ -21,6 +21,10 @@ use crate::config::fields::{
     Errors, Section, boolean, choice, count, domain, ip_addr, non_empty_string, positive_duration,
     string,
 };
+
+/// Sessions per host when `pool_size` is unset: as many as a destination
+/// may have attempts in flight by default (`kinds/relay/destinations.rs`).
+pub(super) const POOL_SIZE: usize = 20;
 
 /// Reads the client keys of the relay section `s`; `verify` is the
 /// `tls_verify` default of the relay's kind.
@@ -42,7 +46,7 @@ pub(super) fn read_smtp_client(
         Duration::from_secs(300),
         positive_duration,
     );
-    let pool_size = s.or(errors, "pool_size", 10, count);
+    let pool_size = s.or(errors, "pool_size", POOL_SIZE, count);
     let idle_timeout = s.or(
         errors,
         "idle_timeout",

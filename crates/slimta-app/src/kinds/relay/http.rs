@@ -36,6 +36,7 @@ impl RelaySettings for Http {
 pub(super) const HTTP: RelayKind = RelayKind {
     name: "http",
     dns: false,
+    pooled: false,
     read: |s: &mut Section<'_>, errors: &mut Errors| {
         let url = s.required(errors, "url", |v| {
             let u = string(v)?;

@@ -43,6 +43,7 @@ impl RelaySettings for Lmtp {
 pub(super) const LMTP: RelayKind = RelayKind {
     name: "lmtp",
     dns: false,
+    pooled: true,
     read: |s: &mut Section<'_>, errors: &mut Errors| {
         let path = s.opt(errors, "path", non_empty_string);
         let host = s.opt(errors, "host", non_empty_string);

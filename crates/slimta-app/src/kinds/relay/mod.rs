@@ -18,6 +18,7 @@
 mod agent;
 mod blackhole;
 mod client;
+mod destinations;
 mod http;
 mod lmtp;
 mod mx;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use slimta::DynRelay;
 use toml::Table;
 
-use crate::config::fields::Errors;
+use crate::config::fields::{Errors, Section};
 
 /// What a configured relay needs to build its library object.
 pub struct BuildContext<'a> {
@@ -63,6 +64,8 @@ pub struct RelayKind {
     pub name: &'static str,
     /// Whether it resolves names (MX records, a smart host's address).
     pub dns: bool,
+    /// Whether it keeps a session pool per host (`pool_size`).
+    pub pooled: bool,
     read: ReadSettings,
 }
 
@@ -79,8 +82,22 @@ pub const KINDS: &[RelayKind] = &[
     agent::DOVECOT,
 ];
 
-/// A configured relay: a `[relay.NAME]` section.
-pub type RelayConfig = super::sections::Configured<RelayKind>;
+/// A configured relay: a `[relay.NAME]` section, its kind's settings and
+/// the queue's per-destination limits for it (`destinations.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    section: super::sections::Configured<RelayKind>,
+    /// The per-destination scheduling keys every relay type takes.
+    pub destinations: slimta::queue::DestinationSettings,
+}
+
+/// The section's name and kind read through, as for policies and checks.
+impl std::ops::Deref for RelayConfig {
+    type Target = super::sections::Configured<RelayKind>;
+    fn deref(&self) -> &Self::Target {
+        &self.section
+    }
+}
 
 impl RelayConfig {
     /// See [`RelaySettings::build`].
@@ -113,12 +130,45 @@ impl super::sections::Readable for RelayKind {
     }
 }
 
-/// Reads every `[relay.NAME]` section (see `kinds/sections.rs`).
+/// Reads every `[relay.NAME]` section (see `kinds/sections.rs`): the
+/// kind's keys, then the destination keys every kind takes.
 pub(crate) fn read_sections(
     tables: &BTreeMap<String, &Table>,
     errors: &mut Errors,
 ) -> BTreeMap<String, RelayConfig> {
-    super::sections::read("relay", KINDS, tables, errors)
+    let elsewhere = super::sections::keys_of(KINDS);
+    let mut out = BTreeMap::new();
+    for (name, table) in tables {
+        let mut s = Section::new(format!("relay.{name}"), table);
+        let Some((kind, settings)) = super::sections::read_kind("relay", KINDS, &mut s, errors)
+        else {
+            continue;
+        };
+        let pool_size = kind.pooled.then(|| {
+            table
+                .get("pool_size")
+                .and_then(toml::Value::as_integer)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(client::POOL_SIZE)
+        });
+        let destinations = destinations::read_destinations(&mut s, errors, pool_size);
+        s.finish(errors, &elsewhere, Some(kind.name));
+        if let Some(settings) = settings {
+            out.insert(
+                name.clone(),
+                RelayConfig {
+                    section: super::sections::Configured {
+                        name: name.clone(),
+                        kind,
+                        settings,
+                    },
+                    destinations,
+                },
+            );
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ impl RelaySettings for Mx {
 pub(super) const MX: RelayKind = RelayKind {
     name: "mx",
     dns: true,
+    pooled: true,
     read: |s: &mut Section<'_>, errors: &mut Errors| {
         let port = s.or(errors, "port", 25, port);
         let force_mx = s

@@ -34,6 +34,7 @@ impl RelaySettings for Pipe {
 pub(super) const PIPE: RelayKind = RelayKind {
     name: "pipe",
     dns: false,
+    pooled: false,
     read: |s: &mut Section<'_>, errors: &mut Errors| {
         let command = s.required(errors, "command", |v| match v {
             Value::Array(items) if items.is_empty() => {

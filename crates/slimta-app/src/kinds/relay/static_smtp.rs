@@ -35,6 +35,7 @@ impl RelaySettings for StaticSmtp {
 pub(super) const STATIC: RelayKind = RelayKind {
     name: "static",
     dns: true,
+    pooled: true,
     read: |s: &mut Section<'_>, errors: &mut Errors| {
         let host = s.required(errors, "host", non_empty_string);
         let port = s.or(errors, "port", 25, port);
