@@ -618,7 +618,10 @@ dead_after = 0
     assert_eq!(out.dead_for, secs(10));
     assert_eq!(out.dead_for_max, secs(300));
     let small = &config.relays["small"].destinations;
-    assert_eq!(small.concurrency, 4, "never more attempts than pooled sessions");
+    assert_eq!(
+        small.concurrency, 4,
+        "never more attempts than pooled sessions"
+    );
     assert_eq!(small.overrides["x.test"], 4);
     let pipe = &config.relays["pipe"].destinations;
     assert_eq!(

@@ -30,9 +30,7 @@ use std::time::Duration;
 
 use slimta::queue::DestinationSettings;
 
-use crate::config::fields::{
-    Errors, Section, check_domain, count, integer, positive_duration,
-};
+use crate::config::fields::{Errors, Section, check_domain, count, integer, positive_duration};
 
 /// Reads the destination keys of the relay section `s`; `pool_size` is the
 /// relay's session pool size, if it has one (see the module docs).
@@ -74,10 +72,7 @@ pub(super) fn read_destinations(
     if dead_for_max < dead_for {
         errors.push(
             s.key_path("dead_for_max"),
-            format!(
-                "must be at least dead_for ({})",
-                humantime_secs(dead_for)
-            ),
+            format!("must be at least dead_for ({})", humantime_secs(dead_for)),
         );
     }
     let pool = pool_size.unwrap_or(usize::MAX);
