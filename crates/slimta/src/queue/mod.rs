@@ -68,6 +68,7 @@
 mod attempt;
 pub mod backoff;
 pub mod clock;
+mod compact_id;
 mod destinations;
 pub mod disk;
 pub mod dispatch;

@@ -3,10 +3,13 @@
 //! destinations.
 //!
 //! Two stages per message:
-//! - **Waiting** for its due time: a `BTreeMap` keyed by (due instant,
-//!   sequence number), and a wait that sleeps until the earliest entry is
-//!   due or a [`Notify`] says something changed. Nothing polls: ten thousand
-//!   messages waiting for a retry cost a map entry each and no wake-ups.
+//! - **Waiting** for its due time: a binary heap of (due key, id), and a
+//!   wait that sleeps until the earliest entry is due or a [`Notify`] says
+//!   something changed. Nothing polls: ten thousand messages waiting for a
+//!   retry cost a heap entry each and no wake-ups. The due key is one
+//!   `u64`: milliseconds since the dispatcher was made, above a 20-bit
+//!   arrival counter that keeps messages due in the same millisecond in
+//!   arrival order.
 //! - **Ready** (due): in its destination's line, first come first served.
 //!   [`Dispatch::next_due`] hands out the head of the next line in a
 //!   round-robin rotation of the lines that have messages and a free slot,
@@ -31,6 +34,14 @@
 //!   while it has messages, attempts in flight or anything unusual to
 //!   remember, and forgotten once it is back to the initial window with
 //!   nothing queued: the map does not grow with every domain ever seen.
+//! - Memory per message is what a big backlog costs: one map entry (a
+//!   [`CompactId`]: 16 bytes for the disk spool's hex ids, no heap block;
+//!   the destination, shared by every message to it; the due key and
+//!   stage) and one heap entry (due key and id). About 130 bytes a message
+//!   with the tables' slack, instead of three copies of a `String` id.
+//!   Moving or deleting a waiting message leaves its old heap entry behind;
+//!   it is recognised (the entry's key differs) and dropped when it comes
+//!   up.
 //! - Every id the index knows is in one map with its stage; inserting a
 //!   known id is a no-op, so the start-up load racing an early hand-off, or
 //!   any other double insert, can never start two concurrent attempts on
@@ -38,8 +49,9 @@
 //!   an id that left it (deleted, or moved on): such stale entries are
 //!   skipped when they reach the head, which keeps delete O(log n).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
@@ -48,24 +60,31 @@ use tokio::time::{Instant, sleep_until};
 use crate::relay::Destination;
 
 use super::clock;
+use super::compact_id::CompactId;
 use super::destinations::{DeadDestination, DestinationSettings, Health, Verdict};
 use super::dispatch::{Admission, AttemptEnd, Contact, Dispatch, Lease, Placement};
 
-type Id = Arc<str>;
+type Id = CompactId;
 /// A line's key: `None` is the line of messages whose destination is not
 /// known yet.
 type LineKey = Option<Destination>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
-    Waiting((Instant, u64)),
+    /// In the heap under `Entry::due`.
+    Waiting,
     Ready,
     InFlight,
 }
 
+/// Bits of a due key below the milliseconds: the arrival counter.
+const SEQ_BITS: u32 = 20;
+
 #[derive(Debug)]
 struct Entry {
     destination: LineKey,
+    /// The due key while waiting.
+    due: u64,
     stage: Stage,
     /// An operator asked for a retry while it was in flight.
     retry_requested: bool,
@@ -83,18 +102,55 @@ struct Line {
     queued: bool,
 }
 
-#[derive(Default)]
 struct State {
     entries: HashMap<Id, Entry>,
-    due: BTreeMap<(Instant, u64), Id>,
+    due: BinaryHeap<Reverse<(u64, Id)>>,
     lines: HashMap<LineKey, Line>,
     rotation: VecDeque<LineKey>,
-    /// Entries in the `Ready` stage.
+    /// Entries in the `Waiting` and `Ready` stages.
+    waiting: usize,
     ready: usize,
     seq: u64,
+    /// Due keys count milliseconds from here.
+    base: Instant,
 }
 
 impl State {
+    fn new() -> Self {
+        Self {
+            entries: HashMap::new(),
+            due: BinaryHeap::new(),
+            lines: HashMap::new(),
+            rotation: VecDeque::new(),
+            waiting: 0,
+            ready: 0,
+            seq: 0,
+            base: Instant::now(),
+        }
+    }
+
+    /// The due key of `at`, the next in arrival order.
+    fn key_of(&mut self, at: Instant) -> u64 {
+        self.seq = self.seq.wrapping_add(1);
+        let ms = u64::try_from(at.saturating_duration_since(self.base).as_millis())
+            .unwrap_or(u64::MAX >> SEQ_BITS)
+            .min(u64::MAX >> SEQ_BITS);
+        (ms << SEQ_BITS) | (self.seq & ((1 << SEQ_BITS) - 1))
+    }
+
+    /// When a due key is due.
+    fn instant_of(&self, key: u64) -> Instant {
+        self.base + std::time::Duration::from_millis(key >> SEQ_BITS)
+    }
+
+    /// The earliest key due at `now` (every key of this millisecond).
+    fn due_by(&self, now: Instant) -> u64 {
+        let ms = u64::try_from(now.saturating_duration_since(self.base).as_millis())
+            .unwrap_or(u64::MAX >> SEQ_BITS)
+            .min(u64::MAX >> SEQ_BITS);
+        (ms << SEQ_BITS) | ((1 << SEQ_BITS) - 1)
+    }
+
     fn line<'a>(
         lines: &'a mut HashMap<LineKey, Line>,
         key: &LineKey,
@@ -143,31 +199,39 @@ impl State {
     }
 
     fn wait(&mut self, id: Id, at: Instant) {
-        self.seq += 1;
-        let key = (at, self.seq);
-        if let Some(entry) = self.entries.get_mut(&id) {
-            match entry.stage {
-                Stage::Waiting(old) => {
-                    self.due.remove(&old);
-                }
-                Stage::Ready => self.ready -= 1,
-                Stage::InFlight => {}
+        let key = self.key_of(at);
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        match entry.stage {
+            Stage::Waiting => {}
+            Stage::Ready => {
+                self.ready -= 1;
             }
-            entry.stage = Stage::Waiting(key);
+            Stage::InFlight => self.waiting += 1,
         }
-        self.due.insert(key, id);
+        entry.stage = Stage::Waiting;
+        entry.due = key;
+        self.due.push(Reverse((key, id)));
     }
 
     /// Moves every message due at `now` into its destination's line.
     fn promote(&mut self, now: Instant, settings: &DestinationSettings) {
-        while let Some(entry) = self.due.first_entry() {
-            if entry.key().0 > now {
+        let due_by = self.due_by(now);
+        while let Some(Reverse((key, _))) = self.due.peek() {
+            if *key > due_by {
                 break;
             }
-            let id = entry.remove();
+            let Some(Reverse((key, id))) = self.due.pop() else {
+                break;
+            };
             let Some(e) = self.entries.get_mut(&id) else {
                 continue;
             };
+            if e.stage != Stage::Waiting || e.due != key {
+                // Left behind by a move or a delete.
+                continue;
+            }
             e.stage = Stage::Ready;
             let key = e.destination.clone();
             self.ready += 1;
@@ -223,6 +287,7 @@ impl State {
             entry.stage = Stage::InFlight;
             entry.charged = charged;
             self.ready -= 1;
+            self.waiting -= 1;
             return Some(Lease {
                 id: id.to_string(),
                 expires: None,
@@ -234,7 +299,7 @@ impl State {
     }
 
     /// Ends the charge of an entry on its destination's slots.
-    fn release(&mut self, id: &str, settings: &DestinationSettings) {
+    fn release(&mut self, id: &Id, settings: &DestinationSettings) {
         let Some(entry) = self.entries.get_mut(id) else {
             return;
         };
@@ -249,10 +314,10 @@ impl State {
         self.drop_if_idle(&key, settings);
     }
 
-    fn placement(&self, id: &str) -> Placement {
+    fn placement(&self, id: &Id) -> Placement {
         match self.entries.get(id).map(|e| e.stage) {
             None => Placement::Unknown,
-            Some(Stage::Waiting(_) | Stage::Ready) => Placement::Waiting,
+            Some(Stage::Waiting | Stage::Ready) => Placement::Waiting,
             Some(Stage::InFlight) => Placement::InFlight,
         }
     }
@@ -300,7 +365,7 @@ impl LocalDispatch {
     /// A dispatcher limiting every destination as `settings` say.
     pub fn new(settings: DestinationSettings) -> Self {
         Self {
-            state: Mutex::default(),
+            state: Mutex::new(State::new()),
             settings,
             wake: Notify::new(),
         }
@@ -318,15 +383,16 @@ impl LocalDispatch {
     /// Schedules a message the index does not know yet. Returns `false` (and
     /// changes nothing) if the id is already known.
     fn insert(&self, id: &str, at: Instant, destination: LineKey) -> bool {
+        let id = CompactId::new(id);
         let mut state = self.lock();
-        if state.entries.contains_key(id) {
+        if state.entries.contains_key(&id) {
             return false;
         }
-        let id: Id = id.into();
         state.entries.insert(
             id.clone(),
             Entry {
                 destination,
+                due: 0,
                 stage: Stage::InFlight,
                 retry_requested: false,
                 charged: false,
@@ -342,6 +408,7 @@ impl LocalDispatch {
     /// `at`, or at once if an operator asked for a retry while it was in
     /// flight.
     fn reschedule(&self, id: &str, at: Instant) {
+        let id = &CompactId::new(id);
         let mut state = self.lock();
         state.release(id, &self.settings);
         let Some((key, entry)) = state.entries.get_key_value(id) else {
@@ -363,6 +430,7 @@ impl LocalDispatch {
 
     /// Forgets a message that was handed out (removed from storage).
     fn forget(&self, id: &str) {
+        let id = &CompactId::new(id);
         let mut state = self.lock();
         state.release(id, &self.settings);
         state.entries.remove(id);
@@ -373,8 +441,7 @@ impl LocalDispatch {
     /// How many messages are waiting for an attempt (not counting those
     /// being attempted).
     fn waiting_count(&self) -> usize {
-        let state = self.lock();
-        state.due.len() + state.ready
+        self.lock().waiting
     }
 
     /// Waits until a message may be attempted and hands it out.
@@ -392,7 +459,10 @@ impl LocalDispatch {
                 if let Some(lease) = state.pick(now, &self.settings) {
                     return lease;
                 }
-                state.due.first_key_value().map(|(k, _)| k.0)
+                state
+                    .due
+                    .peek()
+                    .map(|Reverse((key, _))| state.instant_of(*key))
             };
             match next {
                 Some(at) => {
@@ -427,6 +497,7 @@ impl Dispatch for LocalDispatch {
     }
 
     async fn admit(&self, id: &str, destination: Destination) -> Admission {
+        let id = &CompactId::new(id);
         let mut state = self.lock();
         let key = Some(destination);
         let Some(entry) = state.entries.get_mut(id) else {
@@ -455,12 +526,14 @@ impl Dispatch for LocalDispatch {
                     entry.stage = Stage::Ready;
                 }
                 state.ready += 1;
+                state.waiting += 1;
                 Admission::Later
             }
         }
     }
 
     async fn contact(&self, id: &str, contact: Contact) {
+        let id = &CompactId::new(id);
         let mut state = self.lock();
         let Some(Some(destination)) = state.entries.get(id).map(|e| e.destination.clone()) else {
             return;
@@ -496,6 +569,7 @@ impl Dispatch for LocalDispatch {
     }
 
     async fn retry_now(&self, id: &str) -> Placement {
+        let id = &CompactId::new(id);
         let mut state = self.lock();
         let placement = state.placement(id);
         let destination = state.entries.get(id).and_then(|e| e.destination.clone());
@@ -504,7 +578,7 @@ impl Dispatch for LocalDispatch {
         }
         match state.entries.get_mut(id) {
             Some(entry) if entry.stage == Stage::InFlight => entry.retry_requested = true,
-            Some(entry) if matches!(entry.stage, Stage::Waiting(_)) => {
+            Some(entry) if entry.stage == Stage::Waiting => {
                 let (key, _) = state.entries.get_key_value(id).expect("present");
                 let key = key.clone();
                 state.wait(key, Instant::now());
@@ -517,6 +591,7 @@ impl Dispatch for LocalDispatch {
     }
 
     async fn take_retry_request(&self, id: &str) -> bool {
+        let id = &CompactId::new(id);
         self.lock()
             .entries
             .get_mut(id)
@@ -524,16 +599,19 @@ impl Dispatch for LocalDispatch {
     }
 
     async fn delete(&self, id: &str) -> Placement {
+        let id = &CompactId::new(id);
         let mut state = self.lock();
         let placement = state.placement(id);
         match state.entries.get(id).map(|e| e.stage) {
-            Some(Stage::Waiting(key)) => {
-                state.due.remove(&key);
+            Some(Stage::Waiting) => {
+                // Its heap entry goes stale and is dropped when it is due.
+                state.waiting -= 1;
                 state.entries.remove(id);
             }
             Some(Stage::Ready) => {
                 // Its line entry goes stale and is skipped.
                 state.ready -= 1;
+                state.waiting -= 1;
                 state.entries.remove(id);
             }
             Some(Stage::InFlight) | None => {}
@@ -655,7 +733,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_earlier_insert_wakes_the_sleeper() {
-        let s = Arc::new(LocalDispatch::default());
+        let s = std::sync::Arc::new(LocalDispatch::default());
         let start = Instant::now();
         s.insert("far", start + Duration::from_secs(3600), None);
         let waiter = tokio::spawn({
