@@ -222,3 +222,68 @@ fn queue_commands_work_with_and_without_the_daemon() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no queue named \"nope\""));
 }
+
+#[test]
+fn stats_show_dead_destinations_and_retry_revives_them() {
+    // Nothing listens on the relay's port: every connection is refused,
+    // and two refusals in a row make the destination dead.
+    let closed = free_port();
+    let mut daemon = Daemon::new(
+        &[
+            config::process("mx.example.test", ""),
+            config::smtp_edge("\"example.test\"", ""),
+            config::disk_queue("{dir}/spool", ""),
+            config::retry("1h", None),
+            config::static_relay(
+                format!("127.0.0.1:{closed}").parse().unwrap(),
+                "connect_timeout = \"5s\"\ndead_after = 2\ndead_for = \"1h\"",
+            ),
+        ]
+        .concat(),
+    );
+    daemon.start();
+    for n in 1..=4 {
+        let reply = send(
+            daemon.addr(),
+            "s@x.test",
+            &[&format!("r{n}@example.test")],
+            &format!("Subject: deferred {n}\r\n\r\nbody {n}\r\n"),
+        );
+        assert!(reply.starts_with("250 "), "{reply}");
+    }
+    assert!(
+        daemon.wait_log("destination marked dead", Duration::from_secs(30)),
+        "{}",
+        daemon.log_tail(20)
+    );
+    let stats = ok(&daemon.queue_cmd(&["stats"]));
+    assert!(stats.contains("\ndead_destinations: 1\n"), "{stats}");
+    let destination = format!("dead: 127.0.0.1:{closed} failures=2 probe_in_secs=");
+    assert!(stats.contains(&destination), "{stats}");
+    assert!(stats.contains("last_error=451 4.4.1 "), "{stats}");
+    // Messages due while it is dead are deferred without a connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let list = loop {
+        let list = ok(&daemon.queue_cmd(&["list"]));
+        let suspended = list.matches("Delivery suspended").count();
+        if suspended >= 2 || std::time::Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(list.matches("Delivery suspended").count() >= 2, "{list}");
+
+    assert_eq!(
+        ok(&daemon.queue_cmd(&["retry", "--all"])),
+        "4 messages due now\n"
+    );
+    assert!(
+        daemon.wait_log(
+            "dead destinations revived by the operator destinations=1",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        daemon.log_tail(20)
+    );
+    daemon.stop();
+}
