@@ -155,11 +155,14 @@ fn established_at(addr: SocketAddr) -> usize {
         .count()
 }
 
+/// Per address: (sessions, messages delivered) at each sample.
+type Samples = Vec<Vec<(usize, usize)>>;
+
 /// Samples the sessions at each address every few milliseconds until
 /// stopped; keeps the samples (with `delivered()` at that moment).
 struct Sampler {
     stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<Vec<(usize, usize)>>>>,
+    samples: Arc<Mutex<Samples>>,
 }
 
 impl Sampler {
@@ -180,7 +183,7 @@ impl Sampler {
         Self { stop, samples }
     }
 
-    fn stop(self) -> Vec<Vec<(usize, usize)>> {
+    fn stop(self) -> Samples {
         self.stop.store(true, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(20));
         self.samples.lock().unwrap().clone()

@@ -871,9 +871,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unknown_destinations_are_learnt_and_limited() {
-        let mut settings = DestinationSettings::default();
-        settings.initial_concurrency = 1;
-        let s = LocalDispatch::new(settings);
+        let s = LocalDispatch::new(DestinationSettings {
+            initial_concurrency: 1,
+            ..DestinationSettings::default()
+        });
         let now = Instant::now();
         s.insert("x", now, None);
         s.insert("y", now, None);
