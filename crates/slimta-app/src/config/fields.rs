@@ -6,7 +6,7 @@
 //! at the first error: each problem is pushed to [`Errors`] and reading goes
 //! on, which is what lets `--check-config` list them all.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -262,6 +262,34 @@ pub(crate) fn ip_addr(value: &Value) -> Result<IpAddr, String> {
 pub(crate) fn domain(value: &Value) -> Result<String, String> {
     let s = string(value)?;
     check_domain(&s).map_err(|why| format!("invalid domain \"{s}\": {why}"))
+}
+
+/// A table keyed by domain names (`force_mx`, `domain_concurrency`): each
+/// key checked and lower-cased, each value read with `value`; every bad key
+/// or value is reported with its path and left out.
+pub(crate) fn domain_keyed<T>(
+    s: &Section<'_>,
+    errors: &mut Errors,
+    value: impl Fn(&Value) -> Result<T, String>,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    for (key, v) in s.table {
+        let path = s.key_path(&format!("\"{key}\""));
+        let domain = match check_domain(key) {
+            Ok(d) => d,
+            Err(why) => {
+                errors.push(path, format!("invalid domain \"{key}\": {why}"));
+                continue;
+            }
+        };
+        match value(v) {
+            Ok(v) => {
+                out.insert(domain, v);
+            }
+            Err(message) => errors.push(path, message),
+        }
+    }
+    out
 }
 
 pub(crate) fn check_domain(s: &str) -> Result<String, &'static str> {

@@ -26,11 +26,9 @@
 //! (Domains that share one MX host share its pool, and can still wait for
 //! it.)
 
-use std::time::Duration;
-
 use slimta::queue::DestinationSettings;
 
-use crate::config::fields::{Errors, Section, check_domain, count, integer, positive_duration};
+use crate::config::fields::{Errors, Section, count, domain_keyed, integer, positive_duration};
 
 /// Reads the destination keys of the relay section `s`; `pool_size` is the
 /// relay's session pool size, if it has one (see the module docs).
@@ -52,9 +50,9 @@ pub(super) fn read_destinations(
         defaults.initial_concurrency.min(concurrency),
         count,
     );
-    let overrides = s
+    let overrides: std::collections::HashMap<String, usize> = s
         .table(errors, "domain_concurrency")
-        .map(|t| read_overrides(&t, errors))
+        .map(|t| domain_keyed(&t, errors, count).into_iter().collect())
         .unwrap_or_default();
     let dead_after = s.or(
         errors,
@@ -72,7 +70,7 @@ pub(super) fn read_destinations(
     if dead_for_max < dead_for {
         errors.push(
             s.key_path("dead_for_max"),
-            format!("must be at least dead_for ({})", humantime_secs(dead_for)),
+            format!("must be at least dead_for ({}s)", dead_for.as_secs()),
         );
     }
     let pool = pool_size.unwrap_or(usize::MAX);
@@ -89,32 +87,4 @@ pub(super) fn read_destinations(
         dead_for,
         dead_for_max: dead_for_max.max(dead_for),
     }
-}
-
-fn humantime_secs(d: Duration) -> String {
-    format!("{}s", d.as_secs())
-}
-
-fn read_overrides(
-    s: &Section<'_>,
-    errors: &mut Errors,
-) -> std::collections::HashMap<String, usize> {
-    let mut out = std::collections::HashMap::new();
-    for (key, value) in s.table {
-        let path = s.key_path(&format!("\"{key}\""));
-        let domain = match check_domain(key) {
-            Ok(d) => d,
-            Err(why) => {
-                errors.push(path, format!("invalid domain \"{key}\": {why}"));
-                continue;
-            }
-        };
-        match count(value) {
-            Ok(n) => {
-                out.insert(domain, n);
-            }
-            Err(message) => errors.push(path, message),
-        }
-    }
-    out
 }

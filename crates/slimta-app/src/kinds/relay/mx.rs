@@ -12,7 +12,7 @@ use slimta::relay::smtp::{ClientOptions, MxSmtpRelay};
 
 use super::client::{read_smtp_client, with_hostname};
 use super::{BuildContext, RelayKind, RelaySettings};
-use crate::config::fields::{Errors, Section, check_domain, non_empty_string, port};
+use crate::config::fields::{Errors, Section, domain_keyed, non_empty_string, port};
 
 /// `[relay.NAME]` keys of an MX relay.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub(super) const MX: RelayKind = RelayKind {
         let port = s.or(errors, "port", 25, port);
         let force_mx = s
             .table(errors, "force_mx")
-            .map(|t| read_force_mx(&t, errors))
+            .map(|t| domain_keyed(&t, errors, non_empty_string))
             .unwrap_or_default();
         let client = read_smtp_client(s, errors, false);
         Some(Arc::new(Mx {
@@ -57,24 +57,3 @@ pub(super) const MX: RelayKind = RelayKind {
         }))
     },
 };
-
-fn read_force_mx(s: &Section<'_>, errors: &mut Errors) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for (key, value) in s.table {
-        let path = s.key_path(&format!("\"{key}\""));
-        let domain = match check_domain(key) {
-            Ok(d) => d,
-            Err(why) => {
-                errors.push(path, format!("invalid domain \"{key}\": {why}"));
-                continue;
-            }
-        };
-        match non_empty_string(value) {
-            Ok(host) => {
-                out.insert(domain, host);
-            }
-            Err(message) => errors.push(path, message),
-        }
-    }
-    out
-}
