@@ -9,9 +9,11 @@
 //! names the destination of one recipient.
 //!
 //! Design decisions:
-//! - A destination is an opaque, cheaply cloned string (`Arc<str>`): the
-//!   scheduler compares and hashes it and shows it to operators
-//!   (`slimta queue stats`), nothing more.
+//! - A destination is an opaque, cheaply cloned string: the scheduler
+//!   compares and hashes it and shows it to operators (`slimta queue
+//!   stats`), nothing more. It is one thin pointer (`Arc<String>`, not the
+//!   two words of an `Arc<str>`) because the queue's index keeps one per
+//!   queued message.
 //! - Keys are what a relay can tell *before* an attempt, from the
 //!   recipient alone. The MX relay therefore keys by domain, not by
 //!   exchanger (that needs a DNS answer): domains that share an exchanger
@@ -23,13 +25,13 @@ use std::sync::Arc;
 /// Where a recipient is delivered to, as far as the queue's scheduling is
 /// concerned (see the module docs).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Destination(Arc<str>);
+pub struct Destination(Arc<String>);
 
 impl Destination {
     /// A destination named `key` (compared exactly: lower-case domains
     /// before making them keys).
-    pub fn new(key: impl Into<Arc<str>>) -> Self {
-        Self(key.into())
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(Arc::new(key.into()))
     }
 
     /// The one destination of a relay that delivers everything to the same
@@ -46,7 +48,7 @@ impl Destination {
 
 impl fmt::Debug for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Destination({:?})", &*self.0)
+        write!(f, "Destination({:?})", self.0.as_str())
     }
 }
 
