@@ -383,7 +383,29 @@ impl DiskStorage {
     /// newer version is found by the background scan, which then fails
     /// every request with that error.)
     pub fn open_with(path: impl AsRef<Path>, options: DiskOptions) -> io::Result<Self> {
-        let root = path.as_ref().to_path_buf();
+        Self::open_gated(
+            path.as_ref(),
+            options,
+            #[cfg(test)]
+            None,
+        )
+    }
+
+    /// [`DiskStorage::open`] with the start-up scan held before each of
+    /// its steps until the returned sender gives it a token (or is
+    /// dropped; drop it before the storage).
+    #[cfg(test)]
+    fn open_paused(path: &Path) -> io::Result<(Self, std::sync::mpsc::Sender<()>)> {
+        let (tokens, gate) = std::sync::mpsc::channel();
+        Ok((Self::open_gated(path, DiskOptions::default(), Some(gate))?, tokens))
+    }
+
+    fn open_gated(
+        path: &Path,
+        options: DiskOptions,
+        #[cfg(test)] gate: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> io::Result<Self> {
+        let root = path.to_path_buf();
         let (msg_dir, tmp_dir, corrupt_dir, journal_dir) = (
             root.join("msg"),
             root.join("tmp"),
@@ -446,6 +468,8 @@ impl DiskStorage {
             committer: committer.clone(),
             shared: shared.clone(),
             cancel: scan_cancel.clone(),
+            #[cfg(test)]
+            gate,
         }
         .spawn()?;
         Ok(Self {
@@ -984,5 +1008,104 @@ mod tests {
         );
         assert_eq!(s.get(&b).await.unwrap().meta.delivered, [0]);
         assert_eq!(s.place_of(a_key), None);
+    }
+
+    fn message(n: u8) -> Envelope {
+        Envelope::new(
+            "s@x.test",
+            vec!["a@y.test".into(), "b@y.test".into()],
+            vec![b'a' + n; 100],
+        )
+    }
+
+    fn deferred(finished: usize, due_secs: u64) -> AttemptOutcome {
+        AttemptOutcome {
+            attempts: 1,
+            finished: vec![finished],
+            next_attempt: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(due_secs)),
+            ..AttemptOutcome::default()
+        }
+    }
+
+    /// A spool opened with its scan held: new messages are stored at once;
+    /// `get`, `record` and `remove` of an id the scan has not reached wait
+    /// for it and then work; a listener hears of every old message exactly
+    /// once; a `REMOVE` record still beats the file a crash left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_on_ids_the_scan_has_not_reached_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let s = DiskStorage::open(&path).unwrap();
+        let journal_only = s.write(&message(0), SystemTime::now()).await.unwrap();
+        let (file, removed) = (
+            s.write(&message(1), SystemTime::now()).await.unwrap(),
+            s.write(&message(2), SystemTime::now()).await.unwrap(),
+        );
+        s.record(&file, &deferred(0, 100)).await.unwrap();
+        s.record(&removed, &deferred(1, 200)).await.unwrap();
+        let removed_file = fs::read(path.join("msg").join(&removed)).unwrap();
+        s.remove(&removed).await.unwrap();
+        drop(s);
+        // A crash before the unlink was durable: the file is back, but the
+        // REMOVE record is in the journal.
+        fs::write(path.join("msg").join(&removed), removed_file).unwrap();
+
+        let (s, tokens) = DiskStorage::open_paused(&path).unwrap();
+        assert!(s.is_loading());
+        let new = s.write(&message(3), SystemTime::now()).await.unwrap();
+        let (listener, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        let listening = tokio::spawn({
+            let s = s.clone();
+            async move { s.load_into(listener).await }
+        });
+        let first: LoadBatch = heard.recv().await.unwrap();
+        assert_eq!(first.iter().map(|(id, _)| id).collect::<Vec<_>>(), [&new]);
+        let (getting, recording, removing) = (
+            tokio::spawn({
+                let (s, id) = (s.clone(), file.clone());
+                async move { s.get(&id).await }
+            }),
+            tokio::spawn({
+                let (s, id) = (s.clone(), file.clone());
+                async move { s.record(&id, &deferred(1, 300)).await }
+            }),
+            tokio::spawn({
+                let (s, id) = (s.clone(), journal_only.clone());
+                async move { s.remove(&id).await }
+            }),
+        );
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!getting.is_finished() && !recording.is_finished() && !removing.is_finished());
+        assert_eq!(s.summary().await.unwrap().messages, 1);
+        tokens.send(()).unwrap();
+        drop(tokens);
+        let stored = getting.await.unwrap().unwrap();
+        assert_eq!(stored.meta.delivered, [0]);
+        recording.await.unwrap().unwrap();
+        removing.await.unwrap().unwrap();
+        listening.await.unwrap().unwrap();
+        let mut old: Vec<String> = Vec::new();
+        while let Ok(batch) = heard.try_recv() {
+            old.extend(batch.into_iter().map(|(id, _)| id));
+        }
+        old.sort();
+        let mut expected = vec![journal_only.clone(), file.clone()];
+        expected.sort();
+        assert_eq!(old, expected, "every old message heard once, the removed one never");
+        assert!(!path.join("msg").join(&removed).exists());
+        drop(s);
+
+        let s = DiskStorage::open(&path).unwrap();
+        let mut loaded = s.load().await.unwrap();
+        loaded.sort();
+        let mut expected = vec![
+            (file.clone(), SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(300)),
+            (new.clone(), loaded.iter().find(|(id, _)| *id == new).unwrap().1),
+        ];
+        expected.sort();
+        assert_eq!(loaded, expected);
+        assert_eq!(s.get(&file).await.unwrap().meta.delivered, [0, 1]);
     }
 }

@@ -63,6 +63,10 @@ pub(crate) struct Scan {
     pub(crate) shared: Arc<Shared>,
     /// Set when the storage is dropped.
     pub(crate) cancel: Arc<AtomicBool>,
+    /// Tests hold the scan before each step until a token (or the
+    /// sender's drop) lets it on.
+    #[cfg(test)]
+    pub(crate) gate: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 /// A `NEW` record found in the journal: segment, offset, length, due and
@@ -106,7 +110,21 @@ impl Scan {
         }
     }
 
+    /// Where tests can hold the scan (see `gate`).
+    fn step(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(gate) = &self.gate {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                gate.recv_timeout(std::time::Duration::from_millis(10))
+            {
+                self.check_cancel()?;
+            }
+        }
+        self.check_cancel()
+    }
+
     fn scan(&self) -> io::Result<usize> {
+        self.step()?;
         let (found, origins) = self.replay_journal()?;
         let mut residents: BTreeMap<u64, Residents> = BTreeMap::new();
         let mut journal_only = Vec::with_capacity(found.len());
@@ -133,6 +151,7 @@ impl Scan {
         }
         drop(journal_only);
         self.shared.journal_indexed.store(true, Ordering::Release);
+        self.step()?;
         count += self.index_files(&origins)?;
         Ok(count)
     }
