@@ -732,3 +732,42 @@ async fn a_torn_record_found_by_the_background_scan_is_cut_before_the_next_appen
     assert_eq!(meta.delivered, [0], "the torn outcome was applied");
     assert_eq!(meta.last_error.as_deref(), Some("451 4.4.1 again"));
 }
+
+fn vm_rss() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Measures what the storage's index costs per deferred message (RSS of
+/// this process before the open and after the background scan, spools of
+/// 20,000 and 100,000 files):
+/// `cargo test -p slimta --test storage_disk -- --ignored --nocapture index_memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn index_memory_per_message() {
+    let dir = std::env::var_os("SLIMTA_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let mut figures = Vec::new();
+    for n in [20_000u32, 100_000] {
+        let tmp = tempfile::tempdir_in(&dir).unwrap();
+        deferred_spool(tmp.path(), n).await;
+        let before = vm_rss();
+        let s = DiskStorage::open(tmp.path()).unwrap();
+        s.loaded().await.unwrap();
+        let after = vm_rss();
+        assert_eq!(s.summary().await.unwrap().messages, n as usize);
+        println!(
+            "{n} deferred messages: index {:.1} MiB, {} bytes per message",
+            (after - before) as f64 / f64::from(1 << 20),
+            (after - before) / u64::from(n)
+        );
+        figures.push((n, after - before));
+        drop(s);
+    }
+    let growth = figures[1].1.saturating_sub(figures[0].1);
+    println!(
+        "growth 20,000 -> 100,000: {:.1} MiB, {} bytes per message",
+        growth as f64 / f64::from(1 << 20),
+        growth / 80_000
+    );
+}

@@ -62,6 +62,7 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
+use super::index::MAX_SEGMENT;
 use super::journal;
 use super::write_all_vectored;
 use crate::envelope::Envelope;
@@ -239,6 +240,10 @@ impl Journal {
             .is_none_or(|h| h.len >= self.segment_size);
         if full {
             let seq = self.next_seq;
+            if seq > MAX_SEGMENT {
+                // 2^32 segments: the index could not tell them apart.
+                return Err(io::Error::other("journal segment numbers exhausted"));
+            }
             let path = self.dir.join(journal::segment_name(seq));
             let mut file = OpenOptions::new()
                 .append(true)

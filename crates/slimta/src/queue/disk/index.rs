@@ -7,7 +7,7 @@
 //!   record or file), its due time ([`QueueStorage::load`]) and its
 //!   receive time ([`QueueStorage::summary`]'s oldest message). An entry
 //!   is a 16-byte key (the id's 128 bits, not its 32 hex digits on the
-//!   heap) and a 40-byte [`Slot`], so 100,000 deferred messages cost a few
+//!   heap) and a 32-byte [`Slot`], so 100,000 deferred messages cost a few
 //!   MiB, not the 100 MiB that a full entry per message did.
 //! - Times are kept as nanoseconds since the Unix epoch; a time before the
 //!   epoch is kept as the epoch (a due time that far back is simply due).
@@ -60,15 +60,25 @@ pub(crate) enum Place {
 }
 
 /// What the index keeps per message: its place (`len` 0 means a file,
-/// with `segment` its origin or 0), due time and receive time.
+/// with `segment` its origin or 0), due time and receive time; 32 bytes.
+/// Segment numbers and journal record lengths fit in 32 bits: the
+/// committer numbers no segment beyond [`MAX_SEGMENT`], and the storage
+/// sends no message of [`MAX_RECORD`] bytes or more to the journal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slot {
-    segment: u64,
     offset: u64,
-    len: u64,
     due: u64,
     received: u64,
+    segment: u32,
+    len: u32,
 }
+
+/// The highest journal segment number the index can hold.
+pub(crate) const MAX_SEGMENT: u64 = u32::MAX as u64;
+
+/// Journal records are shorter than this (the message and its envelope
+/// fields included); a bigger message gets its own file.
+pub(crate) const MAX_RECORD: u64 = u32::MAX as u64;
 
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -82,11 +92,11 @@ fn time(nanos: u64) -> SystemTime {
 impl Slot {
     pub(crate) fn new(place: Place, due: SystemTime, received: SystemTime) -> Self {
         let mut slot = Self {
-            segment: 0,
             offset: 0,
-            len: 0,
             due: nanos(due),
             received: nanos(received),
+            segment: 0,
+            len: 0,
         };
         slot.set_place(place);
         slot
@@ -95,26 +105,29 @@ impl Slot {
     pub(crate) fn place(&self) -> Place {
         if self.len == 0 {
             Place::File {
-                origin: (self.segment != 0).then_some(self.segment),
+                origin: (self.segment != 0).then_some(u64::from(self.segment)),
             }
         } else {
             Place::Journal {
-                segment: self.segment,
+                segment: u64::from(self.segment),
                 offset: self.offset,
-                len: self.len,
+                len: u64::from(self.len),
             }
         }
     }
 
     pub(crate) fn set_place(&mut self, place: Place) {
+        // Both fit by construction (see the type's docs); the clamps only
+        // keep a broken invariant from wrapping around.
+        let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
         (self.segment, self.offset, self.len) = match place {
             // Segments are numbered from 1, and a record is never empty.
             Place::Journal {
                 segment,
                 offset,
                 len,
-            } => (segment, offset, len.max(1)),
-            Place::File { origin } => (origin.unwrap_or(0), 0, 0),
+            } => (narrow(segment), offset, narrow(len).max(1)),
+            Place::File { origin } => (narrow(origin.unwrap_or(0)), 0, 0),
         };
     }
 
@@ -194,15 +207,19 @@ impl Shared {
         still_there: impl Fn(Key) -> bool,
     ) -> usize {
         let mut index = self.index();
-        let mut batch = LoadBatch::with_capacity(found.len());
+        let listened = !index.listeners.is_empty();
+        let mut batch = LoadBatch::new();
+        let mut inserted = 0;
         for (key, slot) in found {
             if index.slots.contains_key(&key) || !still_there(key) {
                 continue;
             }
             index.slots.insert(key, slot);
-            batch.push((id_of(key), slot.due()));
+            inserted += 1;
+            if listened {
+                batch.push((id_of(key), slot.due()));
+            }
         }
-        let inserted = batch.len();
         if !batch.is_empty() {
             match index.listeners.len() {
                 0 => {}
@@ -301,6 +318,6 @@ mod tests {
         }
         slot.set_due(SystemTime::UNIX_EPOCH - Duration::from_secs(5));
         assert_eq!(slot.due(), SystemTime::UNIX_EPOCH);
-        assert!(std::mem::size_of::<Slot>() <= 40);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
     }
 }
