@@ -210,7 +210,10 @@ async fn a_newer_format_stops_the_spool_and_is_left_alone() {
     let s = DiskStorage::open(&path).unwrap();
     let err = s.load().await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
-    assert_eq!(s.loaded().await.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+    assert_eq!(
+        s.loaded().await.unwrap_err().kind(),
+        std::io::ErrorKind::InvalidData
+    );
     let err = s.write(&envelope(), SystemTime::now()).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     let err = s.get(&id).await.unwrap_err();
@@ -665,10 +668,19 @@ async fn the_background_load_races_writes_removes_and_records() {
         assert!(heard_ids.binary_search(id).is_ok(), "{id} was never heard");
     }
     for id in &heard_ids {
-        assert!(old.contains(id) || written.contains(id), "{id} is no message");
+        assert!(
+            old.contains(id) || written.contains(id),
+            "{id} is no message"
+        );
     }
     let check = async |s: &DiskStorage| {
-        let mut loaded: Vec<String> = s.load().await.unwrap().into_iter().map(|(id, _)| id).collect();
+        let mut loaded: Vec<String> = s
+            .load()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         loaded.sort();
         assert_eq!(loaded, expected);
         for id in &recorded {
@@ -676,14 +688,20 @@ async fn the_background_load_races_writes_removes_and_records() {
             assert_eq!((meta.attempts, meta.delivered), (2, vec![0, 1]), "{id}");
         }
         for id in &removed {
-            assert_eq!(s.get(id).await.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+            assert_eq!(
+                s.get(id).await.unwrap_err().kind(),
+                std::io::ErrorKind::NotFound
+            );
         }
     };
     check(&s).await;
     drop(s);
     let s = reopen(&path).await;
     check(&s).await;
-    assert_eq!(files_in(&path.join("msg")).len(), expected.len() - written.len());
+    assert_eq!(
+        files_in(&path.join("msg")).len(),
+        expected.len() - written.len()
+    );
 }
 
 /// A torn last record found by the background scan is cut away before
@@ -736,7 +754,12 @@ async fn a_torn_record_found_by_the_background_scan_is_cut_before_the_next_appen
 fn vm_rss() -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 /// Measures what the storage's index costs per deferred message (RSS of

@@ -250,9 +250,7 @@ impl Shared {
 
     /// Stops sending to `listener`.
     pub(crate) fn unlisten(&self, listener: &UnboundedSender<LoadBatch>) {
-        self.index()
-            .listeners
-            .retain(|l| !l.same_channel(listener));
+        self.index().listeners.retain(|l| !l.same_channel(listener));
     }
 
     /// The scan ended: everyone waiting hears it, listeners are let go.
@@ -280,9 +278,7 @@ impl Shared {
     pub(crate) async fn settled(&self) -> io::Result<()> {
         let mut state = self.scan.subscribe();
         // The sender lives in `self`, so the wait cannot fail.
-        let _ = state
-            .wait_for(|s| !matches!(s, ScanState::Running))
-            .await;
+        let _ = state.wait_for(|s| !matches!(s, ScanState::Running)).await;
         self.failed()
     }
 }
@@ -296,7 +292,13 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef";
         assert_eq!(id_of(key_of(id).unwrap()), id);
         assert_eq!(id_of(key_of(&"0".repeat(32)).unwrap()), "0".repeat(32));
-        for bad in ["", "README", &id.to_uppercase(), &id[1..], "+123456789abcdef0123456789abcdef"] {
+        for bad in [
+            "",
+            "README",
+            &id.to_uppercase(),
+            &id[1..],
+            "+123456789abcdef0123456789abcdef",
+        ] {
             assert_eq!(key_of(bad), None, "{bad}");
         }
     }
@@ -311,8 +313,14 @@ mod tests {
         };
         let mut slot = Slot::new(journal, t, t + Duration::from_secs(1));
         assert_eq!(slot.place(), journal);
-        assert_eq!((slot.due(), slot.received()), (t, t + Duration::from_secs(1)));
-        for place in [Place::File { origin: Some(3) }, Place::File { origin: None }] {
+        assert_eq!(
+            (slot.due(), slot.received()),
+            (t, t + Duration::from_secs(1))
+        );
+        for place in [
+            Place::File { origin: Some(3) },
+            Place::File { origin: None },
+        ] {
             slot.set_place(place);
             assert_eq!(slot.place(), place);
         }

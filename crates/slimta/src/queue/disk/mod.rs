@@ -347,7 +347,11 @@ fn decode_file(id: &str, bytes: &[u8]) -> io::Result<StoredEnvelope> {
 }
 
 /// The open refused: `what` was written by a newer program.
-pub(super) fn newer_version(what: impl std::fmt::Display, format_name: &str, version: u16) -> io::Error {
+pub(super) fn newer_version(
+    what: impl std::fmt::Display,
+    format_name: &str,
+    version: u16,
+) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!("{what} has {format_name} format version {version}, newer than this program's"),
@@ -355,7 +359,12 @@ pub(super) fn newer_version(what: impl std::fmt::Display, format_name: &str, ver
 }
 
 /// Moves an unreadable file or segment aside for a human.
-pub(super) fn set_aside(path: &Path, corrupt_dir: &Path, prefix: &str, problem: &str) -> io::Result<()> {
+pub(super) fn set_aside(
+    path: &Path,
+    corrupt_dir: &Path,
+    prefix: &str,
+    problem: &str,
+) -> io::Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let dest = corrupt_dir.join(format!("{prefix}{name}"));
     tracing::error!(file = %path.display(), moved_to = %dest.display(), problem, "unreadable spool file");
@@ -368,7 +377,10 @@ fn old_segments(journal_dir: &Path, corrupt_dir: &Path) -> io::Result<Vec<(u64, 
     let mut segments = Vec::new();
     for entry in fs::read_dir(journal_dir)? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let Some(seq) = journal::parse_segment_name(name) else {
             set_aside(&path, corrupt_dir, "journal-", "not a journal segment name")?;
             continue;
@@ -433,7 +445,10 @@ impl DiskStorage {
     #[cfg(test)]
     fn open_paused(path: &Path) -> io::Result<(Self, std::sync::mpsc::Sender<()>)> {
         let (tokens, gate) = std::sync::mpsc::channel();
-        Ok((Self::open_gated(path, DiskOptions::default(), Some(gate))?, tokens))
+        Ok((
+            Self::open_gated(path, DiskOptions::default(), Some(gate))?,
+            tokens,
+        ))
     }
 
     fn open_gated(
@@ -944,7 +959,12 @@ impl QueueStorage for DiskStorage {
     /// what does not).
     async fn load(&self) -> io::Result<Vec<(String, SystemTime)>> {
         self.inner.shared.settled().await?;
-        Ok(self.index().snapshot(usize::MAX).into_iter().flatten().collect())
+        Ok(self
+            .index()
+            .snapshot(usize::MAX)
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     /// What is indexed at once, then every batch the start-up scan indexes,
@@ -1135,7 +1155,10 @@ mod tests {
         old.sort();
         let mut expected = vec![journal_only.clone(), file.clone()];
         expected.sort();
-        assert_eq!(old, expected, "every old message heard once, the removed one never");
+        assert_eq!(
+            old, expected,
+            "every old message heard once, the removed one never"
+        );
         assert!(!path.join("msg").join(&removed).exists());
         drop(s);
 
@@ -1143,8 +1166,14 @@ mod tests {
         let mut loaded = s.load().await.unwrap();
         loaded.sort();
         let mut expected = vec![
-            (file.clone(), SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(300)),
-            (new.clone(), loaded.iter().find(|(id, _)| *id == new).unwrap().1),
+            (
+                file.clone(),
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(300),
+            ),
+            (
+                new.clone(),
+                loaded.iter().find(|(id, _)| *id == new).unwrap().1,
+            ),
         ];
         expected.sort();
         assert_eq!(loaded, expected);

@@ -89,7 +89,11 @@ impl Scan {
         let started = std::time::Instant::now();
         let state = match self.scan() {
             Ok(count) => {
-                tracing::info!(messages = count, secs = started.elapsed().as_secs_f64(), "disk spool indexed");
+                tracing::info!(
+                    messages = count,
+                    secs = started.elapsed().as_secs_f64(),
+                    "disk spool indexed"
+                );
                 ScanState::Done
             }
             Err(e) => {
@@ -187,7 +191,11 @@ impl Scan {
                         file,
                     } if key_of(id).is_some() => match format::decode(file) {
                         Ok(decoded) => {
-                            let due = decoded.stored.meta.timestamp.unwrap_or(SystemTime::UNIX_EPOCH);
+                            let due = decoded
+                                .stored
+                                .meta
+                                .timestamp
+                                .unwrap_or(SystemTime::UNIX_EPOCH);
                             let received = decoded.stored.envelope.receive_time;
                             found.insert(id.to_owned(), (*seq, offset, len, due, received));
                         }
@@ -246,7 +254,10 @@ impl Scan {
         for entry in fs::read_dir(&self.msg_dir)? {
             self.check_cancel()?;
             let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             let Some(key) = key_of(name) else {
                 set_aside(&path, &self.corrupt_dir, "", "not a message id")?;
                 continue;
@@ -273,7 +284,12 @@ impl Scan {
     }
 
     /// One message file's slot; `None` if it is gone or was set aside.
-    fn read_file(&self, path: &Path, key: Key, origins: &HashMap<Key, u64>) -> io::Result<Option<Slot>> {
+    fn read_file(
+        &self,
+        path: &Path,
+        key: Key,
+        origins: &HashMap<Key, u64>,
+    ) -> io::Result<Option<Slot>> {
         let bytes = match fs::read(path) {
             Ok(bytes) => bytes,
             // Removed since the directory was read (a known id).
@@ -292,8 +308,16 @@ impl Scan {
                 let place = Place::File {
                     origin: origins.get(&key).copied(),
                 };
-                let due = decoded.stored.meta.timestamp.unwrap_or(SystemTime::UNIX_EPOCH);
-                Ok(Some(Slot::new(place, due, decoded.stored.envelope.receive_time)))
+                let due = decoded
+                    .stored
+                    .meta
+                    .timestamp
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                Ok(Some(Slot::new(
+                    place,
+                    due,
+                    decoded.stored.envelope.receive_time,
+                )))
             }
             Err(Invalid::NewerVersion(v)) => Err(newer_version(path.display(), "spool", v)),
             Err(Invalid::Corrupt(why)) => {
