@@ -394,7 +394,10 @@ async fn a_newer_or_damaged_message_inside_a_good_record() {
     let err = s.write(&envelope(2), SystemTime::now()).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     drop(s);
-    assert_eq!(files_in(&p1.join("journal")), [segment_name.clone()]);
+    assert_eq!(
+        files_in(&p1.join("journal")),
+        std::slice::from_ref(&segment_name)
+    );
 
     let mut damaged = segment;
     damaged[inner + 40] ^= 0xff;
