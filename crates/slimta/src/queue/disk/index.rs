@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -148,7 +148,8 @@ impl Slot {
 #[derive(Default)]
 pub(crate) struct Index {
     pub(crate) slots: HashMap<Key, Slot>,
-    listeners: Vec<UnboundedSender<LoadBatch>>,
+    /// Who hears of what the scan indexes, with how many ids each heard.
+    listeners: Vec<(UnboundedSender<LoadBatch>, Arc<AtomicUsize>)>,
 }
 
 impl Index {
@@ -221,36 +222,39 @@ impl Shared {
             }
         }
         if !batch.is_empty() {
-            match index.listeners.len() {
-                0 => {}
-                1 => {
-                    if index.listeners[0].send(batch).is_err() {
-                        index.listeners.clear();
-                    }
+            let count = batch.len();
+            index.listeners.retain(|(l, heard)| {
+                let sent = l.send(batch.clone()).is_ok();
+                if sent {
+                    heard.fetch_add(count, Ordering::Relaxed);
                 }
-                _ => index.listeners.retain(|l| l.send(batch.clone()).is_ok()),
-            }
+                sent
+            });
         }
         inserted
     }
 
     /// Registers `listener` for what the scan finds from now on, if it is
-    /// still running, and returns what is indexed already, under one lock.
+    /// still running, and returns what is indexed already, under one lock,
+    /// with the count of ids the scan sends it later.
     pub(crate) fn listen(
         &self,
         listener: &UnboundedSender<LoadBatch>,
         batch: usize,
-    ) -> Vec<LoadBatch> {
+    ) -> (Vec<LoadBatch>, Arc<AtomicUsize>) {
         let mut index = self.index();
+        let heard = Arc::new(AtomicUsize::new(0));
         if matches!(*self.scan.borrow(), ScanState::Running) {
-            index.listeners.push(listener.clone());
+            index.listeners.push((listener.clone(), heard.clone()));
         }
-        index.snapshot(batch)
+        (index.snapshot(batch), heard)
     }
 
     /// Stops sending to `listener`.
     pub(crate) fn unlisten(&self, listener: &UnboundedSender<LoadBatch>) {
-        self.index().listeners.retain(|l| !l.same_channel(listener));
+        self.index()
+            .listeners
+            .retain(|(l, _)| !l.same_channel(listener));
     }
 
     /// The scan ended: everyone waiting hears it, listeners are let go.

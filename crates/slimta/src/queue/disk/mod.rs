@@ -972,7 +972,8 @@ impl QueueStorage for DiskStorage {
     async fn load_into(&self, batches: UnboundedSender<LoadBatch>) -> io::Result<usize> {
         self.inner.shared.failed()?;
         let mut sent = 0;
-        for batch in self.inner.shared.listen(&batches, LOAD_BATCH) {
+        let (indexed, heard) = self.inner.shared.listen(&batches, LOAD_BATCH);
+        for batch in indexed {
             sent += batch.len();
             if batches.send(batch).is_err() {
                 self.inner.shared.unlisten(&batches);
@@ -982,7 +983,7 @@ impl QueueStorage for DiskStorage {
         let settled = self.inner.shared.settled().await;
         self.inner.shared.unlisten(&batches);
         settled?;
-        Ok(sent)
+        Ok(sent + heard.load(Ordering::Relaxed))
     }
 
     /// From the index: what is indexed so far while the start-up scan runs.
