@@ -197,16 +197,29 @@ async fn one_spool_one_storage() {
     DiskStorage::open(&path).unwrap();
 }
 
+/// A message file from a newer version is found by the background scan
+/// (the open does not read the files): the storage then refuses every
+/// request, new messages included, and leaves the file alone.
 #[tokio::test]
-async fn a_newer_format_stops_the_open_and_is_left_alone() {
+async fn a_newer_format_stops_the_spool_and_is_left_alone() {
     let (id, mut file, _) = reference_files().await;
     file[8] = 99; // the version field
     let (_dir, path) = spool();
     fs::create_dir_all(path.join("msg")).unwrap();
     fs::write(path.join("msg").join(&id), &file).unwrap();
-    let err = DiskStorage::open(&path).unwrap_err();
+    let s = DiskStorage::open(&path).unwrap();
+    let err = s.load().await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert_eq!(
+        s.loaded().await.unwrap_err().kind(),
+        std::io::ErrorKind::InvalidData
+    );
+    let err = s.write(&envelope(), SystemTime::now()).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    let err = s.get(&id).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
     assert_eq!(fs::read(path.join("msg").join(&id)).unwrap(), file);
+    assert_eq!(files_in(&path.join("msg")), [id]);
 }
 
 #[tokio::test]
@@ -537,4 +550,247 @@ async fn a_deferred_attempt_costs_one_fsync() {
         let error = meta.last_error.unwrap_or_default();
         assert!(error.ends_with("451 4.4.1 later"), "{error}");
     }
+}
+
+/// A spool of `count` deferred copies of the reference message (the
+/// outcome of [`outcome`] recorded), named `0..count` as ids.
+async fn deferred_spool(path: &Path, count: u32) -> Vec<String> {
+    let (_, _, deferred) = reference_files().await;
+    let msg = path.join("msg");
+    fs::create_dir_all(&msg).unwrap();
+    let ids: Vec<String> = (0..count).map(|i| format!("{i:032x}")).collect();
+    for id in &ids {
+        fs::write(msg.join(id), &deferred).unwrap();
+    }
+    ids
+}
+
+/// The open does not wait for the spool to be indexed; dropping the
+/// storage while the background scan runs stops it, and the next open
+/// finds everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopen_during_the_background_load_loses_nothing() {
+    let (_dir, path) = spool();
+    let ids = deferred_spool(&path, 20_000).await;
+    let mut interrupted = 0;
+    for _ in 0..3 {
+        let s = DiskStorage::open(&path).unwrap();
+        interrupted += usize::from(s.is_loading());
+        drop(s);
+    }
+    println!("{interrupted} of 3 opens dropped while still indexing");
+    let s = DiskStorage::open(&path).unwrap();
+    let due = SystemTime::UNIX_EPOCH + Duration::from_secs(12345);
+    let mut loaded: Vec<String> = s
+        .load()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, at)| {
+            assert_eq!(at, due, "{id}");
+            id
+        })
+        .collect();
+    loaded.sort();
+    assert_eq!(loaded, ids);
+    assert_eq!(s.summary().await.unwrap().messages, ids.len());
+    assert_eq!(s.get(&ids[7]).await.unwrap().meta.delivered, [0]);
+}
+
+/// While the background scan runs, new messages are stored, old ones are
+/// removed and recorded (each waits for the scan if it has not reached its
+/// id), and a listener hears of every old message at most once; after a
+/// reopen, exactly the acknowledged state is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_background_load_races_writes_removes_and_records() {
+    let (_dir, path) = spool();
+    let old = deferred_spool(&path, 5_000).await;
+    let s = DiskStorage::open(&path).unwrap();
+    let (listener, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let listening = tokio::spawn({
+        let s = s.clone();
+        async move { s.load_into(listener).await }
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..50 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let id = s.write(&envelope(), SystemTime::now()).await.unwrap();
+            (n, id)
+        });
+    }
+    // Removed from the end (likely not indexed yet) and from the start.
+    let removed: Vec<String> = old[..50].iter().chain(&old[4_950..]).cloned().collect();
+    for id in removed.clone() {
+        let s = s.clone();
+        tasks.spawn(async move {
+            s.remove(&id).await.unwrap();
+            (usize::MAX, id)
+        });
+    }
+    let recorded: Vec<String> = old[2_000..2_050].to_vec();
+    for id in recorded.clone() {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let outcome = AttemptOutcome {
+                attempts: 2,
+                finished: vec![1],
+                ..AttemptOutcome::default()
+            };
+            s.record(&id, &outcome).await.unwrap();
+            (usize::MAX - 1, id)
+        });
+    }
+    let written: Vec<String> = tasks
+        .join_all()
+        .await
+        .into_iter()
+        .filter(|(n, _)| *n < 50)
+        .map(|(_, id)| id)
+        .collect();
+    listening.await.unwrap().unwrap();
+    let mut heard_ids = Vec::new();
+    while let Ok(batch) = heard.try_recv() {
+        heard_ids.extend(batch.into_iter().map(|(id, _)| id));
+    }
+    let count = heard_ids.len();
+    heard_ids.sort();
+    heard_ids.dedup();
+    assert_eq!(heard_ids.len(), count, "an id was heard twice");
+    let mut expected: Vec<String> = old
+        .iter()
+        .filter(|id| !removed.contains(id))
+        .chain(&written)
+        .cloned()
+        .collect();
+    expected.sort();
+    for id in expected.iter().filter(|id| !written.contains(id)) {
+        assert!(heard_ids.binary_search(id).is_ok(), "{id} was never heard");
+    }
+    for id in &heard_ids {
+        assert!(
+            old.contains(id) || written.contains(id),
+            "{id} is no message"
+        );
+    }
+    let check = async |s: &DiskStorage| {
+        let mut loaded: Vec<String> = s
+            .load()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        loaded.sort();
+        assert_eq!(loaded, expected);
+        for id in &recorded {
+            let meta = s.get(id).await.unwrap().meta;
+            assert_eq!((meta.attempts, meta.delivered), (2, vec![0, 1]), "{id}");
+        }
+        for id in &removed {
+            assert_eq!(
+                s.get(id).await.unwrap_err().kind(),
+                std::io::ErrorKind::NotFound
+            );
+        }
+    };
+    check(&s).await;
+    drop(s);
+    let s = reopen(&path).await;
+    check(&s).await;
+    assert_eq!(
+        files_in(&path.join("msg")).len(),
+        expected.len() - written.len()
+    );
+}
+
+/// A torn last record found by the background scan is cut away before
+/// anything is appended to the file: a record made while the scan runs
+/// (it waits for the scan) follows the last good record, and a reopen
+/// reads both good outcomes and not the torn one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_record_found_by_the_background_scan_is_cut_before_the_next_append() {
+    let (_dir, path) = spool();
+    let ids = deferred_spool(&path, 2_000).await;
+    let (_, _, deferred) = reference_files().await;
+    let torn_id = ids.last().unwrap().clone();
+    let torn_outcome = AttemptOutcome {
+        attempts: 2,
+        finished: vec![1],
+        ..AttemptOutcome::default()
+    };
+    // The torn record: a second outcome cut short (found by building it
+    // on a scratch spool).
+    let (_scratch, scratch) = spool();
+    let s = files_only(&scratch);
+    let id = s.write(&envelope(), SystemTime::now()).await.unwrap();
+    s.record(&id, &outcome()).await.unwrap();
+    s.record(&id, &torn_outcome).await.unwrap();
+    let two = fs::read(scratch.join("msg").join(&id)).unwrap();
+    drop(s);
+    // The same length as the reference file up to the second outcome.
+    let second_record = &two[deferred.len()..];
+    assert!(second_record.len() > 4);
+    let mut torn = deferred.clone();
+    torn.extend_from_slice(&second_record[..second_record.len() - 3]);
+    fs::write(path.join("msg").join(&torn_id), &torn).unwrap();
+
+    let s = DiskStorage::open(&path).unwrap();
+    let later = AttemptOutcome {
+        attempts: 3,
+        finished: vec![],
+        last_error: Some("451 4.4.1 again".into()),
+        ..AttemptOutcome::default()
+    };
+    s.record(&torn_id, &later).await.unwrap();
+    drop(s);
+    let s = DiskStorage::open(&path).unwrap();
+    let meta = s.get(&torn_id).await.unwrap().meta;
+    assert_eq!(meta.attempts, 3);
+    assert_eq!(meta.delivered, [0], "the torn outcome was applied");
+    assert_eq!(meta.last_error.as_deref(), Some("451 4.4.1 again"));
+}
+
+fn vm_rss() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// Measures what the storage's index costs per deferred message (RSS of
+/// this process before the open and after the background scan, spools of
+/// 20,000 and 100,000 files):
+/// `cargo test -p slimta --test storage_disk -- --ignored --nocapture index_memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn index_memory_per_message() {
+    let dir = std::env::var_os("SLIMTA_BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let mut figures = Vec::new();
+    for n in [20_000u32, 100_000] {
+        let tmp = tempfile::tempdir_in(&dir).unwrap();
+        deferred_spool(tmp.path(), n).await;
+        let before = vm_rss();
+        let s = DiskStorage::open(tmp.path()).unwrap();
+        s.loaded().await.unwrap();
+        let after = vm_rss();
+        assert_eq!(s.summary().await.unwrap().messages, n as usize);
+        println!(
+            "{n} deferred messages: index {:.1} MiB, {} bytes per message",
+            (after - before) as f64 / f64::from(1 << 20),
+            (after - before) / u64::from(n)
+        );
+        figures.push((n, after - before));
+        drop(s);
+    }
+    let growth = figures[1].1.saturating_sub(figures[0].1);
+    println!(
+        "growth 20,000 -> 100,000: {:.1} MiB, {} bytes per message",
+        growth as f64 / f64::from(1 << 20),
+        growth / 80_000
+    );
 }

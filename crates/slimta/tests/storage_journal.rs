@@ -362,7 +362,7 @@ async fn concurrent_writes_updates_removals_and_spills_agree_after_reopen() {
 }
 
 /// A journal record whose CRC is good but whose message file inside is
-/// from a newer version stops the open; one that is damaged inside is set
+/// from a newer version stops the spool (and the segment stays); one that is damaged inside is set
 /// aside in `corrupt/`, never silently dropped.
 #[tokio::test]
 async fn a_newer_or_damaged_message_inside_a_good_record() {
@@ -387,8 +387,17 @@ async fn a_newer_or_damaged_message_inside_a_good_record() {
     let (_d1, p1) = spool();
     fs::create_dir_all(p1.join("journal")).unwrap();
     fs::write(p1.join("journal").join(&segment_name), reseal(newer)).unwrap();
-    let err = DiskStorage::open(&p1).unwrap_err();
+    // Found by the background scan: the storage then refuses all work.
+    let s = DiskStorage::open(&p1).unwrap();
+    let err = s.loaded().await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    let err = s.write(&envelope(2), SystemTime::now()).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    drop(s);
+    assert_eq!(
+        files_in(&p1.join("journal")),
+        std::slice::from_ref(&segment_name)
+    );
 
     let mut damaged = segment;
     damaged[inner + 40] ^= 0xff;

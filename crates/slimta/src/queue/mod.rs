@@ -96,8 +96,8 @@ pub use disk::{DiskOptions, DiskStorage};
 pub use memory::MemoryStorage;
 pub use ops::QueueStats;
 pub use storage::{
-    AttemptOutcome, DynStorage, QueueEntry, QueueMeta, QueueStorage, StorageCounters,
-    StoredEnvelope,
+    AttemptOutcome, DynStorage, LoadBatch, QueueEntry, QueueMeta, QueueStorage, StorageCounters,
+    StorageSummary, StoredEnvelope,
 };
 
 pub use destinations::{DeadDestination, DestinationSettings};
@@ -318,34 +318,32 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
         &self.inner.dispatch
     }
 
-    /// Loads every stored message, schedules it at its stored due time, and
-    /// starts the scheduler task. Must run inside a tokio runtime. A second
-    /// call does nothing.
+    /// Starts the scheduler task, and a loading task that schedules every
+    /// stored message at its stored due time as storage finds it
+    /// ([`QueueStorage::load_into`]): `start` returns at once, so a queue
+    /// over a big spool accepts mail while its backlog is still being
+    /// loaded, and due messages are attempted batch by batch as they turn
+    /// up. Must run inside a tokio runtime. A second call does nothing.
     ///
     /// # Errors
     ///
-    /// The storage's error if it cannot list its messages; the queue is then
-    /// not started and `start` may be called again.
+    /// None so far (the result is kept for storages that may refuse to
+    /// start): a storage that cannot list its messages is logged by the
+    /// loading task, and what it did not hand over stays stored for the
+    /// next start.
     pub async fn start(&self) -> io::Result<()> {
-        if self.inner.started.get().is_some() {
-            return Ok(());
-        }
-        let stored = self.inner.storage.load().await?;
         if self.inner.started.set(()).is_err() {
             return Ok(());
-        }
-        let count = stored.len();
-        for (id, due) in stored {
-            // The destination is learnt when the message is first due.
-            self.inner.dispatch.add(id, due, None).await;
         }
         let (limit, stats_interval) = self.config(|c| (c.max_concurrency, c.stats_interval));
         let permits = Arc::new(Semaphore::new(limit));
         // Set once: `started` above admits one caller.
         let _ = self.inner.permits.set((permits.clone(), limit));
         let queue = self.clone();
+        let loader = tokio::spawn(async move { queue.load_stored().await });
+        let queue = self.clone();
         let task = tokio::spawn(async move { queue.run_scheduler(permits).await });
-        let mut tasks = vec![task.abort_handle()];
+        let mut tasks = vec![loader.abort_handle(), task.abort_handle()];
         if let Some(interval) = stats_interval {
             tasks.push(tokio::spawn(self.clone().log_stats(interval)).abort_handle());
         }
@@ -354,8 +352,32 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
             .scheduler
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = tasks;
-        tracing::info!(loaded = count, max_concurrency = limit, "queue started");
+        tracing::info!(max_concurrency = limit, "queue started");
         Ok(())
+    }
+
+    /// Hands every stored message to the dispatcher, batch by batch as
+    /// storage finds them (the loading task of [`Queue::start`]).
+    async fn load_stored(self) {
+        let (batches, mut found) = tokio::sync::mpsc::unbounded_channel();
+        let listed = self.inner.storage.load_into(batches);
+        let scheduled = async {
+            let mut count = 0usize;
+            while let Some(batch) = found.recv().await {
+                count += batch.len();
+                for (id, due) in batch {
+                    // The destination is learnt when the message is first due.
+                    self.inner.dispatch.add(id, due, None).await;
+                }
+            }
+            count
+        };
+        match tokio::join!(listed, scheduled) {
+            (Ok(_), count) => tracing::info!(loaded = count, "queue loaded"),
+            (Err(e), count) => {
+                tracing::error!(error = %e, loaded = count, "queue storage could not list its messages; the rest stay stored until the next start");
+            }
+        }
     }
 
     /// Stops the scheduler: no new attempts start. Attempts in progress run

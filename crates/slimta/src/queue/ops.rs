@@ -134,11 +134,11 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
     ///
     /// The storage's error.
     pub async fn stats(&self) -> io::Result<QueueStats> {
-        let entries = self.inner.storage.list().await?;
+        let summary = self.inner.storage.summary().await?;
         Ok(QueueStats {
-            messages: entries.len(),
+            messages: summary.messages,
             waiting: self.inner.dispatch.waiting(),
-            oldest: entries.iter().map(|e| e.received).min(),
+            oldest: summary.oldest_received,
             dead: self.inner.dispatch.dead_destinations(),
         })
     }

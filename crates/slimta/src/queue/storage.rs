@@ -28,6 +28,16 @@
 //!   `slimta queue stats`) needs no concrete backend type.
 //! - Native async trait; [`DynStorage`] is the boxed form for backends picked
 //!   at run time by the app's config.
+//! - Start-up does not wait for the whole store: [`QueueStorage::load_into`]
+//!   hands the stored ids over in batches as the backend finds them, so a
+//!   backend with a million messages (the disk spool indexes its files in
+//!   the background) can accept new mail at once while the queue schedules
+//!   the old mail batch by batch. [`QueueStorage::load`] is the whole list
+//!   at once, for callers that need all of it.
+//! - Statistics do not list every message: [`QueueStorage::summary`] is
+//!   the count and the oldest receive time, which a backend with an index
+//!   answers from memory (the disk spool keeps no envelopes in memory, so
+//!   its [`QueueStorage::list`] reads every file).
 //! - The envelope is shared, not copied: [`StoredEnvelope::envelope`] is an
 //!   `Arc<Envelope>`, and the queue hands new envelopes over with
 //!   [`QueueStorage::write_shared`]. A backend that keeps envelopes in memory
@@ -109,6 +119,22 @@ impl AttemptOutcome {
 /// A backend's figures for operators, each shown as `name: value` (for
 /// the disk spool: fsyncs, journal segments, messages only in the journal).
 pub type StorageCounters = Vec<(&'static str, u64)>;
+
+/// One batch of stored ids with their due times, as
+/// [`QueueStorage::load_into`] hands them over.
+pub type LoadBatch = Vec<(String, SystemTime)>;
+
+/// How many ids the default [`QueueStorage::load_into`] puts in one batch.
+pub const LOAD_BATCH: usize = 1024;
+
+/// The queue's size as storage knows it, for statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageSummary {
+    /// Stored messages.
+    pub messages: usize,
+    /// When the oldest stored message was received.
+    pub oldest_received: Option<SystemTime>,
+}
 
 /// A summary of one stored message, for operators and statistics: the
 /// envelope without the message bytes.
@@ -219,8 +245,49 @@ pub trait QueueStorage: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Every stored id with its due time, for rescheduling at start-up.
+    /// Every stored id with its due time, all at once (a backend still
+    /// indexing its store waits until it is done; start-up uses
+    /// [`QueueStorage::load_into`]).
     fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send;
+
+    /// Sends every stored id with its due time to `batches`, a batch at a
+    /// time as the backend finds them, for rescheduling at start-up; returns
+    /// how many were sent once every message stored before the call was
+    /// (messages written meanwhile may be sent too). Stops early, without
+    /// an error, if the receiver is dropped. The default sends
+    /// [`QueueStorage::load`] in batches of [`LOAD_BATCH`].
+    fn load_into(
+        &self,
+        batches: tokio::sync::mpsc::UnboundedSender<LoadBatch>,
+    ) -> impl Future<Output = io::Result<usize>> + Send {
+        async move {
+            let mut all = self.load().await?.into_iter();
+            let mut sent = 0;
+            loop {
+                let batch: LoadBatch = all.by_ref().take(LOAD_BATCH).collect();
+                if batch.is_empty() {
+                    return Ok(sent);
+                }
+                sent += batch.len();
+                if batches.send(batch).is_err() {
+                    return Ok(sent);
+                }
+            }
+        }
+    }
+
+    /// How many messages are stored and the oldest's receive time (the
+    /// queue's statistics). The default counts [`QueueStorage::list`]; a
+    /// backend with an index answers from it.
+    fn summary(&self) -> impl Future<Output = io::Result<StorageSummary>> + Send {
+        async move {
+            let entries = self.list().await?;
+            Ok(StorageSummary {
+                messages: entries.len(),
+                oldest_received: entries.iter().map(|e| e.received).min(),
+            })
+        }
+    }
 
     /// A summary of every stored message (`slimta queue list`, the queue's
     /// statistics). The default reads every message with
@@ -282,6 +349,11 @@ pub trait DynStorage: Send + Sync + 'static {
     ) -> StorageFuture<'a, ()>;
     fn counters_dyn(&self) -> StorageCounters;
     fn load_boxed(&self) -> StorageFuture<'_, Vec<(String, SystemTime)>>;
+    fn load_into_boxed(
+        &self,
+        batches: tokio::sync::mpsc::UnboundedSender<LoadBatch>,
+    ) -> StorageFuture<'_, usize>;
+    fn summary_boxed(&self) -> StorageFuture<'_, StorageSummary>;
     fn list_boxed(&self) -> StorageFuture<'_, Vec<QueueEntry>>;
     fn get_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, StoredEnvelope>;
     fn remove_boxed<'a>(&'a self, id: &'a str) -> StorageFuture<'a, ()>;
@@ -321,6 +393,15 @@ impl<S: QueueStorage> DynStorage for S {
     }
     fn load_boxed(&self) -> StorageFuture<'_, Vec<(String, SystemTime)>> {
         Box::pin(self.load())
+    }
+    fn load_into_boxed(
+        &self,
+        batches: tokio::sync::mpsc::UnboundedSender<LoadBatch>,
+    ) -> StorageFuture<'_, usize> {
+        Box::pin(self.load_into(batches))
+    }
+    fn summary_boxed(&self) -> StorageFuture<'_, StorageSummary> {
+        Box::pin(self.summary())
     }
     fn list_boxed(&self) -> StorageFuture<'_, Vec<QueueEntry>> {
         Box::pin(self.list())
@@ -369,6 +450,15 @@ macro_rules! forward_dyn_storage {
             }
             fn load(&self) -> impl Future<Output = io::Result<Vec<(String, SystemTime)>>> + Send {
                 async move { (**self).load_boxed().await }
+            }
+            fn load_into(
+                &self,
+                batches: tokio::sync::mpsc::UnboundedSender<LoadBatch>,
+            ) -> impl Future<Output = io::Result<usize>> + Send {
+                async move { (**self).load_into_boxed(batches).await }
+            }
+            fn summary(&self) -> impl Future<Output = io::Result<StorageSummary>> + Send {
+                async move { (**self).summary_boxed().await }
             }
             fn list(&self) -> impl Future<Output = io::Result<Vec<QueueEntry>>> + Send {
                 async move { (**self).list_boxed().await }

@@ -83,6 +83,14 @@ macro_rules! storage_conformance {
         async fn conformance_reopen_keeps_everything_acknowledged() {
             storage_suite::reopen_keeps_everything_acknowledged($fixture).await;
         }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn conformance_load_into_hands_over_every_message_once() {
+            storage_suite::load_into_hands_over_every_message_once($fixture).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn conformance_summary_counts_and_finds_the_oldest() {
+            storage_suite::summary_counts_and_finds_the_oldest($fixture).await;
+        }
     };
 }
 
@@ -401,4 +409,78 @@ pub async fn reopen_keeps_everything_acknowledged<S: QueueStorage>(f: Fixture<S>
     let s = reopen(s);
     let first = s.get(&ids[0]).await.unwrap();
     assert_eq!((first.meta.attempts, first.meta.delivered), (3, vec![0, 1]));
+}
+
+/// Every message stored before `load_into`, with its due time, in batches,
+/// each exactly once, also after a reopen (where a backend may still be
+/// finding them while it answers).
+pub async fn load_into_hands_over_every_message_once<S: QueueStorage>(f: Fixture<S>) {
+    async fn heard<S: QueueStorage>(s: &S) -> Vec<(String, SystemTime)> {
+        let (batches, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sent = s.load_into(batches).await.unwrap();
+        let mut all = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            assert!(!batch.is_empty(), "an empty batch");
+            all.extend(batch);
+        }
+        assert_eq!(sent, all.len());
+        all.sort();
+        all
+    }
+    let s = f.storage;
+    assert!(heard(&s).await.is_empty());
+    let mut expected = Vec::new();
+    for i in 0..1500u64 {
+        let id = s.write(&one(1), t(i, 7)).await.unwrap();
+        expected.push((id, t(i, 7)));
+    }
+    let gone = expected.pop().unwrap().0;
+    s.remove(&gone).await.unwrap();
+    expected.sort();
+    assert_eq!(heard(&s).await, expected);
+    if let Some(reopen) = f.reopen {
+        let s = reopen(s);
+        assert_eq!(heard(&s).await, expected);
+        // A receiver that goes away ends the load without an error.
+        let (batches, rx) = tokio::sync::mpsc::unbounded_channel();
+        drop(rx);
+        s.load_into(batches).await.unwrap();
+    }
+}
+
+/// The count and the oldest receive time, as messages come and go.
+pub async fn summary_counts_and_finds_the_oldest<S: QueueStorage>(f: Fixture<S>) {
+    let s = &f.storage;
+    let empty = s.summary().await.unwrap();
+    assert_eq!((empty.messages, empty.oldest_received), (0, None));
+    let mut ids = Vec::new();
+    for secs in [300, 100, 200] {
+        let mut e = one(1);
+        e.receive_time = t(secs, 0);
+        ids.push(s.write(&e, t(1, 0)).await.unwrap());
+    }
+    let summary = s.summary().await.unwrap();
+    assert_eq!(
+        (summary.messages, summary.oldest_received),
+        (3, Some(t(100, 0)))
+    );
+    s.remove(&ids[1]).await.unwrap();
+    let summary = s.summary().await.unwrap();
+    assert_eq!(
+        (summary.messages, summary.oldest_received),
+        (2, Some(t(200, 0)))
+    );
+    if let Some(reopen) = f.reopen {
+        let s = reopen(f.storage);
+        let mut summary = s.summary().await.unwrap();
+        // A backend still indexing may count fewer until it is done.
+        if summary.messages < 2 {
+            s.load().await.unwrap();
+            summary = s.summary().await.unwrap();
+        }
+        assert_eq!(
+            (summary.messages, summary.oldest_received),
+            (2, Some(t(200, 0)))
+        );
+    }
 }

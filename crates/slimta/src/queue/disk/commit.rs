@@ -35,6 +35,12 @@
 //! `spill_below`) for the residents of the oldest ones to be spilled; the
 //! storage does that from async code, and the segments then drain.
 //!
+//! Start-up: the spool opens before its old segments are read (see
+//! `disk/scan.rs`), so the committer starts with the old segments known
+//! by name but their residents not yet: until the scan hands them over
+//! ([`Change::Adopt`]) no segment is deleted and no spill is asked for,
+//! as an old segment that looks empty may still hold messages.
+//!
 //! Failures: if a journal sync fails, every job that appended in that
 //! batch gets the error, the head is cut back to where the batch started
 //! and abandoned (the next append starts a new segment), and none of the
@@ -56,6 +62,7 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
+use super::index::MAX_SEGMENT;
 use super::journal;
 use super::write_all_vectored;
 use crate::envelope::Envelope;
@@ -102,6 +109,10 @@ pub(crate) enum Change {
     /// Lists the residents of every segment older than `below`; changes
     /// nothing.
     Residents { below: u64 },
+    /// The start-up scan's findings: the residents of the segments found
+    /// at start-up; those not named (set aside as unreadable) are
+    /// forgotten. Ends the start-up state.
+    Adopt { residents: BTreeMap<u64, Residents> },
 }
 
 impl Change {
@@ -163,6 +174,10 @@ pub(crate) struct Journal {
     segments: BTreeMap<u64, Residents>,
     segment_size: u64,
     closed_segments: usize,
+    /// Segments numbered below this were found at start-up.
+    first_new: u64,
+    /// The residents of the segments found at start-up are not known yet.
+    loading: bool,
 }
 
 impl Journal {
@@ -174,15 +189,43 @@ impl Journal {
         segment_size: u64,
         closed_segments: usize,
     ) -> io::Result<Self> {
+        let next_seq = segments.last_key_value().map_or(1, |(&seq, _)| seq + 1);
         Ok(Self {
             dir: dir.to_path_buf(),
             dir_handle: File::open(dir)?,
             head: None,
-            next_seq: segments.last_key_value().map_or(1, |(&seq, _)| seq + 1),
+            next_seq,
             segments,
             segment_size,
             closed_segments,
+            first_new: next_seq,
+            loading: false,
         })
+    }
+
+    /// The same journal, with the residents of its segments still to come
+    /// ([`Change::Adopt`]): nothing is deleted or spilled until then.
+    pub(crate) fn awaiting_residents(mut self) -> Self {
+        self.loading = true;
+        self
+    }
+
+    /// Takes the residents of the start-up segments over from the scan.
+    fn adopt(&mut self, mut found: BTreeMap<u64, Residents>) {
+        let first_new = self.first_new;
+        self.segments.retain(|seq, residents| {
+            if *seq >= first_new {
+                return true;
+            }
+            match found.remove(seq) {
+                Some(adopted) => {
+                    residents.extend(adopted);
+                    true
+                }
+                None => false,
+            }
+        });
+        self.loading = false;
     }
 
     fn head_seq(&self) -> Option<u64> {
@@ -197,6 +240,10 @@ impl Journal {
             .is_none_or(|h| h.len >= self.segment_size);
         if full {
             let seq = self.next_seq;
+            if seq > MAX_SEGMENT {
+                // 2^32 segments: the index could not tell them apart.
+                return Err(io::Error::other("journal segment numbers exhausted"));
+            }
             let path = self.dir.join(journal::segment_name(seq));
             let mut file = OpenOptions::new()
                 .append(true)
@@ -232,6 +279,9 @@ impl Journal {
 
     /// Unlinks drained closed segments from the front, oldest first.
     fn delete_drained(&mut self, fsyncs: &AtomicU64) {
+        if self.loading {
+            return;
+        }
         let head = self.head_seq();
         while let Some((&seq, residents)) = self.segments.first_key_value() {
             if Some(seq) == head || !residents.is_empty() {
@@ -258,6 +308,9 @@ impl Journal {
     /// resident of an older segment should be spilled (0: none).
     fn spill_below(&self) -> u64 {
         // Runs after every batch, so without allocating.
+        if self.loading {
+            return 0;
+        }
         let head = self.head_seq();
         let closed = self.segments.len() - usize::from(head.is_some());
         let Some(spilled) = closed.checked_sub(self.closed_segments + 1) else {
@@ -273,7 +326,8 @@ impl Journal {
 }
 
 /// The handle writers use to reach the committer thread. The thread ends
-/// when the last handle is dropped.
+/// when the last handle (clones included) is dropped.
+#[derive(Clone)]
 pub(crate) struct Committer {
     jobs: Sender<Job>,
     spill_below: Arc<AtomicU64>,
@@ -411,6 +465,20 @@ impl Committer {
             Done::Residents(list) => Ok(list),
             other => Err(io::Error::other(format!("residents answered {other:?}"))),
         }
+    }
+
+    /// Hands the start-up scan's residents over (see [`Change::Adopt`]);
+    /// blocks until the committer has them. For the scan's thread, never
+    /// async code.
+    pub(crate) fn adopt_blocking(&self, residents: BTreeMap<u64, Residents>) -> io::Result<()> {
+        let (done, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                change: Change::Adopt { residents },
+                done,
+            })
+            .map_err(|_| stopped())?;
+        answer.blocking_recv().map_err(|_| stopped())?.map(drop)
     }
 
     /// Segments on disk, and messages whose only copy is in one.
@@ -602,7 +670,7 @@ impl CommitThread {
                 continue;
             }
             let outcome = match &job.change {
-                Change::New { .. } | Change::Residents { .. } => continue,
+                Change::New { .. } | Change::Residents { .. } | Change::Adopt { .. } => continue,
                 Change::Rename { tmp, dest } => fs::rename(tmp, dest).inspect_err(|_| {
                     let _ = fs::remove_file(tmp);
                 }),
@@ -674,7 +742,12 @@ impl CommitThread {
         }
     }
 
-    fn commit_batch(&mut self, batch: Vec<Job>) {
+    fn commit_batch(&mut self, mut batch: Vec<Job>) {
+        for job in &mut batch {
+            if let Change::Adopt { residents } = &mut job.change {
+                self.journal.adopt(std::mem::take(residents));
+            }
+        }
         let mut results: Vec<Option<io::Result<Done>>> = (0..batch.len()).map(|_| None).collect();
         self.append_records(&batch, &mut results);
         self.change_directory(&batch, &mut results);
