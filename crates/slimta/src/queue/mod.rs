@@ -468,6 +468,14 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
     /// its recipients in their original order (the envelope itself when
     /// they all go to one).
     fn split(&self, envelope: Envelope) -> Vec<Envelope> {
+        // The usual case, one destination, copies nothing.
+        let relay = &self.inner.relay;
+        let mut destinations = envelope.recipients.iter().map(|r| relay.destination(r));
+        if let Some(first) = destinations.next()
+            && destinations.all(|d| d == first)
+        {
+            return vec![envelope];
+        }
         let mut groups: Vec<(Destination, Vec<String>)> = Vec::new();
         for recipient in &envelope.recipients {
             let destination = self.inner.relay.destination(recipient);

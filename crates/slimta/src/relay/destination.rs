@@ -37,7 +37,10 @@ impl Destination {
     /// The one destination of a relay that delivers everything to the same
     /// place (a program, an HTTP service, nowhere).
     pub fn whole_relay() -> Self {
-        Self::new("*")
+        // Asked for once per queued message: one shared value, no
+        // allocation per call.
+        static WHOLE: std::sync::OnceLock<Destination> = std::sync::OnceLock::new();
+        WHOLE.get_or_init(|| Self::new("*")).clone()
     }
 
     /// The key.
