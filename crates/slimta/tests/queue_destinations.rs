@@ -86,7 +86,6 @@ struct Listener {
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    addr: SocketAddr,
 }
 
 impl Listener {
@@ -118,7 +117,6 @@ impl Listener {
             accepted,
             open,
             stop,
-            addr,
         }
     }
 
@@ -132,7 +130,6 @@ impl Drop for Listener {
         self.stop.store(true, Ordering::Relaxed);
         // The accept loop polls; give it time to let go of the port.
         std::thread::sleep(Duration::from_millis(30));
-        let _ = self.addr;
     }
 }
 
@@ -263,7 +260,7 @@ async fn per_destination_limits_hold_and_slow_start_grows_the_window() {
     let (_hold, port) = mx_port();
     let a_addr = SocketAddr::from(([127, 0, 0, 3], port));
     let b_addr = SocketAddr::from(([127, 0, 0, 5], port));
-    // Half a second on every DATA: sessions overlap.
+    // A second's wait on every DATA: sessions overlap.
     let a = Arc::new(SmtpSink::start_at(a_addr, &["-w", "1"], true));
     let b = Arc::new(SmtpSink::start_at(b_addr, &["-w", "1"], true));
     let mut settings = DestinationSettings {

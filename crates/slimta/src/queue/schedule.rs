@@ -157,22 +157,15 @@ impl State {
         key: &LineKey,
         settings: &DestinationSettings,
     ) -> &'a mut Line {
-        if !lines.contains_key(key) {
-            let health = Health::new(
+        lines.entry(key.clone()).or_insert_with(|| Line {
+            ready: VecDeque::new(),
+            in_flight: 0,
+            health: Health::new(
                 settings,
                 key.as_ref().unwrap_or(&Destination::whole_relay()),
-            );
-            lines.insert(
-                key.clone(),
-                Line {
-                    ready: VecDeque::new(),
-                    in_flight: 0,
-                    health,
-                    queued: false,
-                },
-            );
-        }
-        lines.get_mut(key).expect("inserted above")
+            ),
+            queued: false,
+        })
     }
 
     /// Puts a line back in the rotation if it has messages and is not in
@@ -412,19 +405,15 @@ impl LocalDispatch {
         let id = &CompactId::new(id);
         let mut state = self.lock();
         state.release(id, &self.settings);
-        let Some((key, entry)) = state.entries.get_key_value(id) else {
+        let Some(entry) = state.entries.get_mut(id) else {
             return;
         };
-        let key = key.clone();
-        let at = if entry.retry_requested {
+        let at = if std::mem::take(&mut entry.retry_requested) {
             at.min(Instant::now())
         } else {
             at
         };
-        if let Some(entry) = state.entries.get_mut(id) {
-            entry.retry_requested = false;
-        }
-        state.wait(key, at);
+        state.wait(id.clone(), at);
         drop(state);
         self.wake.notify_one();
     }
@@ -499,33 +488,26 @@ impl Dispatch for LocalDispatch {
 
     async fn admit(&self, id: &str, destination: Destination) -> Admission {
         let id = &CompactId::new(id);
-        let mut state = self.lock();
-        let key = Some(destination);
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let Some(entry) = state.entries.get_mut(id) else {
             return Admission::Attempt;
         };
-        entry.destination = key.clone();
+        let key = Some(destination);
         let line = State::line(&mut state.lines, &key, &self.settings);
+        entry.destination = key;
         match line.health.verdict(Instant::now(), line.in_flight) {
             Verdict::Attempt => {
                 line.in_flight += 1;
-                if let Some(entry) = state.entries.get_mut(id) {
-                    entry.charged = true;
-                }
+                entry.charged = true;
                 Admission::Attempt
             }
             Verdict::Defer(error) => Admission::Defer(error),
             Verdict::Full => {
                 // Full means an attempt is in flight: its end requeues the
                 // line.
-                let (id, _) = state.entries.get_key_value(id).expect("checked");
-                let id = id.clone();
-                if let Some(line) = state.lines.get_mut(&key) {
-                    line.ready.push_back(id.clone());
-                }
-                if let Some(entry) = state.entries.get_mut(&id) {
-                    entry.stage = Stage::Ready;
-                }
+                line.ready.push_back(id.clone());
+                entry.stage = Stage::Ready;
                 state.ready += 1;
                 state.waiting += 1;
                 Admission::Later
@@ -579,11 +561,7 @@ impl Dispatch for LocalDispatch {
         }
         match state.entries.get_mut(id) {
             Some(entry) if entry.stage == Stage::InFlight => entry.retry_requested = true,
-            Some(entry) if entry.stage == Stage::Waiting => {
-                let (key, _) = state.entries.get_key_value(id).expect("present");
-                let key = key.clone();
-                state.wait(key, Instant::now());
-            }
+            Some(entry) if entry.stage == Stage::Waiting => state.wait(id.clone(), Instant::now()),
             _ => {}
         }
         drop(state);

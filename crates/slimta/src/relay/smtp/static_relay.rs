@@ -42,6 +42,9 @@ pub struct StaticSmtpRelay {
     host: String,
     port: u16,
     unix_path: Option<PathBuf>,
+    /// What [`Relay::destination`] answers, made once (the queue asks for
+    /// every message it takes).
+    destination: Destination,
     #[cfg(feature = "mx")]
     resolver: Option<crate::dns::Resolver>,
     client: ClientOptions,
@@ -67,6 +70,7 @@ impl StaticSmtpRelay {
     ) -> Self {
         let client = ClientOptions::new();
         Self {
+            destination: server_key(&host, port),
             host,
             port,
             unix_path: None,
@@ -116,6 +120,7 @@ impl StaticSmtpRelay {
 
     /// Connects to a unix socket instead of host and port.
     pub(crate) fn unix_path(mut self, path: PathBuf) -> Self {
+        self.destination = Destination::new(path.display().to_string());
         self.unix_path = Some(path);
         self
     }
@@ -136,6 +141,7 @@ impl StaticSmtpRelay {
         Self {
             host: host.to_string(),
             port,
+            destination: server_key(host, port),
             pool: Arc::new(Pool::new(
                 self.client.get_pool_size(),
                 self.client.get_idle_timeout(),
@@ -213,13 +219,17 @@ impl Relay for StaticSmtpRelay {
 
     /// One destination: the server (`host:port`, or the socket path).
     fn destination(&self, _recipient: &str) -> Destination {
-        match &self.unix_path {
-            Some(path) => Destination::new(path.display().to_string()),
-            None if self.host.contains(':') && !self.host.starts_with('[') => {
-                Destination::new(format!("[{}]:{}", self.host, self.port))
-            }
-            None => Destination::new(format!("{}:{}", self.host, self.port)),
-        }
+        self.destination.clone()
+    }
+}
+
+/// `host:port` (`[v6]:port` for a bare IPv6 address): the destination of a
+/// relay to one server.
+fn server_key(host: &str, port: u16) -> Destination {
+    if host.contains(':') && !host.starts_with('[') {
+        Destination::new(format!("[{host}]:{port}"))
+    } else {
+        Destination::new(format!("{host}:{port}"))
     }
 }
 
