@@ -160,6 +160,9 @@ type Samples = Vec<Vec<(usize, usize)>>;
 struct Sampler {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Samples>>,
+    /// Joined by `stop`: the thread holds the sinks (through `delivered`),
+    /// which must be dropped (their processes killed) before the test ends.
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Sampler {
@@ -167,7 +170,7 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(vec![Vec::new(); addrs.len()]));
         let (s, out) = (stop.clone(), samples.clone());
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 for (k, addr) in addrs.iter().enumerate() {
                     let sessions = established_at(*addr);
@@ -177,12 +180,16 @@ impl Sampler {
                 std::thread::sleep(Duration::from_millis(3));
             }
         });
-        Self { stop, samples }
+        Self {
+            stop,
+            samples,
+            thread,
+        }
     }
 
     fn stop(self) -> Samples {
         self.stop.store(true, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(20));
+        self.thread.join().expect("the sampler thread");
         self.samples.lock().unwrap().clone()
     }
 }
