@@ -10,9 +10,11 @@
 //! A batch runs in this order:
 //!
 //! 1. **Journal appends** (`disk/journal.rs`): the `NEW` record of every
-//!    small new message and the `REMOVE` record of every removal whose
-//!    message is (or was) in a segment that still exists, appended to the
-//!    head segment; then one `fdatasync` of it. A segment that has grown
+//!    small new message, the `META` record of every attempt's outcome (or
+//!    retry time) of a message still only in the journal, and the `REMOVE`
+//!    record of every removal whose message is (or was) in a segment that
+//!    still exists, appended to the head segment; then one `fdatasync` of
+//!    it. A segment that has grown
 //!    past its size is closed first and a new head started (its directory
 //!    entry fsync'd before anything in it is acknowledged).
 //! 2. **Directory changes** in `msg/`: renames of written and fsync'd files
@@ -24,13 +26,24 @@
 //!    first, each followed by a fsync of `journal/`, so a segment's
 //!    `REMOVE` records never disappear while an older segment with the
 //!    matching `NEW` record could come back after a crash.
-//! 4. Every job is answered.
+//! 4. The index (`disk/index.rs`) learns what the batch made durable: a
+//!    removed message is forgotten, a spilled one's place is its file.
+//!    Doing it here, before anyone is answered, means whoever reads the
+//!    index after an answer (or after a refusal: a `META` for a message
+//!    that is no longer resident) sees where the message is now.
+//! 5. Every job is answered.
 //!
 //! The committer keeps, per segment, the ids whose only copy is in that
 //! segment ("residents"). An id leaves when its `REMOVE` is synced or its
 //! spill is durable. A spill of an id that is no longer resident (removed
 //! in the meantime) is dropped and answered [`Done::Gone`], so a removed
-//! message never gets a file of its own. When more closed segments than
+//! message never gets a file of its own. The committer also counts each
+//! resident's `META` records: a spill carries the count of records it
+//! copied into the file, and one made stale by a later `META` is dropped
+//! the same way (the next spill pass copies it again), so a file never
+//! misses an outcome that the journal acknowledged. A `META` for an id that
+//! is no longer resident is not appended and is answered [`Done::Gone`]:
+//! the caller then finds the message in its file, or gone. When more closed segments than
 //! allowed still hold residents, the committer asks (through
 //! `spill_below`) for the residents of the oldest ones to be spilled; the
 //! storage does that from async code, and the segments then drain.
@@ -56,13 +69,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread;
 
 use tokio::sync::oneshot;
 
-use super::index::MAX_SEGMENT;
+use super::index::{MAX_SEGMENT, Place, Shared, key_of};
 use super::journal;
 use super::write_all_vectored;
 use crate::envelope::Envelope;
@@ -77,13 +90,22 @@ pub(crate) struct Job {
 pub(crate) enum Change {
     /// Renames a written and fsync'd file into `msg/`.
     Rename { tmp: PathBuf, dest: PathBuf },
-    /// Renames a written and fsync'd copy of journal message `id` (resident
-    /// in `segment`) into `msg/`, unless the message is gone by then.
+    /// Renames a written and synced copy of journal message `id` (resident
+    /// in `segment`, with its first `metas` `META` records in the copy)
+    /// into `msg/`, unless the message is gone or has more records by then.
     Spill {
         tmp: PathBuf,
         dest: PathBuf,
         id: String,
         segment: u64,
+        metas: u32,
+    },
+    /// Appends a `META` record (`record`, one encoded metadata record) for
+    /// message `id`, if it is still resident in `segment`.
+    Meta {
+        id: String,
+        segment: u64,
+        record: Vec<u8>,
     },
     /// Appends a `NEW` record: `prefix`, the spool file `head`, message,
     /// `tail`, `crc` (see [`Change::new_record`]).
@@ -106,8 +128,8 @@ pub(crate) enum Change {
         origin: Option<u64>,
         had_file: bool,
     },
-    /// Lists the residents of every segment older than `below`; changes
-    /// nothing.
+    /// Lists the residents of every segment older than `below`, and the
+    /// deferred ones (with a `META` record) of every closed segment.
     Residents { below: u64 },
     /// The start-up scan's findings: the residents of the segments found
     /// at start-up; those not named (set aside as unreadable) are
@@ -141,8 +163,9 @@ impl Change {
 /// its record's offset and length there.
 pub(crate) type Resident = (String, u64, u64, u64);
 
-/// Where each resident's record is in its segment: offset and length.
-pub(crate) type Residents = HashMap<String, (u64, u64)>;
+/// Where each resident's `NEW` record is in its segment (offset and
+/// length), and how many `META` records it has had since.
+pub(crate) type Residents = HashMap<String, (u64, u64, u32)>;
 
 /// How a job ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -151,7 +174,9 @@ pub(crate) enum Done {
     Committed,
     /// A `NEW` record is durable at `offset` (`len` bytes) in `segment`.
     Placed { segment: u64, offset: u64, len: u64 },
-    /// A spill found its message already removed; nothing was renamed.
+    /// A spill found its message already removed (or with a newer `META`
+    /// record than it copied), or a `META` found its message no longer
+    /// resident; nothing was changed.
     Gone,
     /// The answer to [`Change::Residents`].
     Residents(Vec<Resident>),
@@ -178,6 +203,10 @@ pub(crate) struct Journal {
     first_new: u64,
     /// The residents of the segments found at start-up are not known yet.
     loading: bool,
+    /// A closed segment may hold a deferred resident (one with a `META`
+    /// record): set when one closes with such a resident or a resident of
+    /// a closed one gets a `META`, cleared when the residents are listed.
+    deferred_closed: Arc<AtomicBool>,
 }
 
 impl Journal {
@@ -200,6 +229,7 @@ impl Journal {
             closed_segments,
             first_new: next_seq,
             loading: false,
+            deferred_closed: Arc::default(),
         })
     }
 
@@ -219,6 +249,9 @@ impl Journal {
             }
             match found.remove(seq) {
                 Some(adopted) => {
+                    if adopted.values().any(|&(_, _, metas)| metas > 0) {
+                        self.deferred_closed.store(true, Ordering::Relaxed);
+                    }
                     residents.extend(adopted);
                     true
                 }
@@ -261,6 +294,12 @@ impl Journal {
                 let _ = fs::remove_file(&path);
                 return Err(e);
             }
+            let closing = self.head.as_ref().map(|h| h.seq);
+            if let Some(closed) = closing.and_then(|s| self.segments.get(&s))
+                && closed.values().any(|&(_, _, metas)| metas > 0)
+            {
+                self.deferred_closed.store(true, Ordering::Relaxed);
+            }
             self.segments.insert(seq, Residents::new());
             self.head = Some(Head {
                 seq,
@@ -275,6 +314,15 @@ impl Journal {
         self.segments
             .get(&segment)
             .is_some_and(|r| r.contains_key(id))
+    }
+
+    /// Whether `id` is resident in `segment` with exactly `metas` `META`
+    /// records.
+    fn is_resident_with(&self, segment: u64, id: &str, metas: u32) -> bool {
+        self.segments
+            .get(&segment)
+            .and_then(|r| r.get(id))
+            .is_some_and(|&(_, _, m)| m == metas)
     }
 
     /// Unlinks drained closed segments from the front, oldest first.
@@ -304,6 +352,28 @@ impl Journal {
         }
     }
 
+    /// The residents to move to files: all of those in segments older than
+    /// `below`, and the deferred ones of the other closed segments. Clears
+    /// the deferred flag (a later `META` or close sets it again).
+    fn to_spill(&self, below: u64) -> Vec<Resident> {
+        self.deferred_closed.store(false, Ordering::Relaxed);
+        // `below` is never past a closed segment, except in tests that
+        // move everything (`u64::MAX`), the head included.
+        let head = self.head_seq();
+        self.segments
+            .iter()
+            .flat_map(|(&segment, residents)| {
+                let closed = Some(segment) != head;
+                residents
+                    .iter()
+                    .filter(move |&(_, &(_, _, metas))| {
+                        segment < below || (closed && metas > 0)
+                    })
+                    .map(move |(id, &(offset, len, _))| (id.clone(), segment, offset, len))
+            })
+            .collect()
+    }
+
     /// The first segment whose residents may stay where they are; every
     /// resident of an older segment should be spilled (0: none).
     fn spill_below(&self) -> u64 {
@@ -331,6 +401,7 @@ impl Journal {
 pub(crate) struct Committer {
     jobs: Sender<Job>,
     spill_below: Arc<AtomicU64>,
+    deferred_closed: Arc<AtomicBool>,
     counts: Arc<JournalCounts>,
 }
 
@@ -366,9 +437,11 @@ impl Committer {
         msg_dir: &Path,
         mut journal: Journal,
         fsyncs: Arc<AtomicU64>,
+        shared: Arc<Shared>,
     ) -> io::Result<Self> {
         journal.delete_drained(&fsyncs);
         let spill_below = Arc::new(AtomicU64::new(journal.spill_below()));
+        let deferred_closed = journal.deferred_closed.clone();
         let counts = Arc::new(JournalCounts::default());
         counts.update(&journal);
         let mut state = CommitThread {
@@ -377,6 +450,7 @@ impl Committer {
             fsyncs,
             spill_below: spill_below.clone(),
             counts: counts.clone(),
+            shared,
         };
         let (jobs, rx) = channel();
         thread::Builder::new()
@@ -385,6 +459,7 @@ impl Committer {
         Ok(Self {
             jobs,
             spill_below,
+            deferred_closed,
             counts,
         })
     }
@@ -396,14 +471,17 @@ impl Committer {
     }
 
     /// Moves journal message `id` of `segment` to its own file: renames
-    /// `tmp` (its spool file, written and fsync'd) to `dest`. `Ok(false)`
-    /// if the message was removed first (`tmp` is then deleted).
+    /// `tmp` (its spool file with its first `metas` `META` records, written
+    /// and synced) to `dest`, and the index then shows the file.
+    /// `Ok(false)` if the message was removed first or has had a `META`
+    /// record since (`tmp` is then deleted).
     pub(crate) async fn spill(
         &self,
         tmp: PathBuf,
         dest: PathBuf,
         id: String,
         segment: u64,
+        metas: u32,
     ) -> io::Result<bool> {
         let done = self
             .submit(Change::Spill {
@@ -411,6 +489,27 @@ impl Committer {
                 dest,
                 id,
                 segment,
+                metas,
+            })
+            .await?;
+        Ok(done != Done::Gone)
+    }
+
+    /// Appends `record` (one encoded metadata record) to journal message
+    /// `id` of `segment` as a `META` record; returns once it is durable.
+    /// `Ok(false)` if the message is no longer resident there (moved to
+    /// its file, or removed: the index shows which).
+    pub(crate) async fn append_meta(
+        &self,
+        id: String,
+        segment: u64,
+        record: Vec<u8>,
+    ) -> io::Result<bool> {
+        let done = self
+            .submit(Change::Meta {
+                id,
+                segment,
+                record,
             })
             .await?;
         Ok(done != Done::Gone)
@@ -494,6 +593,12 @@ impl Committer {
         self.spill_below.load(Ordering::Relaxed)
     }
 
+    /// A closed segment may hold deferred residents, which should be
+    /// spilled (the next [`Committer::residents`] lists them).
+    pub(crate) fn deferred_waiting(&self) -> bool {
+        self.deferred_closed.load(Ordering::Relaxed)
+    }
+
     async fn submit(&self, change: Change) -> io::Result<Done> {
         let (done, answer) = oneshot::channel();
         self.jobs
@@ -510,6 +615,8 @@ pub(crate) struct CommitThread {
     fsyncs: Arc<AtomicU64>,
     spill_below: Arc<AtomicU64>,
     counts: Arc<JournalCounts>,
+    /// The index, told of removals and spills before they are answered.
+    shared: Arc<Shared>,
 }
 
 impl CommitThread {
@@ -524,6 +631,7 @@ impl CommitThread {
     fn appends(&self, change: &Change) -> bool {
         match change {
             Change::New { .. } => true,
+            Change::Meta { id, segment, .. } => self.journal.is_resident(*segment, id),
             Change::Remove {
                 origin: Some(segment),
                 ..
@@ -534,6 +642,13 @@ impl CommitThread {
 
     /// Step 1: the journal records of the batch, one `fdatasync`.
     fn append_records(&mut self, batch: &[Job], results: &mut [Option<io::Result<Done>>]) {
+        for (job, result) in batch.iter().zip(results.iter_mut()) {
+            if let Change::Meta { id, segment, .. } = &job.change
+                && !self.journal.is_resident(*segment, id)
+            {
+                *result = Some(Ok(Done::Gone));
+            }
+        }
         let appending: Vec<usize> = (0..batch.len())
             .filter(|&i| self.appends(&batch[i].change))
             .collect();
@@ -594,6 +709,12 @@ impl CommitThread {
                         .write_all(&record)
                         .map(|()| (Done::Committed, record.len() as u64))
                 }
+                Change::Meta { id, record, .. } => {
+                    let record = journal::meta_record(id, record);
+                    head.file
+                        .write_all(&record)
+                        .map(|()| (Done::Committed, record.len() as u64))
+                }
                 _ => unreachable!("only appending jobs are here"),
             };
             match written {
@@ -644,7 +765,20 @@ impl CommitThread {
                     if let (Some(residents), Some(Ok(Done::Placed { offset, len, .. }))) =
                         (self.journal.segments.get_mut(&seq), &results[i])
                     {
-                        residents.insert(id.clone(), (*offset, *len));
+                        residents.insert(id.clone(), (*offset, *len, 0));
+                    }
+                }
+                Change::Meta { id, segment, .. } => {
+                    if let Some((_, _, metas)) = self
+                        .journal
+                        .segments
+                        .get_mut(segment)
+                        .and_then(|r| r.get_mut(id))
+                    {
+                        *metas += 1;
+                        if *segment != seq {
+                            self.journal.deferred_closed.store(true, Ordering::Relaxed);
+                        }
                     }
                 }
                 Change::Remove {
@@ -670,7 +804,10 @@ impl CommitThread {
                 continue;
             }
             let outcome = match &job.change {
-                Change::New { .. } | Change::Residents { .. } | Change::Adopt { .. } => continue,
+                Change::New { .. }
+                | Change::Residents { .. }
+                | Change::Adopt { .. }
+                | Change::Meta { .. } => continue,
                 Change::Rename { tmp, dest } => fs::rename(tmp, dest).inspect_err(|_| {
                     let _ = fs::remove_file(tmp);
                 }),
@@ -679,8 +816,9 @@ impl CommitThread {
                     dest,
                     id,
                     segment,
+                    metas,
                 } => {
-                    if self.journal.is_resident(*segment, id) {
+                    if self.journal.is_resident_with(*segment, id, *metas) {
                         fs::rename(tmp, dest).inspect_err(|_| {
                             let _ = fs::remove_file(tmp);
                         })
@@ -742,6 +880,41 @@ impl CommitThread {
         }
     }
 
+    /// Step 4: the index forgets what was removed and finds spilled
+    /// messages in their files (see the module docs). Only an entry still
+    /// there is changed: a removed message is never indexed again.
+    fn tell_index(&self, batch: &[Job], results: &[Option<io::Result<Done>>]) {
+        let mut index = None;
+        for (job, result) in batch.iter().zip(results) {
+            let committed = match result {
+                Some(Ok(Done::Committed)) | None => true,
+                _ => false,
+            };
+            if !committed {
+                continue;
+            }
+            match &job.change {
+                Change::Remove { id, .. } => {
+                    if let Some(key) = key_of(id) {
+                        index.get_or_insert_with(|| self.shared.index()).forget(key);
+                    }
+                }
+                Change::Spill { id, segment, .. } => {
+                    if let Some(key) = key_of(id) {
+                        let index = index.get_or_insert_with(|| self.shared.index());
+                        if let Some(slot) = index.slots.get_mut(&key) {
+                            slot.set_place(Place::File {
+                                origin: Some(*segment),
+                            });
+                        }
+                        index.pending.remove(&key);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn commit_batch(&mut self, mut batch: Vec<Job>) {
         for job in &mut batch {
             if let Change::Adopt { residents } = &mut job.change {
@@ -751,23 +924,14 @@ impl CommitThread {
         let mut results: Vec<Option<io::Result<Done>>> = (0..batch.len()).map(|_| None).collect();
         self.append_records(&batch, &mut results);
         self.change_directory(&batch, &mut results);
+        self.tell_index(&batch, &results);
         self.journal.delete_drained(&self.fsyncs);
         self.spill_below
             .store(self.journal.spill_below(), Ordering::Relaxed);
         self.counts.update(&self.journal);
         for (job, result) in batch.iter().zip(results.iter_mut()) {
             if let Change::Residents { below } = job.change {
-                let list = self
-                    .journal
-                    .segments
-                    .range(..below)
-                    .flat_map(|(&segment, residents)| {
-                        residents
-                            .iter()
-                            .map(move |(id, &(offset, len))| (id.clone(), segment, offset, len))
-                    })
-                    .collect();
-                *result = Some(Ok(Done::Residents(list)));
+                *result = Some(Ok(Done::Residents(self.journal.to_spill(below))));
             }
         }
         for (job, result) in batch.into_iter().zip(results) {
@@ -814,6 +978,7 @@ mod tests {
             fsyncs: Arc::default(),
             spill_below: Arc::default(),
             counts: Arc::default(),
+            shared: Arc::new(Shared::new()),
         }
     }
 
@@ -977,6 +1142,7 @@ mod tests {
             dest: spool.msg.join(id(n)),
             id: id(n),
             segment: 1,
+            metas: 0,
         };
         // Message 2 is removed in the same batch as its spill: the removal
         // wins whatever the order.
@@ -1003,6 +1169,107 @@ mod tests {
         assert_eq!(fs::read_dir(&spool.tmp).unwrap().count(), 0);
         // Both left the segment's residents.
         assert!(state.journal.segments[&1].is_empty());
+    }
+
+    /// `META` records share the journal's sync, count per resident, make
+    /// an older copy's spill stale, and are refused for a message that is
+    /// no longer resident; the index learns of spills and removals before
+    /// the answers.
+    #[test]
+    fn meta_records_share_the_sync_and_a_stale_spill_is_dropped() {
+        use crate::queue::disk::index::{Pending, Slot};
+        let spool = spool();
+        let mut state = thread(&spool);
+        let placed = run_batch(&mut state, vec![new_message(1), new_message(2)]);
+        let now = std::time::SystemTime::now();
+        for (n, answer) in [1u8, 2].into_iter().zip(placed) {
+            let Done::Placed {
+                segment,
+                offset,
+                len,
+            } = answer.unwrap()
+            else {
+                panic!("not placed");
+            };
+            let place = Place::Journal {
+                segment,
+                offset,
+                len,
+            };
+            let key = key_of(&id(n)).unwrap();
+            let mut index = state.shared.index();
+            index.slots.insert(key, Slot::new(place, now, now));
+            index.pending.insert(key, Pending::default());
+        }
+        let meta = |n: u8| Change::Meta {
+            id: id(n),
+            segment: 1,
+            record: super::super::format::encode_update(&super::super::format::Update::Timestamp(
+                now,
+            )),
+        };
+        let before = fsyncs(&state);
+        for answer in run_batch(&mut state, vec![meta(1), meta(2), meta(1)]) {
+            assert_eq!(answer.unwrap(), Done::Committed);
+        }
+        assert_eq!(fsyncs(&state) - before, 1, "one journal sync for three");
+        assert_eq!(state.journal.segments[&1][&id(1)].2, 2);
+        assert_eq!(state.journal.segments[&1][&id(2)].2, 1);
+        let bytes = fs::read(spool.journal.join(journal::segment_name(1))).unwrap();
+        let metas: Vec<_> = journal::scan(&bytes)
+            .unwrap()
+            .entries
+            .into_iter()
+            .filter_map(|e| match e {
+                journal::Entry::Meta { id, .. } => Some(id.to_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(metas, [id(1), id(2), id(1)]);
+
+        for n in [1, 2] {
+            fs::write(spool.tmp.join(id(n)), "copy").unwrap();
+        }
+        let spill = |n: u8, metas: u32| Change::Spill {
+            tmp: spool.tmp.join(id(n)),
+            dest: spool.msg.join(id(n)),
+            id: id(n),
+            segment: 1,
+            metas,
+        };
+        // 1's copy has one record of its two: stale. 2's is whole.
+        let answers: Vec<Done> = run_batch(&mut state, vec![spill(1, 1), spill(2, 1)])
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(answers, [Done::Gone, Done::Committed]);
+        assert!(!spool.msg.join(id(1)).exists());
+        assert!(spool.msg.join(id(2)).exists());
+        assert_eq!(fs::read_dir(&spool.tmp).unwrap().count(), 0);
+        {
+            let index = state.shared.index();
+            let (k1, k2) = (key_of(&id(1)).unwrap(), key_of(&id(2)).unwrap());
+            assert!(matches!(index.slots[&k1].place(), Place::Journal { .. }));
+            assert_eq!(index.slots[&k2].place(), Place::File { origin: Some(1) });
+            assert!(index.pending.contains_key(&k1));
+            assert!(!index.pending.contains_key(&k2));
+        }
+        // 2 is in its file now: a META for it is refused, not appended.
+        assert_eq!(run_batch(&mut state, vec![meta(2)]).pop().unwrap().unwrap(), Done::Gone);
+        // A removal is forgotten by the index once durable.
+        let removed = run_batch(
+            &mut state,
+            vec![Change::Remove {
+                id: id(1),
+                path: spool.msg.join(id(1)),
+                origin: Some(1),
+                had_file: false,
+            }],
+        );
+        assert_eq!(removed.into_iter().next().unwrap().unwrap(), Done::Committed);
+        let index = state.shared.index();
+        let k1 = key_of(&id(1)).unwrap();
+        assert!(!index.slots.contains_key(&k1) && !index.pending.contains_key(&k1));
     }
 
     #[test]

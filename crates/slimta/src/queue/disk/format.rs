@@ -238,6 +238,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded, Invalid> {
     })
 }
 
+/// The due time one whole metadata record (as [`encode_update`] makes it)
+/// sets, if it sets one.
+pub(crate) fn due_set_by(record: &[u8]) -> Option<SystemTime> {
+    let (kind, payload, _) = next_record(record, 0)?;
+    let mut meta = QueueMeta::default();
+    apply_update(&mut meta, kind, payload)?;
+    meta.timestamp
+}
+
 /// The record at `pos`: kind, payload and where the next record starts;
 /// `None` if it is cut short or fails its CRC.
 pub(crate) fn next_record(bytes: &[u8], pos: usize) -> Option<(u8, &[u8], usize)> {

@@ -144,15 +144,44 @@ impl Slot {
     }
 }
 
+/// The metadata records of a message that is only in the journal: the
+/// bytes of its `META` records' spool file records, in order (a file moved
+/// out of the journal is its `NEW` record's bytes followed by these), and
+/// how many there are (a move is valid only if no record came after the
+/// ones it copied; the committer counts them too).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) records: u32,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Pending {
+    pub(crate) fn push(&mut self, record: &[u8]) {
+        self.records += 1;
+        self.bytes.extend_from_slice(record);
+    }
+}
+
 /// The index proper, and who hears of what the scan finds.
 #[derive(Default)]
 pub(crate) struct Index {
     pub(crate) slots: HashMap<Key, Slot>,
+    /// Journal messages with `META` records (deferred at least once and
+    /// not yet moved to a file); entries go when the message moves or is
+    /// removed. Bounded by what the journal holds (see
+    /// `DiskOptions::closed_segments`).
+    pub(crate) pending: HashMap<Key, Pending>,
     /// Who hears of what the scan indexes, with how many ids each heard.
     listeners: Vec<(UnboundedSender<LoadBatch>, Arc<AtomicUsize>)>,
 }
 
 impl Index {
+    /// Forgets message `key`: removed.
+    pub(crate) fn forget(&mut self, key: Key) {
+        self.slots.remove(&key);
+        self.pending.remove(&key);
+    }
+
     /// Every indexed id with its due time, in batches of `batch`.
     pub(crate) fn snapshot(&self, batch: usize) -> Vec<LoadBatch> {
         let mut all: Vec<LoadBatch> = Vec::new();
@@ -204,18 +233,21 @@ impl Shared {
     /// ones to the listeners.
     pub(crate) fn insert_found(
         &self,
-        found: Vec<(Key, Slot)>,
+        found: Vec<(Key, Slot, Option<Pending>)>,
         still_there: impl Fn(Key) -> bool,
     ) -> usize {
         let mut index = self.index();
         let listened = !index.listeners.is_empty();
         let mut batch = LoadBatch::new();
         let mut inserted = 0;
-        for (key, slot) in found {
+        for (key, slot, pending) in found {
             if index.slots.contains_key(&key) || !still_there(key) {
                 continue;
             }
             index.slots.insert(key, slot);
+            if let Some(pending) = pending {
+                index.pending.insert(key, pending);
+            }
             inserted += 1;
             if listened {
                 batch.push((id_of(key), slot.due()));

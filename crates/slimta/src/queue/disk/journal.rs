@@ -25,6 +25,26 @@
 //! - `17 REMOVE`: id. The message is gone: delivered, bounced or deleted.
 //!   It wins over a `NEW` record in any segment and over a spool file of
 //!   the same id (which start-up then unlinks).
+//! - `18 META`: id, then one whole spool file metadata record (an attempt's
+//!   `OUTCOME`, or a `TIMESTAMP`) exactly as `disk/format.rs` appends it
+//!   to a file. It applies to a message whose only copy is a `NEW` record
+//!   (in the same or an older segment): the message's state is its `NEW`
+//!   record's file bytes followed by its `META` records' bytes, in journal
+//!   order, which is byte for byte the spool file the message gets when it
+//!   is moved out of the journal. A `META` record for an id that has a
+//!   file (moved since: the file holds it) or no `NEW` record (removed, or
+//!   its segment deleted) is ignored. (Added after version 1 shipped
+//!   without a version bump: an older reader skips it as an unknown kind,
+//!   which at worst retries a message early or a recipient again, never
+//!   loses one.)
+//!
+//! Why `META`: with every next hop down, each new message is deferred once
+//! soon after it arrives. Moving it to a file of its own at that moment
+//! cost a file fsync per message on the deferral's path, and deferrals
+//! (and with them intake, which shares the disk) fell to the fsync rate.
+//! A `META` record shares the group commit like any other record; the
+//! move to a file happens later, in the background, many files under one
+//! sync (`disk/mod.rs`).
 //!
 //! Segments are named by a sequence number (16 hex digits) and replayed in
 //! that order. A crash can only tear the tail of the segment being written
@@ -44,6 +64,7 @@ pub(crate) const HEADER_LEN: usize = 12;
 
 const NEW: u8 = 16;
 const REMOVE: u8 = 17;
+const META: u8 = 18;
 const ID_LEN: usize = 32;
 
 /// The header that starts every segment.
@@ -93,6 +114,18 @@ pub(crate) fn remove_record(id: &str) -> Vec<u8> {
     out
 }
 
+/// A whole `META` record: `record` (one encoded spool file metadata
+/// record) for message `id`.
+pub(crate) fn meta_record(id: &str, record: &[u8]) -> Vec<u8> {
+    debug_assert_eq!(id.len(), ID_LEN);
+    let mut payload = Vec::with_capacity(ID_LEN + record.len());
+    payload.extend_from_slice(id.as_bytes());
+    payload.extend_from_slice(record);
+    let mut out = Vec::with_capacity(RECORD_OVERHEAD + payload.len());
+    format::push_record(&mut out, META, &payload);
+    out
+}
+
 /// One record read back from a segment.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Entry<'a> {
@@ -106,6 +139,9 @@ pub(crate) enum Entry<'a> {
     },
     /// A removal.
     Remove { id: &'a str },
+    /// A metadata record for a journal message: the spool file record's
+    /// bytes, whole.
+    Meta { id: &'a str, record: &'a [u8] },
 }
 
 /// A segment read from the start.
@@ -147,14 +183,24 @@ pub(crate) fn scan(bytes: &[u8]) -> Result<Scan<'_>, Invalid> {
     let mut pos = HEADER_LEN;
     while let Some((kind, payload, next)) = format::next_record(bytes, pos) {
         let entry = match kind {
-            NEW | REMOVE => {
+            NEW | REMOVE | META => {
                 let Some(id) = payload
                     .get(..ID_LEN)
                     .and_then(|id| std::str::from_utf8(id).ok())
                 else {
                     break;
                 };
-                if kind == NEW {
+                if kind == META {
+                    let record = &payload[ID_LEN..];
+                    // Exactly one good record inside, or the journal is
+                    // damaged here (its CRC matched, so not torn).
+                    match format::next_record(record, 0) {
+                        Some((_, _, end)) if end == record.len() => {
+                            Some(Entry::Meta { id, record })
+                        }
+                        _ => break,
+                    }
+                } else if kind == NEW {
                     Some(Entry::New {
                         id,
                         offset: pos as u64,
@@ -244,6 +290,36 @@ mod tests {
             assert_eq!(torn.entries.len(), 2, "cut at {cut}");
             assert_eq!(torn.good_len, second_at);
         }
+    }
+
+    #[test]
+    fn meta_records_round_trip_and_must_hold_one_whole_record() {
+        let inner = format::encode_update(&format::Update::Timestamp(
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7),
+        ));
+        let mut seg = header().to_vec();
+        seg.extend_from_slice(&new_record(A, &[b"m"]));
+        seg.extend_from_slice(&meta_record(A, &inner));
+        let scanned = scan(&seg).unwrap();
+        assert_eq!(
+            scanned.entries[1],
+            Entry::Meta {
+                id: A,
+                record: &inner
+            }
+        );
+        assert_eq!(scanned.good_len, seg.len());
+        // A good outer CRC around a damaged inner record stops the scan
+        // there, as damage does.
+        let mut broken = inner.clone();
+        let last = broken.len() - 1;
+        broken[last] ^= 1;
+        let mut bad = header().to_vec();
+        bad.extend_from_slice(&meta_record(A, &broken));
+        bad.extend_from_slice(&remove_record(A));
+        let scanned = scan(&bad).unwrap();
+        assert!(scanned.entries.is_empty());
+        assert_eq!(scanned.good_len, HEADER_LEN);
     }
 
     #[test]

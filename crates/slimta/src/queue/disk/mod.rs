@@ -167,7 +167,7 @@ use super::storage::{
 };
 use commit::{Committer, Journal, Resident, Residents};
 use format::Update;
-use index::{Index, Key, Place, Shared, Slot, key_of};
+use index::{Index, Key, Pending, Place, Shared, Slot, key_of};
 use scan::Scan;
 
 /// How a [`DiskStorage`] stores new messages.
@@ -208,10 +208,9 @@ impl DiskOptions {
     }
 }
 
-/// How many locks moves of journal messages to files are spread over: two
-/// moves of one id never overlap, moves of different ids mostly run in
-/// parallel.
-const MOVE_STRIPES: usize = 256;
+/// How many journal messages one step of a spill pass copies to files
+/// under one sync.
+const SPILL_BATCH: usize = 512;
 
 struct Inner {
     root: PathBuf,
@@ -223,11 +222,8 @@ struct Inner {
     fsyncs: Arc<AtomicU64>,
     /// The index, and the state of the start-up scan that fills it.
     shared: Arc<Shared>,
-    /// A move of journal message `id` to its own file holds stripe
-    /// `id % MOVE_STRIPES`, so that an attempt's record and a spill pass
-    /// never write the same copy twice.
-    moves: Box<[tokio::sync::Mutex<()>]>,
-    /// A spill task is running.
+    /// A spill task is running (there is never more than one, so two
+    /// copies of one message are never written at once).
     spilling: AtomicBool,
     /// The `spill_below` the last spill task finished.
     spilled_below: AtomicU64,
@@ -315,6 +311,83 @@ fn write_synced(tmp: &Path, parts: &[&[u8]], fsyncs: &AtomicU64) -> io::Result<(
     written
 }
 
+/// Makes the data of every file in `files` (written, not yet synced)
+/// durable with as few syncs as the platform allows: on Linux one
+/// `syncfs(2)` of their file system, which since Linux 5.8 also reports
+/// any write-back error the file system saw since the first file was
+/// opened; elsewhere an `fdatasync` per file.
+fn sync_written(files: &[File], fsyncs: &AtomicU64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if let Some(first) = files.first() {
+        fsyncs.fetch_add(1, Ordering::Relaxed);
+        return nix::unistd::syncfs(first).map_err(io::Error::from);
+    }
+    for file in files {
+        fsyncs.fetch_add(1, Ordering::Relaxed);
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// A journal message about to be copied to its own file: where its `NEW`
+/// record is, and its `META` records as the index had them.
+type SpillWork = (Resident, Pending);
+
+/// Writes each message of `work` to `tmp_dir/<id>` (its `NEW` record's
+/// file bytes, then its `META` records' bytes: the spool file it would
+/// have had) and syncs them all at once. Returns the ids written, with
+/// their segment and the count of `META` records copied; a message whose
+/// segment is gone (removed meanwhile) is skipped. On an error every copy
+/// of the batch is removed again.
+fn write_copies(
+    journal_dir: &Path,
+    tmp_dir: &Path,
+    work: Vec<SpillWork>,
+    fsyncs: &AtomicU64,
+) -> io::Result<Vec<(String, u64, u32)>> {
+    let mut segments: std::collections::HashMap<u64, File> = std::collections::HashMap::new();
+    let mut files = Vec::with_capacity(work.len());
+    let mut written = Vec::with_capacity(work.len());
+    let copied = (|| {
+        for ((id, segment, offset, len), pending) in work {
+            let segment_file = match segments.entry(segment) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    match File::open(journal_dir.join(journal::segment_name(segment))) {
+                        Ok(file) => e.insert(file),
+                        // Deleted: every resident of it was removed or
+                        // moved since the list was made.
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                        Err(err) => return Err(err),
+                    }
+                }
+            };
+            let bytes = read_record_at(segment_file, &id, segment, offset, len)?;
+            let tmp = tmp_dir.join(&id);
+            // A spill pass cancelled half-way may have left a copy; spill
+            // passes never overlap.
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            // Listed before the write, so a failed write is cleaned up too.
+            written.push((id, segment, pending.records));
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut bufs = [IoSlice::new(&bytes), IoSlice::new(&pending.bytes)];
+            write_all_vectored(&mut file, &mut bufs)?;
+            files.push(file);
+        }
+        sync_written(&files, fsyncs)
+    })();
+    if let Err(e) = copied {
+        for (id, ..) in &written {
+            let _ = fs::remove_file(tmp_dir.join(id));
+        }
+        return Err(e);
+    }
+    Ok(written)
+}
+
 /// The spool file bytes of journal message `id`, read from its record.
 fn read_journal_record(
     journal_dir: &Path,
@@ -324,6 +397,11 @@ fn read_journal_record(
     len: u64,
 ) -> io::Result<Vec<u8>> {
     let file = File::open(journal_dir.join(journal::segment_name(segment)))?;
+    read_record_at(&file, id, segment, offset, len)
+}
+
+/// [`read_journal_record`] from segment `segment`, open as `file`.
+fn read_record_at(file: &File, id: &str, segment: u64, offset: u64, len: u64) -> io::Result<Vec<u8>> {
     let mut record = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
     file.read_exact_at(&mut record, offset)?;
     journal::new_record_file(&record, id)
@@ -506,8 +584,8 @@ impl DiskStorage {
             options.closed_segments,
         )?
         .awaiting_residents();
-        let committer = Committer::spawn(&msg_dir, journal, fsyncs.clone())?;
         let shared = Arc::new(Shared::new());
+        let committer = Committer::spawn(&msg_dir, journal, fsyncs.clone(), shared.clone())?;
         let scan_cancel = Arc::new(AtomicBool::new(false));
         tracing::info!(path = %root.display(), segments = segments.len(), "disk spool opened; indexing it in the background");
         let scan = Scan {
@@ -533,9 +611,6 @@ impl DiskStorage {
                 committer,
                 fsyncs,
                 shared,
-                moves: (0..MOVE_STRIPES)
-                    .map(|_| tokio::sync::Mutex::new(()))
-                    .collect(),
                 spilling: AtomicBool::new(false),
                 spilled_below: AtomicU64::new(0),
                 scan_cancel,
@@ -615,122 +690,15 @@ impl DiskStorage {
         }
     }
 
-    fn move_lock(&self, key: Key) -> &tokio::sync::Mutex<()> {
-        &self.inner.moves[(key % MOVE_STRIPES as u128) as usize]
-    }
-
-    /// Moves journal messages to their own files, in parallel; one result
-    /// per message, in no particular order (`Ok(false)`: removed first).
-    async fn migrate(&self, residents: Vec<Resident>) -> Vec<io::Result<bool>> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (id, segment, offset, len) in residents {
-            let Some(key) = key_of(&id) else { continue };
-            let storage = self.clone();
-            tasks.spawn(async move {
-                let _one_at_a_time = storage.move_lock(key).lock().await;
-                storage
-                    .migrate_one(key, id, segment, offset, len, &[])
-                    .await
-            });
-        }
-        let mut results = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            results.push(done.unwrap_or_else(|e| Err(io::Error::other(e))));
-        }
-        results
-    }
-
-    /// One message of [`DiskStorage::migrate`]; the caller holds the id's
-    /// move lock. `tail` (metadata records, or nothing) is written after
-    /// the message's bytes, covered by the same fsync.
-    ///
-    /// Removals do not wait for moves: the committer drops a move of a
-    /// message removed first (it is no longer resident), a removal after
-    /// the move unlinks the new file, and the index is only updated here
-    /// if the message is still in it (a removed message is never indexed
-    /// again). A resident that was never indexed (its writer went away
-    /// before the answer) gets its file all the same and is indexed at
-    /// the next open.
-    async fn migrate_one(
-        &self,
-        key: Key,
-        id: String,
-        segment: u64,
-        offset: u64,
-        len: u64,
-        tail: &[u8],
-    ) -> io::Result<bool> {
-        if let Some(Place::File { .. }) = self.place_of(key) {
-            return Ok(true);
-        }
-        let tmp = self.inner.tmp_dir.join(&id);
-        let dest = self.file_of(&id)?;
-        let (journal_dir, fsyncs) = (self.inner.journal_dir.clone(), self.inner.fsyncs.clone());
-        let (read_id, tmp_for_write) = (id.clone(), tmp.clone());
-        let tail = tail.to_vec();
-        let copied = blocking(move || {
-            let bytes = match read_journal_record(&journal_dir, &read_id, segment, offset, len) {
-                Ok(bytes) => bytes,
-                // Its segment is gone: the message was removed meanwhile (a
-                // resident keeps its segment on disk).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(e),
-            };
-            // A move cancelled half-way (its task aborted) may have left
-            // the copy; moves of one id never overlap (the move lock).
-            match fs::remove_file(&tmp_for_write) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            write_synced(&tmp_for_write, &[&bytes, &tail], &fsyncs)?;
-            Ok(true)
-        })
-        .await?;
-        if !copied || !self.inner.committer.spill(tmp, dest, id, segment).await? {
-            return Ok(false);
-        }
-        self.update_slot(key, |slot| {
-            slot.set_place(Place::File {
-                origin: Some(segment),
-            });
-        });
-        Ok(true)
-    }
-
-    /// Gives message `id` a file of its own if it is only in the journal,
-    /// with `record` (one encoded metadata record) already at its end:
-    /// `Ok(true)` if so, `Ok(false)` if the message already had a file (the
-    /// caller appends the record). The copy's one fsync covers the record.
-    async fn own_file_with(&self, key: Key, id: &str, record: &[u8]) -> io::Result<bool> {
-        let Some(Place::Journal { .. }) = self.place_of(key) else {
-            return Ok(false);
-        };
-        let _one_at_a_time = self.move_lock(key).lock().await;
-        // Moved by a spill pass while this waited for the lock.
-        let (segment, offset, len) = match self.place_of(key) {
-            Some(Place::Journal {
-                segment,
-                offset,
-                len,
-            }) => (segment, offset, len),
-            Some(Place::File { .. }) => return Ok(false),
-            None => return Err(not_found(id)),
-        };
-        if self
-            .migrate_one(key, id.to_owned(), segment, offset, len, record)
-            .await?
-        {
-            Ok(true)
-        } else {
-            Err(not_found(id))
-        }
-    }
-
-    /// Whether the committer asks for messages to be moved out of old
-    /// segments beyond what the last spill pass did.
+    /// Whether the committer asks for messages to be moved out of the
+    /// journal beyond what the last spill pass did: residents of segments
+    /// past [`DiskOptions::closed_segments`], or deferred messages in a
+    /// closed segment.
     fn spill_wanted(&self) -> bool {
         self.inner.shared.journal_indexed.load(Ordering::Acquire)
-            && self.inner.committer.spill_below() > self.inner.spilled_below.load(Ordering::Relaxed)
+            && (self.inner.committer.spill_below()
+                > self.inner.spilled_below.load(Ordering::Relaxed)
+                || self.inner.committer.deferred_waiting())
     }
 
     /// Starts a spill task if the committer asks for one and none runs.
@@ -754,21 +722,23 @@ impl DiskStorage {
         });
     }
 
-    /// Moves every resident of the segments the committer names to its own
-    /// file.
+    /// Moves every resident the committer names (see
+    /// [`DiskStorage::spill_wanted`]) to its own file, [`SPILL_BATCH`]
+    /// messages per sync.
     async fn spill_pass(&self) {
         let below = self.inner.committer.spill_below();
         match self.inner.committer.residents(below).await {
             Ok(residents) => {
-                tracing::info!(
-                    messages = residents.len(),
-                    "moving messages out of old journal segments"
-                );
-                for chunk in residents.chunks(64) {
-                    for result in self.migrate(chunk.to_vec()).await {
-                        if let Err(e) = result {
-                            tracing::error!(error = %e, "could not move a message out of the journal");
-                        }
+                if residents.len() >= SPILL_BATCH {
+                    tracing::info!(
+                        messages = residents.len(),
+                        "moving messages out of the journal"
+                    );
+                }
+                for chunk in residents.chunks(SPILL_BATCH) {
+                    if let Err(e) = self.spill_batch(chunk).await {
+                        tracing::error!(error = %e, "could not move messages out of the journal");
+                        break;
                     }
                 }
             }
@@ -777,19 +747,95 @@ impl DiskStorage {
         self.inner.spilled_below.fetch_max(below, Ordering::Relaxed);
     }
 
-    /// Appends one metadata record to message `id`'s file and syncs it; a
-    /// message only in the journal gets its file first, with the record
-    /// in it (one fsync either way, plus the spill's share of a directory
-    /// sync the first time). Returns the message's key.
+    /// Copies `residents` to files (one sync for all, on the blocking
+    /// pool), then renames them into `msg/` through the committer (one
+    /// directory sync for all). A copy that a removal or a newer `META`
+    /// record overtook is dropped by the committer; the index shows the
+    /// file of every one that moved.
+    ///
+    /// Removals and attempts never wait for a move: the committer decides,
+    /// in its own order, whether a removal, a `META` record or the move
+    /// came first (see `disk/commit.rs`). A resident that was never indexed
+    /// (its writer went away before the answer) gets its file all the
+    /// same and is indexed at the next open.
+    async fn spill_batch(&self, residents: &[Resident]) -> io::Result<()> {
+        let work: Vec<SpillWork> = {
+            let index = self.index();
+            residents
+                .iter()
+                .filter_map(|resident| {
+                    let key = key_of(&resident.0)?;
+                    let pending = index.pending.get(&key).cloned().unwrap_or_default();
+                    Some((resident.clone(), pending))
+                })
+                .collect()
+        };
+        let (journal_dir, tmp_dir, fsyncs) = (
+            self.inner.journal_dir.clone(),
+            self.inner.tmp_dir.clone(),
+            self.inner.fsyncs.clone(),
+        );
+        let written =
+            blocking(move || write_copies(&journal_dir, &tmp_dir, work, &fsyncs)).await?;
+        let mut renames = tokio::task::JoinSet::new();
+        for (id, segment, metas) in written {
+            let (tmp, dest) = (self.inner.tmp_dir.join(&id), self.inner.msg_dir.join(&id));
+            let committer = self.inner.committer.clone();
+            // Sent together, so they share one batch and one `msg/` sync.
+            renames.spawn(async move { committer.spill(tmp, dest, id, segment, metas).await });
+        }
+        let mut failed = None;
+        while let Some(done) = renames.join_next().await {
+            if let Err(e) = done.map_err(io::Error::other).and_then(|r| r) {
+                failed = Some(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Appends one metadata record to message `id`: a `META` record in the
+    /// journal (sharing its group commit) while the message is only
+    /// there, else a record appended to its file and `fdatasync`'d.
+    /// Returns the message's key.
     async fn append(&self, id: &str, update: &Update) -> io::Result<Key> {
         let path = self.file_of(id)?;
         let Some((key, _)) = self.find(id).await? else {
             return Err(not_found(id));
         };
         let record = format::encode_update(update);
-        if self.own_file_with(key, id, &record).await? {
-            return Ok(key);
+        // A refused META means the message moved to its file or was
+        // removed, and the committer updated the index before answering;
+        // the bound only guards against a bug looping for ever.
+        for _ in 0..4 {
+            match self.place_of(key) {
+                None => return Err(not_found(id)),
+                Some(Place::File { .. }) => {
+                    self.append_to_file(id, path, record).await?;
+                    return Ok(key);
+                }
+                Some(Place::Journal { segment, .. }) => {
+                    if self
+                        .inner
+                        .committer
+                        .append_meta(id.to_owned(), segment, record.clone())
+                        .await?
+                    {
+                        let mut index = self.index();
+                        if index.slots.contains_key(&key) {
+                            index.pending.entry(key).or_default().push(&record);
+                        }
+                        return Ok(key);
+                    }
+                }
+            }
         }
+        Err(io::Error::other(format!(
+            "message {id} is neither in the journal nor in its file"
+        )))
+    }
+
+    /// Appends `record` to message `id`'s file at `path` and syncs it.
+    async fn append_to_file(&self, id: &str, path: PathBuf, record: Vec<u8>) -> io::Result<()> {
         let fsyncs = self.inner.fsyncs.clone();
         let owned_id = id.to_owned();
         blocking(move || {
@@ -807,8 +853,7 @@ impl DiskStorage {
             file.sync_data()?;
             Ok(())
         })
-        .await?;
-        Ok(key)
+        .await
     }
 
     async fn write_new(
@@ -862,15 +907,26 @@ impl DiskStorage {
 
     async fn read(&self, id: &str) -> io::Result<StoredEnvelope> {
         let path = self.file_of(id)?;
-        if let Some((
-            _,
-            Some(Place::Journal {
-                segment,
-                offset,
-                len,
-            }),
-        )) = self.find(id).await?
-        {
+        let journal_copy = match self.find(id).await? {
+            // The place and the META records under one look at the index:
+            // a consistent state, even if the message moves right after.
+            Some((key, Some(_))) => {
+                let index = self.index();
+                match index.slots.get(&key).map(Slot::place) {
+                    Some(Place::Journal {
+                        segment,
+                        offset,
+                        len,
+                    }) => {
+                        let pending = index.pending.get(&key).map(|p| p.bytes.clone());
+                        Some((segment, offset, len, pending.unwrap_or_default()))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some((segment, offset, len, pending)) = journal_copy {
             let journal_dir = self.inner.journal_dir.clone();
             let owned_id = id.to_owned();
             match blocking(move || {
@@ -878,7 +934,10 @@ impl DiskStorage {
             })
             .await
             {
-                Ok(bytes) => return decode_file(id, &bytes),
+                Ok(mut bytes) => {
+                    bytes.extend_from_slice(&pending);
+                    return decode_file(id, &bytes);
+                }
                 // Moved to its own file (and the segment deleted) meanwhile.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -917,14 +976,16 @@ impl QueueStorage for DiskStorage {
         Ok(())
     }
 
-    /// One `OUTCOME` record and one `fdatasync`; a message still only in
-    /// the journal is copied to its own file with the record at its end,
-    /// under the copy's one fsync.
+    /// One `OUTCOME` record: a `META` record in the journal's group commit
+    /// while the message is only there (it moves to its own file later,
+    /// in the background), else appended to its file with one
+    /// `fdatasync`.
     async fn record(&self, id: &str, outcome: &AttemptOutcome) -> io::Result<()> {
         let key = self.append(id, &Update::Outcome(outcome.clone())).await?;
         if let Some(due) = outcome.next_attempt {
             self.update_slot(key, |slot| slot.set_due(due));
         }
+        self.maybe_spill();
         Ok(())
     }
 
@@ -1006,7 +1067,7 @@ impl QueueStorage for DiskStorage {
         let Ok(path) = self.file_of(id) else {
             return Ok(());
         };
-        let Some((key, place)) = self.find(id).await? else {
+        let Some((_, place)) = self.find(id).await? else {
             return Ok(());
         };
         let (origin, had_file) = match place {
@@ -1014,11 +1075,11 @@ impl QueueStorage for DiskStorage {
             Some(Place::File { origin }) => (origin, true),
             None => (None, true),
         };
+        // The committer forgets the index entry once the removal is durable.
         self.inner
             .committer
             .remove(id.to_owned(), path, origin, had_file)
             .await?;
-        self.index().slots.remove(&key);
         self.maybe_spill();
         Ok(())
     }
@@ -1027,48 +1088,6 @@ impl QueueStorage for DiskStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Removals never wait for moves of journal messages to their files
-    /// (one exclusive move lock once serialised every removal and every
-    /// first deferral behind one sync each): with a message's move lock
-    /// held, its removal completes, and another message moves at once.
-    #[tokio::test]
-    async fn removals_and_other_moves_do_not_wait_for_a_move() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = DiskStorage::open(dir.path()).unwrap();
-        let e = Envelope::new("s@x.test", vec!["r@y.test".into()], b"x\r\n".to_vec());
-        let a = s.write(&e, SystemTime::now()).await.unwrap();
-        let a_key = key_of(&a).unwrap();
-        let b = loop {
-            // Another stripe than a's.
-            let b = s.write(&e, SystemTime::now()).await.unwrap();
-            if key_of(&b).unwrap() % MOVE_STRIPES as u128 != a_key % MOVE_STRIPES as u128 {
-                break b;
-            }
-        };
-        let moving_a = s.move_lock(a_key).lock().await;
-        let wait = std::time::Duration::from_secs(30);
-        tokio::time::timeout(wait, s.remove(&a))
-            .await
-            .expect("a removal waited for a move")
-            .unwrap();
-        let outcome = AttemptOutcome {
-            attempts: 1,
-            finished: vec![0],
-            ..AttemptOutcome::default()
-        };
-        tokio::time::timeout(wait, s.record(&b, &outcome))
-            .await
-            .expect("a move waited for another message's move")
-            .unwrap();
-        drop(moving_a);
-        assert_eq!(
-            s.place_of(key_of(&b).unwrap()),
-            Some(Place::File { origin: Some(1) })
-        );
-        assert_eq!(s.get(&b).await.unwrap().meta.delivered, [0]);
-        assert_eq!(s.place_of(a_key), None);
-    }
 
     fn message(n: u8) -> Envelope {
         Envelope::new(
@@ -1087,6 +1106,108 @@ mod tests {
         }
     }
 
+    impl DiskStorage {
+        /// Moves every journal message to its own file now, the head
+        /// segment's too.
+        async fn spill_now(&self) {
+            let residents = self.inner.committer.residents(u64::MAX).await.unwrap();
+            self.spill_batch(&residents).await.unwrap();
+        }
+    }
+
+    /// A deferral of a journal message is a `META` record in the journal:
+    /// one journal sync, no file. The message reads back with every
+    /// outcome; a spill gives it a file that is its `NEW` record's bytes
+    /// and its `META` records' bytes, read back the same; later outcomes
+    /// go to that file; a reopen sees it all.
+    #[tokio::test]
+    async fn a_deferral_stays_in_the_journal_until_a_spill_moves_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(dir.path()).unwrap();
+        let id = s.write(&message(0), SystemTime::now()).await.unwrap();
+        let key = key_of(&id).unwrap();
+        let before = s.fsync_count();
+        s.record(&id, &deferred(0, 100)).await.unwrap();
+        s.record(&id, &deferred(1, 200)).await.unwrap();
+        assert_eq!(s.fsync_count() - before, 2, "one journal sync each");
+        assert!(matches!(s.place_of(key), Some(Place::Journal { .. })));
+        assert_eq!(fs::read_dir(dir.path().join("msg")).unwrap().count(), 0);
+        let in_journal = s.get(&id).await.unwrap().meta;
+        assert_eq!(in_journal.delivered, [0, 1]);
+        assert_eq!(
+            in_journal.timestamp,
+            Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(200))
+        );
+
+        let Some(Place::Journal {
+            segment,
+            offset,
+            len,
+        }) = s.place_of(key)
+        else {
+            unreachable!()
+        };
+        let new_bytes =
+            read_journal_record(&dir.path().join("journal"), &id, segment, offset, len).unwrap();
+        let metas = s.index().pending[&key].bytes.clone();
+        s.spill_now().await;
+        assert_eq!(s.place_of(key), Some(Place::File { origin: Some(1) }));
+        assert!(!s.index().pending.contains_key(&key));
+        let file = fs::read(dir.path().join("msg").join(&id)).unwrap();
+        assert_eq!(file, [new_bytes, metas].concat());
+        assert_eq!(s.get(&id).await.unwrap().meta, in_journal);
+
+        let before = s.fsync_count();
+        s.record(&id, &deferred(1, 300)).await.unwrap();
+        assert_eq!(s.fsync_count() - before, 1, "appended to its file");
+        let now = s.get(&id).await.unwrap().meta;
+        assert_eq!(now.attempts, 1);
+        drop(s);
+        let s = DiskStorage::open(dir.path()).unwrap();
+        s.loaded().await.unwrap();
+        assert_eq!(s.get(&id).await.unwrap().meta, now);
+    }
+
+    /// `META` records survive a restart while the message is still only in
+    /// the journal: the replay applies them (its due time comes from the
+    /// last one), and the reopened spool moves the deferred message to its
+    /// file in the background (every old segment is closed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn meta_records_are_replayed_and_the_message_then_moves_to_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStorage::open(dir.path()).unwrap();
+        let id = s.write(&message(0), SystemTime::now()).await.unwrap();
+        let untouched = s.write(&message(1), SystemTime::now()).await.unwrap();
+        s.record(&id, &deferred(0, 100)).await.unwrap();
+        s.record(&id, &deferred(1, 200)).await.unwrap();
+        let meta = s.get(&id).await.unwrap().meta;
+        drop(s);
+        let s = DiskStorage::open(dir.path()).unwrap();
+        let loaded = s.load().await.unwrap();
+        let due: std::collections::HashMap<_, _> = loaded.into_iter().collect();
+        assert_eq!(
+            due[&id],
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(200)
+        );
+        assert_eq!(s.get(&id).await.unwrap().meta, meta);
+        // The deferred one moves; the other stays in the journal.
+        let key = key_of(&id).unwrap();
+        for _ in 0..3000 {
+            s.maybe_spill();
+            if matches!(s.place_of(key), Some(Place::File { .. })) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.place_of(key), Some(Place::File { origin: Some(1) }));
+        assert!(matches!(
+            s.place_of(key_of(&untouched).unwrap()),
+            Some(Place::Journal { .. })
+        ));
+        assert_eq!(s.get(&id).await.unwrap().meta, meta);
+        assert!(s.index().pending.is_empty());
+    }
+
     /// A spool opened with its scan held: new messages are stored at once;
     /// `get`, `record` and `remove` of an id the scan has not reached wait
     /// for it and then work; a listener hears of every old message exactly
@@ -1103,6 +1224,7 @@ mod tests {
         );
         s.record(&file, &deferred(0, 100)).await.unwrap();
         s.record(&removed, &deferred(1, 200)).await.unwrap();
+        s.spill_now().await;
         let removed_file = fs::read(path.join("msg").join(&removed)).unwrap();
         s.remove(&removed).await.unwrap();
         drop(s);

@@ -9,7 +9,8 @@
 //! in an order that keeps every start-up guarantee of `disk/mod.rs`:
 //!
 //! 1. **Journal**: every segment found at the open is replayed in order
-//!    (a `REMOVE` wins over a `NEW` record, a torn tail ends a segment, an
+//!    (a `REMOVE` wins over a `NEW` record, a `META` record applies to
+//!    the journal message before it, a torn tail ends a segment, an
 //!    unreadable segment is set aside). Every removed id's file is then
 //!    unlinked (one `msg/` fsync), before anything is indexed and before
 //!    the committer may delete a segment holding the `REMOVE`. A `NEW`
@@ -45,7 +46,7 @@ use std::time::SystemTime;
 
 use super::commit::{Committer, Residents};
 use super::format::{self, Invalid};
-use super::index::{Key, Place, ScanState, Shared, Slot, key_of};
+use super::index::{Key, Pending, Place, ScanState, Shared, Slot, key_of};
 use super::{journal, newer_version, set_aside, sync_dir};
 
 /// How many messages are indexed (and handed to the queue) at once.
@@ -70,8 +71,8 @@ pub(crate) struct Scan {
 }
 
 /// A `NEW` record found in the journal: segment, offset, length, due and
-/// receive time.
-type Found = (u64, u64, u64, SystemTime, SystemTime);
+/// receive time, and the `META` records after it.
+type Found = (u64, u64, u64, SystemTime, SystemTime, Pending);
 
 fn cancelled() -> io::Error {
     io::Error::other("the spool was closed while it was being indexed")
@@ -135,15 +136,16 @@ impl Scan {
         for (seq, _) in &self.segments {
             residents.insert(*seq, Residents::new());
         }
-        for (id, (segment, offset, len, due, received)) in found {
+        for (id, (segment, offset, len, due, received, pending)) in found {
             if let (Some(key), Some(r)) = (key_of(&id), residents.get_mut(&segment)) {
-                r.insert(id, (offset, len));
+                r.insert(id, (offset, len, pending.records));
                 let place = Place::Journal {
                     segment,
                     offset,
                     len,
                 };
-                journal_only.push((key, Slot::new(place, due, received)));
+                let pending = (pending.records > 0).then_some(pending);
+                journal_only.push((key, Slot::new(place, due, received), pending));
             }
         }
         // Segments set aside while replaying are not handed over.
@@ -197,7 +199,8 @@ impl Scan {
                                 .timestamp
                                 .unwrap_or(SystemTime::UNIX_EPOCH);
                             let received = decoded.stored.envelope.receive_time;
-                            found.insert(id.to_owned(), (*seq, offset, len, due, received));
+                            let found_new = (*seq, offset, len, due, received, Pending::default());
+                            found.insert(id.to_owned(), found_new);
                         }
                         Err(Invalid::NewerVersion(v)) => {
                             let what = format!("{}: message {id}", path.display());
@@ -213,6 +216,16 @@ impl Scan {
                     journal::Entry::Remove { id } => {
                         found.remove(id);
                         removed.insert(id.to_owned());
+                    }
+                    journal::Entry::Meta { id, record } => {
+                        // Ignored unless its message is only in the journal
+                        // so far (see `disk/journal.rs`).
+                        if let Some((_, _, _, due, _, pending)) = found.get_mut(id) {
+                            pending.push(record);
+                            if let Some(set) = format::due_set_by(record) {
+                                *due = set;
+                            }
+                        }
                     }
                     journal::Entry::New { .. } => {}
                 }
@@ -279,6 +292,7 @@ impl Scan {
 
     fn index_batch(&self, batch: Vec<(Key, Slot)>) -> usize {
         let msg_dir = &self.msg_dir;
+        let batch = batch.into_iter().map(|(key, slot)| (key, slot, None)).collect();
         self.shared
             .insert_found(batch, |key| msg_dir.join(super::index::id_of(key)).exists())
     }
