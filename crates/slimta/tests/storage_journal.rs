@@ -1,6 +1,7 @@
 //! DiskStorage's journal (the default path of new messages up to
 //! `journal_max_message`): its crash model, the rule that a removal wins
-//! over every copy, the move of lingering messages to their own files, and
+//! over every copy, metadata records and the move of deferred and lingering
+//! messages to their own files, and
 //! what a delivered message costs in syncs.
 //!
 //! The crash model of the journal: records are appended to the head
@@ -102,18 +103,94 @@ async fn every_prefix_of_a_segment_reopens_to_the_whole_records_in_it() {
     assert_eq!(seen, [true; 4], "every state has a run of cuts");
 }
 
+/// Every segment closes after its batch, so a deferred message's `META`
+/// record lands in a later segment than its `NEW` record and a spill moves
+/// it to its own file at once.
+fn spilling_at_once() -> DiskOptions {
+    DiskOptions {
+        segment_size: 1,
+        ..DiskOptions::default()
+    }
+}
+
 #[tokio::test]
-async fn a_metadata_update_moves_the_message_to_its_own_file_and_a_removal_beats_every_copy() {
+async fn a_metadata_update_is_a_journal_record_and_every_prefix_reopens_whole() {
     let (_dir, path) = spool();
     let s = DiskStorage::open(&path).unwrap();
     let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
-    assert!(files_in(&path.join("msg")).is_empty());
-    // A partial delivery: the message stays, so it gets its own file.
+    let before = fs::read(journal_segment(&path)).unwrap();
+    // A partial delivery: the message stays in the journal, with a META
+    // record holding its new metadata; no file is written for it yet.
     s.record(&a, &finished(1, &[0])).await.unwrap();
-    assert_eq!(files_in(&path.join("msg")), std::slice::from_ref(&a));
+    assert!(files_in(&path.join("msg")).is_empty());
     let stored = s.get(&a).await.unwrap();
     assert_eq!(*stored.envelope, envelope(1));
     assert_eq!(stored.meta.delivered, [0]);
+    let segment = fs::read(journal_segment(&path)).unwrap();
+    assert!(segment.starts_with(&before) && segment.len() > before.len());
+    let name = files_in(&path.join("journal")).remove(0);
+    drop(s);
+
+    // A crash anywhere inside the META record leaves the state before it
+    // (nothing delivered); the whole record gives the recorded one.
+    for cut in before.len()..=segment.len() {
+        let (_dir, path) = spool();
+        fs::create_dir_all(path.join("journal")).unwrap();
+        fs::write(path.join("journal").join(&name), &segment[..cut]).unwrap();
+        let s = DiskStorage::open(&path).unwrap();
+        assert_eq!(ids(&s).await, BTreeSet::from([a.clone()]), "cut at {cut}");
+        let stored = s.get(&a).await.unwrap();
+        assert_eq!(*stored.envelope, envelope(1), "cut at {cut}");
+        let expected: &[usize] = if cut == segment.len() { &[0] } else { &[] };
+        assert_eq!(stored.meta.delivered, expected, "cut at {cut}");
+        assert_eq!(stored.meta.attempts, u32::from(cut == segment.len()));
+    }
+}
+
+#[tokio::test]
+async fn a_removal_beats_a_metadata_record_still_in_the_journal() {
+    let (_dir, path) = spool();
+    let s = DiskStorage::open(&path).unwrap();
+    let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
+    s.record(&a, &finished(1, &[])).await.unwrap();
+    s.remove(&a).await.unwrap();
+    // A META for a removed message is refused, never resurrects it.
+    assert!(s.record(&a, &finished(2, &[])).await.is_err());
+    drop(s);
+    let s = DiskStorage::open(&path).unwrap();
+    assert!(ids(&s).await.is_empty(), "a removed message came back");
+    assert!(files_in(&path.join("msg")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_message_moves_to_its_own_file_and_a_removal_beats_every_copy() {
+    let (_dir, path) = spool();
+    // Small segments, so a few messages close the one `a` is in; `b`
+    // shares it and stays there (it is not deferred), so the segment
+    // outlives `a`'s move and its removal is a REMOVE record.
+    let options = DiskOptions {
+        segment_size: 2000,
+        ..DiskOptions::default()
+    };
+    let s = DiskStorage::open_with(&path, options).unwrap();
+    let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
+    let b = s.write(&envelope(2), SystemTime::now()).await.unwrap();
+    s.record(&a, &finished(1, &[0])).await.unwrap();
+    assert!(files_in(&path.join("msg")).is_empty(), "moved before its segment closed");
+    for n in 3..10 {
+        s.write(&envelope(n), SystemTime::now()).await.unwrap();
+    }
+    wait_until("the deferred message has its own file", async || {
+        files_in(&path.join("msg")) == std::slice::from_ref(&a)
+    })
+    .await;
+    let stored = s.get(&a).await.unwrap();
+    assert_eq!(*stored.envelope, envelope(1));
+    assert_eq!(stored.meta.delivered, [0]);
+    // Records after the move go into the file.
+    s.record(&a, &finished(2, &[0])).await.unwrap();
+    assert_eq!(s.get(&a).await.unwrap().meta.attempts, 2);
+    assert_eq!(*s.get(&b).await.unwrap().envelope, envelope(2));
     let file = fs::read(path.join("msg").join(&a)).unwrap();
     let journal_before_remove = fs::read_dir(path.join("journal"))
         .unwrap()
@@ -130,12 +207,13 @@ async fn a_metadata_update_moves_the_message_to_its_own_file_and_a_removal_beats
     // back, but the journal's REMOVE wins, and the file goes.
     fs::write(path.join("msg").join(&a), &file).unwrap();
     let s = DiskStorage::open(&path).unwrap();
-    assert!(ids(&s).await.is_empty(), "a removed message came back");
+    assert!(!ids(&s).await.contains(&a), "a removed message came back");
     assert!(files_in(&path.join("msg")).is_empty());
     drop(s);
 
-    // A crash before the REMOVE record: the file (the later copy, with the
-    // delivered recipient) wins over the journal's NEW record.
+    // A crash before the REMOVE record: the file (the later copy, with
+    // both attempts) wins over whatever NEW or META record is left in the
+    // journal, and the removal then sticks.
     let (_dir2, path2) = spool();
     fs::create_dir_all(path2.join("journal")).unwrap();
     fs::create_dir_all(path2.join("msg")).unwrap();
@@ -144,31 +222,78 @@ async fn a_metadata_update_moves_the_message_to_its_own_file_and_a_removal_beats
     }
     fs::write(path2.join("msg").join(&a), &file).unwrap();
     let s = DiskStorage::open(&path2).unwrap();
-    assert_eq!(ids(&s).await, BTreeSet::from([a.clone()]));
-    assert_eq!(s.get(&a).await.unwrap().meta.delivered, [0]);
-    // The old segment held nothing but that NEW record, now superseded by
-    // the file, so the open deleted it: no NEW record is left to bring the
-    // message back once its file is durably unlinked.
-    assert!(files_in(&path2.join("journal")).is_empty());
+    assert!(ids(&s).await.contains(&a));
+    let stored = s.get(&a).await.unwrap();
+    assert_eq!((stored.meta.attempts, stored.meta.delivered), (2, vec![0]));
     s.remove(&a).await.unwrap();
     drop(s);
     let s = DiskStorage::open(&path2).unwrap();
-    assert!(ids(&s).await.is_empty());
+    assert!(!ids(&s).await.contains(&a));
     assert!(files_in(&path2.join("msg")).is_empty());
 }
 
 #[tokio::test]
+async fn a_stale_metadata_record_beside_a_file_is_ignored() {
+    // The journal of a message deferred twice while resident (NEW, META,
+    // META), and the file a spill made after the first META only: the
+    // file is the later copy (a spill renames only what it copied) and
+    // wins; the journal's records for that id are ignored.
+    let (_dir, path) = spool();
+    let s = DiskStorage::open_with(&path, spilling_at_once()).unwrap();
+    let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
+    s.record(&a, &finished(1, &[])).await.unwrap();
+    wait_until("the deferred message has its own file", async || {
+        files_in(&path.join("msg")) == std::slice::from_ref(&a)
+    })
+    .await;
+    let file = fs::read(path.join("msg").join(&a)).unwrap();
+    drop(s);
+
+    let (_dir2, path2) = spool();
+    let s = DiskStorage::open(&path2).unwrap();
+    let b = s.write(&envelope(1), SystemTime::now()).await.unwrap();
+    s.record(&b, &finished(1, &[0])).await.unwrap();
+    s.record(&b, &finished(2, &[0, 1])).await.unwrap();
+    drop(s);
+    // Give the journal's id the file of the first spool, renamed.
+    let name = files_in(&path2.join("journal")).remove(0);
+    let journal = fs::read(path2.join("journal").join(&name)).unwrap();
+    let (_dir3, path3) = spool();
+    fs::create_dir_all(path3.join("journal")).unwrap();
+    fs::create_dir_all(path3.join("msg")).unwrap();
+    fs::write(path3.join("journal").join(&name), &journal).unwrap();
+    fs::write(path3.join("msg").join(&b), &file).unwrap();
+    let s = DiskStorage::open(&path3).unwrap();
+    assert_eq!(ids(&s).await, BTreeSet::from([b.clone()]));
+    let stored = s.get(&b).await.unwrap();
+    assert_eq!(stored.meta.attempts, 1, "the file's metadata, not the journal's");
+    assert!(stored.meta.delivered.is_empty());
+    assert_eq!(*stored.envelope, envelope(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_left_by_a_cancelled_move_does_not_block_the_next_one() {
     let (_dir, path) = spool();
-    let s = DiskStorage::open(&path).unwrap();
+    let s = DiskStorage::open_with(&path, spilling_at_once()).unwrap();
     let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
     // What a move aborted between its copy and its rename leaves behind.
     fs::write(path.join("tmp").join(&a), b"half a copy").unwrap();
     s.record(&a, &finished(1, &[])).await.unwrap();
-    assert_eq!(s.get(&a).await.unwrap().meta.attempts, 1);
-    assert_eq!(files_in(&path.join("msg")), std::slice::from_ref(&a));
-    assert_eq!(*s.get(&a).await.unwrap().envelope, envelope(1));
+    wait_until("the deferred message has its own file", async || {
+        files_in(&path.join("msg")) == std::slice::from_ref(&a)
+    })
+    .await;
+    let stored = s.get(&a).await.unwrap();
+    assert_eq!(stored.meta.attempts, 1);
+    assert_eq!(*stored.envelope, envelope(1));
     assert!(files_in(&path.join("tmp")).is_empty());
+}
+
+/// The one journal segment of a spool that has one.
+fn journal_segment(path: &Path) -> std::path::PathBuf {
+    let segments = files_in(&path.join("journal"));
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    path.join("journal").join(&segments[0])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
