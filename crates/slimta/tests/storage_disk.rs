@@ -4,8 +4,8 @@
 //!
 //! These tests use [`DiskOptions::files_only`], where every message gets
 //! its own file at once; with the default options that is the path of big
-//! messages and of every message that stays in the queue (its first
-//! metadata record moves it out of the journal).
+//! messages and of every message that stays in the queue (deferred in the
+//! journal first, then moved to its own file by a background spill).
 //!
 //! The crash model is simulated the way the write protocol can be cut
 //! short: a new message is written to `tmp/` and renamed into `msg/` only

@@ -176,7 +176,10 @@ async fn a_deferred_message_moves_to_its_own_file_and_a_removal_beats_every_copy
     let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
     let b = s.write(&envelope(2), SystemTime::now()).await.unwrap();
     s.record(&a, &finished(1, &[0])).await.unwrap();
-    assert!(files_in(&path.join("msg")).is_empty(), "moved before its segment closed");
+    assert!(
+        files_in(&path.join("msg")).is_empty(),
+        "moved before its segment closed"
+    );
     for n in 3..10 {
         s.write(&envelope(n), SystemTime::now()).await.unwrap();
     }
@@ -266,7 +269,10 @@ async fn a_stale_metadata_record_beside_a_file_is_ignored() {
     let s = DiskStorage::open(&path3).unwrap();
     assert_eq!(ids(&s).await, BTreeSet::from([b.clone()]));
     let stored = s.get(&b).await.unwrap();
-    assert_eq!(stored.meta.attempts, 1, "the file's metadata, not the journal's");
+    assert_eq!(
+        stored.meta.attempts, 1,
+        "the file's metadata, not the journal's"
+    );
     assert!(stored.meta.delivered.is_empty());
     assert_eq!(*stored.envelope, envelope(1));
 }

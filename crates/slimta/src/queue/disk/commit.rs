@@ -366,9 +366,7 @@ impl Journal {
                 let closed = Some(segment) != head;
                 residents
                     .iter()
-                    .filter(move |&(_, &(_, _, metas))| {
-                        segment < below || (closed && metas > 0)
-                    })
+                    .filter(move |&(_, &(_, _, metas))| segment < below || (closed && metas > 0))
                     .map(move |(id, &(offset, len, _))| (id.clone(), segment, offset, len))
             })
             .collect()
@@ -1255,7 +1253,10 @@ mod tests {
             assert!(!index.pending.contains_key(&k2));
         }
         // 2 is in its file now: a META for it is refused, not appended.
-        assert_eq!(run_batch(&mut state, vec![meta(2)]).pop().unwrap().unwrap(), Done::Gone);
+        assert_eq!(
+            run_batch(&mut state, vec![meta(2)]).pop().unwrap().unwrap(),
+            Done::Gone
+        );
         // A removal is forgotten by the index once durable.
         let removed = run_batch(
             &mut state,
@@ -1266,7 +1267,10 @@ mod tests {
                 had_file: false,
             }],
         );
-        assert_eq!(removed.into_iter().next().unwrap().unwrap(), Done::Committed);
+        assert_eq!(
+            removed.into_iter().next().unwrap().unwrap(),
+            Done::Committed
+        );
         let index = state.shared.index();
         let k1 = key_of(&id(1)).unwrap();
         assert!(!index.slots.contains_key(&k1) && !index.pending.contains_key(&k1));

@@ -292,7 +292,10 @@ impl Scan {
 
     fn index_batch(&self, batch: Vec<(Key, Slot)>) -> usize {
         let msg_dir = &self.msg_dir;
-        let batch = batch.into_iter().map(|(key, slot)| (key, slot, None)).collect();
+        let batch = batch
+            .into_iter()
+            .map(|(key, slot)| (key, slot, None))
+            .collect();
         self.shared
             .insert_found(batch, |key| msg_dir.join(super::index::id_of(key)).exists())
     }
