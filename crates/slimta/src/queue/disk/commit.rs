@@ -884,11 +884,7 @@ impl CommitThread {
     fn tell_index(&self, batch: &[Job], results: &[Option<io::Result<Done>>]) {
         let mut index = None;
         for (job, result) in batch.iter().zip(results) {
-            let committed = match result {
-                Some(Ok(Done::Committed)) | None => true,
-                _ => false,
-            };
-            if !committed {
+            if !matches!(result, Some(Ok(Done::Committed)) | None) {
                 continue;
             }
             match &job.change {

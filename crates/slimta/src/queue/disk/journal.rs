@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(scanned.good_len, seg.len());
         // A good outer CRC around a damaged inner record stops the scan
         // there, as damage does.
-        let mut broken = inner.clone();
+        let mut broken = inner;
         let last = broken.len() - 1;
         broken[last] ^= 1;
         let mut bad = header().to_vec();
