@@ -53,7 +53,7 @@ pub async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
 }
 
 /// Opens the spool at `path` once whatever still holds it (a stopped
-/// queue's task, a spill task) lets go.
+/// queue's task, with its clone of the storage) lets go.
 pub async fn reopen(path: &Path) -> DiskStorage {
     reopen_with(path, DiskOptions::default()).await
 }

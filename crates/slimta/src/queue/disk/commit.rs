@@ -468,29 +468,40 @@ impl Committer {
         self.submit(Change::Rename { tmp, dest }).await.map(drop)
     }
 
-    /// Moves journal message `id` of `segment` to its own file: renames
-    /// `tmp` (its spool file with its first `metas` `META` records, written
-    /// and synced) to `dest`, and the index then shows the file.
-    /// `Ok(false)` if the message was removed first or has had a `META`
-    /// record since (`tmp` is then deleted).
-    pub(crate) async fn spill(
+    /// Renames each spilled copy `(tmp, dest, id, segment, metas)` into
+    /// place (see [`Change::Spill`]), all submitted at once so they share
+    /// one batch and one `msg/` sync, and waits for every answer. For the
+    /// spill thread, never async code. The first error, if any.
+    pub(crate) fn spill_blocking(
         &self,
-        tmp: PathBuf,
-        dest: PathBuf,
-        id: String,
-        segment: u64,
-        metas: u32,
-    ) -> io::Result<bool> {
-        let done = self
-            .submit(Change::Spill {
+        copies: Vec<(PathBuf, PathBuf, String, u64, u32)>,
+    ) -> io::Result<()> {
+        let mut answers = Vec::with_capacity(copies.len());
+        for (tmp, dest, id, segment, metas) in copies {
+            let (done, answer) = oneshot::channel();
+            let change = Change::Spill {
                 tmp,
                 dest,
                 id,
                 segment,
                 metas,
-            })
-            .await?;
-        Ok(done != Done::Gone)
+            };
+            self.jobs
+                .send(Job { change, done })
+                .map_err(|_| stopped())?;
+            answers.push(answer);
+        }
+        let mut failed = None;
+        for answer in answers {
+            if let Err(e) = answer
+                .blocking_recv()
+                .map_err(|_| stopped())
+                .and_then(|r| r)
+            {
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Appends `record` (one encoded metadata record) to journal message
@@ -556,9 +567,18 @@ impl Committer {
         .map(drop)
     }
 
-    /// The residents of every segment older than `below`.
-    pub(crate) async fn residents(&self, below: u64) -> io::Result<Vec<Resident>> {
-        match self.submit(Change::Residents { below }).await? {
+    /// The residents of every segment older than `below`, and the
+    /// deferred residents of closed segments (see [`Change::Residents`]).
+    /// For the spill thread, never async code.
+    pub(crate) fn residents_blocking(&self, below: u64) -> io::Result<Vec<Resident>> {
+        let (done, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                change: Change::Residents { below },
+                done,
+            })
+            .map_err(|_| stopped())?;
+        match answer.blocking_recv().map_err(|_| stopped())?? {
             Done::Residents(list) => Ok(list),
             other => Err(io::Error::other(format!("residents answered {other:?}"))),
         }

@@ -58,17 +58,20 @@
 //!   record; the CRC exposes it, the reader applies an outcome whole or
 //!   not at all, and start-up truncates the torn tail away.
 //! - **Deferred messages move to their own files in batches** ("spills",
-//!   by a background task): once the segment holding a deferred message
-//!   closes, or when more than [`DiskOptions::closed_segments`] closed
-//!   segments still hold messages. A spill copies up to `SPILL_BATCH`
-//!   (512) messages (each `NEW` record's bytes plus its `META` records)
-//!   to `tmp/`, makes them durable with one `syncfs` (one `fdatasync`
-//!   each on systems without it), and renames them into `msg/` through
-//!   the committer, which syncs `msg/` once for the batch. The committer
-//!   renames a copy only while the message is still a resident with
-//!   exactly the `META` records copied: a copy made stale by a removal or
-//!   a later deferral is dropped and the message stays in the journal for
-//!   the next pass, so spills never lock against removals or records.
+//!   by the spill thread, `disk/spill.rs`): once the segment holding a
+//!   deferred message closes, or when more than
+//!   [`DiskOptions::closed_segments`] closed segments still hold
+//!   messages. A spill copies up to 512 messages (each `NEW` record's
+//!   bytes plus its `META` records) to `tmp/`, makes them durable with one
+//!   `syncfs` (one `fdatasync` each on systems without it), and renames
+//!   them into `msg/` through the committer, which syncs `msg/` once for
+//!   the batch. The committer renames a copy only while the message is
+//!   still a resident with exactly the `META` records copied: a copy made
+//!   stale by a removal or a later deferral is dropped and the message
+//!   stays in the journal for the next pass, so spills never lock against
+//!   removals or records. The thread is stopped and joined when the last
+//!   handle of the storage is dropped, before the spool's lock is
+//!   released.
 //!   (Before, the first deferral moved the message itself, one file
 //!   fsync and a `msg/` sync share each: first deferrals ran at 1,250/s,
 //!   then 2,000 to 2,500/s with parallel moves, against an intake of
@@ -83,7 +86,7 @@
 //!   removed or has its own file. If more than
 //!   [`DiskOptions::closed_segments`] (4) closed segments still hold
 //!   messages (a backlog behind a slow relay), the messages of the oldest
-//!   ones are spilled to files by a background task, so a few slow
+//!   ones are spilled to files by the spill thread, so a few slow
 //!   messages never pin old segments on disk for days.
 //!
 //! Guarantees, and what a crash can do (the crash models in
@@ -160,6 +163,7 @@ pub(crate) mod format;
 mod index;
 mod journal;
 mod scan;
+mod spill;
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -179,10 +183,11 @@ use super::storage::{
     AttemptOutcome, LOAD_BATCH, LoadBatch, QueueEntry, QueueStorage, StorageCounters,
     StorageSummary, StoredEnvelope,
 };
-use commit::{Committer, Journal, Resident, Residents};
+use commit::{Committer, Journal, Residents};
 use format::Update;
-use index::{Index, Key, Pending, Place, Shared, Slot, key_of};
+use index::{Index, Key, Place, Shared, Slot, key_of};
 use scan::Scan;
+use spill::{Mover, Spiller};
 
 /// How a [`DiskStorage`] stores new messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,10 +227,6 @@ impl DiskOptions {
     }
 }
 
-/// How many journal messages one step of a spill pass copies to files
-/// under one sync.
-const SPILL_BATCH: usize = 512;
-
 struct Inner {
     root: PathBuf,
     msg_dir: PathBuf,
@@ -238,15 +239,13 @@ struct Inner {
     outcomes: AtomicU64,
     /// The index, and the state of the start-up scan that fills it.
     shared: Arc<Shared>,
-    /// A spill task is running (there is never more than one, so two
-    /// copies of one message are never written at once).
-    spilling: AtomicBool,
-    /// The `spill_below` the last spill task finished.
-    spilled_below: AtomicU64,
     scan_cancel: Arc<AtomicBool>,
     scan_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Moves journal messages to their own files; stopped and joined when
+    /// this is dropped, before the lock below is released.
+    spiller: Spiller,
     // Held for the advisory lock; released when the last clone is dropped
-    // (after the scan thread has stopped).
+    // (after the scan and spill threads have stopped).
     _lock: File,
 }
 
@@ -325,83 +324,6 @@ fn write_synced(tmp: &Path, parts: &[&[u8]], fsyncs: &AtomicU64) -> io::Result<(
         let _ = fs::remove_file(tmp);
     }
     written
-}
-
-/// Makes the data of every file in `files` (written, not yet synced)
-/// durable with as few syncs as the platform allows: on Linux one
-/// `syncfs(2)` of their file system, which since Linux 5.8 also reports
-/// any write-back error the file system saw since the first file was
-/// opened; elsewhere an `fdatasync` per file.
-fn sync_written(files: &[File], fsyncs: &AtomicU64) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    if let Some(first) = files.first() {
-        fsyncs.fetch_add(1, Ordering::Relaxed);
-        return nix::unistd::syncfs(first).map_err(io::Error::from);
-    }
-    for file in files {
-        fsyncs.fetch_add(1, Ordering::Relaxed);
-        file.sync_data()?;
-    }
-    Ok(())
-}
-
-/// A journal message about to be copied to its own file: where its `NEW`
-/// record is, and its `META` records as the index had them.
-type SpillWork = (Resident, Pending);
-
-/// Writes each message of `work` to `tmp_dir/<id>` (its `NEW` record's
-/// file bytes, then its `META` records' bytes: the spool file it would
-/// have had) and syncs them all at once. Returns the ids written, with
-/// their segment and the count of `META` records copied; a message whose
-/// segment is gone (removed meanwhile) is skipped. On an error every copy
-/// of the batch is removed again.
-fn write_copies(
-    journal_dir: &Path,
-    tmp_dir: &Path,
-    work: Vec<SpillWork>,
-    fsyncs: &AtomicU64,
-) -> io::Result<Vec<(String, u64, u32)>> {
-    let mut segments: std::collections::HashMap<u64, File> = std::collections::HashMap::new();
-    let mut files = Vec::with_capacity(work.len());
-    let mut written = Vec::with_capacity(work.len());
-    let copied = (|| {
-        for ((id, segment, offset, len), pending) in work {
-            let segment_file = match segments.entry(segment) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    match File::open(journal_dir.join(journal::segment_name(segment))) {
-                        Ok(file) => e.insert(file),
-                        // Deleted: every resident of it was removed or
-                        // moved since the list was made.
-                        Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                        Err(err) => return Err(err),
-                    }
-                }
-            };
-            let bytes = read_record_at(segment_file, &id, segment, offset, len)?;
-            let tmp = tmp_dir.join(&id);
-            // A spill pass cancelled half-way may have left a copy; spill
-            // passes never overlap.
-            match fs::remove_file(&tmp) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            // Listed before the write, so a failed write is cleaned up too.
-            written.push((id, segment, pending.records));
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            let mut bufs = [IoSlice::new(&bytes), IoSlice::new(&pending.bytes)];
-            write_all_vectored(&mut file, &mut bufs)?;
-            files.push(file);
-        }
-        sync_written(&files, fsyncs)
-    })();
-    if let Err(e) = copied {
-        for (id, ..) in &written {
-            let _ = fs::remove_file(tmp_dir.join(id));
-        }
-        return Err(e);
-    }
-    Ok(written)
 }
 
 /// The spool file bytes of journal message `id`, read from its record.
@@ -608,6 +530,15 @@ impl DiskStorage {
         .awaiting_residents();
         let shared = Arc::new(Shared::new());
         let committer = Committer::spawn(&msg_dir, journal, fsyncs.clone(), shared.clone())?;
+        let spiller = Spiller::spawn(Mover {
+            journal_dir: journal_dir.clone(),
+            tmp_dir: tmp_dir.clone(),
+            msg_dir: msg_dir.clone(),
+            fsyncs: fsyncs.clone(),
+            committer: committer.clone(),
+            shared: shared.clone(),
+            spilled_below: AtomicU64::new(0),
+        })?;
         let scan_cancel = Arc::new(AtomicBool::new(false));
         tracing::info!(path = %root.display(), segments = segments.len(), "disk spool opened; indexing it in the background");
         let scan = Scan {
@@ -619,6 +550,7 @@ impl DiskStorage {
             committer: committer.clone(),
             shared: shared.clone(),
             cancel: scan_cancel.clone(),
+            spill: spiller.wake(),
             #[cfg(test)]
             gate,
         }
@@ -634,10 +566,9 @@ impl DiskStorage {
                 fsyncs,
                 outcomes: AtomicU64::new(0),
                 shared,
-                spilling: AtomicBool::new(false),
-                spilled_below: AtomicU64::new(0),
                 scan_cancel,
                 scan_thread: Mutex::new(Some(scan)),
+                spiller,
                 _lock: lock,
             }),
         })
@@ -713,106 +644,9 @@ impl DiskStorage {
         }
     }
 
-    /// Whether the committer asks for messages to be moved out of the
-    /// journal beyond what the last spill pass did: residents of segments
-    /// past [`DiskOptions::closed_segments`], or deferred messages in a
-    /// closed segment.
-    fn spill_wanted(&self) -> bool {
-        self.inner.shared.journal_indexed.load(Ordering::Acquire)
-            && (self.inner.committer.spill_below()
-                > self.inner.spilled_below.load(Ordering::Relaxed)
-                || self.inner.committer.deferred_waiting())
-    }
-
-    /// Starts a spill task if the committer asks for one and none runs.
+    /// Wakes the spill thread if the committer asks for a pass.
     fn maybe_spill(&self) {
-        if !self.spill_wanted() || self.inner.spilling.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let storage = self.clone();
-        tokio::spawn(async move {
-            loop {
-                while storage.spill_wanted() {
-                    storage.spill_pass().await;
-                }
-                storage.inner.spilling.store(false, Ordering::Release);
-                // A request made after the last look, while the flag was
-                // still set, would otherwise wait for the next write.
-                if !storage.spill_wanted() || storage.inner.spilling.swap(true, Ordering::AcqRel) {
-                    break;
-                }
-            }
-        });
-    }
-
-    /// Moves every resident the committer names (see
-    /// [`DiskStorage::spill_wanted`]) to its own file, [`SPILL_BATCH`]
-    /// messages per sync.
-    async fn spill_pass(&self) {
-        let below = self.inner.committer.spill_below();
-        match self.inner.committer.residents(below).await {
-            Ok(residents) => {
-                if residents.len() >= SPILL_BATCH {
-                    tracing::info!(
-                        messages = residents.len(),
-                        "moving messages out of the journal"
-                    );
-                }
-                for chunk in residents.chunks(SPILL_BATCH) {
-                    if let Err(e) = self.spill_batch(chunk).await {
-                        tracing::error!(error = %e, "could not move messages out of the journal");
-                        break;
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "could not list old journal messages"),
-        }
-        self.inner.spilled_below.fetch_max(below, Ordering::Relaxed);
-    }
-
-    /// Copies `residents` to files (one sync for all, on the blocking
-    /// pool), then renames them into `msg/` through the committer (one
-    /// directory sync for all). A copy that a removal or a newer `META`
-    /// record overtook is dropped by the committer; the index shows the
-    /// file of every one that moved.
-    ///
-    /// Removals and attempts never wait for a move: the committer decides,
-    /// in its own order, whether a removal, a `META` record or the move
-    /// came first (see `disk/commit.rs`). A resident that was never indexed
-    /// (its writer went away before the answer) gets its file all the
-    /// same and is indexed at the next open.
-    async fn spill_batch(&self, residents: &[Resident]) -> io::Result<()> {
-        let work: Vec<SpillWork> = {
-            let index = self.index();
-            residents
-                .iter()
-                .filter_map(|resident| {
-                    let key = key_of(&resident.0)?;
-                    let pending = index.pending.get(&key).cloned().unwrap_or_default();
-                    Some((resident.clone(), pending))
-                })
-                .collect()
-        };
-        let (journal_dir, tmp_dir, fsyncs) = (
-            self.inner.journal_dir.clone(),
-            self.inner.tmp_dir.clone(),
-            self.inner.fsyncs.clone(),
-        );
-        let written = blocking(move || write_copies(&journal_dir, &tmp_dir, work, &fsyncs)).await?;
-        let mut renames = tokio::task::JoinSet::new();
-        for (id, segment, metas) in written {
-            let (tmp, dest) = (self.inner.tmp_dir.join(&id), self.inner.msg_dir.join(&id));
-            let committer = self.inner.committer.clone();
-            // Sent together, so they share one batch and one `msg/` sync.
-            renames.spawn(async move { committer.spill(tmp, dest, id, segment, metas).await });
-        }
-        let mut failed = None;
-        while let Some(done) = renames.join_next().await {
-            if let Err(e) = done.map_err(io::Error::other).and_then(|r| r) {
-                failed = Some(e);
-            }
-        }
-        failed.map_or(Ok(()), Err)
+        self.inner.spiller.poke();
     }
 
     /// Appends one metadata record to message `id`: a `META` record in the
@@ -1135,8 +969,14 @@ mod tests {
         /// Moves every journal message to its own file now, the head
         /// segment's too.
         async fn spill_now(&self) {
-            let residents = self.inner.committer.residents(u64::MAX).await.unwrap();
-            self.spill_batch(&residents).await.unwrap();
+            let mover = self.inner.spiller.mover().clone();
+            tokio::task::spawn_blocking(move || {
+                let residents = mover.committer.residents_blocking(u64::MAX)?;
+                mover.spill_batch(&residents)
+            })
+            .await
+            .unwrap()
+            .unwrap();
         }
     }
 
@@ -1217,8 +1057,9 @@ mod tests {
         assert_eq!(s.get(&id).await.unwrap().meta, meta);
         // The deferred one moves; the other stays in the journal.
         let key = key_of(&id).unwrap();
+        // No request is needed: the scan wakes the spill thread once the
+        // journal is indexed.
         for _ in 0..3000 {
-            s.maybe_spill();
             if matches!(s.place_of(key), Some(Place::File { .. })) {
                 break;
             }

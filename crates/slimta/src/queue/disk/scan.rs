@@ -47,6 +47,7 @@ use std::time::SystemTime;
 use super::commit::{Committer, Residents};
 use super::format::{self, Invalid};
 use super::index::{Key, Pending, Place, ScanState, Shared, Slot, key_of};
+use super::spill::SpillWake;
 use super::{journal, newer_version, set_aside, sync_dir};
 
 /// How many messages are indexed (and handed to the queue) at once.
@@ -64,6 +65,9 @@ pub(crate) struct Scan {
     pub(crate) shared: Arc<Shared>,
     /// Set when the storage is dropped.
     pub(crate) cancel: Arc<AtomicBool>,
+    /// Woken once the journal's messages are handed over: deferred ones of
+    /// old segments may be waiting to move.
+    pub(crate) spill: SpillWake,
     /// Tests hold the scan before each step until a token (or the
     /// sender's drop) lets it on.
     #[cfg(test)]
@@ -157,6 +161,7 @@ impl Scan {
         }
         drop(journal_only);
         self.shared.journal_indexed.store(true, Ordering::Release);
+        self.spill.wake();
         self.step()?;
         count += self.index_files(&origins)?;
         Ok(count)
