@@ -195,8 +195,14 @@ fn queue_commands_work_with_and_without_the_daemon() {
     let list = ok(&daemon.queue_cmd(&["list"]));
     assert_eq!(self::ids(&list), [ids[0].clone()], "{list}");
     let stats = ok(&daemon.queue_cmd(&["stats"]));
+    // The daemon's head segment is closed now, so each open of the spool
+    // by the CLI may move the deferred message to its own file in the
+    // background (the spill thread): it is in the journal or in its file,
+    // never lost and never twice.
     assert!(
-        stats.starts_with("messages: 1\n") && stats.contains("\njournal_messages: 1\n"),
+        stats.starts_with("messages: 1\n")
+            && (stats.contains("\njournal_messages: 1\n")
+                || stats.contains("\njournal_messages: 0\n")),
         "{stats}"
     );
     // First attempt, "retry ID", "retry --all".
