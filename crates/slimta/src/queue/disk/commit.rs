@@ -73,7 +73,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::index::{MAX_SEGMENT, Place, Shared, key_of};
 use super::journal;
@@ -401,22 +401,36 @@ pub(crate) struct Committer {
     spill_below: Arc<AtomicU64>,
     deferred_closed: Arc<AtomicBool>,
     counts: Arc<JournalCounts>,
+    /// More segments than this on disk and new messages wait for the
+    /// spill thread (see [`Committer::wait_for_room`]).
+    segment_limit: u64,
 }
 
-/// The journal's size as of the committer's last batch, for operators.
+/// The journal's size as of the committer's last batch, for operators
+/// and for the intake's back-pressure.
 #[derive(Default)]
 pub(crate) struct JournalCounts {
     segments: AtomicU64,
     residents: AtomicU64,
+    /// Woken whenever a batch leaves fewer segments than the one before.
+    shrunk: Notify,
 }
 
 impl JournalCounts {
     fn update(&self, journal: &Journal) {
-        self.segments
-            .store(journal.segments.len() as u64, Ordering::Relaxed);
+        let segments = journal.segments.len() as u64;
+        let before = self.segments.swap(segments, Ordering::Relaxed);
         let residents: usize = journal.segments.values().map(HashMap::len).sum();
         self.residents.store(residents as u64, Ordering::Relaxed);
+        if segments < before {
+            self.shrunk.notify_waiters();
+        }
     }
+}
+
+/// Segments on disk (the head included) beyond which new messages wait.
+fn journal_segment_limit(closed_segments: usize) -> u64 {
+    (closed_segments as u64).saturating_mul(2).max(2) + 1
 }
 
 fn stopped() -> io::Error {
@@ -442,6 +456,7 @@ impl Committer {
         let deferred_closed = journal.deferred_closed.clone();
         let counts = Arc::new(JournalCounts::default());
         counts.update(&journal);
+        let segment_limit = journal_segment_limit(journal.closed_segments);
         let mut state = CommitThread {
             msg_dir: File::open(msg_dir)?,
             journal,
@@ -459,7 +474,39 @@ impl Committer {
             spill_below,
             deferred_closed,
             counts,
+            segment_limit,
         })
+    }
+
+    /// Back-pressure for new journal messages: returns at once while the
+    /// journal holds at most its limit of segments (twice
+    /// `closed_segments`, plus the head), else once the spill thread has
+    /// brought it back under the limit or after `patience`, whichever
+    /// comes first. Returns whether it waited.
+    ///
+    /// Why: with every next hop down, each new message is deferred and
+    /// must move to its own file; if the moves fall behind intake (they
+    /// share the disk and the processors with it), the journal would grow
+    /// without bound. Like Postfix's `in_flow_delay` (1 s), the wait is
+    /// bounded, so a spill thread that cannot progress (a failing disk)
+    /// slows intake but never stops it.
+    pub(crate) async fn wait_for_room(&self, patience: std::time::Duration) -> bool {
+        if self.counts.segments.load(Ordering::Relaxed) <= self.segment_limit {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let shrunk = self.counts.shrunk.notified();
+            tokio::pin!(shrunk);
+            shrunk.as_mut().enable();
+            if self.counts.segments.load(Ordering::Relaxed) <= self.segment_limit {
+                return true;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return true,
+                () = &mut shrunk => {}
+            }
+        }
     }
 
     /// Renames `tmp` (fully written and fsync'd) to `dest` and returns once
@@ -1342,5 +1389,58 @@ mod tests {
             state.journal.segments.keys().copied().collect::<Vec<_>>(),
             [3, 4, 5, 6]
         );
+    }
+
+    /// Back-pressure: a new message waits while the journal holds more
+    /// segments than its limit, and goes on once a segment is deleted (or
+    /// its patience runs out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_messages_wait_while_the_journal_is_over_its_limit() {
+        let spool = spool();
+        // One closed segment kept: at most three on disk (see
+        // `journal_segment_limit`). Each new message (1,000 bytes) fills a
+        // segment; the small REMOVE records below share one.
+        let size = journal::HEADER_LEN as u64 + 600;
+        let journal = Journal::new(&spool.journal, BTreeMap::new(), size, 1).unwrap();
+        let limit = journal_segment_limit(1);
+        assert_eq!(limit, 3);
+        let committer =
+            Committer::spawn(&spool.msg, journal, Arc::default(), Arc::new(Shared::new())).unwrap();
+        let patience = std::time::Duration::from_secs(60);
+        assert!(!committer.wait_for_room(patience).await, "room at first");
+        let mut placed = Vec::new();
+        for n in 0..5 {
+            let envelope = Envelope::new("s@x.test", vec!["r@y.test".into()], vec![n; 1000]);
+            let (segment, ..) = committer
+                .append_new(
+                    id(n),
+                    b"head".to_vec(),
+                    Arc::new(envelope),
+                    b"tail".to_vec(),
+                )
+                .await
+                .unwrap();
+            placed.push((id(n), segment));
+        }
+        assert_eq!(committer.journal_counts().0, 5);
+        // Nothing drains: it gives up after its patience, still over.
+        let short = std::time::Duration::from_millis(50);
+        assert!(committer.wait_for_room(short).await);
+        assert_eq!(committer.journal_counts().0, 5);
+        // Removals drain the four oldest segments (their records go to one
+        // new segment): the wait ends with room.
+        let waiter = {
+            let committer = committer.clone();
+            tokio::spawn(async move { committer.wait_for_room(patience).await })
+        };
+        for (id, segment) in &placed[..4] {
+            let path = spool.msg.join(id);
+            committer
+                .remove(id.clone(), path, Some(*segment), false)
+                .await
+                .unwrap();
+        }
+        assert!(waiter.await.unwrap(), "it waited");
+        assert!(committer.journal_counts().0 <= limit);
     }
 }

@@ -227,6 +227,10 @@ impl DiskOptions {
     }
 }
 
+/// How long a new message waits at most for the spill thread when the
+/// journal is over its limit of segments.
+const JOURNAL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Inner {
     root: PathBuf,
     msg_dir: PathBuf,
@@ -727,6 +731,12 @@ impl DiskStorage {
             && envelope.message.len() <= max
             && ((head.len() + envelope.message.len() + tail.len() + 64) as u64) < index::MAX_RECORD;
         let place = if journal {
+            // Back-pressure (see `Committer::wait_for_room`), once the
+            // start-up scan has handed the old segments to the spill thread.
+            if self.inner.shared.journal_indexed.load(Ordering::Acquire) {
+                self.maybe_spill();
+                self.inner.committer.wait_for_room(JOURNAL_PATIENCE).await;
+            }
             let (segment, offset, len) = self
                 .inner
                 .committer

@@ -281,15 +281,15 @@ fn write_copies(
             };
             let bytes = read_record_at(segment_file, &id, segment, offset, len)?;
             let tmp = tmp_dir.join(&id);
-            // A pass stopped half-way may have left a copy; passes never
-            // overlap.
-            match fs::remove_file(&tmp) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
             // Listed before the write, so a failed write is cleaned up too.
             written.push((id, segment, pending.records));
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            // Truncated: a pass stopped half-way may have left a copy
+            // (passes never overlap, and nothing else writes there).
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             let mut bufs = [IoSlice::new(&bytes), IoSlice::new(&pending.bytes)];
             write_all_vectored(&mut file, &mut bufs)?;
             files.push(file);
