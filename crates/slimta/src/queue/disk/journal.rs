@@ -53,6 +53,8 @@
 //! appended to after a restart, so a torn tail is simply ignored. Unknown
 //! record kinds with a good CRC are skipped; a newer version is refused.
 
+use std::io::{self, Read};
+
 use super::format::{self, Invalid, RECORD_OVERHEAD};
 
 /// The first eight bytes of every journal segment.
@@ -146,19 +148,22 @@ pub(crate) enum Entry<'a> {
 
 /// A segment read from the start.
 #[derive(Debug)]
+#[cfg(test)]
 pub(crate) struct Scan<'a> {
     pub(crate) entries: Vec<Entry<'a>>,
     /// Where the last good record ends.
     pub(crate) good_len: usize,
 }
 
-/// Reads a whole segment.
+/// Reads a whole segment (tests; the start-up scan streams, see
+/// [`scan_stream`]).
 ///
 /// # Errors
 ///
 /// [`Invalid::Corrupt`] if the header is not a segment header (a segment
 /// shorter than its header is an empty one cut short by a crash, and scans
 /// as empty); [`Invalid::NewerVersion`] for a newer format.
+#[cfg(test)]
 pub(crate) fn scan(bytes: &[u8]) -> Result<Scan<'_>, Invalid> {
     if bytes.len() < HEADER_LEN {
         // Created but its header never synced: nothing was ever stored in
@@ -169,6 +174,24 @@ pub(crate) fn scan(bytes: &[u8]) -> Result<Scan<'_>, Invalid> {
             good_len: bytes.len(),
         });
     }
+    check_header(bytes)?;
+    let mut entries = Vec::new();
+    let mut pos = HEADER_LEN;
+    while let Some((kind, payload, next)) = format::next_record(bytes, pos) {
+        let Ok(entry) = entry_of(kind, payload, pos as u64, next - pos) else {
+            break;
+        };
+        entries.extend(entry);
+        pos = next;
+    }
+    Ok(Scan {
+        entries,
+        good_len: pos,
+    })
+}
+
+/// Checks a segment's header (at least [`HEADER_LEN`] bytes).
+fn check_header(bytes: &[u8]) -> Result<(), Invalid> {
     if &bytes[..8] != MAGIC {
         return Err(Invalid::Corrupt("not a journal segment"));
     }
@@ -179,49 +202,117 @@ pub(crate) fn scan(bytes: &[u8]) -> Result<Scan<'_>, Invalid> {
     if version == 0 {
         return Err(Invalid::Corrupt("journal version 0"));
     }
-    let mut entries = Vec::new();
-    let mut pos = HEADER_LEN;
-    while let Some((kind, payload, next)) = format::next_record(bytes, pos) {
-        let entry = match kind {
-            NEW | REMOVE | META => {
-                let Some(id) = payload
-                    .get(..ID_LEN)
-                    .and_then(|id| std::str::from_utf8(id).ok())
-                else {
-                    break;
-                };
-                if kind == META {
-                    let record = &payload[ID_LEN..];
-                    // Exactly one good record inside, or the journal is
-                    // damaged here (its CRC matched, so not torn).
-                    match format::next_record(record, 0) {
-                        Some((_, _, end)) if end == record.len() => {
-                            Some(Entry::Meta { id, record })
-                        }
-                        _ => break,
-                    }
-                } else if kind == NEW {
-                    Some(Entry::New {
-                        id,
-                        offset: pos as u64,
-                        len: (next - pos) as u64,
-                        file: &payload[ID_LEN..],
-                    })
-                } else if payload.len() == ID_LEN {
-                    Some(Entry::Remove { id })
-                } else {
-                    break;
-                }
-            }
-            _ => None,
-        };
-        entries.extend(entry);
-        pos = next;
+    Ok(())
+}
+
+/// The entry of one whole good record of `kind` at `offset`, `len` bytes
+/// long (`None` for a kind this version skips); `Err` if the record is
+/// damaged although its CRC matched, where the scan stops.
+fn entry_of(kind: u8, payload: &[u8], offset: u64, len: usize) -> Result<Option<Entry<'_>>, ()> {
+    if !matches!(kind, NEW | REMOVE | META) {
+        return Ok(None);
     }
-    Ok(Scan {
-        entries,
-        good_len: pos,
-    })
+    let id = payload
+        .get(..ID_LEN)
+        .and_then(|id| std::str::from_utf8(id).ok())
+        .ok_or(())?;
+    match kind {
+        META => {
+            let record = &payload[ID_LEN..];
+            // Exactly one good record inside, or the journal is damaged
+            // here (its CRC matched, so not torn).
+            match format::next_record(record, 0) {
+                Some((_, _, end)) if end == record.len() => Ok(Some(Entry::Meta { id, record })),
+                _ => Err(()),
+            }
+        }
+        NEW => Ok(Some(Entry::New {
+            id,
+            offset,
+            len: len as u64,
+            file: &payload[ID_LEN..],
+        })),
+        _ if payload.len() == ID_LEN => Ok(Some(Entry::Remove { id })),
+        _ => Err(()),
+    }
+}
+
+/// How much more of a segment [`scan_stream`] reads at a time, at least.
+const READ_CHUNK: usize = 64 << 10;
+
+/// [`scan`] over a reader, a record at a time: `visit` gets every entry
+/// in order, and the buffer holds one record (and a read chunk), never the
+/// whole segment. Returns where the last good record ends.
+///
+/// Why: a 32 MiB buffer per segment at start-up is freed again at once,
+/// and the allocator then keeps much bigger blocks in its heap instead of
+/// mapping them, so the index tables built during the scan fragment it
+/// and the process keeps megabytes it no longer uses.
+///
+/// # Errors
+///
+/// An I/O error reading, or the first error `visit` returns; the inner
+/// `Err` as for [`scan`].
+pub(crate) fn scan_stream(
+    mut reader: impl Read,
+    visit: &mut dyn FnMut(Entry<'_>) -> io::Result<()>,
+) -> io::Result<Result<u64, Invalid>> {
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let mut eof = fill(&mut reader, &mut buf, HEADER_LEN)?;
+    if buf.len() < HEADER_LEN {
+        return Ok(Ok(buf.len() as u64));
+    }
+    if let Err(invalid) = check_header(&buf) {
+        return Ok(Err(invalid));
+    }
+    // `buf[start..]` is unparsed; `buf[0]` is at offset `base`.
+    let (mut base, mut start) = (0u64, HEADER_LEN);
+    loop {
+        let rest = &buf[start..];
+        let need = match rest.get(1..9) {
+            Some(len) => u64::from_le_bytes(len.try_into().expect("8 bytes"))
+                .saturating_add(RECORD_OVERHEAD as u64),
+            None => RECORD_OVERHEAD as u64,
+        };
+        if (rest.len() as u64) < need && !eof {
+            buf.drain(..start);
+            base += start as u64;
+            start = 0;
+            let want = usize::try_from(need).unwrap_or(usize::MAX);
+            eof = fill(&mut reader, &mut buf, want)?;
+            continue;
+        }
+        let Some((kind, payload, next)) = format::next_record(&buf, start) else {
+            break;
+        };
+        let Ok(entry) = entry_of(kind, payload, base + start as u64, next - start) else {
+            break;
+        };
+        if let Some(entry) = entry {
+            visit(entry)?;
+        }
+        start = next;
+    }
+    Ok(Ok(base + start as u64))
+}
+
+/// Reads into `buf` until it holds `want` bytes or the reader ends, a
+/// chunk at a time (a damaged length is never allocated up front).
+/// Returns whether the reader ended.
+fn fill(reader: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> io::Result<bool> {
+    while buf.len() < want.max(READ_CHUNK) {
+        let old = buf.len();
+        buf.resize(old + READ_CHUNK, 0);
+        let read = reader.read(&mut buf[old..]);
+        buf.truncate(old + *read.as_ref().unwrap_or(&0));
+        match read {
+            Ok(0) => return Ok(true),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 /// The spool file bytes inside one whole `NEW` record for `id` (as read
@@ -389,5 +480,68 @@ mod tests {
         assert_eq!(parse_segment_name("00000000000000ff"), Some(255));
         assert_eq!(parse_segment_name("ff"), None);
         assert_eq!(parse_segment_name("00000000000000fg"), None);
+    }
+
+    /// What an entry says, owned, to compare the two readers.
+    fn owned(entry: &Entry<'_>) -> (u8, String, u64, u64, Vec<u8>) {
+        match entry {
+            Entry::New {
+                id,
+                offset,
+                len,
+                file,
+            } => (NEW, (*id).to_owned(), *offset, *len, file.to_vec()),
+            Entry::Remove { id } => (REMOVE, (*id).to_owned(), 0, 0, Vec::new()),
+            Entry::Meta { id, record } => (META, (*id).to_owned(), 0, 0, record.to_vec()),
+        }
+    }
+
+    #[test]
+    fn the_streaming_reader_sees_what_the_whole_reader_sees_at_every_cut() {
+        // Records bigger than a read chunk and many small ones, so the
+        // stream refills inside records and between them.
+        let mut segment = header().to_vec();
+        let big = vec![7u8; READ_CHUNK + 1000];
+        segment.extend(new_record(A, &[b"f", &big]));
+        for n in 0..200u8 {
+            segment.extend(meta_record(A, &format::encode_update(&format::Update::Outcome(
+                crate::queue::storage::AttemptOutcome {
+                    attempts: u32::from(n),
+                    ..Default::default()
+                },
+            ))));
+        }
+        segment.extend(new_record(B, &[b"g", &vec![9u8; 3 * READ_CHUNK]]));
+        segment.extend(remove_record(A));
+        let len = segment.len();
+        let cuts = (0..len).step_by(997).chain([
+            HEADER_LEN - 1,
+            HEADER_LEN,
+            READ_CHUNK,
+            READ_CHUNK + 1,
+            len - 1,
+            len,
+        ]);
+        for cut in cuts {
+            let bytes = &segment[..cut];
+            let whole = scan(bytes).unwrap();
+            let mut streamed = Vec::new();
+            let good_len = scan_stream(bytes, &mut |e| {
+                streamed.push(owned(&e));
+                Ok(())
+            })
+            .unwrap()
+            .unwrap();
+            assert_eq!(good_len, whole.good_len as u64, "cut at {cut}");
+            let expected: Vec<_> = whole.entries.iter().map(owned).collect();
+            assert_eq!(streamed, expected, "cut at {cut}");
+        }
+        // A damaged header is refused the same way.
+        let mut bad = segment.clone();
+        bad[0] ^= 1;
+        assert!(matches!(
+            scan_stream(&bad[..], &mut |_| Ok(())).unwrap(),
+            Err(Invalid::Corrupt(_))
+        ));
     }
 }

@@ -175,21 +175,9 @@ impl Scan {
         let mut removed = HashSet::new();
         for (seq, path) in &self.segments {
             self.check_cancel()?;
-            let bytes = fs::read(path)?;
-            let scan = match journal::scan(&bytes) {
-                Ok(scan) => scan,
-                Err(Invalid::NewerVersion(v)) => {
-                    return Err(newer_version(path.display(), "journal", v));
-                }
-                Err(Invalid::Corrupt(why)) => {
-                    set_aside(path, &self.corrupt_dir, "journal-", why)?;
-                    continue;
-                }
-            };
-            if scan.good_len < bytes.len() {
-                tracing::warn!(segment = %path.display(), "ignoring a torn journal tail");
-            }
-            for entry in scan.entries {
+            let file = fs::File::open(path)?;
+            let size = file.metadata()?.len();
+            let mut visit = |entry: journal::Entry<'_>| -> io::Result<()> {
                 match entry {
                     journal::Entry::New {
                         id,
@@ -234,6 +222,20 @@ impl Scan {
                     }
                     journal::Entry::New { .. } => {}
                 }
+                Ok(())
+            };
+            let good_len = match journal::scan_stream(io::BufReader::new(file), &mut visit)? {
+                Ok(good_len) => good_len,
+                Err(Invalid::NewerVersion(v)) => {
+                    return Err(newer_version(path.display(), "journal", v));
+                }
+                Err(Invalid::Corrupt(why)) => {
+                    set_aside(path, &self.corrupt_dir, "journal-", why)?;
+                    continue;
+                }
+            };
+            if good_len < size {
+                tracing::warn!(segment = %path.display(), "ignoring a torn journal tail");
             }
         }
         // A REMOVE wins over a file of the same id: unlinked (durably)
