@@ -504,12 +504,15 @@ mod tests {
         let big = vec![7u8; READ_CHUNK + 1000];
         segment.extend(new_record(A, &[b"f", &big]));
         for n in 0..200u8 {
-            segment.extend(meta_record(A, &format::encode_update(&format::Update::Outcome(
-                crate::queue::storage::AttemptOutcome {
-                    attempts: u32::from(n),
-                    ..Default::default()
-                },
-            ))));
+            segment.extend(meta_record(
+                A,
+                &format::encode_update(&format::Update::Outcome(
+                    crate::queue::storage::AttemptOutcome {
+                        attempts: u32::from(n),
+                        ..Default::default()
+                    },
+                )),
+            ));
         }
         segment.extend(new_record(B, &[b"g", &vec![9u8; 3 * READ_CHUNK]]));
         segment.extend(remove_record(A));
