@@ -71,7 +71,11 @@
 //!   stays in the journal for the next pass, so spills never lock against
 //!   removals or records. The thread is stopped and joined when the last
 //!   handle of the storage is dropped, before the spool's lock is
-//!   released.
+//!   released. If the moves fall behind intake (they share the disk and
+//!   the processors with it) and the journal holds more than twice
+//!   `closed_segments` segments plus the head, a new message waits up to
+//!   1 s for them (`Committer::wait_for_room`, like Postfix's
+//!   `in_flow_delay`): the journal stays bounded through a long outage.
 //!   (Before, the first deferral moved the message itself, one file
 //!   fsync and a `msg/` sync share each: first deferrals ran at 1,250/s,
 //!   then 2,000 to 2,500/s with parallel moves, against an intake of
