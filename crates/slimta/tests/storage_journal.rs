@@ -183,10 +183,7 @@ async fn a_deferred_message_moves_to_its_own_file_and_a_removal_beats_every_copy
     for n in 3..10 {
         s.write(&envelope(n), SystemTime::now()).await.unwrap();
     }
-    wait_until("the deferred message has its own file", async || {
-        files_in(&path.join("msg")) == std::slice::from_ref(&a)
-    })
-    .await;
+    moved_to_its_file(&path, &a).await;
     let stored = s.get(&a).await.unwrap();
     assert_eq!(*stored.envelope, envelope(1));
     assert_eq!(stored.meta.delivered, [0]);
@@ -245,10 +242,7 @@ async fn a_stale_metadata_record_beside_a_file_is_ignored() {
     let s = DiskStorage::open_with(&path, spilling_at_once()).unwrap();
     let a = s.write(&envelope(1), SystemTime::now()).await.unwrap();
     s.record(&a, &finished(1, &[])).await.unwrap();
-    wait_until("the deferred message has its own file", async || {
-        files_in(&path.join("msg")) == std::slice::from_ref(&a)
-    })
-    .await;
+    moved_to_its_file(&path, &a).await;
     let file = fs::read(path.join("msg").join(&a)).unwrap();
     drop(s);
 
@@ -285,14 +279,19 @@ async fn a_copy_left_by_a_cancelled_move_does_not_block_the_next_one() {
     // What a move aborted between its copy and its rename leaves behind.
     fs::write(path.join("tmp").join(&a), b"half a copy").unwrap();
     s.record(&a, &finished(1, &[])).await.unwrap();
-    wait_until("the deferred message has its own file", async || {
-        files_in(&path.join("msg")) == std::slice::from_ref(&a)
-    })
-    .await;
+    moved_to_its_file(&path, &a).await;
     let stored = s.get(&a).await.unwrap();
     assert_eq!(stored.meta.attempts, 1);
     assert_eq!(*stored.envelope, envelope(1));
     assert!(files_in(&path.join("tmp")).is_empty());
+}
+
+/// Waits until `id` is the one message in `msg/` of the spool at `path`.
+async fn moved_to_its_file(path: &Path, id: &str) {
+    wait_until("the deferred message has its own file", async || {
+        files_in(&path.join("msg")) == [id]
+    })
+    .await;
 }
 
 /// The one journal segment of a spool that has one.

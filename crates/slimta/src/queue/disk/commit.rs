@@ -46,7 +46,7 @@
 //! the caller then finds the message in its file, or gone. When more closed segments than
 //! allowed still hold residents, the committer asks (through
 //! `spill_below`) for the residents of the oldest ones to be spilled; the
-//! storage does that from async code, and the segments then drain.
+//! spill thread (`disk/spill.rs`) does that, and the segments then drain.
 //!
 //! Start-up: the spool opens before its old segments are read (see
 //! `disk/scan.rs`), so the committer starts with the old segments known
@@ -523,21 +523,18 @@ impl Committer {
         &self,
         copies: Vec<(PathBuf, PathBuf, String, u64, u32)>,
     ) -> io::Result<()> {
-        let mut answers = Vec::with_capacity(copies.len());
-        for (tmp, dest, id, segment, metas) in copies {
-            let (done, answer) = oneshot::channel();
-            let change = Change::Spill {
-                tmp,
-                dest,
-                id,
-                segment,
-                metas,
-            };
-            self.jobs
-                .send(Job { change, done })
-                .map_err(|_| stopped())?;
-            answers.push(answer);
-        }
+        let answers: Vec<_> = copies
+            .into_iter()
+            .map(|(tmp, dest, id, segment, metas)| {
+                self.send(Change::Spill {
+                    tmp,
+                    dest,
+                    id,
+                    segment,
+                    metas,
+                })
+            })
+            .collect::<io::Result<_>>()?;
         let mut failed = None;
         for answer in answers {
             if let Err(e) = answer
@@ -618,14 +615,7 @@ impl Committer {
     /// deferred residents of closed segments (see [`Change::Residents`]).
     /// For the spill thread, never async code.
     pub(crate) fn residents_blocking(&self, below: u64) -> io::Result<Vec<Resident>> {
-        let (done, answer) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                change: Change::Residents { below },
-                done,
-            })
-            .map_err(|_| stopped())?;
-        match answer.blocking_recv().map_err(|_| stopped())?? {
+        match self.submit_blocking(Change::Residents { below })? {
             Done::Residents(list) => Ok(list),
             other => Err(io::Error::other(format!("residents answered {other:?}"))),
         }
@@ -635,14 +625,7 @@ impl Committer {
     /// blocks until the committer has them. For the scan's thread, never
     /// async code.
     pub(crate) fn adopt_blocking(&self, residents: BTreeMap<u64, Residents>) -> io::Result<()> {
-        let (done, answer) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                change: Change::Adopt { residents },
-                done,
-            })
-            .map_err(|_| stopped())?;
-        answer.blocking_recv().map_err(|_| stopped())?.map(drop)
+        self.submit_blocking(Change::Adopt { residents }).map(drop)
     }
 
     /// Segments on disk, and messages whose only copy is in one.
@@ -659,17 +642,28 @@ impl Committer {
     }
 
     /// A closed segment may hold deferred residents, which should be
-    /// spilled (the next [`Committer::residents`] lists them).
+    /// spilled (the next [`Committer::residents_blocking`] lists them).
     pub(crate) fn deferred_waiting(&self) -> bool {
         self.deferred_closed.load(Ordering::Relaxed)
     }
 
-    async fn submit(&self, change: Change) -> io::Result<Done> {
+    /// Hands `change` to the committer thread; the receiver gets its answer.
+    fn send(&self, change: Change) -> io::Result<oneshot::Receiver<io::Result<Done>>> {
         let (done, answer) = oneshot::channel();
         self.jobs
             .send(Job { change, done })
             .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(answer)
+    }
+
+    async fn submit(&self, change: Change) -> io::Result<Done> {
+        self.send(change)?.await.map_err(|_| stopped())?
+    }
+
+    /// [`Committer::submit`] for the scan and spill threads, never async
+    /// code.
+    fn submit_blocking(&self, change: Change) -> io::Result<Done> {
+        self.send(change)?.blocking_recv().map_err(|_| stopped())?
     }
 }
 
@@ -707,16 +701,15 @@ impl CommitThread {
 
     /// Step 1: the journal records of the batch, one `fdatasync`.
     fn append_records(&mut self, batch: &[Job], results: &mut [Option<io::Result<Done>>]) {
-        for (job, result) in batch.iter().zip(results.iter_mut()) {
-            if let Change::Meta { id, segment, .. } = &job.change
-                && !self.journal.is_resident(*segment, id)
-            {
-                *result = Some(Ok(Done::Gone));
+        let mut appending = Vec::new();
+        for (i, job) in batch.iter().enumerate() {
+            if self.appends(&job.change) {
+                appending.push(i);
+            } else if matches!(job.change, Change::Meta { .. }) {
+                // No longer resident: moved to its file, or removed.
+                results[i] = Some(Ok(Done::Gone));
             }
         }
-        let appending: Vec<usize> = (0..batch.len())
-            .filter(|&i| self.appends(&batch[i].change))
-            .collect();
         if appending.is_empty() {
             return;
         }

@@ -737,8 +737,8 @@ impl DiskStorage {
         let place = if journal {
             // Back-pressure (see `Committer::wait_for_room`), once the
             // start-up scan has handed the old segments to the spill thread.
+            // (Every write and record already wakes the spill thread.)
             if self.inner.shared.journal_indexed.load(Ordering::Acquire) {
-                self.maybe_spill();
                 self.inner.committer.wait_for_room(JOURNAL_PATIENCE).await;
             }
             let (segment, offset, len) = self

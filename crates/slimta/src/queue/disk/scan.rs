@@ -156,10 +156,14 @@ impl Scan {
         residents.retain(|seq, _| self.journal_dir.join(journal::segment_name(*seq)).exists());
         self.committer.adopt_blocking(residents)?;
         let mut count = 0;
-        for chunk in journal_only.chunks(BATCH) {
-            count += self.shared.insert_found(chunk.to_vec(), |_| true);
+        let mut journal_only = journal_only.into_iter();
+        loop {
+            let chunk: Vec<_> = journal_only.by_ref().take(BATCH).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            count += self.shared.insert_found(chunk, |_| true);
         }
-        drop(journal_only);
         self.shared.journal_indexed.store(true, Ordering::Release);
         self.spill.wake();
         self.step()?;
@@ -224,7 +228,7 @@ impl Scan {
                 }
                 Ok(())
             };
-            let good_len = match journal::scan_stream(io::BufReader::new(file), &mut visit)? {
+            let good_len = match journal::scan_stream(file, &mut visit)? {
                 Ok(good_len) => good_len,
                 Err(Invalid::NewerVersion(v)) => {
                     return Err(newer_version(path.display(), "journal", v));

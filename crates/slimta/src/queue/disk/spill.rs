@@ -145,12 +145,15 @@ pub(crate) struct SpillWake(Arc<Signal>);
 
 impl SpillWake {
     pub(crate) fn wake(&self) {
-        self.0
-            .flags
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0 = true;
-        self.0.changed.notify_one();
+        self.0.request();
+    }
+}
+
+impl Signal {
+    /// Asks the thread for a pass.
+    fn request(&self) {
+        self.flags.lock().unwrap_or_else(PoisonError::into_inner).0 = true;
+        self.changed.notify_one();
     }
 }
 
@@ -176,7 +179,7 @@ impl Spiller {
     /// Wakes the thread if the committer asks for a pass (cheap when not).
     pub(crate) fn poke(&self) {
         if self.mover.wanted() {
-            self.wake().wake();
+            self.signal.request();
         }
     }
 
