@@ -75,7 +75,7 @@ use std::thread;
 
 use tokio::sync::{Notify, oneshot};
 
-use super::index::{MAX_SEGMENT, Place, Shared, key_of};
+use super::index::{MAX_SEGMENT, MAX_SEGMENT_SIZE, Place, Shared, key_of};
 use super::journal;
 use super::write_all_vectored;
 use crate::envelope::Envelope;
@@ -225,7 +225,7 @@ impl Journal {
             head: None,
             next_seq,
             segments,
-            segment_size,
+            segment_size: segment_size.min(MAX_SEGMENT_SIZE),
             closed_segments,
             first_new: next_seq,
             loading: false,

@@ -7,7 +7,7 @@
 //!   record or file), its due time ([`QueueStorage::load`]) and its
 //!   receive time ([`QueueStorage::summary`]'s oldest message). An entry
 //!   is a 16-byte key (the id's 128 bits, not its 32 hex digits on the
-//!   heap) and a 32-byte [`Slot`], so 100,000 deferred messages cost a few
+//!   heap) and a 24-byte [`Slot`], so 100,000 deferred messages cost a few
 //!   MiB, not the 100 MiB that a full entry per message did.
 //! - Times are kept as nanoseconds since the Unix epoch; a time before the
 //!   epoch is kept as the epoch (a due time that far back is simply due).
@@ -35,18 +35,30 @@ use tokio::sync::watch;
 use crate::queue::storage::LoadBatch;
 
 /// A message id as the index keys it: the 128 bits its 32 lowercase hex
-/// digits spell.
-pub(crate) type Key = u128;
+/// digits spell, as two `u64`s (a `u128` is 16-byte aligned, which would
+/// round every map entry up to a multiple of 16 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Key(u64, u64);
+
+impl Key {
+    pub(crate) fn from_u128(bits: u128) -> Self {
+        // Split on purpose: the high and the low 64 bits.
+        Self((bits >> 64) as u64, bits as u64)
+    }
+}
 
 /// The key of a valid id (32 lowercase hex digits).
 pub(crate) fn key_of(id: &str) -> Option<Key> {
     let valid = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    valid.then(|| Key::from_str_radix(id, 16).ok()).flatten()
+    valid
+        .then(|| u128::from_str_radix(id, 16).ok())
+        .flatten()
+        .map(Key::from_u128)
 }
 
 /// The id a key stands for.
 pub(crate) fn id_of(key: Key) -> String {
-    format!("{key:032x}")
+    format!("{:016x}{:016x}", key.0, key.1)
 }
 
 /// Where a message's current copy is.
@@ -60,18 +72,25 @@ pub(crate) enum Place {
 }
 
 /// What the index keeps per message: its place (`len` 0 means a file,
-/// with `segment` its origin or 0), due time and receive time; 32 bytes.
-/// Segment numbers and journal record lengths fit in 32 bits: the
-/// committer numbers no segment beyond [`MAX_SEGMENT`], and the storage
-/// sends no message of [`MAX_RECORD`] bytes or more to the journal.
+/// with `segment` its origin or 0), due time (nanoseconds) and receive
+/// time (seconds: it only dates the oldest message for statistics); 24
+/// bytes. Segment numbers, offsets and journal record lengths fit in 32
+/// bits: the committer numbers no segment beyond [`MAX_SEGMENT`], closes a
+/// segment before it reaches [`MAX_SEGMENT_SIZE`], and the storage sends no
+/// message of [`MAX_RECORD`] bytes or more to the journal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Slot {
-    offset: u64,
     due: u64,
-    received: u64,
+    received: u32,
+    offset: u32,
     segment: u32,
     len: u32,
 }
+
+/// Journal segments are closed before they reach this size, whatever
+/// [`DiskOptions::segment_size`](super::DiskOptions::segment_size) says,
+/// so record offsets fit in 32 bits.
+pub(crate) const MAX_SEGMENT_SIZE: u64 = 1 << 30;
 
 /// The highest journal segment number the index can hold.
 pub(crate) const MAX_SEGMENT: u64 = u32::MAX as u64;
@@ -91,10 +110,13 @@ fn time(nanos: u64) -> SystemTime {
 
 impl Slot {
     pub(crate) fn new(place: Place, due: SystemTime, received: SystemTime) -> Self {
+        let received = received
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
         let mut slot = Self {
-            offset: 0,
             due: nanos(due),
-            received: nanos(received),
+            received,
+            offset: 0,
             segment: 0,
             len: 0,
         };
@@ -110,7 +132,7 @@ impl Slot {
         } else {
             Place::Journal {
                 segment: u64::from(self.segment),
-                offset: self.offset,
+                offset: u64::from(self.offset),
                 len: u64::from(self.len),
             }
         }
@@ -126,7 +148,7 @@ impl Slot {
                 segment,
                 offset,
                 len,
-            } => (narrow(segment), offset, narrow(len).max(1)),
+            } => (narrow(segment), narrow(offset), narrow(len).max(1)),
             Place::File { origin } => (narrow(origin.unwrap_or(0)), 0, 0),
         };
     }
@@ -140,7 +162,7 @@ impl Slot {
     }
 
     pub(crate) fn received(&self) -> SystemTime {
-        time(self.received)
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(self.received))
     }
 }
 
@@ -347,11 +369,15 @@ mod tests {
             offset: 12,
             len: 4000,
         };
-        let mut slot = Slot::new(journal, t, t + Duration::from_secs(1));
+        let mut slot = Slot::new(journal, t, t + Duration::from_millis(1500));
         assert_eq!(slot.place(), journal);
+        // The receive time is kept to the second.
         assert_eq!(
             (slot.due(), slot.received()),
-            (t, t + Duration::from_secs(1))
+            (
+                t,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_001)
+            )
         );
         for place in [
             Place::File { origin: Some(3) },
@@ -362,6 +388,7 @@ mod tests {
         }
         slot.set_due(SystemTime::UNIX_EPOCH - Duration::from_secs(5));
         assert_eq!(slot.due(), SystemTime::UNIX_EPOCH);
-        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+        assert_eq!(std::mem::size_of::<(Key, Slot)>(), 40);
     }
 }

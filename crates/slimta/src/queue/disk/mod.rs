@@ -146,8 +146,8 @@
 //!   lock, which a removal takes after its unlink), so a removed message
 //!   is never indexed again.
 //! - The index keeps per message only its place, due time and receive
-//!   time (`disk/index.rs`: a 16-byte key and a 32-byte slot, about 60 to
-//!   90 bytes per message with the hash table's slack), plus the pending
+//!   time (`disk/index.rs`: a 16-byte key and a 24-byte slot, 47 to 94
+//!   bytes per message with the hash table's slack), plus the pending
 //!   `META` bytes of a deferred message until it moves (spilled within a
 //!   segment's lifetime), so a backlog costs memory for its ids, not for
 //!   its envelopes. [`QueueStorage::load`] and
@@ -201,7 +201,7 @@ pub struct DiskOptions {
     /// once. `0` turns the journal off: every message gets its own file.
     pub journal_max_message: usize,
     /// A journal segment is closed, and a new one started, once it holds
-    /// this many bytes.
+    /// this many bytes (at most 1 GiB: a larger value is taken as 1 GiB).
     pub segment_size: u64,
     /// How many closed segments may still hold messages before the
     /// messages of the oldest ones are moved to their own files (so that a
@@ -726,7 +726,7 @@ impl DiskStorage {
         timestamp: SystemTime,
     ) -> io::Result<String> {
         self.inner.shared.failed()?;
-        let key: Key = uuid::Uuid::new_v4().as_u128();
+        let key = Key::from_u128(uuid::Uuid::new_v4().as_u128());
         let id = index::id_of(key);
         let (head, tail) = format::encode_new_around(&envelope, timestamp);
         let received = envelope.receive_time;

@@ -46,7 +46,7 @@ use std::time::SystemTime;
 
 use super::commit::{Committer, Residents};
 use super::format::{self, Invalid};
-use super::index::{Key, Pending, Place, ScanState, Shared, Slot, key_of};
+use super::index::{Key, Pending, Place, ScanState, Shared, Slot, id_of, key_of};
 use super::spill::SpillWake;
 use super::{journal, newer_version, set_aside, sync_dir};
 
@@ -140,9 +140,9 @@ impl Scan {
         for (seq, _) in &self.segments {
             residents.insert(*seq, Residents::new());
         }
-        for (id, (segment, offset, len, due, received, pending)) in found {
-            if let (Some(key), Some(r)) = (key_of(&id), residents.get_mut(&segment)) {
-                r.insert(id, (offset, len, pending.records));
+        for (key, (segment, offset, len, due, received, pending)) in found {
+            if let Some(r) = residents.get_mut(&segment) {
+                r.insert(id_of(key), (offset, len, pending.records));
                 let place = Place::Journal {
                     segment,
                     offset,
@@ -174,9 +174,12 @@ impl Scan {
     /// Step 1: replays the old segments. Returns the journal-only
     /// messages, and the origin segment of every message that has a file.
     #[allow(clippy::type_complexity)]
-    fn replay_journal(&self) -> io::Result<(HashMap<String, Found>, HashMap<Key, u64>)> {
-        let mut found: HashMap<String, Found> = HashMap::new();
-        let mut removed = HashSet::new();
+    fn replay_journal(&self) -> io::Result<(HashMap<Key, Found>, HashMap<Key, u64>)> {
+        // Keyed by `Key`, not by the id's text: a restart replays every
+        // record of the segments left (tens of thousands), and a `String`
+        // per record would leave that many small blocks behind in the heap.
+        let mut found: HashMap<Key, Found> = HashMap::new();
+        let mut removed: HashSet<Key> = HashSet::new();
         for (seq, path) in &self.segments {
             self.check_cancel()?;
             let file = fs::File::open(path)?;
@@ -188,8 +191,9 @@ impl Scan {
                         offset,
                         len,
                         file,
-                    } if key_of(id).is_some() => match format::decode(file) {
-                        Ok(decoded) => {
+                    } => match key_of(id).map(|key| (key, format::decode(file))) {
+                        None => {}
+                        Some((key, Ok(decoded))) => {
                             let due = decoded
                                 .stored
                                 .meta
@@ -197,13 +201,13 @@ impl Scan {
                                 .unwrap_or(SystemTime::UNIX_EPOCH);
                             let received = decoded.stored.envelope.receive_time;
                             let found_new = (*seq, offset, len, due, received, Pending::default());
-                            found.insert(id.to_owned(), found_new);
+                            found.insert(key, found_new);
                         }
-                        Err(Invalid::NewerVersion(v)) => {
+                        Some((_, Err(Invalid::NewerVersion(v)))) => {
                             let what = format!("{}: message {id}", path.display());
                             return Err(newer_version(what, "spool", v));
                         }
-                        Err(Invalid::Corrupt(why)) => {
+                        Some((_, Err(Invalid::Corrupt(why)))) => {
                             // Kept for a human, like an unreadable file.
                             let dest = self.corrupt_dir.join(id);
                             tracing::error!(id, segment = %path.display(), moved_to = %dest.display(), problem = why, "unreadable journal message");
@@ -211,20 +215,22 @@ impl Scan {
                         }
                     },
                     journal::Entry::Remove { id } => {
-                        found.remove(id);
-                        removed.insert(id.to_owned());
+                        if let Some(key) = key_of(id) {
+                            found.remove(&key);
+                            removed.insert(key);
+                        }
                     }
                     journal::Entry::Meta { id, record } => {
                         // Ignored unless its message is only in the journal
                         // so far (see `disk/journal.rs`).
-                        if let Some((_, _, _, due, _, pending)) = found.get_mut(id) {
+                        let known = key_of(id).and_then(|key| found.get_mut(&key));
+                        if let Some((_, _, _, due, _, pending)) = known {
                             pending.push(record);
                             if let Some(set) = format::due_set_by(record) {
                                 *due = set;
                             }
                         }
                     }
-                    journal::Entry::New { .. } => {}
                 }
                 Ok(())
             };
@@ -245,11 +251,8 @@ impl Scan {
         // A REMOVE wins over a file of the same id: unlinked (durably)
         // before the segment holding the REMOVE may be deleted.
         let mut unlinked = false;
-        for id in &removed {
-            if key_of(id).is_none() {
-                continue;
-            }
-            match fs::remove_file(self.msg_dir.join(id)) {
+        for &key in &removed {
+            match fs::remove_file(self.msg_dir.join(id_of(key))) {
                 Ok(()) => unlinked = true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -261,9 +264,9 @@ impl Scan {
         }
         // A file wins over a NEW record: it is the later, moved copy.
         let mut origins = HashMap::new();
-        found.retain(|id, (segment, ..)| {
-            let has_file = self.msg_dir.join(id.as_str()).exists();
-            if has_file && let Some(key) = key_of(id) {
+        found.retain(|&key, (segment, ..)| {
+            let has_file = self.msg_dir.join(id_of(key)).exists();
+            if has_file {
                 origins.insert(key, *segment);
             }
             !has_file
@@ -308,7 +311,7 @@ impl Scan {
             .map(|(key, slot)| (key, slot, None))
             .collect();
         self.shared
-            .insert_found(batch, |key| msg_dir.join(super::index::id_of(key)).exists())
+            .insert_found(batch, |key| msg_dir.join(id_of(key)).exists())
     }
 
     /// One message file's slot; `None` if it is gone or was set aside.
