@@ -41,7 +41,7 @@ use slimta::edge::http::HttpEdge;
 use slimta::edge::proxy::ProxyMode;
 use slimta::edge::reverse_dns::ReverseDns;
 use slimta::edge::tls::{ReloadableTls, TlsConfig};
-use slimta::edge::{AcceptDomains, SmtpEdge, ValidatorChain, listener};
+use slimta::edge::{AcceptDomains, DynValidators, SmtpEdge, ValidatorChain, listener};
 use slimta::queue::backoff::ExponentialBackoff;
 use slimta::queue::{DestinationSettings, DynStorage, LocalDispatch, Queue, QueueStorage};
 use slimta::smtp::ServerConfig;
@@ -49,6 +49,8 @@ use slimta::smtp::sasl::Mechanism;
 use tokio::sync::watch;
 
 use crate::config::{Config, EdgeConfig, EdgeKind, ProxyProtocol, QueueConfig, StorageConfig};
+use crate::file_reloads::FileReloads;
+use crate::kinds::check::CheckContext;
 use crate::kinds::policy::BuildContext;
 use crate::kinds::relay::BuildContext as RelayContext;
 
@@ -198,6 +200,7 @@ pub async fn run(
         config.process.group.as_deref(),
     )?;
     let resolver = build_resolver(config)?;
+    let files = FileReloads::default();
     let mut relays: BTreeMap<&str, AppRelay> = BTreeMap::new();
     for (name, relay) in &config.relays {
         let context = RelayContext {
@@ -219,7 +222,12 @@ pub async fn run(
             .get(queue.relay.as_str())
             .map(|r| r.destinations.clone())
             .unwrap_or_default();
-        let built = build_queue(name, queue, relay, destinations, hostname)?;
+        let context = BuildContext {
+            hostname,
+            dns: &config.dns,
+            files: &files,
+        };
+        let built = build_queue(name, queue, relay, destinations, &context)?;
         if let Some(socket) = serve_control(name, &built, &queue.storage)? {
             controls.push(socket);
         }
@@ -248,6 +256,12 @@ pub async fn run(
             None => None,
         };
         let accept_domains = AcceptDomains::new(&edge.accept_domains);
+        let check_context = CheckContext {
+            hostname,
+            dns: &config.dns,
+            files: &files,
+        };
+        let checks = build_checks(edge, &check_context).map_err(|e| format!("edge.{name}: {e}"))?;
         handles.insert(
             name.clone(),
             crate::reload::EdgeHandles {
@@ -267,12 +281,27 @@ pub async fn run(
         }
         match edge.kind {
             EdgeKind::Http => {
-                let http = build_http_edge(edge, queue, hostname, tls, credentials, accept_domains);
+                let http = build_http_edge(
+                    edge,
+                    queue,
+                    hostname,
+                    tls,
+                    credentials,
+                    accept_domains,
+                    checks,
+                );
                 serving.push(Serving::Http(http, listeners));
             }
             EdgeKind::Smtp | EdgeKind::Lmtp => {
-                let mut smtp =
-                    build_smtp_edge(edge, queue, hostname, tls, credentials, accept_domains);
+                let mut smtp = build_smtp_edge(
+                    edge,
+                    queue,
+                    hostname,
+                    tls,
+                    credentials,
+                    accept_domains,
+                    checks,
+                );
                 if edge.reverse_dns {
                     let resolver = ReverseDns::new(&config.dns.nameservers, REVERSE_DNS_TIMEOUT)
                         .map_err(|e| format!("edge.{name}.reverse_dns: {e}"))?;
@@ -327,7 +356,7 @@ pub async fn run(
         }
     }
     let mut reloader =
-        crate::reload::Reloader::new(config_path.map(Into::into), config.clone(), handles);
+        crate::reload::Reloader::new(config_path.map(Into::into), config.clone(), handles, files);
     let reloader = tokio::spawn(async move {
         while reloads.changed().await.is_ok() {
             // Reading and checking the file is blocking work, but rare.
@@ -376,8 +405,9 @@ fn build_queue(
     config: &QueueConfig,
     relay: AppRelay,
     destinations: DestinationSettings,
-    hostname: &str,
+    context: &BuildContext<'_>,
 ) -> Result<AppQueue, String> {
+    let hostname = context.hostname;
     let backoff = ExponentialBackoff {
         initial_delay: config.retry.initial_delay,
         factor: config.retry.factor,
@@ -394,22 +424,27 @@ fn build_queue(
         .postmaster(config.postmaster.clone())
         .delay_warning(config.delay_warning)
         .stats_interval(config.stats_interval);
-    let context = BuildContext { hostname };
     for policy in &config.policies {
-        queue = queue.add_policy(policy.queue_policy(&context));
+        queue = queue.add_policy(policy.queue_policy(context));
     }
     for policy in &config.relay_policies {
-        queue = queue.add_relay_policy(policy.relay_policy(&context));
+        queue = queue.add_relay_policy(policy.relay_policy(context));
     }
     Ok(queue)
 }
 
-/// `chain` followed by the edge's `checks`, in order (each its own link:
-/// no nested chain to walk for an edge without checks).
-fn with_checks(chain: ValidatorChain, edge: &EdgeConfig) -> ValidatorChain {
-    edge.checks
-        .iter()
-        .fold(chain, |chain, check| chain.then_shared(check.validators()))
+/// The links of an edge's `checks`, in order.
+fn build_checks(
+    edge: &EdgeConfig,
+    context: &CheckContext<'_>,
+) -> Result<Vec<Arc<dyn DynValidators>>, String> {
+    edge.checks.iter().map(|c| c.validators(context)).collect()
+}
+
+/// `chain` followed by `checks` (each its own link: no nested chain to
+/// walk for an edge without checks).
+fn with_checks(chain: ValidatorChain, checks: Vec<Arc<dyn DynValidators>>) -> ValidatorChain {
+    checks.into_iter().fold(chain, ValidatorChain::then_shared)
 }
 
 fn build_http_edge(
@@ -419,10 +454,11 @@ fn build_http_edge(
     tls: Option<ReloadableTls>,
     credentials: Option<Credentials>,
     accept_domains: AcceptDomains,
+    checks: Vec<Arc<dyn DynValidators>>,
 ) -> HttpEdge<AppQueue> {
     let mut http = HttpEdge::new(hostname, queue)
         .accept_domains(accept_domains)
-        .validators(with_checks(ValidatorChain::new(), edge))
+        .validators(with_checks(ValidatorChain::new(), checks))
         .max_size(usize::try_from(edge.max_size).unwrap_or(usize::MAX))
         .max_recipients(edge.max_recipients)
         .timeout(edge.command_timeout)
@@ -443,6 +479,7 @@ fn build_smtp_edge(
     tls: Option<ReloadableTls>,
     credentials: Option<Credentials>,
     accept_domains: AcceptDomains,
+    checks: Vec<Arc<dyn DynValidators>>,
 ) -> SmtpEdge<AppQueue, ValidatorChain> {
     let mut server = ServerConfig::new(hostname);
     server.max_size = usize::try_from(edge.max_size).unwrap_or(usize::MAX);
@@ -461,7 +498,7 @@ fn build_smtp_edge(
     let mut smtp = SmtpEdge::new(hostname, queue)
         .validators(with_checks(
             ValidatorChain::new().then(accept_domains),
-            edge,
+            checks,
         ))
         .server_config(server)
         .command_timeout(edge.command_timeout)

@@ -11,6 +11,7 @@
 pub mod build;
 pub mod config;
 pub mod control;
+pub mod file_reloads;
 pub mod kinds;
 pub mod privileges;
 pub mod queue_cli;

@@ -5,7 +5,9 @@
 //! - `edge.NAME.accept_domains`;
 //! - `edge.NAME.auth.users` of an edge that already has `[auth]`;
 //! - the TLS certificate and key files of every edge with TLS (re-read
-//!   from the same paths on every SIGHUP, changed or not).
+//!   from the same paths on every SIGHUP, changed or not);
+//! - the files checks and policies load (address lists, alias files: see
+//!   `file_reloads.rs`), re-read the same way.
 //!
 //! Everything else (listeners, limits, queues, relays, process, dns, an
 //! edge gaining or losing TLS or AUTH, TLS file paths) is built once at
@@ -26,6 +28,7 @@ use slimta::edge::credentials::Credentials;
 use slimta::edge::tls::ReloadableTls;
 
 use crate::config::{Config, EdgeConfig};
+use crate::file_reloads::FileReloads;
 
 /// What SIGHUP can reach in one running edge.
 pub(crate) struct EdgeHandles {
@@ -39,6 +42,7 @@ pub(crate) struct Reloader {
     path: Option<PathBuf>,
     running: Config,
     edges: BTreeMap<String, EdgeHandles>,
+    files: FileReloads,
 }
 
 /// Reads and checks a configuration file as the daemon does at start.
@@ -65,16 +69,19 @@ impl Reloader {
         path: Option<PathBuf>,
         running: Config,
         edges: BTreeMap<String, EdgeHandles>,
+        files: FileReloads,
     ) -> Self {
         Self {
             path,
             running,
             edges,
+            files,
         }
     }
 
     /// One SIGHUP.
     pub(crate) fn reload(&mut self) {
+        self.files.reload_all();
         for (name, handles) in &self.edges {
             if let Some(tls) = &handles.tls {
                 match tls.reload() {

@@ -42,6 +42,7 @@ pub mod policy;
 pub mod queue;
 pub mod relay;
 pub mod reply;
+pub mod reply_template;
 pub mod smtp;
 
 pub use envelope::{BodyType, ClientInfo, Envelope, Protocol, TlsInfo};

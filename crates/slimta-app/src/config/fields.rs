@@ -360,6 +360,45 @@ pub(crate) fn log_level(value: &Value) -> Result<String, String> {
         })
 }
 
+/// A reply table, `{ code = 550, message = "5.7.1 ... {name}" }`, whose
+/// placeholders must be among `known` (see [`slimta::reply_template`]).
+#[allow(dead_code)] // used by the checks of issue 12, which come next
+pub(crate) fn reply_template<'k>(
+    known: &'k [&'k str],
+) -> impl Fn(&Value) -> Result<slimta::reply_template::ReplyTemplate, String> + 'k {
+    move |value| {
+        let Value::Table(table) = value else {
+            return Err(expected(
+                "a table like { code = 550, message = \"5.7.1 ...\" }",
+                value,
+            ));
+        };
+        if let Some(extra) = table
+            .keys()
+            .find(|k| !matches!(k.as_str(), "code" | "message"))
+        {
+            return Err(format!(
+                "unknown key \"{extra}\" (expected code and message)"
+            ));
+        }
+        let code = table
+            .get("code")
+            .ok_or("missing code")
+            .map_err(str::to_owned)
+            .and_then(integer(200, 599))?;
+        let message = table
+            .get("message")
+            .ok_or("missing message")
+            .map_err(str::to_owned)
+            .and_then(string)?;
+        let code = u16::try_from(code).map_err(|e| e.to_string())?;
+        let template = slimta::reply_template::ReplyTemplate::new(code, &message)
+            .map_err(|e| e.to_string())?;
+        template.check_names(known).map_err(|e| e.to_string())?;
+        Ok(template)
+    }
+}
+
 /// One of `choices`, reported with the list when wrong.
 pub(crate) fn choice<'c>(choices: &'c [&'c str]) -> impl Fn(&Value) -> Result<&'c str, String> {
     move |value| {

@@ -26,12 +26,31 @@ use std::sync::Arc;
 use slimta::edge::DynValidators;
 use toml::Table;
 
+use crate::config::DnsConfig;
 use crate::config::fields::{Errors, Section, string};
+use crate::file_reloads::FileReloads;
+
+/// What a configured check needs to build its library object.
+pub struct CheckContext<'a> {
+    /// `process.hostname`.
+    pub hostname: &'a str,
+    /// The `[dns]` section: checks that ask the DNS (SPF, DNS lists) use
+    /// its nameservers, never a resolver of their own choosing.
+    pub dns: &'a DnsConfig,
+    /// Where a check that loads a file registers its SIGHUP re-read.
+    pub files: &'a FileReloads,
+}
 
 /// The settings one kind read from its section, able to build the check.
 pub trait CheckSettings: fmt::Debug + Send + Sync {
     /// The link of the edge's validator chain.
-    fn validators(&self) -> Arc<dyn DynValidators>;
+    ///
+    /// # Errors
+    ///
+    /// What stops the check from being built (a resolver that cannot be
+    /// made, a file that became unreadable since the configuration was
+    /// checked), prefixed by nothing: the caller names the check.
+    fn validators(&self, context: &CheckContext<'_>) -> Result<Arc<dyn DynValidators>, String>;
 }
 
 /// Reads a kind's keys from its section (`type` is already taken).
@@ -62,8 +81,14 @@ pub type CheckConfig = super::sections::Configured<CheckKind>;
 
 impl CheckConfig {
     /// The library link.
-    pub fn validators(&self) -> Arc<dyn DynValidators> {
-        self.settings.validators()
+    ///
+    /// # Errors
+    ///
+    /// See [`CheckSettings::validators`]; the message names the check.
+    pub fn validators(&self, context: &CheckContext<'_>) -> Result<Arc<dyn DynValidators>, String> {
+        self.settings
+            .validators(context)
+            .map_err(|e| format!("check.{}: {e}", self.name))
     }
 }
 

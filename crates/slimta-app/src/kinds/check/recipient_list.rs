@@ -21,7 +21,7 @@ use slimta::Reply;
 use slimta::edge::{DynValidators, SessionInfo, Validators};
 use slimta::smtp::RcptParams;
 
-use super::{CheckKind, CheckSettings};
+use super::{CheckContext, CheckKind, CheckSettings};
 use crate::config::fields::{Errors, Section, email_address};
 
 /// The accepted addresses, lower case.
@@ -48,8 +48,8 @@ impl Validators for RecipientList {
 }
 
 impl CheckSettings for RecipientList {
-    fn validators(&self) -> Arc<dyn DynValidators> {
-        Arc::new(self.clone())
+    fn validators(&self, _: &CheckContext<'_>) -> Result<Arc<dyn DynValidators>, String> {
+        Ok(Arc::new(self.clone()))
     }
 }
 

@@ -30,7 +30,9 @@ use std::sync::Arc;
 use slimta::policy::{DynQueuePolicy, DynRelayPolicy};
 use toml::Table;
 
+use crate::config::DnsConfig;
 use crate::config::fields::{Errors, Section, quoted, string};
+use crate::file_reloads::FileReloads;
 
 /// Where a policy runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +56,10 @@ impl Stage {
 pub struct BuildContext<'a> {
     /// `process.hostname`.
     pub hostname: &'a str,
+    /// The `[dns]` section, for policies that ask the DNS.
+    pub dns: &'a DnsConfig,
+    /// Where a policy that loads a file registers its SIGHUP re-read.
+    pub files: &'a FileReloads,
 }
 
 /// The settings one kind read from its section, able to build the policy.
