@@ -77,7 +77,8 @@ mod tests {
             Ok("1 entry".into())
         });
         files.register("b", || Err("no such file".into()));
-        assert_eq!(files.clone().reload_all(), 1);
+        let shared = files.clone();
+        assert_eq!(shared.reload_all(), 1);
         assert_eq!(files.reload_all(), 1);
         assert_eq!(runs.load(Ordering::Relaxed), 2);
     }
