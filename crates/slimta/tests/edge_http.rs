@@ -583,7 +583,7 @@ impl slimta::edge::Validators for SenderAndContent {
         &self,
         reply: &mut Reply,
         _: &slimta::edge::SessionInfo,
-        envelope: &Envelope,
+        envelope: &mut Envelope,
     ) {
         self.seen.lock().unwrap().push("have_data".into());
         if envelope.message.windows(4).any(|w| w == b"SPAM") {

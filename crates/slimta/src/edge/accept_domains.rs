@@ -159,7 +159,7 @@ impl<V: Validators> Validators for AcceptDomains<V> {
         &self,
         reply: &mut Reply,
         session: &SessionInfo,
-        envelope: &crate::envelope::Envelope,
+        envelope: &mut crate::envelope::Envelope,
     ) -> impl Future<Output = ()> + Send {
         self.inner.have_data(reply, session, envelope)
     }

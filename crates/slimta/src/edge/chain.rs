@@ -76,7 +76,7 @@ pub trait DynValidators: Send + Sync + 'static {
         &'a self,
         reply: &'a mut Reply,
         s: &'a SessionInfo,
-        envelope: &'a Envelope,
+        envelope: &'a mut Envelope,
     ) -> HookFuture<'a>;
     fn queued_boxed<'a>(
         &'a self,
@@ -131,7 +131,7 @@ impl<V: Validators> DynValidators for V {
         &'a self,
         reply: &'a mut Reply,
         s: &'a SessionInfo,
-        envelope: &'a Envelope,
+        envelope: &'a mut Envelope,
     ) -> HookFuture<'a> {
         Box::pin(self.have_data(reply, s, envelope))
     }
@@ -280,7 +280,7 @@ impl Validators for ValidatorChain {
         }
     }
 
-    async fn have_data(&self, reply: &mut Reply, session: &SessionInfo, envelope: &Envelope) {
+    async fn have_data(&self, reply: &mut Reply, session: &SessionInfo, envelope: &mut Envelope) {
         for link in self.links.iter() {
             if !accepts(reply) {
                 return;

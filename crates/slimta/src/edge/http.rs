@@ -502,7 +502,9 @@ impl<H: Handoff> Shared<H> {
         envelope.smtputf8 = smtputf8;
         envelope.receive_time = SystemTime::now();
         let mut verdict = Reply::new(250, "2.0.0", "Ok");
-        checks.have_data(&mut verdict, &session, &envelope).await;
+        checks
+            .have_data(&mut verdict, &session, &mut envelope)
+            .await;
         if !verdict.is_positive() {
             return reply_response(status_for(&verdict), &verdict);
         }

@@ -491,7 +491,7 @@ impl<H: Handoff, V: Validators> Session<'_, H, V> {
         envelope.smtputf8 = mail_params.smtputf8;
         let validators = &*self.edge.validators;
         validators
-            .have_data(&mut reply, &self.info, &envelope)
+            .have_data(&mut reply, &self.info, &mut envelope)
             .await;
         if !reply.is_positive() {
             tracing::info!(session = self.info.id, sender = %envelope.sender, %reply, "message refused");

@@ -107,12 +107,14 @@ pub trait Validators: Send + Sync + 'static {
     }
 
     /// The whole message is in, before it is handed to the queue; a non-2xx
-    /// reply rejects it and nothing is queued.
+    /// reply rejects it and nothing is queued. A check may add to the
+    /// envelope what it found (a `Received-SPF:` header, say); the queue's
+    /// policies then see the changed envelope.
     fn have_data(
         &self,
         reply: &mut Reply,
         session: &SessionInfo,
-        envelope: &Envelope,
+        envelope: &mut Envelope,
     ) -> impl Future<Output = ()> + Send {
         let _ = (reply, session, envelope);
         async {}
