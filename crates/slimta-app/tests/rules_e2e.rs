@@ -2,7 +2,9 @@
 //! `[check.rcpt]` of type `recipients` reading a file refuses an unlisted
 //! recipient with the configured reply, and accepts it once the file lists
 //! it and SIGHUP re-read it; a broken edit keeps the list. A
-//! `[policy.fwd]` rewrites recipients before the relay sees them.
+//! `[policy.fwd]` rewrites recipients before the relay sees them, its alias
+//! file re-read on SIGHUP, and `--check-config` names a loop through its
+//! rules.
 
 mod common;
 mod support;
@@ -56,6 +58,20 @@ fn wait_for_rcpt(slimta: &Slimta, rcpt: &str, code: &str) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// One message to `recipients`, which must all be accepted.
+fn send(slimta: &Slimta, recipients: &[&str]) {
+    let mut c = Client::connect(slimta.addr());
+    c.expect("220");
+    c.cmd("EHLO client.test", "250");
+    c.cmd("MAIL FROM:<s@x.test>", "250");
+    for r in recipients {
+        c.cmd(&format!("RCPT TO:<{r}>"), "250");
+    }
+    c.cmd("DATA", "354");
+    c.cmd("Subject: fwd\r\n\r\nbody\r\n.", "250");
+    c.cmd("QUIT", "221");
 }
 
 #[test]
@@ -125,24 +141,27 @@ fn forward_rewrites_before_the_relay_and_check_config_finds_loops() {
     ]
     .concat();
     let slimta = Slimta::start(&text);
-    let mut c = Client::connect(slimta.addr());
-    c.expect("220");
-    c.cmd("EHLO client.test", "250");
-    c.cmd("MAIL FROM:<s@x.test>", "250");
-    c.cmd("RCPT TO:<team@example.test>", "250");
-    c.cmd("RCPT TO:<ann@example.test>", "250");
-    c.cmd("DATA", "354");
-    c.cmd("Subject: fwd\r\n\r\nbody\r\n.", "250");
-    c.cmd("QUIT", "221");
+    send(&slimta, &["team@example.test", "ann@example.test"]);
     let got = sink.wait_for_messages(1, Duration::from_secs(30));
     assert_eq!(got.len(), 1, "{}", slimta.log());
     assert_eq!(got[0].rcpt_args, ["<ann@example.test>", "<bob@new.test>"]);
+
+    // SIGHUP re-reads the alias file for the next message.
+    fs::write(&aliases, "team@example.test: carl@example.test\n").unwrap();
+    hup_and_wait(&slimta, "file reloaded");
+    send(&slimta, &["team@example.test"]);
+    let got = sink.wait_for_messages(2, Duration::from_secs(30));
+    assert!(
+        got.iter().any(|m| m.rcpt_args == ["<carl@example.test>"]),
+        "{got:?}\n{}",
+        slimta.log()
+    );
 
     // The same file with a loop through the regex rule: --check-config
     // refuses it and names the chain.
     fs::write(
         &aliases,
-        "team@example.test: ann@example.test, bob@old.test\nbob@new.test: team@example.test\n",
+        "team@example.test: bob@old.test\nbob@new.test: team@example.test\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_slimta"))

@@ -42,12 +42,14 @@
 //!   tempfail would only retry the same broken table until the message
 //!   expired; refusing tells the sender now and puts the error in the
 //!   log. A static table's loops are found earlier by [`Forward::check`]
-//!   (which the app runs for `--check-config`) and by
-//!   [`AliasTable::reload`], which refuses a file with a loop in itself.
+//!   (which the app runs for `--check-config`), by [`Forward::reload`],
+//!   which refuses an edit that makes a loop through any of the rules, and
+//!   by [`AliasTable::reload`], which refuses a file with a loop in itself.
 //! - **Hot reload.** An [`AliasTable`] is shared (`Arc<RwLock<..>>`) between
-//!   the policy and whoever reloads it; [`AliasTable::reload`] parses the
-//!   whole file first and swaps it in only when it is good, so a broken edit
-//!   keeps the old table. A message sees one table for its whole expansion.
+//!   the policy and whoever reloads it; [`Forward::reload`] (or one table's
+//!   [`AliasTable::reload`]) parses the whole file first and swaps it in
+//!   only when it is good, so a broken edit keeps the old table. A message
+//!   sees one table for its whole expansion.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -217,6 +219,49 @@ impl Forward {
         }
     }
 
+    /// Re-reads every alias table loaded from a file, checks the new tables
+    /// together with the other rules as [`Forward::check`] does, and only
+    /// then swaps them all in: a file that cannot be read or parsed, or an
+    /// edit that makes a loop through the rules, keeps every old table, and
+    /// no message ever sees a half-applied reload. Returns the number of
+    /// alias keys now loaded.
+    ///
+    /// # Errors
+    ///
+    /// The first file error, or the first loop or chain too long.
+    pub fn reload(&self) -> Result<usize, AliasError> {
+        let mut fresh = Vec::new();
+        let mut candidate = Forward::new();
+        for rule in &self.rules {
+            candidate.rules.push(match rule {
+                Rule::Aliases(table) => {
+                    let aliases = match &table.path {
+                        Some(path) => read(path)?,
+                        None => table.snapshot(),
+                    };
+                    fresh.push((table, aliases.clone()));
+                    Rule::Aliases(AliasTable {
+                        path: table.path.clone(),
+                        aliases: Arc::new(RwLock::new(aliases)),
+                    })
+                }
+                regex @ Rule::Regex { .. } => regex.clone(),
+            });
+        }
+        if let Err(errors) = candidate.check() {
+            return Err(AliasError(errors[0].to_string()));
+        }
+        let mut n = 0;
+        for (table, aliases) in fresh {
+            n += aliases.len();
+            *table
+                .aliases
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = aliases;
+        }
+        Ok(n)
+    }
+
     /// What the first matching rule makes of `address`, or `None`.
     fn rewrite(&self, tables: &[Option<Arc<Aliases>>], address: &str) -> Option<Vec<String>> {
         self.rules
@@ -249,11 +294,11 @@ impl Forward {
             return out.push(address, chain);
         };
         for target in targets {
-            if target.eq_ignore_ascii_case(&address) {
+            if same(&target, &address) {
                 out.push(target, chain)?;
                 continue;
             }
-            let kind = if chain.iter().any(|a| a.eq_ignore_ascii_case(&target)) {
+            let kind = if chain.iter().any(|a| same(a, &target)) {
                 Some(ErrorKind::Loop)
             } else if chain.len() > MAX_CHAIN {
                 Some(ErrorKind::TooLong)
@@ -271,6 +316,12 @@ impl Forward {
         }
         Ok(())
     }
+}
+
+/// Whether two addresses are the same for rewriting: the case folding of
+/// alias keys and duplicate removal.
+fn same(a: &str, b: &str) -> bool {
+    a == b || a.to_lowercase() == b.to_lowercase()
 }
 
 /// The final recipients so far, without duplicates.
@@ -685,6 +736,26 @@ mod tests {
                 .to_string()
                 .contains("cannot read")
         );
+        assert_eq!(
+            f.expand(&strings(&["a@x.test"])).unwrap(),
+            ["c@x.test", "d@x.test"]
+        );
+    }
+
+    #[test]
+    fn forward_reload_refuses_an_edit_that_loops_through_the_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aliases");
+        std::fs::write(&path, "a@x.test: b@old.test\n").unwrap();
+        let f = forward("").add_aliases(AliasTable::load(&path).unwrap());
+        assert_eq!(f.expand(&strings(&["a@x.test"])).unwrap(), ["b@new.test"]);
+        // No loop in the file alone, one through the regex rule.
+        std::fs::write(&path, "a@x.test: b@old.test\nb@new.test: a@x.test\n").unwrap();
+        let e = f.reload().unwrap_err();
+        assert!(e.to_string().contains("Routing loop"), "{e}");
+        assert_eq!(f.expand(&strings(&["a@x.test"])).unwrap(), ["b@new.test"]);
+        std::fs::write(&path, "a@x.test: c@x.test, d@x.test\n").unwrap();
+        assert_eq!(f.reload().unwrap(), 1);
         assert_eq!(
             f.expand(&strings(&["a@x.test"])).unwrap(),
             ["c@x.test", "d@x.test"]

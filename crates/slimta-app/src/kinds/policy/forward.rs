@@ -18,7 +18,9 @@
 //!   `${name}`) is an error, not an address with a silent hole in it.
 //! - Alias files are read when the configuration is checked (a missing or
 //!   malformed file, or a loop in it, is an error then) and again on every
-//!   SIGHUP, where a file that fails keeps the old table.
+//!   SIGHUP (`Forward::reload`: all of a policy's files at once, checked
+//!   with its regex rules), where a file that fails, or an edit that makes
+//!   a loop, keeps every old table.
 //! - The whole rule list is checked for loops and chains too long from
 //!   every alias key (`a@x -> b@old.test -> b@new.test -> a@x` through a
 //!   regex rule is found too); loops only regexes make among themselves
@@ -39,7 +41,7 @@ use crate::config::fields::{Errors, Section, expected, non_empty_string, string}
 
 enum Rule {
     Map { pattern: Regex, replace: String },
-    File { table: AliasTable, key: String },
+    File(AliasTable),
 }
 
 /// The file's contents are left out: SIGHUP compares sections by their
@@ -52,9 +54,7 @@ impl fmt::Debug for Rule {
                 .field("match", &pattern.as_str())
                 .field("replace", replace)
                 .finish(),
-            Self::File { table, .. } => {
-                f.debug_struct("File").field("path", &table.path()).finish()
-            }
+            Self::File(table) => f.debug_struct("File").field("path", &table.path()).finish(),
         }
     }
 }
@@ -62,6 +62,8 @@ impl fmt::Debug for Rule {
 #[derive(Debug)]
 struct Settings {
     rules: Vec<Rule>,
+    /// `policy.NAME.rules`, for the reload log.
+    key: String,
 }
 
 impl Settings {
@@ -70,25 +72,26 @@ impl Settings {
             .iter()
             .fold(Forward::new(), |forward, rule| match rule {
                 Rule::Map { pattern, replace } => forward.add_mapping(pattern.clone(), replace),
-                Rule::File { table, .. } => forward.add_aliases(table.clone()),
+                Rule::File(table) => forward.add_aliases(table.clone()),
             })
     }
 }
 
 impl PolicySettings for Settings {
     fn queue_policy(&self, context: &BuildContext<'_>) -> Option<Arc<dyn DynQueuePolicy>> {
-        for rule in &self.rules {
-            if let Rule::File { table, key } = rule {
-                let table = table.clone();
-                context.files.register(key.clone(), move || {
-                    table
-                        .reload()
-                        .map(|n| format!("{n} aliases"))
-                        .map_err(|e| e.to_string())
-                });
-            }
+        let forward = self.forward();
+        if self.rules.iter().any(|r| matches!(r, Rule::File(_))) {
+            // One reload for the whole rule list: the new files are checked
+            // for loops together with the regex rules before any is used.
+            let reloading = forward.clone();
+            context.files.register(self.key.clone(), move || {
+                reloading
+                    .reload()
+                    .map(|n| format!("{n} aliases"))
+                    .map_err(|e| e.to_string())
+            });
         }
-        Some(Arc::new(self.forward()))
+        Some(Arc::new(forward))
     }
 }
 
@@ -152,7 +155,7 @@ fn map_rule(table: &toml::Table) -> Result<Rule, String> {
     })
 }
 
-fn rule(value: &Value, at: &str) -> Result<Rule, String> {
+fn rule(value: &Value) -> Result<Rule, String> {
     let Value::Table(table) = value else {
         return Err(expected(
             "a table like { match = '...', replace = '...' } or { file = \"...\" }",
@@ -163,11 +166,9 @@ fn rule(value: &Value, at: &str) -> Result<Rule, String> {
     match keys.as_slice() {
         ["file"] => {
             let path = non_empty_string(&table["file"])?;
-            let table = AliasTable::load(&path).map_err(|e| e.to_string())?;
-            Ok(Rule::File {
-                table,
-                key: format!("{at}.file"),
-            })
+            AliasTable::load(&path)
+                .map(Rule::File)
+                .map_err(|e| e.to_string())
         }
         ["match", "replace"] | ["replace", "match"] => map_rule(table),
         _ => Err(format!(
@@ -188,7 +189,7 @@ fn read(s: &mut Section<'_>, errors: &mut Errors) -> Option<Arc<dyn PolicySettin
     let mut rules = Vec::new();
     for (i, item) in value.iter().enumerate() {
         let at = format!("{path}[{i}]");
-        match rule(item, &at) {
+        match rule(item) {
             Ok(rule) => rules.push(rule),
             Err(message) => errors.push(at, message),
         }
@@ -196,7 +197,10 @@ fn read(s: &mut Section<'_>, errors: &mut Errors) -> Option<Arc<dyn PolicySettin
     if errors.0.len() > before {
         return None;
     }
-    let settings = Settings { rules };
+    let settings = Settings {
+        rules,
+        key: path.clone(),
+    };
     if let Err(loops) = settings.forward().check() {
         for e in loops {
             errors.push(path.clone(), e.to_string());
@@ -266,8 +270,15 @@ mod tests {
         assert_eq!(files.reload_all(), 0);
         let parts = run(&["team@example.test"]).await.unwrap();
         assert_eq!(parts[0].recipients, ["d@example.test"]);
-        // A broken edit keeps the table.
+        // A broken edit keeps the table; so does one that loops through
+        // the regex rule.
         std::fs::write(&aliases, "team@example.test\n").unwrap();
+        assert_eq!(files.reload_all(), 1);
+        std::fs::write(
+            &aliases,
+            "team@example.test: x@old.test\nx@new.test: team@example.test\n",
+        )
+        .unwrap();
         assert_eq!(files.reload_all(), 1);
         let parts = run(&["team@example.test"]).await.unwrap();
         assert_eq!(parts[0].recipients, ["d@example.test"]);
