@@ -415,7 +415,7 @@ const BAD: &[(&str, &[&str])] = &[
     (
         "[policy.split]\ntype = \"recipient_domain_split\"\n[policy.dk]\ntype = \"dkim_sign\"\n[policy.x]\ntype = \"nope\"\n[policy.h]\ntype = \"add_date_header\"\ncolor = 1\n[policy.n]\n[queue.q3]\ntype = \"memory\"\nrelay = \"out\"\npolicies = [\"split\", \"dk\"]\nrelay_policies = [\"add_date_header\", 7]",
         &[
-            "policy.dk.type: policy type \"dkim_sign\" is not built yet (built: \"add_date_header\", \"add_message_id_header\", \"add_received_header\", \"recipient_split\", \"recipient_domain_split\")",
+            "policy.dk.type: policy type \"dkim_sign\" is not built yet (built: \"add_date_header\", \"add_message_id_header\", \"add_received_header\", \"recipient_split\", \"recipient_domain_split\", \"forward\")",
             "policy.h.color: unknown key (expected one of: type)",
             "policy.n.type: missing required key",
             "policy.x.type: unknown value \"nope\" (expected one of: \"add_date_header\", \"add_message_id_header\", \"add_received_header\", \"recipient_split\", \"recipient_domain_split\", \"forward\", \"spamassassin\", \"rspamd\", \"dkim_sign\", \"authenticate\", \"milter\")",
@@ -428,9 +428,9 @@ const BAD: &[(&str, &[&str])] = &[
         &[
             "check.empty.addresses: must list at least one address",
             "check.empty.zone: unknown key (expected one of: addresses, type)",
-            "check.spf.type: check type \"spf\" is not built yet (built: \"recipient_list\")",
+            "check.spf.type: check type \"spf\" is not built yet (built: \"recipient_list\", \"recipients\", \"senders\")",
             "check.users.addresses[0]: invalid address \"nobody\" (expected local@domain, without <>)",
-            "check.x.type: unknown value \"greylist\" (expected one of: \"recipient_list\", \"spf\", \"dnsbl\", \"milter\")",
+            "check.x.type: unknown value \"greylist\" (expected one of: \"recipient_list\", \"recipients\", \"senders\", \"spf\", \"dnsbl\", \"milter\")",
             "edge.e2.checks[1]: no check named \"nope\" (define [check.nope] with a type)",
             "edge.e2.checks[3]: \"nope\" is listed twice",
         ],

@@ -6,6 +6,7 @@
 //! never whether delivery succeeded.
 
 pub mod accept_domains;
+pub mod address_rules;
 pub mod chain;
 pub mod credentials;
 #[cfg(feature = "http")]

@@ -25,6 +25,7 @@
 //!   Reply>` and `Fn(&mut Envelope) -> Result<(), RelayError>`), for the many
 //!   policies that need no I/O.
 
+pub mod forward;
 pub mod headers;
 pub mod split;
 

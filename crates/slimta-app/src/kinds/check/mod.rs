@@ -17,6 +17,7 @@
 //!   hosts, zones); there are no bare names.
 //! - The same check listed twice in one edge is an error.
 
+mod address_rules;
 mod recipient_list;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,6 +68,8 @@ pub struct CheckKind {
 /// Every kind of check the app knows, built or planned.
 pub const KINDS: &[CheckKind] = &[
     recipient_list::RECIPIENT_LIST,
+    address_rules::RECIPIENTS,
+    address_rules::SENDERS,
     planned("spf"),
     planned("dnsbl"),
     planned("milter"),

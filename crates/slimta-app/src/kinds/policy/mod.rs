@@ -20,6 +20,7 @@
 //! - The same policy listed twice in one list is an error (a second
 //!   `Received:` header or a second split is never what was meant).
 
+mod forward;
 mod headers;
 mod split;
 
@@ -99,7 +100,7 @@ pub const KINDS: &[PolicyKind] = &[
     headers::ADD_RECEIVED_HEADER,
     split::RECIPIENT_SPLIT,
     split::RECIPIENT_DOMAIN_SPLIT,
-    planned("forward", &[Stage::Queue]),
+    forward::FORWARD,
     planned("spamassassin", &[Stage::Queue]),
     planned("rspamd", &[Stage::Queue]),
     planned("dkim_sign", &[Stage::Queue, Stage::Relay]),
