@@ -298,6 +298,19 @@ impl EnforceSpf {
                 .unwrap_or(helo)
                 .to_ascii_lowercase(),
         };
+        if identity == SpfIdentity::Helo && !is_domain(helo) {
+            // An address literal or garbage: no identity to check (RFC 7208 2.3).
+            let reason = format!("HELO {helo} is not a domain name");
+            return SpfOutcome {
+                result: SpfResult::None,
+                identity,
+                envelope_from,
+                helo: helo.to_owned(),
+                client_ip: ip,
+                domain,
+                reason,
+            };
+        }
         let (result, explanation) =
             match tokio::time::timeout(self.timeout, self.authenticator.verify_spf(params)).await {
                 Ok(output) => (
@@ -411,6 +424,20 @@ impl Validators for EnforceSpf {
         self.cache.remove(session.id);
         envelope.prepend_header("Received-SPF", &received_spf(&outcome, &self.receiver));
     }
+}
+
+/// Whether a HELO name can be an SPF identity: labels of letters, digits,
+/// `-` and `_` (not an address literal such as `[192.0.2.1]`).
+fn is_domain(name: &str) -> bool {
+    !name.is_empty()
+        && name.parse::<IpAddr>().is_err()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+        })
 }
 
 fn default_reason(result: SpfResult, domain: &str, from: &str, ip: IpAddr) -> String {
@@ -551,6 +578,22 @@ mod tests {
         ];
         for (o, receiver, want) in cases {
             assert_eq!(received_spf(&o, receiver), want);
+        }
+    }
+
+    #[test]
+    fn helo_names_that_can_be_checked() {
+        for (name, want) in [
+            ("mx.example.test", true),
+            ("localhost", true),
+            ("[192.0.2.1]", false),
+            ("192.0.2.1", false),
+            ("[IPv6:2001:db8::1]", false),
+            ("a..b", false),
+            ("", false),
+            ("bad name", false),
+        ] {
+            assert_eq!(is_domain(name), want, "{name}");
         }
     }
 
