@@ -362,7 +362,6 @@ pub(crate) fn log_level(value: &Value) -> Result<String, String> {
 
 /// A reply table, `{ code = 550, message = "5.7.1 ... {name}" }`, whose
 /// placeholders must be among `known` (see [`slimta::reply_template`]).
-#[allow(dead_code)] // used by the checks of issue 12, which come next
 pub(crate) fn reply_template<'k>(
     known: &'k [&'k str],
 ) -> impl Fn(&Value) -> Result<slimta::reply_template::ReplyTemplate, String> + 'k {

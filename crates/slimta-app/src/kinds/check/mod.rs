@@ -17,7 +17,9 @@
 //!   hosts, zones); there are no bare names.
 //! - The same check listed twice in one edge is an error.
 
+mod dnsbl;
 mod recipient_list;
+mod spf;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -67,8 +69,8 @@ pub struct CheckKind {
 /// Every kind of check the app knows, built or planned.
 pub const KINDS: &[CheckKind] = &[
     recipient_list::RECIPIENT_LIST,
-    planned("spf"),
-    planned("dnsbl"),
+    spf::SPF,
+    dnsbl::DNSBL,
     planned("milter"),
 ];
 
