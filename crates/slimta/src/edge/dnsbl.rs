@@ -121,7 +121,8 @@ pub struct DnsBlocklists {
     reply: ReplyTemplate,
     timeout: Duration,
     trusted: Vec<IpRange>,
-    cache: SessionCache<DnsblVerdict>,
+    /// The verdict per session, with the address it is about.
+    cache: SessionCache<(IpAddr, DnsblVerdict)>,
 }
 
 impl DnsBlocklists {
@@ -220,7 +221,9 @@ impl DnsBlocklists {
         if session.authenticated() || self.trusted.iter().any(|r| r.contains(ip)) {
             return None;
         }
-        if let Some(v) = self.cache.get(session.id) {
+        if let Some((cached_ip, v)) = self.cache.get(session.id)
+            && cached_ip == ip
+        {
             return Some(v);
         }
         let v = self.check(ip).await;
@@ -228,7 +231,7 @@ impl DnsBlocklists {
             tracing::info!(session = session.id, client = %ip, score = v.score,
                 lists = %v.listed_by.join(","), "client refused by DNS lists");
         }
-        self.cache.insert(session.id, v.clone());
+        self.cache.insert(session.id, (ip, v.clone()));
         Some(v)
     }
 

@@ -293,4 +293,42 @@ mod tests {
             assert_eq!(read_text(&text).unwrap_err(), want, "{text}");
         }
     }
+
+    #[tokio::test]
+    async fn the_built_check_asks_the_configured_nameservers_and_skips_loopback() {
+        use super::super::test_build::{edge_checks, session};
+        let dns = test_peers::Dnsmasq::start(&[
+            "--host-record=1.2.0.192.zen.test,127.0.0.2",
+            "--host-record=2.0.0.127.zen.test,127.0.0.2",
+        ]);
+        let links = edge_checks(
+            "[check.dnsbl]\ntype = \"dnsbl\"\nlists = [{ zone = \"zen.test\", score = 8 }]\nthreshold = 8",
+            "[\"dnsbl\"]",
+            dns.addr(),
+        );
+        for (ip, want) in [
+            (
+                "192.0.2.1",
+                "550 5.7.1 Service unavailable; client [192.0.2.1] listed by zen.test",
+            ),
+            ("192.0.2.2", "250 2.1.5 ok"),
+            // Listed, but loopback is trusted.
+            ("127.0.0.2", "250 2.1.5 ok"),
+        ] {
+            let mut reply = slimta::Reply::new(250, "2.1.5", "ok");
+            links[0]
+                .rcpt_boxed(
+                    &mut reply,
+                    &session(ip),
+                    "b@example.test",
+                    &slimta::smtp::RcptParams::default(),
+                )
+                .await;
+            assert_eq!(
+                String::from_utf8(reply.to_bytes()).unwrap().trim_end(),
+                want,
+                "{ip}"
+            );
+        }
+    }
 }

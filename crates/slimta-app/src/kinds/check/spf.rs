@@ -194,4 +194,51 @@ mod tests {
             assert_eq!(read_text(text).unwrap_err(), [want.to_string()], "{text}");
         }
     }
+
+    #[tokio::test]
+    async fn the_built_check_asks_the_configured_nameservers_and_adds_the_header() {
+        use super::super::test_build::{edge_checks, session};
+        let dns = test_peers::Dnsmasq::start(&[
+            "--txt-record=fail.test,v=spf1 ip4:192.0.2.9 -all",
+            "--txt-record=pass.test,v=spf1 ip4:192.0.2.0/24 -all",
+        ]);
+        let links = edge_checks(
+            "[check.spf]\ntype = \"spf\"\nfail = { code = 550, message = \"5.7.1 Access denied: {reason}\" }",
+            "[\"spf\"]",
+            dns.addr(),
+        );
+        let mail = async |ip: &str, sender: &str| {
+            let mut reply = slimta::Reply::new(250, "2.1.0", "ok");
+            links[0]
+                .mail_boxed(
+                    &mut reply,
+                    &session(ip),
+                    sender,
+                    &slimta::smtp::MailParams::default(),
+                )
+                .await;
+            String::from_utf8(reply.to_bytes()).unwrap()
+        };
+        assert_eq!(
+            mail("192.0.2.1", "a@fail.test").await,
+            "550 5.7.1 Access denied: domain of a@fail.test does not designate 192.0.2.1 as permitted sender\r\n"
+        );
+        // Loopback is trusted.
+        assert_eq!(mail("127.0.0.1", "a@fail.test").await, "250 2.1.0 ok\r\n");
+        assert_eq!(mail("192.0.2.1", "a@pass.test").await, "250 2.1.0 ok\r\n");
+        let mut envelope = slimta::Envelope::new(
+            "a@pass.test",
+            vec!["b@example.test".into()],
+            b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+        );
+        let mut reply = slimta::Reply::new(250, "2.6.0", "ok");
+        links[0]
+            .have_data_boxed(&mut reply, &session("192.0.2.1"), &mut envelope)
+            .await;
+        let text = String::from_utf8(envelope.message).unwrap();
+        assert!(
+            text.starts_with("Received-SPF: pass (mx.test: domain of a@pass.test designates 192.0.2.1 as permitted sender)\r\n\treceiver=mx.test;"),
+            "{text}"
+        );
+    }
 }
