@@ -179,8 +179,10 @@ pub(super) mod test_build {
 
     /// A session of a client at `ip` that said HELO `c.test`.
     pub(crate) fn session(ip: &str) -> slimta::edge::SessionInfo {
-        let mut s = slimta::edge::SessionInfo::default();
-        s.id = 1;
+        let mut s = slimta::edge::SessionInfo {
+            id: 1,
+            ..Default::default()
+        };
         s.client.ip = Some(ip.parse().unwrap());
         s.client.helo = Some("c.test".into());
         s
