@@ -1,5 +1,5 @@
 //! DNS lookups for mail routing: MX records (RFC 5321 section 5) and host
-//! addresses.
+//! addresses; A records alone for the edge's DNS lists.
 //!
 //! A thin wrapper around `hickory-resolver`, so the rest of the crate sees
 //! only the answers mail routing needs ([`MxAnswer`], a list of addresses)
@@ -21,7 +21,7 @@
 //! - Answers are cached by hickory for their TTL.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
@@ -219,6 +219,38 @@ impl Resolver {
             }
             Err(e) => Err(LookupError::from_net(host, &e)),
         }
+    }
+}
+
+impl Resolver {
+    /// The A records of `name` alone (no AAAA, no CNAME chasing beyond
+    /// what the server does): what a DNS list answers. A name that exists
+    /// without A records gives an empty list.
+    ///
+    /// # Errors
+    ///
+    /// [`LookupError::is_not_found`] for NXDOMAIN (for a DNS list: not
+    /// listed); otherwise the lookup failed.
+    pub async fn ipv4s(&self, name: &str) -> Result<Vec<Ipv4Addr>, LookupError> {
+        match self.inner.ipv4_lookup(fqdn(name).as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if is_empty_answer(&e) => Ok(Vec::new()),
+            Err(e) => Err(LookupError::from_net(name, &e)),
+        }
+    }
+
+    /// The hickory resolver inside, for checks that bring their own lookup
+    /// logic (SPF through mail-auth) but must ask the same nameservers.
+    #[cfg(feature = "auth")]
+    pub(crate) fn hickory(&self) -> &TokioResolver {
+        &self.inner
     }
 }
 

@@ -424,11 +424,12 @@ const BAD: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "[check.users]\ntype = \"recipient_list\"\naddresses = [\"nobody\"]\n[check.spf]\ntype = \"spf\"\n[check.x]\ntype = \"greylist\"\n[check.empty]\ntype = \"recipient_list\"\naddresses = []\nzone = \"z\"\n[edge.e2]\ntype = \"smtp\"\nlisten = [\"127.0.0.1:2526\"]\nqueue = \"main\"\nchecks = [\"users\", \"nope\", \"spf\", \"nope\"]",
+        "[check.users]\ntype = \"recipient_list\"\naddresses = [\"nobody\"]\n[check.milter]\ntype = \"milter\"\n[check.s]\ntype = \"spf\"\nfail = { code = 550, message = \"5.7.1 {resaon}\" }\n[check.x]\ntype = \"greylist\"\n[check.empty]\ntype = \"recipient_list\"\naddresses = []\nzone = \"z\"\n[edge.e2]\ntype = \"smtp\"\nlisten = [\"127.0.0.1:2526\"]\nqueue = \"main\"\nchecks = [\"users\", \"nope\", \"milter\", \"nope\"]",
         &[
             "check.empty.addresses: must list at least one address",
             "check.empty.zone: unknown key (expected one of: addresses, type)",
-            "check.spf.type: check type \"spf\" is not built yet (built: \"recipient_list\", \"recipients\", \"senders\")",
+            "check.milter.type: check type \"milter\" is not built yet (built: \"recipient_list\", \"recipients\", \"senders\", \"spf\", \"dnsbl\")",
+            "check.s.fail: unknown placeholder {resaon} (this reply can use: {reason})",
             "check.users.addresses[0]: invalid address \"nobody\" (expected local@domain, without <>)",
             "check.x.type: unknown value \"greylist\" (expected one of: \"recipient_list\", \"recipients\", \"senders\", \"spf\", \"dnsbl\", \"milter\")",
             "edge.e2.checks[1]: no check named \"nope\" (define [check.nope] with a type)",

@@ -18,7 +18,9 @@
 //! - The same check listed twice in one edge is an error.
 
 mod address_rules;
+mod dnsbl;
 mod recipient_list;
+mod spf;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -70,8 +72,8 @@ pub const KINDS: &[CheckKind] = &[
     recipient_list::RECIPIENT_LIST,
     address_rules::RECIPIENTS,
     address_rules::SENDERS,
-    planned("spf"),
-    planned("dnsbl"),
+    spf::SPF,
+    dnsbl::DNSBL,
     planned("milter"),
 ];
 
@@ -143,4 +145,49 @@ pub(crate) fn read_list(
         }
     }
     out
+}
+
+#[cfg(test)]
+pub(super) mod test_build {
+    //! Builds the checks of a whole configuration file, as `build.rs` does,
+    //! so a kind's test can run the link it made.
+
+    use super::*;
+
+    /// The links of edge `in` of `checks` (sections and the edge's list),
+    /// with `[dns] nameservers = [nameserver]`.
+    pub(crate) fn edge_checks(
+        checks: &str,
+        list: &str,
+        nameserver: std::net::SocketAddr,
+    ) -> Vec<Arc<dyn DynValidators>> {
+        let text = format!(
+            "[dns]\nnameservers = [\"{nameserver}\"]\n{checks}\n\
+             [edge.in]\ntype = \"smtp\"\nlisten = [\"127.0.0.1:0\"]\nqueue = \"main\"\nchecks = {list}\n\
+             [queue.main]\ntype = \"memory\"\nrelay = \"out\"\n[relay.out]\ntype = \"blackhole\"\n"
+        );
+        let config = crate::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+        let files = FileReloads::default();
+        let context = CheckContext {
+            hostname: "mx.test",
+            dns: &config.dns,
+            files: &files,
+        };
+        config.edges["in"]
+            .checks
+            .iter()
+            .map(|c| c.validators(&context).unwrap())
+            .collect()
+    }
+
+    /// A session of a client at `ip` that said HELO `c.test`.
+    pub(crate) fn session(ip: &str) -> slimta::edge::SessionInfo {
+        let mut s = slimta::edge::SessionInfo {
+            id: 1,
+            ..Default::default()
+        };
+        s.client.ip = Some(ip.parse().unwrap());
+        s.client.helo = Some("c.test".into());
+        s
+    }
 }
