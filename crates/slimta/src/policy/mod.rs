@@ -26,6 +26,10 @@
 //!   policies that need no I/O.
 
 pub mod headers;
+#[cfg(feature = "rspamd")]
+pub mod rspamd;
+pub mod spam_headers;
+pub mod spamassassin;
 pub mod split;
 
 use std::future::Future;
