@@ -107,6 +107,7 @@ pub fn remove_spam_fields(message: &mut Vec<u8>) {
 
 /// `text` as one line of printable characters (control characters become
 /// spaces), at most `max` characters long.
+#[cfg_attr(not(feature = "rspamd"), allow(dead_code))] // only rspamd sends text
 pub(crate) fn one_line(text: &str, max: usize) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
