@@ -21,6 +21,9 @@
 //!   `Received:` header or a second split is never what was meant).
 
 mod headers;
+mod on_error;
+mod rspamd;
+mod spamassassin;
 mod split;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,8 +103,8 @@ pub const KINDS: &[PolicyKind] = &[
     split::RECIPIENT_SPLIT,
     split::RECIPIENT_DOMAIN_SPLIT,
     planned("forward", &[Stage::Queue]),
-    planned("spamassassin", &[Stage::Queue]),
-    planned("rspamd", &[Stage::Queue]),
+    spamassassin::SPAMASSASSIN,
+    rspamd::RSPAMD,
     planned("dkim_sign", &[Stage::Queue, Stage::Relay]),
     planned("authenticate", &[Stage::Queue]),
     planned("milter", &[Stage::Queue]),
