@@ -1,5 +1,5 @@
-//! What the spam scanner policies ([`SpamAssassin`](super::spamassassin),
-//! [`Rspamd`](super::rspamd)) write into a message, and the sender's copies
+//! What the spam scanner policies ([`SpamAssassin`](super::spamassassin) and
+//! `Rspamd`, behind the feature `rspamd`) write into a message, and the sender's copies
 //! of those fields they take out first.
 //!
 //! Decisions (an operator's filters match these, so they are fixed here
