@@ -53,6 +53,37 @@ async fn a_plain_message_is_accepted_marked_no_and_the_senders_verdict_is_droppe
 }
 
 #[tokio::test]
+async fn add_header_is_accepted_marked_yes_with_rspamds_milter_headers() {
+    // The test rspamd adds headers from score 3; missing Date and
+    // Message-Id score 3.4.
+    let mta = Mta::start(rspamd()).await;
+    let message =
+        "X-Spam: No\r\nFrom: a@x.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nHello\r\n";
+    let reply = mta.send(message).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    let queued = mta.queued().await;
+    let message = &queued[0];
+    let status = header(message, "X-Spam-Status").unwrap();
+    assert!(status.starts_with("YES, score=3."), "{message}");
+    assert!(
+        header(message, "X-Spam-Symbols")
+            .unwrap()
+            .contains("MISSING_MID"),
+        "{message}"
+    );
+    // rspamd's milter_headers module (X-Spamd-Bar, X-Spam-Status in the
+    // test rspamd) gives header changes: its bar is added, its status is
+    // not (ours is the one), and the sender's X-Spam is gone.
+    assert_eq!(
+        header(message, "X-Spamd-Bar").as_deref(),
+        Some("+++"),
+        "{message}"
+    );
+    assert_eq!(message.matches("X-Spam-Status:").count(), 1, "{message}");
+    assert!(header(message, "X-Spam").is_none(), "{message}");
+}
+
+#[tokio::test]
 async fn scan_sends_the_envelope_and_reads_the_verdict() {
     let policy = rspamd();
     let mut envelope = Envelope::new(
@@ -96,7 +127,7 @@ async fn rspamd_unreachable_gets_the_on_error_behaviour() {
         assert!(reply.starts_with("250 "), "{addr}: {reply}");
         let queued = accept.queued().await;
         assert_eq!(
-            header(&queued[0], "X-Spam-Status"),
+            header(&queued[0], "X-Spam-Status").as_deref(),
             Some("Unknown, rspamd unavailable"),
             "{addr}"
         );

@@ -12,7 +12,9 @@
 //! names and has no upstream), and the `fuzzy_check` module, whose servers
 //! are resolved through the system resolver, is disabled: nothing a test
 //! does leaves loopback. The configuration is the project's
-//! `peer-configs/rspamd-override.d` with the ports made free ones.
+//! `peer-configs/rspamd-override.d` with the ports made free ones, plus
+//! `add_header = 3` so that a message merely missing Date and Message-Id
+//! gets the "add header" action.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -177,7 +179,9 @@ fn ping(addr: SocketAddr) -> bool {
 }
 
 /// `etc/override.d` (workers on the given ports, DNS at `dns`, warnings
-/// only) and `etc/local.d/fuzzy_check.conf` (disabled).
+/// only, `add_header` at score 3), `etc/local.d/fuzzy_check.conf`
+/// (disabled) and `etc/local.d/milter_headers.conf` (X-Spamd-Bar and
+/// X-Spam-Status in the answer's milter part).
 fn write_config(dir: &Path, dns: SocketAddr, normal: u16, controller: u16, proxy: u16) {
     for sub in ["etc/override.d", "etc/local.d", "db", "run", "log"] {
         fs::create_dir_all(dir.join(sub)).expect("mkdir");
@@ -209,6 +213,20 @@ fn write_config(dir: &Path, dns: SocketAddr, normal: u16, controller: u16, proxy
             ),
         ),
         ("local.d/fuzzy_check.conf", "enabled = false;\n".to_owned()),
+        // A message without Date and Message-Id scores 3.4: low enough to
+        // pass, high enough for "add header" (6 by default), so the tests
+        // see that action without a spam corpus.
+        // (greylist, 4 by default, must stay below add_header.)
+        (
+            "override.d/actions.conf",
+            "greylist = 2.5;\nadd_header = 3;\n".to_owned(),
+        ),
+        // Header changes in the milter part of the answer, one of which
+        // (X-Spam-Status) the policy must not take over its own.
+        (
+            "local.d/milter_headers.conf",
+            "use = [\"x-spamd-bar\", \"x-spam-status\"];\nskip_local = false;\n".to_owned(),
+        ),
     ];
     for (name, text) in files {
         let path = dir.join("etc").join(name);

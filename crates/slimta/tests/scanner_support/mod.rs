@@ -112,12 +112,13 @@ async fn read_reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String
     }
 }
 
-/// The value of the first header field `name` of `message` (one line).
-pub fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+/// The value of the first header field `name` of `message`, unfolded.
+pub fn header(message: &str, name: &str) -> Option<String> {
     let head = message.split("\r\n\r\n").next().unwrap_or("");
-    head.split("\r\n").find_map(|line| {
+    let unfolded = head.replace("\r\n\t", "").replace("\r\n ", " ");
+    unfolded.split("\r\n").find_map(|line| {
         let (n, v) = line.split_once(':')?;
-        n.eq_ignore_ascii_case(name).then(|| v.trim())
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
     })
 }
 

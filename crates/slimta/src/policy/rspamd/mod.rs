@@ -10,13 +10,18 @@
 //! Decisions:
 //! - rspamd decides, as it does behind Postfix's milter: `reject` is
 //!   `554 5.7.1` with rspamd's `smtp_message` (`554 5.7.1 Gtube pattern`),
-//!   `soft reject` and `greylist` are `451 4.7.1` (we keep no greylist of our
-//!   own, so a greylist answer is a plain "try later"), `add header` and
-//!   `rewrite subject` store the message marked `X-Spam-Status: YES`, `no
-//!   action` marks it `NO`. The score shown as `required` is rspamd's
+//!   `soft reject` is `451 4.7.1` (its message, else "Try again later"),
+//!   `add header` and `rewrite subject` store the message marked
+//!   `X-Spam-Status: YES`, `no action` marks it `NO`. `greylist` is stored
+//!   and marked `NO`, as rspamd's own milter accepts it: when rspamd's
+//!   greylist module does greylist a message it answers `soft reject`; a
+//!   bare `greylist` means the score passed that threshold and nobody
+//!   greylisted (it is below `add header`). The score shown as `required` is rspamd's
 //!   `required_score` (its reject threshold).
 //! - The milter header changes rspamd sends (`milter.remove_headers`, then
-//!   `milter.add_headers`) are applied to stored mail. The subject is not
+//!   `milter.add_headers`) are applied to stored mail, except that an
+//!   `X-Spam-Status` or `X-Spam-Symbols` from rspamd's `milter_headers`
+//!   module is left out: ours carry the verdict, one of each. The subject is not
 //!   rewritten (rspamd's `subject` field is not read): the `YES` mark is
 //!   what filters match.
 //! - As for spamd, the sender's `X-Spam*` fields are removed before the scan
@@ -205,6 +210,11 @@ fn remove_headers(message: &mut Vec<u8>, remove: &[RemoveHeader]) {
     });
 }
 
+/// Whether `name` is one of the fields this policy writes itself.
+fn is_ours(name: &str) -> bool {
+    name.eq_ignore_ascii_case("X-Spam-Status") || name.eq_ignore_ascii_case("X-Spam-Symbols")
+}
+
 /// Whether `name` can be a header field name (RFC 5322 ftext).
 fn field_name_ok(name: &str) -> bool {
     !name.is_empty() && name.len() <= 76 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
@@ -248,16 +258,16 @@ impl QueuePolicy for Rspamd {
             Action::Reject => {
                 return Err(Reply::new(554, "5.7.1", message("Spam message rejected")));
             }
-            Action::SoftReject | Action::Greylist => {
+            Action::SoftReject => {
                 return Err(Reply::new(451, "4.7.1", message("Try again later")));
             }
             Action::AddHeader | Action::RewriteSubject => true,
-            Action::NoAction => false,
+            Action::NoAction | Action::Greylist => false,
         };
         remove_headers(&mut envelope.message, &verdict.remove_headers);
         // Prepended in reverse so they keep rspamd's order on top.
         for (name, value) in verdict.add_headers.iter().rev() {
-            if field_name_ok(name) {
+            if field_name_ok(name) && !is_ours(name) {
                 envelope.prepend_header(name, &one_line(value, 900));
             }
         }
