@@ -17,7 +17,9 @@ mod dnsmasq;
 mod dovecot;
 mod maildrop;
 mod python;
+mod rspamd;
 mod smtp_sink;
+mod spamd;
 mod swaks;
 mod wiretap;
 
@@ -26,7 +28,9 @@ pub use dnsmasq::Dnsmasq;
 pub use dovecot::Dovecot;
 pub use maildrop::MaildropBox;
 pub use python::python_with;
+pub use rspamd::Rspamd;
 pub use smtp_sink::{DumpedMessage, SmtpSink, crlf_to_lf, parse_dump};
+pub use spamd::Spamd;
 pub use swaks::swaks;
 pub use wiretap::Wiretap;
 
@@ -173,16 +177,26 @@ impl Drop for Peer {
 /// The uid and gid of `nobody` (Dovecot's and maildrop's mailbox owner in
 /// the tests), from /etc/passwd.
 pub fn nobody_ids() -> (u32, u32) {
+    user_ids("nobody")
+}
+
+/// The uid and gid of the system user `name` (a daemon's own user, which its
+/// package creates), from /etc/passwd.
+///
+/// # Panics
+///
+/// When there is no such user.
+pub fn user_ids(name: &str) -> (u32, u32) {
     let passwd = fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
     passwd
         .lines()
         .find_map(|line| {
             let f: Vec<&str> = line.split(':').collect();
-            (f.first() == Some(&"nobody") && f.len() > 3)
+            (f.first() == Some(&name) && f.len() > 3)
                 .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
                 .flatten()
         })
-        .expect("no user nobody in /etc/passwd")
+        .unwrap_or_else(|| panic!("no user {name} in /etc/passwd (its package creates it)"))
 }
 
 /// Every file in `dir` (not recursive), sorted by name, read whole.

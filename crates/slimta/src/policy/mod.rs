@@ -27,6 +27,10 @@
 
 pub mod forward;
 pub mod headers;
+#[cfg(feature = "rspamd")]
+pub mod rspamd;
+pub mod spam_headers;
+pub mod spamassassin;
 pub mod split;
 
 use std::future::Future;

@@ -22,6 +22,9 @@
 
 mod forward;
 mod headers;
+mod on_error;
+mod rspamd;
+mod spamassassin;
 mod split;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,8 +104,8 @@ pub const KINDS: &[PolicyKind] = &[
     split::RECIPIENT_SPLIT,
     split::RECIPIENT_DOMAIN_SPLIT,
     forward::FORWARD,
-    planned("spamassassin", &[Stage::Queue]),
-    planned("rspamd", &[Stage::Queue]),
+    spamassassin::SPAMASSASSIN,
+    rspamd::RSPAMD,
     planned("dkim_sign", &[Stage::Queue, Stage::Relay]),
     planned("authenticate", &[Stage::Queue]),
     planned("milter", &[Stage::Queue]),
