@@ -46,6 +46,7 @@ struct DnsblSettings {
     threshold: i64,
     stage: DnsblStage,
     reply: ReplyTemplate,
+    trusted: Vec<IpRange>,
 }
 
 impl CheckSettings for DnsblSettings {
@@ -59,8 +60,8 @@ impl CheckSettings for DnsblSettings {
         for list in &self.lists {
             check = check.list(list.zone.clone(), list.score, list.responses.clone());
         }
-        for range in super::spf::LOOPBACK {
-            check = check.trust(range.parse().expect("a valid range"));
+        for range in &self.trusted {
+            check = check.trust(*range);
         }
         Ok(Arc::new(check))
     }
@@ -164,11 +165,14 @@ fn read(s: &mut Section<'_>, errors: &mut Errors) -> Option<DnsblSettings> {
         Some(reply) => reply,
         None => ReplyTemplate::new(550, dnsbl::DEFAULT_REPLY).expect("the default reply is valid"),
     };
+    let trusted = super::trusted::read(s, errors);
+    ok &= trusted.is_some();
     ok.then_some(DnsblSettings {
         lists,
         threshold,
         stage,
         reply,
+        trusted: trusted.unwrap_or_default(),
     })
 }
 
@@ -204,6 +208,7 @@ mod tests {
             threshold = 8
             stage = "banner"
             reply = { code = 550, message = "5.7.1 [{ip}] is listed by {lists}" }
+            trusted = []
             "#,
         )
         .unwrap();
@@ -226,6 +231,7 @@ mod tests {
                 threshold: 8,
                 stage: DnsblStage::Banner,
                 reply: ReplyTemplate::new(550, "5.7.1 [{ip}] is listed by {lists}").unwrap(),
+                trusted: vec![],
             }
         );
         let defaults = read_text(r#"lists = [{ zone = "zen.test", score = 1 }]"#).unwrap();

@@ -21,6 +21,7 @@ mod address_rules;
 mod dnsbl;
 mod recipient_list;
 mod spf;
+mod trusted;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -21,15 +21,16 @@
 //! - The lookups go to `[dns] nameservers` (the system resolver when
 //!   empty), the same as the MX relay's; the receiver named in the header
 //!   is `process.hostname`.
-//! - Loopback clients (127.0.0.0/8, ::1) are not judged, like
-//!   authenticated ones: local programs submitting through loopback would
-//!   otherwise fail their own domain's SPF (Postfix's `permit_mynetworks`
-//!   before the policy service).
+//! - Clients in `trusted` (default loopback: 127.0.0.0/8, ::1) are not
+//!   judged, like authenticated ones: local programs submitting through
+//!   loopback would otherwise fail their own domain's SPF (Postfix's
+//!   `permit_mynetworks` before the policy service); see `trusted.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use slimta::edge::DynValidators;
+use slimta::edge::ip_range::IpRange;
 use slimta::edge::spf::{self, EnforceSpf, SpfResult, SpfStage};
 use slimta::reply_template::ReplyTemplate;
 
@@ -43,10 +44,8 @@ struct SpfSettings {
     stage: SpfStage,
     timeout: Duration,
     received_spf: bool,
+    trusted: Vec<IpRange>,
 }
-
-/// The clients never judged, besides authenticated ones.
-pub(super) const LOOPBACK: [&str; 2] = ["127.0.0.0/8", "::1"];
 
 impl CheckSettings for SpfSettings {
     fn validators(&self, context: &CheckContext<'_>) -> Result<Arc<dyn DynValidators>, String> {
@@ -60,8 +59,8 @@ impl CheckSettings for SpfSettings {
         for (result, reply) in &self.rules {
             check = check.set_enforcement(*result, reply.clone());
         }
-        for range in LOOPBACK {
-            check = check.trust(range.parse().expect("a valid range"));
+        for range in &self.trusted {
+            check = check.trust(*range);
         }
         Ok(Arc::new(check))
     }
@@ -85,7 +84,10 @@ fn read(s: &mut Section<'_>, errors: &mut Errors) -> Option<SpfSettings> {
     ok &= timeout.is_some() || !s.table.contains_key("timeout");
     let received_spf = s.opt(errors, "received_spf", boolean);
     ok &= received_spf.is_some() || !s.table.contains_key("received_spf");
+    let trusted = super::trusted::read(s, errors);
+    ok &= trusted.is_some();
     ok.then_some(SpfSettings {
+        trusted: trusted.unwrap_or_default(),
         rules,
         stage,
         timeout: timeout.unwrap_or(spf::DEFAULT_TIMEOUT),
@@ -126,6 +128,7 @@ mod tests {
             timeout = "3s"
             received_spf = false
             stage = "rcpt"
+            trusted = ["192.0.2.0/24"]
             "#,
         )
         .unwrap();
@@ -144,6 +147,7 @@ mod tests {
                 stage: SpfStage::Rcpt,
                 timeout: Duration::from_secs(3),
                 received_spf: false,
+                trusted: vec!["192.0.2.0/24".parse().unwrap()],
             }
         );
         let defaults = read_text("").unwrap();
@@ -154,6 +158,7 @@ mod tests {
                 stage: SpfStage::Mail,
                 timeout: Duration::from_secs(10),
                 received_spf: true,
+                trusted: vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()],
             }
         );
     }
@@ -187,7 +192,7 @@ mod tests {
             ),
             (
                 r#"hardfail = { code = 550, message = "no" }"#,
-                "check.spf.hardfail: unknown key (expected one of: fail, neutral, none, pass, permerror, received_spf, softfail, stage, temperror, timeout)",
+                "check.spf.hardfail: unknown key (expected one of: fail, neutral, none, pass, permerror, received_spf, softfail, stage, temperror, timeout, trusted)",
             ),
         ];
         for (text, want) in cases {
