@@ -28,6 +28,26 @@ async fn gtube_is_marked_spam_with_its_symbols() {
 }
 
 #[tokio::test]
+async fn a_message_over_max_size_is_stored_unscanned_and_marked_so() {
+    let spamd = Spamd::start();
+    let policy = SpamAssassin::new(spamd.addr()).reject(true).max_size(4096);
+    let mta = Mta::start(policy).await;
+    let mut big = gtube_message();
+    let padding = format!("{}\r\n", "x".repeat(70)).repeat(100);
+    big.push_str(&padding);
+    // Spam, but too large to be sent to spamd: stored, marked unknown.
+    let reply = mta.send(&big).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    let queued = mta.queued().await;
+    assert_eq!(queued.len(), 1);
+    let status = header(&queued[0], "X-Spam-Status").unwrap();
+    assert_eq!(status, "Unknown, not scanned (larger than 4096 bytes)");
+    // Under the limit the same policy still asks spamd.
+    let reply = mta.send(&gtube_message()).await;
+    assert_eq!(reply, "554 5.7.1 Message refused as spam");
+}
+
+#[tokio::test]
 async fn gtube_is_refused_at_the_end_of_data_and_not_queued_with_reject() {
     let spamd = Spamd::start();
     let mta = Mta::start(SpamAssassin::new(spamd.addr()).reject(true)).await;

@@ -3,7 +3,9 @@
 //! default `127.0.0.1:783`, spamd's own default), `timeout` (default 10 s),
 //! `reject` (default false: spam is marked `X-Spam-Status: YES` and
 //! stored; true: refused with 554 5.7.1), `on_error` (`"accept"`, the
-//! default, or `"tempfail"`: 451 4.7.1 while spamd cannot be asked).
+//! default, or `"tempfail"`: 451 4.7.1 while spamd cannot be asked),
+//! `max_size` (bytes, default 512000 as spamc; larger messages are stored
+//! unscanned and marked so; 0 scans everything).
 //! A queue policy only: the verdict belongs in the stored message.
 
 use std::net::SocketAddr;
@@ -11,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slimta::policy::DynQueuePolicy;
-use slimta::policy::spamassassin::{DEFAULT_TIMEOUT, SpamAssassin};
+use slimta::policy::spamassassin::{DEFAULT_MAX_SIZE, DEFAULT_TIMEOUT, SpamAssassin};
 
 use super::on_error::on_error;
 use super::{BuildContext, PolicyKind, PolicySettings, Stage};
-use crate::config::fields::{Errors, Section, boolean, positive_duration, socket_addr};
+use crate::config::fields::{Errors, Section, boolean, integer, positive_duration, socket_addr};
 
 /// spamd's own default port, on this machine.
 const DEFAULT_ADDRESS: &str = "127.0.0.1:783";
@@ -37,10 +39,14 @@ fn read(s: &mut Section<'_>, errors: &mut Errors) -> Option<Arc<dyn PolicySettin
     let timeout: Duration = s.or(errors, "timeout", DEFAULT_TIMEOUT, positive_duration);
     let reject = s.or(errors, "reject", false, boolean);
     let on_error = s.or(errors, "on_error", Default::default(), on_error);
+    let max_size = s.or(errors, "max_size", DEFAULT_MAX_SIZE, |v| {
+        usize::try_from(integer(0, u64::from(u32::MAX))(v)?).map_err(|e| e.to_string())
+    });
     let policy = SpamAssassin::new(address)
         .timeout(timeout)
         .reject(reject)
-        .on_error(on_error);
+        .on_error(on_error)
+        .max_size(max_size);
     Some(Arc::new(Settings { policy }))
 }
 
@@ -70,14 +76,14 @@ mod tests {
     fn reads_every_key_and_the_defaults() {
         assert_eq!(
             settings("").unwrap(),
-            "Settings { policy: SpamAssassin { addr: 127.0.0.1:783, timeout: 10s, reject: false, on_error: Accept } }"
+            "Settings { policy: SpamAssassin { addr: 127.0.0.1:783, timeout: 10s, reject: false, on_error: Accept, max_size: 512000 } }"
         );
         assert_eq!(
             settings(
                 "address = \"127.0.0.1:7830\"\ntimeout = \"3s\"\nreject = true\non_error = \"tempfail\"\n"
             )
             .unwrap(),
-            "Settings { policy: SpamAssassin { addr: 127.0.0.1:7830, timeout: 3s, reject: true, on_error: Tempfail } }"
+            "Settings { policy: SpamAssassin { addr: 127.0.0.1:7830, timeout: 3s, reject: true, on_error: Tempfail, max_size: 512000 } }"
         );
     }
 
@@ -99,7 +105,7 @@ mod tests {
         assert_eq!(
             settings("colour = 1\n").unwrap_err(),
             [
-                "policy.spam.colour: unknown key (expected one of: address, on_error, reject, timeout, type)"
+                "policy.spam.colour: unknown key (expected one of: address, max_size, on_error, reject, timeout, type)"
             ]
         );
     }

@@ -20,8 +20,11 @@
 //!   mail), `Tempfail` refuses it with `451 4.7.1` so the client retries.
 //!   Either way the error is logged at `warn`; the message is never lost and
 //!   the session goes on.
-//! - Messages are not skipped by size here; a queue that takes very large
-//!   messages should know spamd scans the whole of each.
+//! - Messages larger than [`DEFAULT_MAX_SIZE`] (500 KiB, spamc's own
+//!   default) are not sent to spamd: they are stored marked `X-Spam-Status:
+//!   Unknown, not scanned (larger than N bytes)`. Spam is small, and spamd
+//!   would spend seconds and hundreds of MiB on a 50 MB attachment;
+//!   [`SpamAssassin::max_size`] changes the limit (0: scan everything).
 
 pub mod protocol;
 
@@ -41,6 +44,9 @@ use protocol::{MAX_RESPONSE, SpamdResponse, parse_response, request_head};
 /// The default time limit of one scan, connection included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Larger messages are not scanned by default (spamc's default).
+pub const DEFAULT_MAX_SIZE: usize = 500 * 1024;
+
 /// Asks spamd (SpamAssassin's daemon) about every message; see the module
 /// docs.
 #[derive(Clone, Debug)]
@@ -49,6 +55,7 @@ pub struct SpamAssassin {
     timeout: Duration,
     reject: bool,
     on_error: OnError,
+    max_size: usize,
 }
 
 impl SpamAssassin {
@@ -61,7 +68,15 @@ impl SpamAssassin {
             timeout: DEFAULT_TIMEOUT,
             reject: false,
             on_error: OnError::Accept,
+            max_size: DEFAULT_MAX_SIZE,
         }
+    }
+
+    /// Messages larger than `bytes` are stored unscanned, marked so
+    /// (default [`DEFAULT_MAX_SIZE`]; 0 scans every message).
+    pub fn max_size(mut self, bytes: usize) -> Self {
+        self.max_size = bytes;
+        self
     }
 
     /// The time limit of one scan: connecting, sending and the answer.
@@ -123,6 +138,12 @@ impl SpamAssassin {
 impl QueuePolicy for SpamAssassin {
     async fn apply(&self, mut envelope: Envelope) -> Result<Vec<Envelope>, Reply> {
         spam_headers::remove_spam_fields(&mut envelope.message);
+        if self.max_size > 0 && envelope.message.len() > self.max_size {
+            tracing::info!(spamd = %self.addr, size = envelope.message.len(), max_size = self.max_size, "message too large to scan");
+            let status = format!("Unknown, not scanned (larger than {} bytes)", self.max_size);
+            spam_headers::stamp(&mut envelope, &status, &[]);
+            return Ok(vec![envelope]);
+        }
         match self.scan(&envelope.message).await {
             Ok(verdict) => {
                 tracing::info!(
