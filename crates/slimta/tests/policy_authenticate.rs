@@ -433,6 +433,81 @@ async fn arc_sealed_mail_verifies_at_the_next_hop() {
     assert!(value.ends_with("arc=pass"), "{value}");
 }
 
+/// Signs with a fresh Ed25519 key in dkimpy (PyPI, in a venv): the
+/// record's `p=` value and the signed message.
+fn dkimpy_ed25519_sign(message: &str, selector: &str) -> (String, String) {
+    let python = test_peers::python_with("dkimpy[ed25519]==1.1.8", "dkim");
+    let script = r#"
+import base64, sys, dkim, nacl.signing
+key = nacl.signing.SigningKey.generate()
+message = sys.stdin.buffer.read()
+sig = dkim.sign(message, sys.argv[1].encode(), b"example.test",
+                base64.b64encode(bytes(key)), signature_algorithm=b"ed25519-sha256",
+                include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+sys.stdout.buffer.write(base64.b64encode(bytes(key.verify_key)) + b"\n" + sig + message)
+"#;
+    let mut child = Command::new(python)
+        .args(["-c", script, selector])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "dkimpy failed");
+    let out = String::from_utf8(out.stdout).unwrap();
+    let (public, signed) = out.split_once('\n').unwrap();
+    (public.to_owned(), signed.to_owned())
+}
+
+#[tokio::test]
+async fn dkimpy_ed25519_signatures_verify_beside_opendkims_rsa() {
+    let key = DkimKey::generate("rsa");
+    let rsa_signed = key.sign(&message("alice@example.test"));
+    let (public, both) = dkimpy_ed25519_sign(&rsa_signed, "ed");
+    let ed_record =
+        format!("--txt-record=ed._domainkey.example.test,v=DKIM1; k=ed25519; p={public}");
+    let dns = dns(&key, &[&ed_record]);
+    let resolver = Resolver::new(&[dns.addr()]).unwrap();
+    let policy = Authenticate::new(&resolver, ID).dmarc_reject(true);
+    // From another network: SPF fails, so DMARC rests on DKIM alone.
+    let got = verify(&policy, envelope("alice@example.test", "192.0.2.1", &both)).await;
+    let m = methods(&got);
+    assert_eq!(m[0], "spf=fail smtp.mailfrom=alice@example.test");
+    // One entry per signature, in message order: dkimpy's on top.
+    assert!(
+        m[1].starts_with("dkim=pass header.d=example.test header.s=ed "),
+        "{m:?}"
+    );
+    assert!(
+        m[2].starts_with("dkim=pass header.d=example.test header.s=rsa "),
+        "{m:?}"
+    );
+    assert_eq!(
+        m[3],
+        "dmarc=pass (p=reject dis=none) header.from=example.test"
+    );
+    // A tampered body breaks both; with SPF failing DMARC fails: refused.
+    let refused = policy
+        .apply(envelope(
+            "alice@example.test",
+            "192.0.2.1",
+            &both.replace("noon", "one"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        String::from_utf8(refused.to_bytes()).unwrap(),
+        "550 5.7.1 Message refused: DMARC policy of example.test (p=reject) failed\r\n"
+    );
+}
+
 #[test]
 fn a_missing_arc_key_is_a_clear_error() {
     let err =
