@@ -471,3 +471,107 @@ fn policy_name(policy: Policy) -> &'static str {
         Policy::None | Policy::Unspecified => "none",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mail_auth::common::parse::TxtRecordParser as _;
+    use mail_auth::dkim::DkimError;
+    use mail_auth::dmarc::Dmarc;
+    use mail_auth::{DnsError, Error};
+
+    use super::*;
+
+    #[test]
+    fn dkim_results_map_to_header_verdicts() {
+        let cases = [
+            (DkimResult::Pass, Verdict::Pass),
+            (
+                DkimResult::Fail(Error::Dkim(DkimError::SignatureExpired)),
+                Verdict::Fail,
+            ),
+            // mail-auth's "neutral" for a changed body is a failed signature.
+            (
+                DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch)),
+                Verdict::Fail,
+            ),
+            (
+                DkimResult::Neutral(Error::Dkim(DkimError::UnsupportedVersion)),
+                Verdict::Neutral,
+            ),
+            (
+                DkimResult::TempError(Error::Dns(DnsError::Resolver("x".into()))),
+                Verdict::TempError,
+            ),
+            (
+                DkimResult::PermError(Error::Dkim(DkimError::RevokedPublicKey)),
+                Verdict::PermError,
+            ),
+            (DkimResult::None, Verdict::None),
+        ];
+        for (result, want) in cases {
+            assert_eq!(dkim_verdict(&result), want, "{result:?}");
+        }
+    }
+
+    #[test]
+    fn dmarc_outputs_map_to_header_verdicts() {
+        let record = Arc::new(Dmarc::parse(b"v=DMARC1; p=reject").unwrap());
+        let temp = || DmarcResult::TempError(Error::Dns(DnsError::Resolver("x".into())));
+        let out = |spf: DmarcResult, dkim: DmarcResult, with_record: bool| {
+            let o = DmarcOutput::new("example.test".into())
+                .with_spf_result(spf)
+                .with_dkim_result(dkim);
+            if with_record {
+                o.with_record(Arc::clone(&record))
+            } else {
+                o
+            }
+        };
+        let cases = [
+            (
+                out(DmarcResult::Pass, DmarcResult::None, true),
+                Verdict::Pass,
+            ),
+            (
+                out(
+                    DmarcResult::Fail(Error::NotAligned),
+                    DmarcResult::Pass,
+                    true,
+                ),
+                Verdict::Pass,
+            ),
+            // Neither aligned: mail-auth leaves both at None; with a record it is a fail.
+            (
+                out(DmarcResult::None, DmarcResult::None, true),
+                Verdict::Fail,
+            ),
+            (
+                out(
+                    DmarcResult::Fail(Error::NotAligned),
+                    DmarcResult::None,
+                    true,
+                ),
+                Verdict::Fail,
+            ),
+            (out(temp(), DmarcResult::None, true), Verdict::TempError),
+            (out(DmarcResult::None, temp(), false), Verdict::TempError),
+            (
+                out(
+                    DmarcResult::PermError(Error::ParseError),
+                    DmarcResult::None,
+                    false,
+                ),
+                Verdict::PermError,
+            ),
+            (
+                out(DmarcResult::None, DmarcResult::None, false),
+                Verdict::None,
+            ),
+        ];
+        for (output, want) in cases {
+            assert_eq!(dmarc_verdict(&output), want, "{output:?}");
+        }
+    }
+}
