@@ -25,6 +25,12 @@
 //!   Reply>` and `Fn(&mut Envelope) -> Result<(), RelayError>`), for the many
 //!   policies that need no I/O.
 
+#[cfg(feature = "auth")]
+pub mod arc_seal;
+#[cfg(feature = "auth")]
+pub mod auth_results;
+#[cfg(feature = "auth")]
+pub mod authenticate;
 pub mod forward;
 pub mod headers;
 #[cfg(feature = "rspamd")]

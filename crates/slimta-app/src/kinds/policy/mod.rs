@@ -20,6 +20,7 @@
 //! - The same policy listed twice in one list is an error (a second
 //!   `Received:` header or a second split is never what was meant).
 
+mod authenticate;
 mod forward;
 mod headers;
 mod on_error;
@@ -107,7 +108,7 @@ pub const KINDS: &[PolicyKind] = &[
     spamassassin::SPAMASSASSIN,
     rspamd::RSPAMD,
     planned("dkim_sign", &[Stage::Queue, Stage::Relay]),
-    planned("authenticate", &[Stage::Queue]),
+    authenticate::AUTHENTICATE,
     planned("milter", &[Stage::Queue]),
 ];
 
