@@ -27,6 +27,7 @@
 
 pub mod forward;
 pub mod headers;
+pub mod milter;
 #[cfg(feature = "rspamd")]
 pub mod rspamd;
 pub mod spam_headers;
