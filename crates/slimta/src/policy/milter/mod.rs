@@ -644,3 +644,66 @@ mod tests {
         assert!(final_verdict(protocol::Reply::Shutdown).is_err());
     }
 }
+
+/// The checks of the fuzz target `fuzz/fuzz_targets/milter_reply.rs`, as a
+/// property test (the fuzzer needs nightly; this runs with the suite).
+#[cfg(test)]
+mod fuzz_checks {
+    use proptest::prelude::*;
+
+    use super::actions;
+    use super::protocol::{MAX_PACKET, Reply, decode_reply};
+    use crate::envelope::Envelope;
+
+    /// Bytes that often form packets: a plausible length, a reply command,
+    /// then data with NULs and line ends.
+    fn packets() -> impl Strategy<Value = Vec<u8>> {
+        let packet = (
+            prop::sample::select(b"hmiebq+-2crtaysp?O".to_vec()),
+            prop::collection::vec(
+                prop::sample::select(b"\0\0\r\n\t :aZ\x01\x00".to_vec()),
+                0..40,
+            ),
+            0..3u8,
+        )
+            .prop_map(|(command, data, skew)| {
+                let len = data.len() as u32 + 1 + u32::from(skew == 2);
+                let mut p = len.to_be_bytes().to_vec();
+                p.push(command);
+                p.extend_from_slice(&data);
+                p
+            });
+        prop::collection::vec(packet, 0..8).prop_map(|ps| ps.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_and_applying_random_packets(data in prop_oneof![packets(), prop::collection::vec(any::<u8>(), 0..200)]) {
+            let mut rest = &data[..];
+            let mut changes = Vec::new();
+            while let Ok(Some((reply, used))) = decode_reply(rest) {
+                prop_assert!((5..=4 + MAX_PACKET).contains(&used) && used <= rest.len());
+                prop_assert!(matches!(decode_reply(&rest[..used - 1]), Ok(None)));
+                if let Reply::Modify(m) = reply {
+                    changes.push(m);
+                }
+                rest = &rest[used..];
+            }
+            let mut envelope = Envelope::new(
+                "a@x.test",
+                vec!["b@y.test".into()],
+                b"From: a@x.test\r\nSubject: s\r\n\tfolded\r\n\r\nbody\r\n".to_vec(),
+            );
+            actions::apply(&mut envelope, &changes, data.first() == Some(&1));
+            let head = &envelope.message[..actions::body_start(&envelope.message)];
+            for line in head.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                prop_assert!(
+                    line.is_empty() || line.contains(&b':') || line.starts_with(b" ") || line.starts_with(b"\t"),
+                    "{:?}",
+                    String::from_utf8_lossy(head)
+                );
+            }
+        }
+    }
+}
