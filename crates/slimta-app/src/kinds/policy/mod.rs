@@ -22,6 +22,7 @@
 
 mod forward;
 mod headers;
+mod milter;
 mod on_error;
 mod rspamd;
 mod spamassassin;
@@ -108,7 +109,7 @@ pub const KINDS: &[PolicyKind] = &[
     rspamd::RSPAMD,
     planned("dkim_sign", &[Stage::Queue, Stage::Relay]),
     planned("authenticate", &[Stage::Queue]),
-    planned("milter", &[Stage::Queue]),
+    milter::MILTER,
 ];
 
 const fn planned(name: &'static str, stages: &'static [Stage]) -> PolicyKind {
