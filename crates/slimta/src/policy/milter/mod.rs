@@ -316,7 +316,7 @@ impl Conversation<'_> {
             other => return Err(format!("answer to the negotiation: {other:?}")),
         };
         let n = &negotiated;
-        use protocol::protocol as p;
+        use protocol::smfip as p;
         let client = &self.envelope.client;
         let ip = client.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let host = match (&client.host, client.ip) {
@@ -486,7 +486,7 @@ impl Conversation<'_> {
                 protocol::Reply::Continue | protocol::Reply::Accept => {
                     return Ok(Verdict::Pass {
                         changes,
-                        leading_space: n.has(protocol::protocol::HDR_LEADSPC),
+                        leading_space: n.has(protocol::smfip::HDR_LEADSPC),
                     });
                 }
                 protocol::Reply::Skip => return Err("SMFIR_SKIP at end of message".to_owned()),

@@ -34,7 +34,7 @@ pub const MAX_PACKET: usize = 1024 * 1024 + 1024;
 pub const BODY_CHUNK: usize = 65535;
 
 /// Action bits (`SMFIF_*`): what the filter may do at end of message.
-pub mod action {
+pub mod smfif {
     /// Add header fields.
     pub const ADDHDRS: u32 = 0x01;
     /// Replace the body.
@@ -60,7 +60,7 @@ pub const ALL_ACTIONS: u32 = 0x1FF;
 
 /// Protocol bits (`SMFIP_*`): stages the filter does not want, replies it
 /// will not send, and extensions it understands.
-pub mod protocol {
+pub mod smfip {
     /// No connect information.
     pub const NOCONNECT: u32 = 0x1;
     /// No HELO.
@@ -110,7 +110,7 @@ pub mod protocol {
 }
 
 /// Every protocol bit, offered in the negotiation.
-pub const ALL_PROTOCOL: u32 = 0x001F_FFFF | protocol::MDS_256K | protocol::MDS_1M;
+pub const ALL_PROTOCOL: u32 = 0x001F_FFFF | smfip::MDS_256K | smfip::MDS_1M;
 
 /// A stage of the conversation, for macros (`SMFIC_MACRO` carries its
 /// command byte) and for the filter's macro lists (`SMFIM_*` numbers).
@@ -693,8 +693,8 @@ mod tests {
             panic!("{reply:?}")
         };
         assert_eq!((n.version, n.actions, n.protocol), (6, 0x13, 0x1442));
-        assert!(n.has(protocol::NR_CONN) && n.has(protocol::SKIP));
-        assert!(!n.has(protocol::NOBODY));
+        assert!(n.has(smfip::NR_CONN) && n.has(smfip::SKIP));
+        assert!(!n.has(smfip::NOBODY));
         assert_eq!(
             n.macros_for(Stage::Eom),
             Some(&["i".to_owned(), "{auth_authen}".to_owned()][..])
