@@ -189,6 +189,11 @@ impl Milter {
         let io: Box<dyn Io> = tokio::time::timeout(self.timeout, self.connect())
             .await
             .unwrap_or_else(|_| Err(format!("no connection within {:?}", self.timeout)))?;
+        self.converse(io, envelope).await
+    }
+
+    /// The conversation about `envelope` over a connected stream.
+    async fn converse(&self, io: Box<dyn Io>, envelope: &Envelope) -> Result<Verdict, String> {
         let mut conn = Connection {
             io,
             buf: Vec::with_capacity(4096),
@@ -642,6 +647,212 @@ mod tests {
         );
         assert!(final_verdict(protocol::Reply::ReplyCode("250 ok".into())).is_err());
         assert!(final_verdict(protocol::Reply::Shutdown).is_err());
+    }
+}
+
+/// The driver against a scripted filter on an in-memory stream, for the
+/// protocol paths the real filters in `tests/policy_milter.rs` do not take
+/// (no-reply bits, skip, progress, macro lists). Time is paused: a wait
+/// for a reply that never comes ends in the time limit at once instead of
+/// hanging.
+#[cfg(test)]
+mod driver_tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::protocol::{ALL_ACTIONS, smfip};
+    use super::*;
+
+    /// What the scripted filter does after a command.
+    enum Out {
+        Reply(u8, Vec<u8>),
+        Sleep(Duration),
+    }
+
+    fn negotiation(protocol: u32, lists: &[(u32, &str)]) -> Out {
+        let mut data = [6, ALL_ACTIONS, protocol]
+            .iter()
+            .flat_map(|n: &u32| n.to_be_bytes())
+            .collect::<Vec<u8>>();
+        for (stage, list) in lists {
+            data.extend_from_slice(&stage.to_be_bytes());
+            data.extend_from_slice(list.as_bytes());
+            data.push(0);
+        }
+        Out::Reply(b'O', data)
+    }
+
+    /// Runs `milter` on `envelope` against a filter that answers each
+    /// command with `script(command, data)`; the verdict and every command
+    /// the filter received (command byte, data).
+    async fn converse(
+        milter: &Milter,
+        envelope: &Envelope,
+        mut script: impl FnMut(u8, &[u8]) -> Vec<Out> + Send + 'static,
+    ) -> (Result<Verdict, String>, Vec<(u8, Vec<u8>)>) {
+        let (ours, mut theirs): (DuplexStream, DuplexStream) = tokio::io::duplex(1 << 20);
+        let filter = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            loop {
+                let mut len = [0u8; 4];
+                if theirs.read_exact(&mut len).await.is_err() {
+                    return seen;
+                }
+                let mut packet = vec![0; u32::from_be_bytes(len) as usize];
+                if theirs.read_exact(&mut packet).await.is_err() {
+                    return seen;
+                }
+                let (command, data) = (packet[0], packet[1..].to_vec());
+                let outs = script(command, &data);
+                seen.push((command, data));
+                for out in outs {
+                    match out {
+                        Out::Sleep(d) => tokio::time::sleep(d).await,
+                        Out::Reply(c, d) => {
+                            let mut p = u32::try_from(d.len() + 1).unwrap().to_be_bytes().to_vec();
+                            p.push(c);
+                            p.extend_from_slice(&d);
+                            if theirs.write_all(&p).await.is_err() {
+                                return seen;
+                            }
+                        }
+                    }
+                }
+                if command == b'Q' {
+                    return seen;
+                }
+            }
+        });
+        let verdict = milter.converse(Box::new(ours), envelope).await;
+        (verdict, filter.await.unwrap())
+    }
+
+    fn envelope(body: &[u8]) -> Envelope {
+        let mut message = b"From: a@x.test\r\nSubject: s\r\n\r\n".to_vec();
+        message.extend_from_slice(body);
+        let mut e = Envelope::new(
+            "a@x.test",
+            vec!["b@y.test".into(), "c@y.test".into()],
+            message,
+        );
+        e.client.ip = Some("192.0.2.1".parse().unwrap());
+        e.client.helo = Some("client.test".into());
+        e
+    }
+
+    fn milter() -> Milter {
+        Milter::new(MilterAddress::Tcp("unused:1".into()))
+            .timeout(Duration::from_secs(10))
+            .hostname("mx.test")
+    }
+
+    fn commands(seen: &[(u8, Vec<u8>)]) -> String {
+        seen.iter().map(|(c, _)| char::from(*c)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_reply_bits_are_not_waited_for_and_skipped_stages_not_sent() {
+        let nr = smfip::NR_CONN
+            | smfip::NR_MAIL
+            | smfip::NR_RCPT
+            | smfip::NR_DATA
+            | smfip::NR_HDR
+            | smfip::NR_EOH
+            | smfip::NR_BODY
+            | smfip::NOHELO;
+        let (verdict, seen) = converse(&milter(), &envelope(b"hi\r\n"), move |c, _| match c {
+            b'O' => vec![negotiation(nr, &[])],
+            b'E' => vec![
+                Out::Reply(b'h', b"X-Seen\0yes\0".to_vec()),
+                Out::Reply(b'c', Vec::new()),
+            ],
+            _ => Vec::new(),
+        })
+        .await;
+        assert_eq!(
+            verdict,
+            Ok(Verdict::Pass {
+                changes: vec![Modification::AddHeader {
+                    name: "X-Seen".into(),
+                    value: b"yes".to_vec()
+                }],
+                leading_space: false
+            })
+        );
+        // Macros (D) before connect, mail, each rcpt and end of message; no
+        // HELO; the header fields, end of header and the body as one chunk.
+        assert_eq!(commands(&seen), "ODCDMDRDRTLLNBDEQ");
+        let connect = &seen[2].1;
+        assert_eq!(connect, b"[192.0.2.1]\x004\x00\x00192.0.2.1\x00");
+        let macros = String::from_utf8_lossy(&seen[1].1).replace('\0', "|");
+        assert_eq!(
+            macros,
+            "Cj|mx.test|{daemon_name}|slimta|_|[192.0.2.1] [192.0.2.1]|{client_addr}|192.0.2.1|{client_port}|0|{client_name}|[192.0.2.1]|"
+        );
+        assert_eq!(seen[10].1, b"From\0a@x.test\0");
+        assert_eq!(seen[13].1, b"hi\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn skip_ends_the_body_and_progress_restarts_the_time_limit() {
+        let body = vec![b'x'; BODY_CHUNK * 2 + 10];
+        let (verdict, seen) = converse(&milter(), &envelope(&body), |c, _| match c {
+            b'O' => vec![negotiation(smfip::SKIP, &[(2, "{mail_addr}")])],
+            b'B' => vec![Out::Reply(b's', Vec::new())],
+            // 40 s of work in all, never 10 s without a sign of life.
+            b'E' => {
+                let mut out = Vec::new();
+                for _ in 0..5 {
+                    out.push(Out::Sleep(Duration::from_secs(8)));
+                    out.push(Out::Reply(b'p', Vec::new()));
+                }
+                out.push(Out::Reply(b'a', Vec::new()));
+                out
+            }
+            b'D' | b'Q' => Vec::new(),
+            _ => vec![Out::Reply(b'c', Vec::new())],
+        })
+        .await;
+        assert!(matches!(verdict, Ok(Verdict::Pass { .. })), "{verdict:?}");
+        let commands = commands(&seen);
+        assert_eq!(commands.matches('B').count(), 1, "{commands}");
+        // The filter's macro list for MAIL: only {mail_addr}, not i.
+        let mail_macros = seen
+            .iter()
+            .find(|(c, d)| *c == b'D' && d[0] == b'M')
+            .unwrap();
+        assert_eq!(mail_macros.1, b"M{mail_addr}\0a@x.test\0");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_filter_silent_past_the_limit_or_refusing_a_recipient() {
+        let (verdict, _) = converse(&milter(), &envelope(b""), |c, _| match c {
+            b'O' => vec![negotiation(0, &[])],
+            b'E' => vec![
+                Out::Sleep(Duration::from_secs(11)),
+                Out::Reply(b'c', Vec::new()),
+            ],
+            b'D' => Vec::new(),
+            _ => vec![Out::Reply(b'c', Vec::new())],
+        })
+        .await;
+        assert_eq!(verdict, Err("no answer within 10s".to_owned()));
+
+        let (verdict, seen) = converse(&milter(), &envelope(b""), |c, d| match c {
+            b'O' => vec![negotiation(0, &[])],
+            b'R' if d.starts_with(b"<c@") => {
+                vec![Out::Reply(b'y', b"550 5.1.1 No such user c\0".to_vec())]
+            }
+            b'D' => Vec::new(),
+            _ => vec![Out::Reply(b'c', Vec::new())],
+        })
+        .await;
+        assert_eq!(
+            verdict,
+            Ok(Verdict::Refuse(Reply::new(550, "5.1.1", "No such user c")))
+        );
+        assert!(commands(&seen).ends_with("RDRQ"), "{}", commands(&seen));
     }
 }
 
