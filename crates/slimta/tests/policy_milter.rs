@@ -197,6 +197,15 @@ async fn a_filter_that_closes_or_is_not_there_gets_on_error() {
 
 #[tokio::test]
 async fn a_unix_socket_address_is_reached() {
+    let dkim = test_peers::OpenDkim::start_unix();
+    let address: MilterAddress = format!("unix:{}", dkim.socket_path().display())
+        .parse()
+        .unwrap();
+    let mta = Mta::start(Milter::new(address)).await;
+    assert!(mta.send(&clean_message()).await.starts_with("250 "));
+    let queued = mta.queued().await;
+    assert!(queued[0].starts_with("DKIM-Signature: "), "{}", queued[0]);
+
     let missing: MilterAddress = "unix:/nonexistent/milter.sock".parse().unwrap();
     let mta = Mta::start(Milter::new(missing)).await;
     assert_eq!(
