@@ -149,6 +149,26 @@ async fn rspamd_milter_passes_clean_mail() {
 }
 
 #[tokio::test]
+async fn rspamd_milter_header_changes_are_applied() {
+    // The test rspamd adds headers from score 3 (missing Date and
+    // Message-Id score 3.4), through SMFIR_ADDHEADER / SMFIR_CHGHEADER.
+    let rspamd = test_peers::Rspamd::shared();
+    let mta = Mta::start(milter(rspamd.milter_addr())).await;
+    let message = "From: a@x.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nHello\r\n";
+    let reply = mta.send(message).await;
+    assert!(reply.starts_with("250 "), "{reply}\n{}", rspamd.log());
+    let queued = mta.queued().await;
+    let stored = &queued[0];
+    assert_eq!(
+        header(stored, "X-Spamd-Bar").as_deref(),
+        Some("+++"),
+        "{stored}"
+    );
+    assert!(header(stored, "X-Spam").is_some(), "{stored}");
+    assert!(stored.ends_with("\r\n\r\nHello\r\n"), "{stored}");
+}
+
+#[tokio::test]
 async fn a_silent_filter_times_out_into_on_error() {
     let silent = silent_listener();
     let addr = silent.local_addr().unwrap();

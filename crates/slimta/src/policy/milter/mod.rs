@@ -46,7 +46,10 @@
 //!   accepted, and refusing at DATA tells the sender, where dropping the
 //!   recipient would lose mail silently.
 //! - The filter's changes are applied only when its final verdict accepts
-//!   the message; see [`actions`] for the rules. A filter that deletes every
+//!   the message; see [`actions`] for the rules. A change whose action bit
+//!   the filter did not ask for in the negotiation is applied all the same
+//!   (every bit was offered, and dropping a signature or a verdict header
+//!   would be the worse surprise). A filter that deletes every
 //!   recipient drops the message (logged).
 //! - Bounded memory: one packet is at most [`protocol::MAX_PACKET`] bytes,
 //!   and the changes of one message at most [`MAX_CHANGES`] packets and
@@ -320,6 +323,13 @@ impl Conversation<'_> {
             protocol::Reply::Negotiated(n) => n,
             other => return Err(format!("answer to the negotiation: {other:?}")),
         };
+        tracing::debug!(
+            milter = %self.milter.address,
+            version = negotiated.version,
+            actions = format_args!("0x{:x}", negotiated.actions),
+            protocol = format_args!("0x{:x}", negotiated.protocol),
+            "milter negotiated"
+        );
         let n = &negotiated;
         use protocol::smfip as p;
         let client = &self.envelope.client;
