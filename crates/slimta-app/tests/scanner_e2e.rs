@@ -3,7 +3,8 @@
 //! (SMTP edge) or in the HTTP reply (HTTP edge), clean mail relayed to
 //! Postfix's smtp-sink with the verdict header; and two milters in a row
 //! (clamav-milter, then OpenDKIM): EICAR refused with clamav-milter's reply,
-//! clean mail relayed scanned and signed.
+//! clean mail relayed scanned and signed; rspamd's milter through the HTTP
+//! edge.
 
 mod common;
 mod support;
@@ -177,4 +178,34 @@ fn milters_from_the_config_refuse_a_virus_and_scan_and_sign_clean_mail() {
     assert!(content.contains("X-Virus-Status: Clean"), "{content}");
     assert!(content.contains("DKIM-Signature: v=1;"), "{content}");
     assert!(content.contains("d=example.test"), "{content}");
+}
+
+#[test]
+fn a_milter_from_the_config_refuses_spam_through_the_http_edge() {
+    // The milter policy replays the SMTP stages from the envelope, so it
+    // serves the HTTP edge too: rspamd's milter proxy refuses GTUBE.
+    let rspamd = Rspamd::shared();
+    let sink = SmtpSink::start(&[], true);
+    let text = config(
+        sink.addr(),
+        &format!(
+            "type = \"milter\"\naddress = \"{}\"\ntimeout = \"20s\"",
+            rspamd.milter_addr()
+        ),
+    )
+    .replace("type = \"smtp\"\nlisten", "type = \"http\"\nlisten");
+    let slimta = Slimta::start(&text);
+    let url = format!("http://{}/messages", slimta.addr());
+    let spam = slimta.path().join("spam.eml");
+    std::fs::write(&spam, format!("Subject: spam\r\n\r\n{GTUBE}\r\n")).unwrap();
+    let response = curl_post(&url, &spam);
+    assert!(
+        response.contains("x-smtp-reply: 554; message=\"5.7.1 Gtube pattern\""),
+        "{response}\n{}",
+        slimta.log()
+    );
+    assert!(
+        sink.wait_for_messages(1, Duration::from_millis(300))
+            .is_empty()
+    );
 }
