@@ -17,7 +17,11 @@
 //! as the reply to its DATA, the point where Postfix's and Sendmail's
 //! milters refuse content too. What is lost is refusing earlier (at RCPT,
 //! say) in the SMTP session; an edge-check form that talks to the filter
-//! during the session is left for later (the app lists it as planned).
+//! during the session is left for later (the app lists it as planned). It
+//! needs one filter connection per SMTP session, and `Validators` has no
+//! hook for the end of a session, so a client that disconnects would leave
+//! that connection open; and none of the filters tested here (clamav-milter,
+//! OpenDKIM, rspamd) decides anything before the end of the message.
 //!
 //! Decisions:
 //! - The conversation: `SMFIC_OPTNEG` offering every action and protocol bit
