@@ -870,6 +870,61 @@ mod driver_tests {
     }
 }
 
+#[cfg(test)]
+mod bound_tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A filter that answers the negotiation and then sends `tail` after
+    /// end of message, against the real driver over an in-memory stream.
+    async fn after_eom(tail: Vec<u8>) -> Result<Verdict, String> {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let filter = tokio::spawn(async move {
+            let mut neg = 13u32.to_be_bytes().to_vec();
+            neg.push(b'O');
+            for n in [6u32, 0x1ff, 0x3ff] {
+                neg.extend_from_slice(&n.to_be_bytes());
+            }
+            theirs.write_all(&neg).await.unwrap();
+            // Every stage is declined but end of message; no replies owed.
+            let _ = theirs.write_all(&tail).await;
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut theirs, &mut sink).await;
+        });
+        let envelope = Envelope::new("a@x", vec!["b@y".into()], b"S: 1\r\n\r\nb".to_vec());
+        let verdict = Milter::new(MilterAddress::Tcp("unused:1".into()))
+            .converse(Box::new(ours), &envelope)
+            .await;
+        filter.abort();
+        verdict
+    }
+
+    #[tokio::test]
+    async fn too_many_changes_or_too_long_a_packet_is_an_error() {
+        let mut many = Vec::new();
+        for _ in 0..=MAX_CHANGES {
+            many.extend_from_slice(&[0, 0, 0, 5, b'h', b'X', 0, b'v', 0]);
+        }
+        let err = after_eom(many).await.unwrap_err();
+        assert!(err.contains("more than 10000 changes"), "{err}");
+
+        let mut long = u32::try_from(MAX_PACKET + 1)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        long.push(b'b');
+        let err = after_eom(long).await.unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+
+        let mut fine = vec![0, 0, 0, 5, b'h', b'X', 0, b'v', 0];
+        fine.extend_from_slice(&[0, 0, 0, 1, b'c']);
+        assert!(
+            matches!(after_eom(fine).await, Ok(Verdict::Pass { changes, .. }) if changes.len() == 1)
+        );
+    }
+}
+
 /// The checks of the fuzz target `fuzz/fuzz_targets/milter_reply.rs`, as a
 /// property test (the fuzzer needs nightly; this runs with the suite).
 #[cfg(test)]
