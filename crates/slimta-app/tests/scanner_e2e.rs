@@ -1,7 +1,10 @@
 //! The `slimta` binary with the spam scanner policies of its TOML file,
 //! against a real spamd and a real rspamd: spam refused at the end of DATA
 //! (SMTP edge) or in the HTTP reply (HTTP edge), clean mail relayed to
-//! Postfix's smtp-sink with the verdict header.
+//! Postfix's smtp-sink with the verdict header; and two milters in a row
+//! (clamav-milter, then OpenDKIM): EICAR refused with clamav-milter's reply,
+//! clean mail relayed scanned and signed; rspamd's milter through the HTTP
+//! edge.
 
 mod common;
 mod support;
@@ -134,4 +137,75 @@ fn rspamd_from_the_config_refuses_spam_through_the_http_edge() {
     assert_eq!(got.len(), 1);
     let content = String::from_utf8_lossy(&got[0].content).into_owned();
     assert!(content.contains("X-Spam-Status: NO, score="), "{content}");
+}
+
+#[test]
+fn milters_from_the_config_refuse_a_virus_and_scan_and_sign_clean_mail() {
+    let clam = test_peers::ClamAv::start();
+    let dkim = test_peers::OpenDkim::start();
+    let sink = SmtpSink::start(&[], true);
+    let text = relay_config(sink.addr(), "").replace(
+        "[queue.main]\n",
+        "[queue.main]\npolicies = [\"clam\", \"dkim\"]\n",
+    ) + &format!(
+        "\n[policy.clam]\ntype = \"milter\"\naddress = \"{}\"\ntimeout = \"20s\"\n\
+         \n[policy.dkim]\ntype = \"milter\"\naddress = \"{}\"\non_error = \"accept\"\n",
+        clam.milter_addr(),
+        dkim.milter_addr()
+    );
+    let slimta = Slimta::start(&text);
+    let eicar = "From: a@example.test\r\nSubject: virus\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
+        Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+        WDVPIVAlQEFQWzRcUFpYNTQoUF4pN0NDKTd9JEVJQ0FSLVNUQU5EQVJELUFOVElWSVJVUy1URVNULUZJTEUhJEgrSCo=\r\n\
+        --b1--\r\n";
+    let reply = send(&slimta, eicar);
+    assert_eq!(
+        reply,
+        "550 5.7.1 Virus found: Eicar-Test-Signature.UNOFFICIAL\r\n",
+        "{}\n{}",
+        slimta.log(),
+        clam.log()
+    );
+    let reply = send(
+        &slimta,
+        "From: a@example.test\r\nTo: b@example.test\r\nSubject: lunch\r\n\r\nNoon?\r\n",
+    );
+    assert!(reply.starts_with("250 "), "{reply}{}", slimta.log());
+    let got = sink.wait_for_messages(1, WAIT);
+    assert_eq!(got.len(), 1);
+    let content = String::from_utf8_lossy(&got[0].content).into_owned();
+    assert!(content.contains("X-Virus-Status: Clean"), "{content}");
+    assert!(content.contains("DKIM-Signature: v=1;"), "{content}");
+    assert!(content.contains("d=example.test"), "{content}");
+}
+
+#[test]
+fn a_milter_from_the_config_refuses_spam_through_the_http_edge() {
+    // The milter policy replays the SMTP stages from the envelope, so it
+    // serves the HTTP edge too: rspamd's milter proxy refuses GTUBE.
+    let rspamd = Rspamd::shared();
+    let sink = SmtpSink::start(&[], true);
+    let text = config(
+        sink.addr(),
+        &format!(
+            "type = \"milter\"\naddress = \"{}\"\ntimeout = \"20s\"",
+            rspamd.milter_addr()
+        ),
+    )
+    .replace("type = \"smtp\"\nlisten", "type = \"http\"\nlisten");
+    let slimta = Slimta::start(&text);
+    let url = format!("http://{}/messages", slimta.addr());
+    let spam = slimta.path().join("spam.eml");
+    std::fs::write(&spam, format!("Subject: spam\r\n\r\n{GTUBE}\r\n")).unwrap();
+    let response = curl_post(&url, &spam);
+    assert!(
+        response.contains("x-smtp-reply: 554; message=\"5.7.1 Gtube pattern\""),
+        "{response}\n{}",
+        slimta.log()
+    );
+    assert!(
+        sink.wait_for_messages(1, Duration::from_millis(300))
+            .is_empty()
+    );
 }

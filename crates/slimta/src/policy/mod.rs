@@ -33,6 +33,7 @@ pub mod auth_results;
 pub mod authenticate;
 pub mod forward;
 pub mod headers;
+pub mod milter;
 #[cfg(feature = "rspamd")]
 pub mod rspamd;
 pub mod spam_headers;

@@ -22,11 +22,13 @@
 use crate::envelope::Envelope;
 
 /// What a scanner policy does when the scanner cannot be asked (not
-/// listening, too slow, a bad answer).
+/// listening, too slow, a bad answer). The milter policy
+/// ([`Milter`](super::milter::Milter)) shares it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnError {
-    /// Store the message, marked `X-Spam-Status: Unknown, ...` (the
-    /// default: a scanner outage never stops mail).
+    /// Store the message, marked `X-Spam-Status: Unknown, ...` by the spam
+    /// scanners and unchanged by a milter (the scanners' default: a scanner
+    /// outage never stops mail).
     #[default]
     Accept,
     /// Refuse it for now (`451 4.7.1`); the client retries later.
@@ -107,7 +109,6 @@ pub fn remove_spam_fields(message: &mut Vec<u8>) {
 
 /// `text` as one line of printable characters (control characters become
 /// spaces), at most `max` characters long.
-#[cfg_attr(not(feature = "rspamd"), allow(dead_code))] // only rspamd sends text
 pub(crate) fn one_line(text: &str, max: usize) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -23,6 +23,7 @@
 mod authenticate;
 mod forward;
 mod headers;
+mod milter;
 mod on_error;
 mod rspamd;
 mod spamassassin;
@@ -109,7 +110,7 @@ pub const KINDS: &[PolicyKind] = &[
     rspamd::RSPAMD,
     planned("dkim_sign", &[Stage::Queue, Stage::Relay]),
     authenticate::AUTHENTICATE,
-    planned("milter", &[Stage::Queue]),
+    milter::MILTER,
 ];
 
 const fn planned(name: &'static str, stages: &'static [Stage]) -> PolicyKind {
