@@ -25,6 +25,10 @@
 //!   Reply>` and `Fn(&mut Envelope) -> Result<(), RelayError>`), for the many
 //!   policies that need no I/O.
 
+#[cfg(feature = "auth")]
+pub mod dkim_key;
+#[cfg(feature = "auth")]
+pub mod dkim_sign;
 pub mod forward;
 pub mod headers;
 #[cfg(feature = "rspamd")]
