@@ -13,9 +13,11 @@
 //! re-exports every peer, so tests import everything from the crate root.
 
 mod aiosmtpd;
+mod dkimpy;
 mod dnsmasq;
 mod dovecot;
 mod maildrop;
+mod opendkim;
 mod python;
 mod rspamd;
 mod smtp_sink;
@@ -24,9 +26,11 @@ mod swaks;
 mod wiretap;
 
 pub use aiosmtpd::{AioMessage, AioSmtpd};
+pub use dkimpy::dkimpy_verify;
 pub use dnsmasq::Dnsmasq;
 pub use dovecot::Dovecot;
 pub use maildrop::MaildropBox;
+pub use opendkim::opendkim_verify;
 pub use python::python_with;
 pub use rspamd::Rspamd;
 pub use smtp_sink::{DumpedMessage, SmtpSink, crlf_to_lf, parse_dump};
