@@ -40,7 +40,12 @@ fn send(slimta: &Slimta, to: &str, subject: &str, body: &str) {
     c.cmd("MAIL FROM:<sender@example.net>", "250");
     c.cmd(&format!("RCPT TO:<{to}>"), "250");
     c.cmd("DATA", "354");
-    c.send(format!("From: sender@example.net\r\nTo: {to}\r\nSubject: {subject}\r\n\r\n{body}\r\n.\r\n").as_bytes());
+    c.send(
+        format!(
+            "From: sender@example.net\r\nTo: {to}\r\nSubject: {subject}\r\n\r\n{body}\r\n.\r\n"
+        )
+        .as_bytes(),
+    );
     c.expect("250");
     c.cmd("QUIT", "221");
 }
@@ -69,7 +74,11 @@ fn wait_for_messages(dovecot: &Dovecot, user: &str, count: usize, slimta: &Slimt
 fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
     let head = message.split("\n\n").next().unwrap_or_default();
     head.lines()
-        .find(|l| l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name) && l[name.len()..].starts_with(':'))
+        .find(|l| {
+            l.len() > name.len()
+                && l[..name.len()].eq_ignore_ascii_case(name)
+                && l[name.len()..].starts_with(':')
+        })
         .map(|l| l[name.len() + 1..].trim())
 }
 
@@ -93,18 +102,29 @@ fn the_mda_tutorial_files_spam_and_ham_with_their_spam_status() {
 
     send(&slimta, "bob@example.test", "cheap pills", GTUBE);
     send(&slimta, "alice@example.test", "lunch", "See you at noon.");
-    send(&slimta, "postmaster@example.test", "a report", "Your server is fine.");
+    send(
+        &slimta,
+        "postmaster@example.test",
+        "a report",
+        "Your server is fine.",
+    );
 
     let bob = wait_for_messages(&dovecot, "bob", 1, &slimta);
-    let status = header(&bob[0], "X-Spam-Status").unwrap_or_else(|| panic!("no X-Spam-Status in {}", bob[0]));
+    let status = header(&bob[0], "X-Spam-Status")
+        .unwrap_or_else(|| panic!("no X-Spam-Status in {}", bob[0]));
     assert!(status.starts_with("YES"), "{status}");
-    assert!(header(&bob[0], "X-Spam-Symbols").is_some_and(|s| s.contains("GTUBE")), "{}", bob[0]);
+    assert!(
+        header(&bob[0], "X-Spam-Symbols").is_some_and(|s| s.contains("GTUBE")),
+        "{}",
+        bob[0]
+    );
 
     // alice gets her own message and postmaster's (forwarded to her).
     let alice = wait_for_messages(&dovecot, "alice", 2, &slimta);
     let mut subjects = Vec::new();
     for message in &alice {
-        let status = header(message, "X-Spam-Status").unwrap_or_else(|| panic!("no X-Spam-Status in {message}"));
+        let status = header(message, "X-Spam-Status")
+            .unwrap_or_else(|| panic!("no X-Spam-Status in {message}"));
         assert!(status.starts_with("NO"), "{status}");
         for name in ["Received", "Date", "Message-Id"] {
             assert!(header(message, name).is_some(), "no {name} in {message}");
@@ -119,7 +139,10 @@ fn the_mda_tutorial_files_spam_and_ham_with_their_spam_status() {
 fn the_shipped_mda_file_passes_check_config() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_slimta"))
         .arg("--check-config")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/config/mda.toml"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../contrib/config/mda.toml"
+        ))
         .output()
         .expect("run slimta");
     assert!(

@@ -95,6 +95,18 @@ impl Canonicalization {
     }
 }
 
+/// Whether `selector` can be a DKIM selector: dot-separated DNS labels of
+/// letters, digits and `-` (RFC 6376 3.1), 63 characters at most here.
+pub fn is_valid_selector(selector: &str) -> bool {
+    selector.len() <= 63
+        && selector.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 #[derive(Clone, Debug)]
 struct DomainKey {
     selector: String,
@@ -116,7 +128,7 @@ impl fmt::Debug for DkimSign {
         let domains: Vec<String> = self
             .domains
             .iter()
-            .map(|(d, k)| format!("{}._domainkey.{d} {:?}", k.selector, k.key.algorithm()))
+            .map(|(d, k)| format!("{}._domainkey.{d} {:?}", k.selector, k.key))
             .collect();
         f.debug_struct("DkimSign")
             .field("domains", &domains)

@@ -20,6 +20,7 @@
 //! - The same policy listed twice in one list is an error (a second
 //!   `Received:` header or a second split is never what was meant).
 
+mod dkim_sign;
 mod forward;
 mod headers;
 mod on_error;
@@ -106,7 +107,7 @@ pub const KINDS: &[PolicyKind] = &[
     forward::FORWARD,
     spamassassin::SPAMASSASSIN,
     rspamd::RSPAMD,
-    planned("dkim_sign", &[Stage::Queue, Stage::Relay]),
+    dkim_sign::DKIM_SIGN,
     planned("authenticate", &[Stage::Queue]),
     planned("milter", &[Stage::Queue]),
 ];
