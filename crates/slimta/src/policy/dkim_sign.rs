@@ -30,6 +30,10 @@
 //!   is logged at `error`. Refusing (a tempfail) would hold every message
 //!   of the domain for a fault the sender cannot fix; unsigned mail is
 //!   still delivered, or refused visibly by a strict DMARC receiver.
+//!   The signing runs on tokio's blocking pool (milliseconds of CPU per
+//!   RSA signature); should that task itself fail, the queue policy answers
+//!   `451 4.3.0` (the client keeps the message) and the relay policy fails
+//!   the attempt as transient (the stored copy is retried).
 //! - Existing `DKIM-Signature:` fields are kept; ours goes on top.
 
 use std::collections::BTreeMap;
@@ -218,12 +222,22 @@ impl DkimSign {
     ///
     /// mail-auth's error text when the signature cannot be made.
     pub fn signature(&self, envelope: &Envelope) -> Result<Option<String>, String> {
-        if self.only_authenticated && envelope.client.auth.is_none() {
+        self.signature_of(&envelope.message, envelope.client.auth.is_some())
+    }
+
+    fn signature_of(&self, message: &[u8], authenticated: bool) -> Result<Option<String>, String> {
+        if self.only_authenticated && !authenticated {
             tracing::debug!("dkim: not signing mail from an unauthenticated client");
             return Ok(None);
         }
-        let header = &envelope.message[..envelope.header_len()];
-        let Some(from) = from_domain(header) else {
+        // As `Envelope::header_len`: a message opening with a blank line has
+        // no header section (and no From: to find in its body).
+        let header_end = if message.starts_with(b"\r\n") {
+            0
+        } else {
+            memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4)
+        };
+        let Some(from) = from_domain(&message[..header_end]) else {
             tracing::debug!("dkim: no From: domain, not signing");
             return Ok(None);
         };
@@ -237,7 +251,7 @@ impl DkimSign {
             .headers(self.signed_headers())
             .header_canonicalization(self.header_canon.mail_auth())
             .body_canonicalization(self.body_canon.mail_auth());
-        let signature = signer.sign(&envelope.message).map_err(|e| e.to_string())?;
+        let signature = signer.sign(message).map_err(|e| e.to_string())?;
         tracing::debug!(domain = %domain, selector = %key.selector, "dkim: signed");
         Ok(Some(signature.to_header()))
     }
@@ -252,32 +266,68 @@ impl DkimSign {
         }
     }
 
-    fn sign_in_place(&self, envelope: &mut Envelope) {
-        match self.signature(envelope) {
+    /// `message` with our signature on top, when it is ours to sign and
+    /// signing works; unchanged otherwise (see the module docs).
+    fn signed(&self, message: Vec<u8>, authenticated: bool) -> Vec<u8> {
+        match self.signature_of(&message, authenticated) {
             Ok(Some(field)) => {
-                let mut message = Vec::with_capacity(field.len() + envelope.message.len());
-                message.extend_from_slice(field.as_bytes());
-                message.extend_from_slice(&envelope.message);
-                envelope.message = message;
+                let mut signed = Vec::with_capacity(field.len() + message.len());
+                signed.extend_from_slice(field.as_bytes());
+                signed.extend_from_slice(&message);
+                signed
             }
-            Ok(None) => {}
+            Ok(None) => message,
             Err(why) => {
                 tracing::error!(error = %why, "dkim: signing failed, sending the message unsigned");
+                message
+            }
+        }
+    }
+
+    /// [`DkimSign::signed`] on tokio's blocking pool: an RSA signature and
+    /// the body hash of a large message take milliseconds of CPU, which must
+    /// not stall the sessions sharing a runtime worker. `None` only if the
+    /// signing task panicked, and with it the message it was given.
+    async fn signed_off_runtime(&self, message: Vec<u8>, authenticated: bool) -> Option<Vec<u8>> {
+        let policy = self.clone();
+        match tokio::task::spawn_blocking(move || policy.signed(message, authenticated)).await {
+            Ok(message) => Some(message),
+            Err(e) => {
+                tracing::error!(error = %e, "dkim: the signing task failed");
+                None
             }
         }
     }
 }
 
+/// The queue policy runs before the message is stored: if the signing task
+/// fails the client is told to try again (451), so the message stays with it.
 impl QueuePolicy for DkimSign {
     async fn apply(&self, mut envelope: Envelope) -> Result<Vec<Envelope>, Reply> {
-        self.sign_in_place(&mut envelope);
+        let authenticated = envelope.client.auth.is_some();
+        let message = std::mem::take(&mut envelope.message);
+        envelope.message = self
+            .signed_off_runtime(message, authenticated)
+            .await
+            .ok_or_else(|| {
+                Reply::new(451, "4.3.0", "Message could not be signed, try again later")
+            })?;
         Ok(vec![envelope])
     }
 }
 
+/// The relay policy works on the attempt's copy: if the signing task fails,
+/// the attempt fails as transient and the stored message is retried later.
 impl RelayPolicy for DkimSign {
     async fn apply(&self, envelope: &mut Envelope) -> Result<(), RelayError> {
-        self.sign_in_place(envelope);
+        let authenticated = envelope.client.auth.is_some();
+        let message = std::mem::take(&mut envelope.message);
+        envelope.message = self
+            .signed_off_runtime(message, authenticated)
+            .await
+            .ok_or_else(|| {
+                RelayError::transient(Reply::new(451, "4.3.0", "DKIM signing failed"))
+            })?;
         Ok(())
     }
 }
@@ -380,6 +430,11 @@ mod tests {
         );
         assert!(policy.key_for("example.org").is_none());
         assert!(policy.key_for("notexample.test").is_none());
+        assert_eq!(
+            policy.signature_of(b"\r\nFrom: a@example.test\r\n\r\n", true),
+            Ok(None),
+            "a From: line in the body is not the From: field"
+        );
 
         let mut env = Envelope::new(
             "a@example.org",
@@ -387,11 +442,11 @@ mod tests {
             b"From: a@example.org\r\n\r\nhi\r\n".to_vec(),
         );
         let before = env.message.clone();
-        policy.sign_in_place(&mut env);
+        env.message = policy.signed(std::mem::take(&mut env.message), false);
         assert_eq!(env.message, before);
 
         env.message = b"From: a@mail.example.test\r\nSubject: s\r\n\r\nhi\r\n".to_vec();
-        policy.sign_in_place(&mut env);
+        env.message = policy.signed(std::mem::take(&mut env.message), false);
         let text = String::from_utf8(env.message).unwrap();
         assert!(
             text.starts_with(

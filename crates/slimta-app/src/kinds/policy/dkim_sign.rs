@@ -274,6 +274,18 @@ mod tests {
     }
 
     #[test]
+    fn runs_per_attempt_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = write_key(dir.path(), "s1.key", true);
+        let text = QUEUE.replace("policies = [\"sign\"]", "relay_policies = [\"sign\"]")
+            + &format!(
+                "[policy.sign]\ntype = \"dkim_sign\"\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{key}\"\n"
+            );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.queues["main"].relay_policies[0].name, "sign");
+    }
+
+    #[test]
     fn bad_keys_and_values_are_reported_with_their_paths() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.key").display().to_string();
