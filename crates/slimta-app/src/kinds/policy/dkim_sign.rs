@@ -19,9 +19,10 @@
 //! Decisions:
 //! - Key files are read, parsed and test-signed when the configuration is
 //!   read, so `--check-config` reports a missing, unreadable, malformed or
-//!   weak key (RSA under 2048 bits) with its key path. A key file changed on
-//!   disk takes effect on restart, or on SIGHUP when the section's keys
-//!   changed (the section's summary names each key's public half).
+//!   weak key (RSA under 2048 bits) with its key path. A key takes effect
+//!   on restart: SIGHUP re-reads the files and, as for any queue setting,
+//!   logs a changed policy as needing a restart (the section's summary
+//!   names each key's public half, so a rotated key counts as a change).
 //! - `only_authenticated` defaults to true: an MTA that also takes inbound
 //!   mail must not sign what strangers send claiming a local domain. Turn it
 //!   off only on a queue that takes nothing but trusted submissions.
