@@ -2,7 +2,7 @@
 //! binary in `main.rs`) can use them: the TOML schema ([`config`]) and the
 //! code that turns a checked configuration into running objects ([`build`]),
 //! and the queue operations (`slimta queue ...`: [`queue_cli`], served by a
-//! running daemon through [`control`]).
+//! running daemon through [`control`]), and `slimta dkim keygen` ([`dkim_cli`]).
 //!
 //! The split keeps the binary thin: `main.rs` handles the command line,
 //! logging and signals; everything that knows the schema lives here.
@@ -11,6 +11,7 @@
 pub mod build;
 pub mod config;
 pub mod control;
+pub mod dkim_cli;
 pub mod file_reloads;
 pub mod kinds;
 pub mod privileges;

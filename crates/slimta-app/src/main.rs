@@ -61,6 +61,8 @@ enum Command {
     /// List, show, retry or delete queued messages of a disk queue, through
     /// the running daemon's control socket or, without a daemon, the spool.
     Queue(slimta_app::queue_cli::QueueCommand),
+    /// Make a DKIM signing key and print its DNS record.
+    Dkim(slimta_app::dkim_cli::DkimCommand),
 }
 
 /// A configuration problem has been printed; exit with this.
@@ -68,6 +70,9 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Dkim(dkim)) = &cli.command {
+        return slimta_app::dkim_cli::run(dkim);
+    }
     if let Some(Command::Queue(queue)) = &cli.command {
         let config = match &queue.config {
             Some(path) => match load(path) {

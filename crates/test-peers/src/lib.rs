@@ -14,10 +14,12 @@
 
 mod aiosmtpd;
 mod clamav;
+mod dkimpy;
 mod dnsmasq;
 mod dovecot;
 mod maildrop;
 mod opendkim;
+mod opendkim_verify;
 mod python;
 mod rspamd;
 mod smtp_sink;
@@ -27,10 +29,12 @@ mod wiretap;
 
 pub use aiosmtpd::{AioMessage, AioSmtpd};
 pub use clamav::{ClamAv, EICAR};
+pub use dkimpy::dkimpy_verify;
 pub use dnsmasq::Dnsmasq;
 pub use dovecot::Dovecot;
 pub use maildrop::MaildropBox;
 pub use opendkim::OpenDkim;
+pub use opendkim_verify::opendkim_verify;
 pub use python::python_with;
 pub use rspamd::Rspamd;
 pub use smtp_sink::{DumpedMessage, SmtpSink, crlf_to_lf, parse_dump};

@@ -415,7 +415,7 @@ const BAD: &[(&str, &[&str])] = &[
     (
         "[policy.split]\ntype = \"recipient_domain_split\"\n[policy.dk]\ntype = \"dkim_sign\"\n[policy.x]\ntype = \"nope\"\n[policy.h]\ntype = \"add_date_header\"\ncolor = 1\n[policy.n]\n[queue.q3]\ntype = \"memory\"\nrelay = \"out\"\npolicies = [\"split\", \"dk\"]\nrelay_policies = [\"add_date_header\", 7]",
         &[
-            "policy.dk.type: policy type \"dkim_sign\" is not built yet (built: \"add_date_header\", \"add_message_id_header\", \"add_received_header\", \"recipient_split\", \"recipient_domain_split\", \"forward\", \"spamassassin\", \"rspamd\", \"authenticate\", \"milter\")",
+            "policy.dk.domain: missing required key",
             "policy.h.color: unknown key (expected one of: type)",
             "policy.n.type: missing required key",
             "policy.x.type: unknown value \"nope\" (expected one of: \"add_date_header\", \"add_message_id_header\", \"add_received_header\", \"recipient_split\", \"recipient_domain_split\", \"forward\", \"spamassassin\", \"rspamd\", \"dkim_sign\", \"authenticate\", \"milter\")",

@@ -31,6 +31,10 @@ pub mod arc_seal;
 pub mod auth_results;
 #[cfg(feature = "auth")]
 pub mod authenticate;
+#[cfg(feature = "auth")]
+pub mod dkim_key;
+#[cfg(feature = "auth")]
+pub mod dkim_sign;
 pub mod forward;
 pub mod headers;
 pub mod milter;

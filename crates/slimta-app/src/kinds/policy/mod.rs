@@ -21,6 +21,7 @@
 //!   `Received:` header or a second split is never what was meant).
 
 mod authenticate;
+mod dkim_sign;
 mod forward;
 mod headers;
 mod milter;
@@ -108,19 +109,10 @@ pub const KINDS: &[PolicyKind] = &[
     forward::FORWARD,
     spamassassin::SPAMASSASSIN,
     rspamd::RSPAMD,
-    planned("dkim_sign", &[Stage::Queue, Stage::Relay]),
+    dkim_sign::DKIM_SIGN,
     authenticate::AUTHENTICATE,
     milter::MILTER,
 ];
-
-const fn planned(name: &'static str, stages: &'static [Stage]) -> PolicyKind {
-    PolicyKind {
-        name,
-        stages,
-        bare: false,
-        read: None,
-    }
-}
 
 fn kind_named(name: &str) -> Option<&'static PolicyKind> {
     KINDS.iter().find(|k| k.name == name)
