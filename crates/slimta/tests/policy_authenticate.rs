@@ -170,8 +170,10 @@ async fn verify(policy: &Authenticate, envelope: Envelope) -> String {
     String::from_utf8(out.remove(0).message).unwrap()
 }
 
+/// As RFC 8601 wants a value: quoted when it holds a tspecial (RFC 2045;
+/// of base64's characters, `/` and `=`; `+` is a token character).
 fn quoted_if_needed(b: &str) -> String {
-    if b.contains(['/', '=', '+']) {
+    if b.contains(['/', '=']) {
         format!("\"{b}\"")
     } else {
         b.to_owned()
