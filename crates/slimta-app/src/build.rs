@@ -4,8 +4,11 @@
 //! library; everything here is wiring. Relays and storages are picked at
 //! run time by their `type` and built by their kind (`kinds/relay/`,
 //! `kinds/storage/`), so relays are `Arc<dyn DynRelay>` and every queue is
-//! one type, [`AppQueue`] = `Queue<Arc<dyn DynStorage>, _>`, whatever its
-//! storage: a new storage kind needs no change here. The price is one
+//! one type, [`AppQueue`] = `Queue<Arc<dyn DynStorage>, _, Arc<dyn
+//! DynDispatch>>`, whatever its storage: a new storage kind needs no change
+//! here. The dispatcher comes from the storage's kind too
+//! (`StorageSettings::dispatch`): the in-process `LocalDispatch` unless the
+//! storage is shared by several processes and brings its own leases. The price is one
 //! dynamic call (and one boxed future) per storage operation, nothing
 //! measurable next to what the operation does (an fsync, a network round
 //! trip). What differs between storages at run time is asked of the
@@ -43,7 +46,7 @@ use slimta::edge::reverse_dns::ReverseDns;
 use slimta::edge::tls::{ReloadableTls, TlsConfig};
 use slimta::edge::{AcceptDomains, DynValidators, SmtpEdge, ValidatorChain, listener};
 use slimta::queue::backoff::ExponentialBackoff;
-use slimta::queue::{DestinationSettings, DynStorage, LocalDispatch, Queue, QueueStorage};
+use slimta::queue::{DestinationSettings, DynDispatch, DynStorage, Queue, QueueStorage};
 use slimta::smtp::ServerConfig;
 use slimta::smtp::sasl::Mechanism;
 use tokio::sync::watch;
@@ -66,7 +69,7 @@ const ATTEMPT_GRACE: Duration = Duration::from_secs(10);
 type AppRelay = Arc<dyn DynRelay>;
 
 /// A queue of the app, whatever its storage kind.
-pub type AppQueue = Queue<Arc<dyn DynStorage>, AppRelay>;
+pub type AppQueue = Queue<Arc<dyn DynStorage>, AppRelay, Arc<dyn DynDispatch>>;
 
 /// Stops `queue` (`name`) as its storage kind asks: one that does not keep
 /// messages over a restart first delivers what it holds (bounded), a
@@ -415,8 +418,10 @@ fn build_queue(
         max_age: config.retry.max_age,
         max_attempts: config.retry.maximum,
     };
-    let storage = config.storage.open(&format!("queue.{name}"))?;
-    let mut queue = Queue::with_dispatch(storage, relay, LocalDispatch::new(destinations))
+    let section = format!("queue.{name}");
+    let storage = config.storage.open(&section)?;
+    let dispatch = config.storage.dispatch(&section, destinations)?;
+    let mut queue = Queue::with_dispatch(storage, relay, dispatch)
         .with_backoff(backoff)
         .max_concurrency(config.max_concurrency)
         .with_hostname(hostname)

@@ -33,7 +33,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use slimta::queue::{Queue, QueueEntry, QueueStats, QueueStorage, StoredEnvelope};
+use slimta::queue::{Dispatch, Queue, QueueEntry, QueueStats, QueueStorage, StoredEnvelope};
 use slimta::relay::Relay;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -179,7 +179,10 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 
 /// Answers requests on `listener` for `queue`; `STATS` reports the
 /// storage's own figures ([`QueueStorage::counters`]: fsyncs, journal).
-pub async fn serve<S: QueueStorage, R: Relay>(listener: UnixListener, queue: Queue<S, R>) {
+pub async fn serve<S: QueueStorage, R: Relay, D: Dispatch>(
+    listener: UnixListener,
+    queue: Queue<S, R, D>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -198,9 +201,9 @@ pub async fn serve<S: QueueStorage, R: Relay>(listener: UnixListener, queue: Que
     }
 }
 
-async fn answer<S: QueueStorage, R: Relay>(
+async fn answer<S: QueueStorage, R: Relay, D: Dispatch>(
     stream: UnixStream,
-    queue: &Queue<S, R>,
+    queue: &Queue<S, R, D>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -222,8 +225,8 @@ async fn answer<S: QueueStorage, R: Relay>(
 }
 
 /// Runs one request against a queue.
-pub async fn execute<S: QueueStorage, R: Relay>(
-    queue: &Queue<S, R>,
+pub async fn execute<S: QueueStorage, R: Relay, D: Dispatch>(
+    queue: &Queue<S, R, D>,
     request: &Request,
     counters: &[(&'static str, u64)],
 ) -> Response {

@@ -1,4 +1,9 @@
-//! `slimta queue list|show|retry|delete`: operating a disk queue.
+//! `slimta queue list|show|retry|delete|stats`: operating a queue.
+//!
+//! A storage shared by several processes (`StorageSettings::shared`:
+//! Redis, a cloud store with a notify queue) is operated on the store
+//! itself: every process sees the change there (a due time, a removal),
+//! so no daemon needs to be asked and none needs to run.
 //!
 //! Decision (see `control.rs` for the daemon's side): the command first
 //! asks the running daemon through `<spool>/control.sock`. If no daemon
@@ -81,8 +86,8 @@ const EXIT_CONFIG: u8 = 2;
 
 /// Runs the command against `config` (already loaded and checked).
 pub fn run(config: &Config, queue: Option<&str>, action: &QueueAction) -> ExitCode {
-    let spool = match pick_spool(config, queue) {
-        Ok(spool) => spool,
+    let target = match pick(config, queue) {
+        Ok(target) => target,
         Err(message) => {
             eprintln!("slimta queue: {message}");
             return ExitCode::from(EXIT_CONFIG);
@@ -100,9 +105,17 @@ pub fn run(config: &Config, queue: Option<&str>, action: &QueueAction) -> ExitCo
     };
     let request = action.request();
     let response = runtime.block_on(async {
-        match control::request(&control::socket_path(&spool), &request).await? {
-            Some(response) => Ok(response),
-            None => offline(&spool, &request).await,
+        match target {
+            Target::Spool(spool) => {
+                match control::request(&control::socket_path(&spool), &request).await? {
+                    Some(response) => Ok(response),
+                    None => offline(&spool, &request).await,
+                }
+            }
+            Target::Shared(section, storage) => {
+                let storage = storage.open(&section)?;
+                Ok(operate(&storage, &request, "").await)
+            }
         }
     });
     match response {
@@ -121,29 +134,54 @@ pub fn run(config: &Config, queue: Option<&str>, action: &QueueAction) -> ExitCo
     }
 }
 
-fn pick_spool(config: &Config, queue: Option<&str>) -> Result<PathBuf, String> {
-    let disk: Vec<(&String, &Path)> = config
+/// What `slimta queue` operates on.
+enum Target<'a> {
+    /// A disk spool: through its daemon's control socket, or opened here.
+    Spool(PathBuf),
+    /// A store shared by processes (its `queue.NAME` section), opened here.
+    Shared(String, &'a crate::config::StorageConfig),
+}
+
+fn operable(storage: &crate::config::StorageConfig) -> bool {
+    storage.spool().is_some() || storage.shared()
+}
+
+fn target_of<'a>(name: &str, storage: &'a crate::config::StorageConfig) -> Option<Target<'a>> {
+    if let Some(spool) = storage.spool() {
+        Some(Target::Spool(spool.to_path_buf()))
+    } else if storage.shared() {
+        Some(Target::Shared(format!("queue.{name}"), storage))
+    } else {
+        None
+    }
+}
+
+fn pick<'a>(config: &'a Config, queue: Option<&str>) -> Result<Target<'a>, String> {
+    let operable_queues: Vec<&String> = config
         .queues
         .iter()
-        .filter_map(|(name, q)| Some((name, q.storage.spool()?)))
+        .filter(|(_, q)| operable(&q.storage))
+        .map(|(name, _)| name)
         .collect();
     match queue {
         Some(name) => match config.queues.get(name).map(|q| &q.storage) {
-            Some(storage) => storage.spool().map(Path::to_path_buf).ok_or_else(|| {
+            Some(storage) => target_of(name, storage).ok_or_else(|| {
                 format!(
-                    "queue \"{name}\" is a {} queue; only disk queues can be operated",
+                    "queue \"{name}\" is a {} queue, which keeps nothing to operate on",
                     storage.kind.name
                 )
             }),
             None => Err(format!("no queue named \"{name}\"")),
         },
-        None => match disk.as_slice() {
-            [(_, path)] => Ok((*path).to_path_buf()),
-            [] => Err("the configuration has no disk queue".into()),
+        None => match operable_queues.as_slice() {
+            [name] => Ok(target_of(name, &config.queues[name.as_str()].storage)
+                .expect("filtered as operable")),
+            [] => Err("the configuration has no disk or shared queue".into()),
             _ => Err(format!(
-                "several disk queues ({}); choose one with --queue",
-                disk.iter()
-                    .map(|(n, _)| n.as_str())
+                "several queues ({}); choose one with --queue",
+                operable_queues
+                    .iter()
+                    .map(|n| n.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
@@ -171,13 +209,19 @@ async fn offline(spool: &Path, request: &Request) -> Result<Response, String> {
                 format!("cannot open the spool {}: {e}", spool.display())
             }
         })?;
+    Ok(operate(&storage, request, " (at the next start)").await)
+}
+
+/// Carries out `request` on `storage` itself; `due_suffix` tells when a
+/// retried message will be attempted.
+async fn operate<S: QueueStorage>(storage: &S, request: &Request, due_suffix: &str) -> Response {
     let result = match request {
         Request::List => storage.list().await.map(control::format_list),
         Request::Show(id) => storage.get(id).await.map(|s| control::format_show(id, &s)),
         Request::Retry(id) => storage
             .set_timestamp(id, SystemTime::now())
             .await
-            .map(|()| format!("{id}: due now (at the next start)\n")),
+            .map(|()| format!("{id}: due now{due_suffix}\n")),
         Request::RetryAll => async {
             let entries = storage.list().await?;
             for e in &entries {
@@ -186,7 +230,7 @@ async fn offline(spool: &Path, request: &Request) -> Result<Response, String> {
             Ok(entries.len())
         }
         .await
-        .map(|n| format!("{n} messages due now (at the next start)\n")),
+        .map(|n| format!("{n} messages due now{due_suffix}\n")),
         Request::Delete(id) => match storage.get(id).await {
             Ok(_) => storage
                 .remove(id)
@@ -205,9 +249,9 @@ async fn offline(spool: &Path, request: &Request) -> Result<Response, String> {
             control::format_stats(&stats, &storage.counters())
         }),
     };
-    Ok(match result {
+    match result {
         Ok(text) => Response::Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Response::NotFound(e.to_string()),
         Err(e) => Response::Err(e.to_string()),
-    })
+    }
 }

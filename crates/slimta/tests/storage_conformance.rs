@@ -1,13 +1,10 @@
 //! The storage conformance suite (`storage_suite/`) run against the
 //! backends that need no external server: memory and disk.
 
-#[macro_use]
-mod storage_suite;
-
 mod memory {
     use slimta::queue::MemoryStorage;
 
-    use super::storage_suite::{self, Fixture};
+    use slimta_storage_suite::{Fixture, storage_conformance};
 
     fn fixture() -> Fixture<MemoryStorage> {
         Fixture::volatile(MemoryStorage::new())
@@ -19,7 +16,7 @@ mod memory {
 mod disk {
     use slimta::queue::DiskStorage;
 
-    use super::storage_suite::{self, Fixture};
+    use slimta_storage_suite::{Fixture, storage_conformance};
 
     fn fixture() -> Fixture<DiskStorage> {
         let dir = tempfile::tempdir().unwrap();

@@ -196,3 +196,131 @@ pub trait Dispatch: Send + Sync + 'static {
         0
     }
 }
+
+/// A boxed future of [`DynDispatch`].
+pub type DispatchFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The object-safe form of [`Dispatch`], for dispatchers chosen at run time
+/// (the app picks the local one or the one a shared storage brings).
+/// `Arc<dyn DynDispatch>` and `Box<dyn DynDispatch>` are dispatchers
+/// themselves.
+#[allow(missing_docs)]
+pub trait DynDispatch: Send + Sync + 'static {
+    fn add_boxed(
+        &self,
+        id: String,
+        due: SystemTime,
+        destination: Option<Destination>,
+    ) -> DispatchFuture<'_, bool>;
+    fn next_due_boxed(&self) -> DispatchFuture<'_, Lease>;
+    fn admit_boxed<'a>(
+        &'a self,
+        id: &'a str,
+        destination: Destination,
+    ) -> DispatchFuture<'a, Admission>;
+    fn contact_boxed<'a>(&'a self, id: &'a str, contact: Contact) -> DispatchFuture<'a, ()>;
+    fn ended_boxed<'a>(&'a self, id: &'a str, end: AttemptEnd) -> DispatchFuture<'a, ()>;
+    fn retry_now_boxed<'a>(&'a self, id: &'a str) -> DispatchFuture<'a, Placement>;
+    fn take_retry_request_boxed<'a>(&'a self, id: &'a str) -> DispatchFuture<'a, bool>;
+    fn delete_boxed<'a>(&'a self, id: &'a str) -> DispatchFuture<'a, Placement>;
+    fn waiting_dyn(&self) -> usize;
+    fn dead_destinations_dyn(&self) -> Vec<DeadDestination>;
+    fn revive_dyn(&self, destination: Option<&str>) -> usize;
+}
+
+impl<D: Dispatch> DynDispatch for D {
+    fn add_boxed(
+        &self,
+        id: String,
+        due: SystemTime,
+        destination: Option<Destination>,
+    ) -> DispatchFuture<'_, bool> {
+        Box::pin(self.add(id, due, destination))
+    }
+    fn next_due_boxed(&self) -> DispatchFuture<'_, Lease> {
+        Box::pin(self.next_due())
+    }
+    fn admit_boxed<'a>(
+        &'a self,
+        id: &'a str,
+        destination: Destination,
+    ) -> DispatchFuture<'a, Admission> {
+        Box::pin(self.admit(id, destination))
+    }
+    fn contact_boxed<'a>(&'a self, id: &'a str, contact: Contact) -> DispatchFuture<'a, ()> {
+        Box::pin(self.contact(id, contact))
+    }
+    fn ended_boxed<'a>(&'a self, id: &'a str, end: AttemptEnd) -> DispatchFuture<'a, ()> {
+        Box::pin(self.ended(id, end))
+    }
+    fn retry_now_boxed<'a>(&'a self, id: &'a str) -> DispatchFuture<'a, Placement> {
+        Box::pin(self.retry_now(id))
+    }
+    fn take_retry_request_boxed<'a>(&'a self, id: &'a str) -> DispatchFuture<'a, bool> {
+        Box::pin(self.take_retry_request(id))
+    }
+    fn delete_boxed<'a>(&'a self, id: &'a str) -> DispatchFuture<'a, Placement> {
+        Box::pin(self.delete(id))
+    }
+    fn waiting_dyn(&self) -> usize {
+        self.waiting()
+    }
+    fn dead_destinations_dyn(&self) -> Vec<DeadDestination> {
+        self.dead_destinations()
+    }
+    fn revive_dyn(&self, destination: Option<&str>) -> usize {
+        self.revive(destination)
+    }
+}
+
+macro_rules! forward_dyn_dispatch {
+    ($ty:ty) => {
+        impl Dispatch for $ty {
+            fn add(
+                &self,
+                id: String,
+                due: SystemTime,
+                destination: Option<Destination>,
+            ) -> impl Future<Output = bool> + Send {
+                async move { (**self).add_boxed(id, due, destination).await }
+            }
+            fn next_due(&self) -> impl Future<Output = Lease> + Send {
+                async move { (**self).next_due_boxed().await }
+            }
+            fn admit(
+                &self,
+                id: &str,
+                destination: Destination,
+            ) -> impl Future<Output = Admission> + Send {
+                async move { (**self).admit_boxed(id, destination).await }
+            }
+            fn contact(&self, id: &str, contact: Contact) -> impl Future<Output = ()> + Send {
+                async move { (**self).contact_boxed(id, contact).await }
+            }
+            fn ended(&self, id: &str, end: AttemptEnd) -> impl Future<Output = ()> + Send {
+                async move { (**self).ended_boxed(id, end).await }
+            }
+            fn retry_now(&self, id: &str) -> impl Future<Output = Placement> + Send {
+                async move { (**self).retry_now_boxed(id).await }
+            }
+            fn take_retry_request(&self, id: &str) -> impl Future<Output = bool> + Send {
+                async move { (**self).take_retry_request_boxed(id).await }
+            }
+            fn delete(&self, id: &str) -> impl Future<Output = Placement> + Send {
+                async move { (**self).delete_boxed(id).await }
+            }
+            fn waiting(&self) -> usize {
+                (**self).waiting_dyn()
+            }
+            fn dead_destinations(&self) -> Vec<DeadDestination> {
+                (**self).dead_destinations_dyn()
+            }
+            fn revive(&self, destination: Option<&str>) -> usize {
+                (**self).revive_dyn(destination)
+            }
+        }
+    };
+}
+
+forward_dyn_dispatch!(Box<dyn DynDispatch>);
+forward_dyn_dispatch!(std::sync::Arc<dyn DynDispatch>);

@@ -68,6 +68,7 @@
 mod attempt;
 pub mod backoff;
 pub mod clock;
+pub mod codec;
 mod compact_id;
 mod destinations;
 pub mod disk;
@@ -101,7 +102,7 @@ pub use storage::{
 };
 
 pub use destinations::{DeadDestination, DestinationSettings};
-pub use dispatch::{Admission, AttemptEnd, Contact, Dispatch, Lease, Placement};
+pub use dispatch::{Admission, AttemptEnd, Contact, Dispatch, DynDispatch, Lease, Placement};
 pub use schedule::LocalDispatch;
 
 /// The default limit on concurrent delivery attempts.

@@ -28,7 +28,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use slimta::queue::DynStorage;
+use slimta::queue::{DestinationSettings, DynDispatch, DynStorage, LocalDispatch};
 
 use crate::config::fields::{Errors, Section};
 
@@ -54,6 +54,31 @@ pub trait StorageSettings: Any + fmt::Debug + Send + Sync {
     /// queues.
     fn spool(&self) -> Option<&Path> {
         None
+    }
+
+    /// The queue's dispatcher (who attempts what next; see
+    /// `slimta::queue::dispatch`). The default is the in-process
+    /// `LocalDispatch` with the relay's per-destination `destinations`
+    /// settings; a storage shared by several processes brings its own
+    /// (leases kept in the shared store).
+    ///
+    /// # Errors
+    ///
+    /// A message with its key path when the dispatcher cannot be set up.
+    fn dispatch(
+        &self,
+        section: &str,
+        destinations: DestinationSettings,
+    ) -> Result<Arc<dyn DynDispatch>, String> {
+        let _ = section;
+        Ok(Arc::new(LocalDispatch::new(destinations)))
+    }
+
+    /// Whether several processes may share the store (Redis, a cloud store
+    /// with a notify queue). `slimta queue` then operates on the store
+    /// directly, with no daemon's control socket.
+    fn shared(&self) -> bool {
+        false
     }
 }
 
@@ -91,6 +116,24 @@ impl StorageConfig {
     /// See [`StorageSettings::spool`].
     pub fn spool(&self) -> Option<&Path> {
         self.settings.spool()
+    }
+
+    /// See [`StorageSettings::dispatch`].
+    ///
+    /// # Errors
+    ///
+    /// See [`StorageSettings::dispatch`].
+    pub fn dispatch(
+        &self,
+        section: &str,
+        destinations: DestinationSettings,
+    ) -> Result<Arc<dyn DynDispatch>, String> {
+        self.settings.dispatch(section, destinations)
+    }
+
+    /// See [`StorageSettings::shared`].
+    pub fn shared(&self) -> bool {
+        self.settings.shared()
     }
 
     /// The kind's settings as `T`, for tests of the reader.

@@ -264,7 +264,7 @@ pub(crate) fn next_record(bytes: &[u8], pos: usize) -> Option<(u8, &[u8], usize)
     Some((rest[0], &rest[9..end], pos + end + 4))
 }
 
-fn apply_update(meta: &mut QueueMeta, kind: u8, payload: &[u8]) -> Option<()> {
+pub(crate) fn apply_update(meta: &mut QueueMeta, kind: u8, payload: &[u8]) -> Option<()> {
     let mut r = Reader(payload);
     match kind {
         TIMESTAMP => meta.timestamp = Some(r.time()?),

@@ -1,22 +1,23 @@
 //! The storage conformance suite: what every [`QueueStorage`] backend must
 //! do, checked against the real backend.
 //!
-//! To run it for a new backend, write a test file (`tests/storage_NAME.rs`)
-//! with
+//! It is a crate of its own so that a backend in another crate (Redis,
+//! cloud stores) runs the very same checks: add it as a dev-dependency and
+//! write a test file (`tests/storage_NAME.rs`) with
 //!
 //! ```ignore
-//! #[macro_use]
-//! mod storage_suite;
-//! use storage_suite::Fixture;
+//! use slimta_storage_suite::{Fixture, storage_conformance};
 //!
 //! fn fixture() -> Fixture<MyStorage> { /* a fresh, empty store */ }
 //! storage_conformance!(fixture());
 //! ```
 //!
+//! The test crate needs `tokio` (with `macros` and `rt-multi-thread`) as a
+//! dev-dependency: the expanded tests are `#[tokio::test]`s.
+//!
 //! The macro expands to one `#[tokio::test]` per check, so a failure names
 //! the property that broke. A [`Fixture`] with a `reopen` function also gets
 //! the persistence checks (reopening must see everything acknowledged).
-#![allow(dead_code, unreachable_pub)]
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -57,39 +58,39 @@ macro_rules! storage_conformance {
     ($fixture:expr) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn conformance_round_trips_every_field() {
-            storage_suite::round_trips_every_field($fixture).await;
+            $crate::round_trips_every_field($fixture).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn conformance_partial_delivery() {
-            storage_suite::partial_delivery($fixture).await;
+            $crate::partial_delivery($fixture).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn conformance_attempts_timestamps_and_errors() {
-            storage_suite::attempts_timestamps_and_errors($fixture).await;
+            $crate::attempts_timestamps_and_errors($fixture).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn conformance_remove() {
-            storage_suite::remove($fixture).await;
+            $crate::remove($fixture).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn conformance_unknown_ids() {
-            storage_suite::unknown_ids($fixture).await;
+            $crate::unknown_ids($fixture).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn conformance_concurrent_writers() {
-            storage_suite::concurrent_writers($fixture).await;
+            $crate::concurrent_writers($fixture).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn conformance_reopen_keeps_everything_acknowledged() {
-            storage_suite::reopen_keeps_everything_acknowledged($fixture).await;
+            $crate::reopen_keeps_everything_acknowledged($fixture).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn conformance_load_into_hands_over_every_message_once() {
-            storage_suite::load_into_hands_over_every_message_once($fixture).await;
+            $crate::load_into_hands_over_every_message_once($fixture).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn conformance_summary_counts_and_finds_the_oldest() {
-            storage_suite::summary_counts_and_finds_the_oldest($fixture).await;
+            $crate::summary_counts_and_finds_the_oldest($fixture).await;
         }
     };
 }
