@@ -520,6 +520,8 @@ struct FailingStorage {
     inner: MemoryStorage,
     fail: Arc<AtomicBool>,
     fail_remove: Arc<AtomicBool>,
+    /// `fail` fails as a server that refuses connections would.
+    fail_unreachable: Arc<AtomicBool>,
     /// The storage methods called, in order (not `load`).
     log: Arc<Mutex<Vec<&'static str>>>,
 }
@@ -538,6 +540,12 @@ impl QueueStorage for FailingStorage {
     async fn write(&self, envelope: &Envelope, timestamp: SystemTime) -> io::Result<String> {
         self.note("write");
         if self.fail.load(Ordering::SeqCst) {
+            if self.fail_unreachable.load(Ordering::SeqCst) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "storage server down",
+                ));
+            }
             return Err(io::Error::other("disk on fire"));
         }
         self.inner.write(envelope, timestamp).await
@@ -677,6 +685,28 @@ async fn a_storage_failure_is_a_452_and_nothing_is_attempted() {
     assert_eq!(
         results[0].result,
         Err(Reply::new(452, "4.3.1", "Insufficient system storage"))
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(relay.calls().is_empty());
+}
+
+/// A storage server that cannot be reached is not a full store: 451 4.3.0.
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_storage_is_a_451() {
+    let relay = ScriptedRelay::new(|_, _| ok());
+    let storage = FailingStorage::default();
+    storage.fail.store(true, Ordering::SeqCst);
+    storage.fail_unreachable.store(true, Ordering::SeqCst);
+    let queue = Queue::new(storage.clone(), relay.clone());
+    queue.start().await.unwrap();
+    let results = queue.handoff(envelope(&["a@x.test"])).await;
+    assert_eq!(
+        results[0].result,
+        Err(Reply::new(
+            451,
+            "4.3.0",
+            "Queue storage unavailable, try again later"
+        ))
     );
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(relay.calls().is_empty());

@@ -530,8 +530,11 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
 
     /// Stores one envelope and schedules its first attempt now.
     ///
-    /// Decision (the edge relies on it): any storage failure is
-    /// answered `452 4.3.1`, so the client keeps the message and retries.
+    /// Decision (the edge relies on it): a storage failure is a temporary
+    /// refusal, so the client keeps the message and retries. A storage
+    /// server that cannot be reached (refused, reset, timed out: see
+    /// `storage_failure_reply`) is `451 4.3.0`; anything else, a full disk
+    /// first, is `452 4.3.1`.
     async fn store(&self, envelope: Arc<Envelope>) -> Result<String, Reply> {
         let now = clock::now();
         match self.inner.storage.write_shared(envelope.clone(), now).await {
@@ -554,9 +557,26 @@ impl<S: QueueStorage, R: Relay, D: Dispatch> Queue<S, R, D> {
             }
             Err(e) => {
                 tracing::error!(error = %e, sender = %envelope.sender, "queue storage write failed");
-                Err(Reply::new(452, "4.3.1", "Insufficient system storage"))
+                Err(storage_failure_reply(&e))
             }
         }
+    }
+}
+
+/// The edge's answer when storing a new message failed with `e`.
+fn storage_failure_reply(e: &std::io::Error) -> Reply {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::NotConnected
+        | K::BrokenPipe
+        | K::TimedOut
+        | K::HostUnreachable
+        | K::NetworkUnreachable
+        | K::NetworkDown => Reply::new(451, "4.3.0", "Queue storage unavailable, try again later"),
+        _ => Reply::new(452, "4.3.1", "Insufficient system storage"),
     }
 }
 

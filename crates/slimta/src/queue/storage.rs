@@ -12,8 +12,11 @@
 //!   deliver twice to the same recipient" a property of the storage record,
 //!   not of whoever reads it (python-slimta got this wrong).
 //! - Errors are `std::io::Error`: every backend's failures (disk, network,
-//!   protocol) are I/O failures to the queue, which answers `452 4.3.1` or
-//!   retries later. `ErrorKind::NotFound` means the id is unknown.
+//!   protocol) are I/O failures to the queue, which answers a new message
+//!   `451 4.3.0` when a storage server cannot be reached (the connection
+//!   kinds: refused, reset, timed out, ...) and `452 4.3.1` otherwise (a
+//!   full disk), and retries a failed record later. A remote backend maps
+//!   its client's failures to those kinds. `ErrorKind::NotFound` means the id is unknown.
 //! - An attempt's outcome is one step ([`QueueStorage::record`] with an
 //!   [`AttemptOutcome`]): finished recipients, attempt count, next due
 //!   time, last error and the delay-warning flag together. A backend makes
