@@ -49,5 +49,5 @@ mod link;
 mod storage;
 
 pub use dispatch::{IDLE_POLL, RedisDispatch};
-pub use link::{RedisOptions, RedisOptionsError};
+pub use link::{RedisOptions, RedisOptionsError, redact};
 pub use storage::RedisStorage;

@@ -40,8 +40,9 @@ impl fmt::Debug for RedisOptions {
     }
 }
 
-/// `url` with the userinfo's password replaced, for messages.
-fn redact(url: &str) -> String {
+/// `url` with its userinfo (user and password) replaced, for messages and
+/// logs.
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -128,6 +129,15 @@ impl RedisOptions {
     /// The lease time.
     pub fn lease_time(&self) -> Duration {
         self.lease
+    }
+
+    /// Checks the options without connecting (a config reader's check).
+    ///
+    /// # Errors
+    ///
+    /// See [`RedisOptionsError`].
+    pub fn check(&self) -> Result<(), RedisOptionsError> {
+        self.link().map(drop)
     }
 
     /// Checks the options and makes the (not yet connected) link.

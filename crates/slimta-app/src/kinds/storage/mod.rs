@@ -22,6 +22,7 @@
 
 mod disk;
 mod memory;
+mod redis;
 
 use std::any::Any;
 use std::fmt;
@@ -93,7 +94,7 @@ pub struct StorageKind {
 }
 
 /// Every kind of storage the app knows.
-pub const KINDS: &[StorageKind] = &[memory::MEMORY, disk::DISK];
+pub const KINDS: &[StorageKind] = &[memory::MEMORY, disk::DISK, redis::REDIS];
 
 /// A queue's configured storage: the queue's name, the kind and its keys.
 pub type StorageConfig = super::sections::Configured<StorageKind>;
