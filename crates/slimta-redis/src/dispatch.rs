@@ -172,9 +172,11 @@ impl RedisDispatch {
     ///
     /// When the options are not usable (see [`RedisOptionsError`]).
     pub fn open(options: &RedisOptions) -> Result<Arc<Self>, RedisOptionsError> {
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        tracing::info!(owner = %owner, lease = ?options.lease_time(), prefix = %options.key_prefix(), "redis dispatch opened");
         Ok(Arc::new(Self {
             link: options.link()?,
-            owner: uuid::Uuid::new_v4().simple().to_string(),
+            owner,
             lease: options.lease_time(),
             wake: tokio::sync::Notify::new(),
             waiting: AtomicUsize::new(0),
