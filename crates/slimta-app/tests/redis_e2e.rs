@@ -10,7 +10,9 @@
 //!   intake resumes after;
 //! - two slimta processes on one Redis, 2,000 messages into both edges,
 //!   one killed with -9 mid-run: every message delivered, the killed
-//!   one's leased messages by the other after the lease.
+//!   one's leased messages by the other after the lease;
+//! - `slimta queue list/show/retry/delete/stats` on the store itself, with
+//!   the daemon running (its dispatcher sees a retry) and stopped.
 //!
 //! Duplicates are allowed (at-least-once: a message relayed but not yet
 //! recorded when a process died is sent again by whoever takes it next)
@@ -395,4 +397,102 @@ fn two_processes_share_one_redis_and_survive_a_kill_9() {
         "process A held no lease when killed (the test proves nothing about leases then)"
     );
     b.stop();
+}
+
+fn cli_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {}: {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn queue_commands_operate_on_redis_without_a_control_socket() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let server = RedisServer::start();
+    // Nothing listens on the relay's port: every attempt is deferred.
+    let closed = queue_common::free_port();
+    let mut daemon = Daemon::new(
+        &[
+            config::process("mx.example.test", ""),
+            config::smtp_edge("\"example.test\"", ""),
+            redis_queue(&server.url(), "cli:"),
+            config::retry("1h", None),
+            config::static_relay(
+                format!("127.0.0.1:{closed}").parse().unwrap(),
+                "connect_timeout = \"5s\"",
+            ),
+        ]
+        .concat(),
+    );
+    daemon.start();
+    for n in 1..=2 {
+        let reply = queue_common::send(
+            daemon.addr(),
+            "s@x.test",
+            &[&format!("r{n}@example.test")],
+            &format!("Subject: deferred {n}\r\n\r\nbody {n}\r\n"),
+        );
+        assert!(reply.starts_with("250 "), "{reply}");
+    }
+    // list (the running daemon is not asked: the store is), once both
+    // first attempts are recorded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let list = loop {
+        let list = cli_ok(&daemon.queue_cmd(&["list", "--queue", "main"]));
+        let recorded = list.lines().filter(|l| l.contains("451 4.4.1")).count();
+        if recorded == 2 || Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 3, "{list}\n{}", daemon.log_tail(20));
+    let ids: Vec<String> = lines[1..]
+        .iter()
+        .map(|l| l.split('\t').next().unwrap().to_owned())
+        .collect();
+    for (n, line) in lines[1..].iter().enumerate() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields[2], format!("<r{}@example.test>", n + 1), "{line}");
+        assert_eq!(fields[3], "1", "{line}");
+    }
+    let show = cli_ok(&daemon.queue_cmd(&["show", &ids[0], "--queue", "main"]));
+    assert!(
+        show.contains("recipient: <r1@example.test> pending\n"),
+        "{show}"
+    );
+    assert!(show.contains("Subject: deferred 1\n"), "{show}");
+    // retry through the store: the running daemon's dispatcher sees it
+    // (an attempt now, not in an hour).
+    assert_eq!(
+        cli_ok(&daemon.queue_cmd(&["retry", &ids[0], "--queue", "main"])),
+        format!("{}: due now\n", ids[0])
+    );
+    assert!(
+        daemon.wait_log(&format!("id={} attempt=2", ids[0]), Duration::from_secs(30)),
+        "{}",
+        daemon.log_tail(20)
+    );
+    let stats = cli_ok(&daemon.queue_cmd(&["stats", "--queue", "main"]));
+    assert!(stats.starts_with("messages: 2\n"), "{stats}");
+    // With the daemon stopped too.
+    daemon.stop();
+    assert_eq!(
+        cli_ok(&daemon.queue_cmd(&["delete", &ids[1], "--queue", "main"])),
+        format!("{}: deleted\n", ids[1])
+    );
+    let list = cli_ok(&daemon.queue_cmd(&["list", "--queue", "main"]));
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(list.contains(&ids[0]) && !list.contains(&ids[1]), "{list}");
+    let out = daemon.queue_cmd(&["show", &ids[1], "--queue", "main"]);
+    assert!(!out.status.success(), "a deleted message is shown");
+    let stats = cli_ok(&daemon.queue_cmd(&["stats", "--queue", "main"]));
+    assert!(stats.starts_with("messages: 1\n"), "{stats}");
 }
