@@ -248,7 +248,7 @@ impl Link {
                 ConnectionManager::new_lazy_with_config(self.client.clone(), config)
             })
             .await
-            .map_err(io_error)?;
+            .map_err(|e| io_error(&e))?;
         Ok(manager.clone())
     }
 
@@ -279,7 +279,7 @@ impl Link {
 
     async fn timed<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> io::Result<T> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(io_error),
+            Ok(result) => result.map_err(|e| io_error(&e)),
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("redis: no answer within {:?}", self.timeout),
@@ -292,7 +292,7 @@ impl Link {
 /// or is not ready (loading its data after a restart) is one of the
 /// connection kinds (the edge answers `451 4.3.0`); anything else is
 /// `Other`.
-pub(crate) fn io_error(e: RedisError) -> io::Error {
+pub(crate) fn io_error(e: &RedisError) -> io::Error {
     use io::ErrorKind as K;
     let kind = if e.is_timeout() {
         K::TimedOut
