@@ -314,3 +314,36 @@ async fn a_redis_restart_is_survived() {
     }
     assert!(!handed.contains(&lease.id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_times_out() {
+    // Accepts connections and reads, never answers (a hung Redis).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let options =
+        RedisOptions::new(format!("redis://{addr}/0")).timeout(Duration::from_millis(500));
+    let storage = RedisStorage::open(&options).unwrap();
+    for _ in 0..2 {
+        let e = storage
+            .write(&envelope(0), clock::now())
+            .await
+            .expect_err("no answer");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e:?}");
+    }
+    let e = storage.get("x").await.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e:?}");
+    // Nothing listens: refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let storage =
+        RedisStorage::open(&RedisOptions::new(format!("redis://127.0.0.1:{port}/0"))).unwrap();
+    let e = storage.write(&envelope(0), clock::now()).await.unwrap_err();
+    assert!(is_connection_kind(&e), "{e:?}");
+}
