@@ -41,6 +41,9 @@
 //!   in the background ([`redis::aio::ConnectionManager`]); nothing panics
 //!   or spins while Redis is down.
 //! - One Redis server, not a cluster: the scripts name keys they compute.
+//! - `rediss://` is TLS through rustls with the aws-lc-rs provider (the
+//!   workspace's only one), verified against the system's roots or a
+//!   private CA ([`RedisOptions::tls_ca`]).
 
 #![warn(missing_docs)]
 

@@ -25,6 +25,7 @@ pub struct RedisOptions {
     prefix: String,
     timeout: Duration,
     lease: Duration,
+    ca: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisOptions {
@@ -36,6 +37,7 @@ impl fmt::Debug for RedisOptions {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("lease", &self.lease)
+            .field("ca", &self.ca.as_ref().map(|_| "<PEM>"))
             .finish()
     }
 }
@@ -90,7 +92,15 @@ impl RedisOptions {
             prefix: "slimta:".into(),
             timeout: Duration::from_secs(10),
             lease: Duration::from_secs(300),
+            ca: None,
         }
+    }
+
+    /// For `rediss://`: trust the CA certificates in `pem` (a private CA)
+    /// instead of the system's roots.
+    pub fn tls_ca(mut self, pem: Vec<u8>) -> Self {
+        self.ca = Some(pem);
+        self
     }
 
     /// The password, when it is not in the URL (read from a file by the app).
@@ -157,8 +167,17 @@ impl RedisOptions {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info)
-            .map_err(|e| RedisOptionsError::Url(format!("{}: {e}", redact(&self.url))))?;
+        let client = match &self.ca {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| RedisOptionsError::Url(format!("{}: {e}", redact(&self.url))))?;
         Ok(Link {
             client,
             manager: Arc::new(tokio::sync::OnceCell::new()),

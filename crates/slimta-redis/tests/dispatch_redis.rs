@@ -347,3 +347,22 @@ async fn a_server_that_never_answers_times_out() {
     let e = storage.write(&envelope(0), clock::now()).await.unwrap_err();
     assert!(is_connection_kind(&e), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let server = RedisServer::start_tls();
+    assert!(server.url().starts_with("rediss://"));
+    let options = common::options(&server.url()).tls_ca(server.ca_pem());
+    let storage = RedisStorage::open(&options).unwrap();
+    let id = storage.write(&envelope(7), clock::now()).await.unwrap();
+    assert_eq!(
+        storage.get(&id).await.unwrap().envelope.recipients,
+        ["r7@y.test"]
+    );
+    let dispatch = RedisDispatch::open(&options).unwrap();
+    assert_eq!(dispatch.next_due().await.id, id);
+    // Without the CA, the server's certificate is not trusted: an error,
+    // not a connection in the clear.
+    let untrusted = RedisStorage::open(&common::options(&server.url())).unwrap();
+    assert!(untrusted.write(&envelope(8), clock::now()).await.is_err());
+}

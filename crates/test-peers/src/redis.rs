@@ -2,7 +2,9 @@
 //! directory with `appendonly yes` and `appendfsync always` (a reply means
 //! fsync'd, as slimta's Redis queue requires), no RDB snapshots. It can be
 //! killed and started again on the same port and directory, to test that
-//! acknowledged data survives a Redis restart.
+//! acknowledged data survives a Redis restart. [`RedisServer::start_tls`]
+//! serves TLS only, with a certificate for 127.0.0.1 from a CA of its own
+//! (made with `openssl`).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -19,6 +21,7 @@ pub struct RedisServer {
     peer: Option<Peer>,
     addr: SocketAddr,
     dir: tempfile::TempDir,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -39,14 +42,103 @@ impl RedisServer {
             peer: None,
             addr,
             dir,
+            tls: false,
         };
         server.restart();
         server
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// Like [`RedisServer::start`], serving TLS only (no client
+    /// certificates asked); [`RedisServer::ca_pem`] is the CA to trust.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`], or if `openssl` cannot make the keys.
+    pub fn start_tls() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("redis-tls")
+            .tempdir()
+            .expect("tempdir");
+        let openssl = require("openssl", "openssl");
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new(&openssl)
+                .args(args)
+                .current_dir(d)
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        fs::write(
+            d.join("ext.cnf"),
+            "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+        )
+        .expect("ext.cnf");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ]);
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut server = Self {
+            peer: None,
+            addr,
+            dir,
+            tls: true,
+        };
+        server.restart();
+        server
+    }
+
+    /// The CA certificate (PEM) of a TLS server.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        fs::read(self.dir.path().join("ca.pem")).expect("a TLS server's ca.pem")
+    }
+
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://{}/0", self.addr)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://{}/0", self.addr)
     }
 
     /// Where it listens.
@@ -81,8 +173,21 @@ impl RedisServer {
             .open(d.join("stdout.log"))
             .expect("redis log");
         let mut command = Command::new(program);
+        let port = self.addr.port().to_string();
+        if self.tls {
+            command
+                .args(["--port", "0", "--tls-port", &port])
+                .args([
+                    "--tls-cert-file",
+                    "server.pem",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &port]);
+        }
         command
-            .args(["--port", &self.addr.port().to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "yes"])
@@ -94,7 +199,7 @@ impl RedisServer {
             .stderr(Stdio::null());
         let peer = Peer::spawn(command, self.addr, "redis-server");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !pong(self.addr) {
+        while !self.pong() {
             assert!(
                 Instant::now() < deadline,
                 "redis-server on {} did not answer PING within 20s; its log:\n{}",
@@ -114,6 +219,23 @@ impl RedisServer {
     /// The server's log (for failure messages).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+}
+
+impl RedisServer {
+    /// Whether the server answers `PING` with `PONG` (not `LOADING`).
+    fn pong(&self) -> bool {
+        if !self.tls {
+            return pong(self.addr);
+        }
+        let cli = require("redis-cli", "redis-tools");
+        Command::new(cli)
+            .args(["--tls", "--cacert", "ca.pem", "-h", "127.0.0.1"])
+            .args(["-p", &self.addr.port().to_string(), "PING"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"PONG"))
     }
 }
 

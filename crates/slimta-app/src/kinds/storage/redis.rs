@@ -7,7 +7,9 @@
 //! (default `"slimta:"`), `lease` (default `"5m"`: how long a process holds
 //! a message it attempts before another may take it; longer than the
 //! relay's timeouts allow an attempt to take, or a slow attempt is made
-//! twice), `timeout` (default `"10s"`, every call to Redis).
+//! twice), `timeout` (default `"10s"`, every call to Redis), `ca_file`
+//! (optional: for `rediss://` with a private CA, the PEM file of the CAs
+//! to trust instead of the system's).
 //!
 //! Decisions:
 //! - Durable: Redis must run with `appendonly yes` and `appendfsync always`
@@ -35,6 +37,7 @@ pub(crate) struct Redis {
     pub(crate) url: String,
     pub(crate) prefix: String,
     pub(crate) password_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     pub(crate) lease: Duration,
     pub(crate) timeout: Duration,
 }
@@ -45,6 +48,7 @@ impl fmt::Debug for Redis {
             .field("url", &redact(&self.url))
             .field("prefix", &self.prefix)
             .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
             .field("lease", &self.lease)
             .field("timeout", &self.timeout)
             .finish()
@@ -65,6 +69,11 @@ impl Redis {
                 )
             })?;
             options = options.password(password.trim_end_matches(['\r', '\n']));
+        }
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("{section}.ca_file: cannot read {}: {e}", path.display()))?;
+            options = options.tls_ca(pem);
         }
         options.check().map_err(|e| format!("{section}.url: {e}"))?;
         Ok(options)
@@ -104,6 +113,7 @@ pub(super) const REDIS: StorageKind = StorageKind {
         let url = s.required(errors, "url", non_empty_string);
         let prefix = s.or(errors, "prefix", "slimta:".to_owned(), non_empty_string);
         let password_file = s.opt(errors, "password_file", non_empty_string);
+        let ca_file = s.opt(errors, "ca_file", non_empty_string);
         let lease = s.or(errors, "lease", Duration::from_secs(300), positive_duration);
         let timeout = s.or(
             errors,
@@ -125,6 +135,7 @@ pub(super) const REDIS: StorageKind = StorageKind {
             url,
             prefix,
             password_file: password_file.map(PathBuf::from),
+            ca_file: ca_file.map(PathBuf::from),
             lease,
             timeout,
         }) as Arc<dyn StorageSettings>)
@@ -173,6 +184,7 @@ type = "blackhole"
                 url: "redis://127.0.0.1:6379/0".into(),
                 prefix: "slimta:".into(),
                 password_file: None,
+                ca_file: None,
                 lease: Duration::from_secs(300),
                 timeout: Duration::from_secs(10),
             })
@@ -181,7 +193,8 @@ type = "blackhole"
         assert_eq!(storage.spool(), None);
         let config = crate::config::parse(&file(
             "type = \"redis\"\nurl = \"rediss://r.example.test:6380/2\"\nprefix = \"mx1:\"\n\
-             password_file = \"/etc/slimta/redis.pw\"\nlease = \"3s\"\ntimeout = \"2s\"",
+             password_file = \"/etc/slimta/redis.pw\"\nlease = \"3s\"\ntimeout = \"2s\"\n\
+             ca_file = \"/etc/slimta/redis-ca.pem\"",
         ))
         .unwrap();
         assert_eq!(
@@ -190,6 +203,7 @@ type = "blackhole"
                 url: "rediss://r.example.test:6380/2".into(),
                 prefix: "mx1:".into(),
                 password_file: Some("/etc/slimta/redis.pw".into()),
+                ca_file: Some("/etc/slimta/redis-ca.pem".into()),
                 lease: Duration::from_secs(3),
                 timeout: Duration::from_secs(2),
             })
@@ -234,6 +248,7 @@ type = "blackhole"
             url: "redis://127.0.0.1:1/0".into(),
             prefix: "p:".into(),
             password_file: Some("/nonexistent/redis.pw".into()),
+            ca_file: None,
             lease: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
         };
