@@ -214,7 +214,16 @@ mod tests {
         assert_eq!(super::super::sections::keys_of(KINDS), expected);
         assert_eq!(
             super::super::storage::keys(),
-            ["journal_max_message", "path"]
+            [
+                "journal_max_message",
+                "lease",
+                "password_file",
+                "path",
+                "prefix",
+                "timeout",
+                "tls_ca_file",
+                "url"
+            ]
         );
     }
 }

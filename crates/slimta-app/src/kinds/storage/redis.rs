@@ -7,7 +7,7 @@
 //! (default `"slimta:"`), `lease` (default `"5m"`: how long a process holds
 //! a message it attempts before another may take it; longer than the
 //! relay's timeouts allow an attempt to take, or a slow attempt is made
-//! twice), `timeout` (default `"10s"`, every call to Redis), `ca_file`
+//! twice), `timeout` (default `"10s"`, every call to Redis), `tls_ca_file`
 //! (optional: for `rediss://` with a private CA, the PEM file of the CAs
 //! to trust instead of the system's).
 //!
@@ -48,7 +48,7 @@ impl fmt::Debug for Redis {
             .field("url", &redact(&self.url))
             .field("prefix", &self.prefix)
             .field("password_file", &self.password_file)
-            .field("ca_file", &self.ca_file)
+            .field("tls_ca_file", &self.ca_file)
             .field("lease", &self.lease)
             .field("timeout", &self.timeout)
             .finish()
@@ -71,8 +71,9 @@ impl Redis {
             options = options.password(password.trim_end_matches(['\r', '\n']));
         }
         if let Some(path) = &self.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("{section}.ca_file: cannot read {}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|e| {
+                format!("{section}.tls_ca_file: cannot read {}: {e}", path.display())
+            })?;
             options = options.tls_ca(pem);
         }
         options.check().map_err(|e| format!("{section}.url: {e}"))?;
@@ -113,7 +114,7 @@ pub(super) const REDIS: StorageKind = StorageKind {
         let url = s.required(errors, "url", non_empty_string);
         let prefix = s.or(errors, "prefix", "slimta:".to_owned(), non_empty_string);
         let password_file = s.opt(errors, "password_file", non_empty_string);
-        let ca_file = s.opt(errors, "ca_file", non_empty_string);
+        let ca_file = s.opt(errors, "tls_ca_file", non_empty_string);
         let lease = s.or(errors, "lease", Duration::from_secs(300), positive_duration);
         let timeout = s.or(
             errors,
@@ -194,7 +195,7 @@ type = "blackhole"
         let config = crate::config::parse(&file(
             "type = \"redis\"\nurl = \"rediss://r.example.test:6380/2\"\nprefix = \"mx1:\"\n\
              password_file = \"/etc/slimta/redis.pw\"\nlease = \"3s\"\ntimeout = \"2s\"\n\
-             ca_file = \"/etc/slimta/redis-ca.pem\"",
+             tls_ca_file = \"/etc/slimta/redis-ca.pem\"",
         ))
         .unwrap();
         assert_eq!(
