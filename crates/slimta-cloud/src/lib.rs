@@ -11,8 +11,13 @@
 //! - [`Notifier`] (`notify.rs`): a message queue with visibility timeouts
 //!   or claims, which are the leases of a shared queue.
 
+mod http;
 pub mod notify;
 pub mod object;
+pub mod swift;
+pub mod zaqar;
 
 pub use notify::{Notice, Notifier};
 pub use object::ObjectBackend;
+pub use swift::{SwiftBackend, SwiftCredentials};
+pub use zaqar::ZaqarNotifier;
