@@ -10,9 +10,20 @@
 //!   each other's record.
 //! - [`Notifier`] (`notify.rs`): a message queue with visibility timeouts
 //!   or claims, which are the leases of a shared queue.
+//!
+//! On top: [`CloudStorage`] (`storage.rs`, the queue's storage over any
+//! object backend) and [`CloudDispatch`] (`dispatch.rs`, the queue's
+//! dispatcher over any notifier, for many processes). [`MemoryObjects`]
+//! (`memory.rs`) is an in-memory backend for unit tests.
 
+pub mod dispatch;
+pub mod memory;
 pub mod notify;
 pub mod object;
+pub mod storage;
 
+pub use dispatch::CloudDispatch;
+pub use memory::MemoryObjects;
 pub use notify::{Notice, Notifier};
 pub use object::ObjectBackend;
+pub use storage::CloudStorage;
