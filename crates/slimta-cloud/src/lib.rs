@@ -16,14 +16,17 @@
 //! dispatcher over any notifier, for many processes). [`MemoryObjects`]
 //! (`memory.rs`) is an in-memory backend for unit tests.
 
+pub mod credentials;
 pub mod dispatch;
 pub mod memory;
 pub mod notify;
 pub mod object;
+pub mod s3;
 pub mod storage;
 
 pub use dispatch::CloudDispatch;
 pub use memory::MemoryObjects;
 pub use notify::{Notice, Notifier};
 pub use object::ObjectBackend;
+pub use s3::{S3Backend, S3Settings};
 pub use storage::CloudStorage;
