@@ -22,6 +22,7 @@ pub mod memory;
 pub mod notify;
 pub mod object;
 pub mod s3;
+pub mod sqs;
 pub mod storage;
 
 pub use dispatch::CloudDispatch;
@@ -29,4 +30,5 @@ pub use memory::MemoryObjects;
 pub use notify::{Notice, Notifier};
 pub use object::ObjectBackend;
 pub use s3::{S3Backend, S3Settings};
+pub use sqs::{SqsNotifier, SqsSettings};
 pub use storage::CloudStorage;
