@@ -183,7 +183,7 @@ async fn two_dispatchers_hand_each_message_out_once() {
     for w in &workers {
         w.abort();
     }
-    let handed = handed.lock().unwrap();
+    let handed = handed.lock().unwrap().clone();
     assert_eq!(handed.len(), N, "not every message was handed out");
     let twice: Vec<_> = handed.iter().filter(|(_, by)| by.len() > 1).collect();
     assert!(twice.is_empty(), "handed out more than once: {twice:?}");
