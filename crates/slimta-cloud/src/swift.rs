@@ -9,8 +9,10 @@
 //!   backend authenticates again, once, and repeats the request. Keystone
 //!   (v2.0/v3 URLs) is not built; such an auth URL is refused at open with
 //!   an error that says so.
-//! - The container is created at open when missing (a `PUT` on an
-//!   existing container changes nothing).
+//! - The container is created when missing, at [`SwiftBuilder::open`] or,
+//!   for a backend made with [`SwiftBuilder::build`] (no I/O, for callers
+//!   that cannot wait), before its first operation. A `PUT` on an existing
+//!   container changes nothing.
 //! - `put_new` is a `PUT` with `If-None-Match: *`: Swift answers `412` when
 //!   the object exists (checked against Swift 2.30). The object server
 //!   checks before it receives the body and does not lock, so two creates
@@ -168,14 +170,15 @@ impl SwiftBuilder {
         self
     }
 
-    /// Authenticates and creates the container when it is missing.
+    /// The backend, without a request yet: it authenticates and creates
+    /// the container when missing on first use (for callers that cannot
+    /// wait, such as a configuration being read).
     ///
     /// # Errors
     ///
-    /// `InvalidInput` for a Keystone auth URL (not built) or a bad URL;
-    /// `PermissionDenied` when the credentials are refused; the connection
-    /// kinds when Swift cannot be reached; `Other` for any other answer.
-    pub async fn open(self) -> io::Result<SwiftBackend> {
+    /// `InvalidInput` for a Keystone auth URL (not built) or a URL that is
+    /// not http(s); `Other` when the HTTP client cannot be made.
+    pub fn build(self) -> io::Result<SwiftBackend> {
         let lower = self.auth_url.to_ascii_lowercase();
         if !(lower.starts_with("http://") || lower.starts_with("https://")) {
             return Err(io::Error::new(
@@ -203,15 +206,28 @@ impl SwiftBuilder {
             .connect_timeout(self.connect_timeout)
             .build()
             .map_err(|e| io::Error::other(format!("swift: HTTP client: {e}")))?;
-        let backend = SwiftBackend {
+        Ok(SwiftBackend {
             http,
             auth_url: self.auth_url,
             container: self.container,
             credentials: self.credentials,
             list_page: self.list_page,
             session: tokio::sync::Mutex::new(None),
-        };
-        backend.create_container().await?;
+            container_ready: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// [`build`](Self::build), then authenticates and creates the container
+    /// when it is missing, so a bad setting shows at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build); `PermissionDenied` when the credentials
+    /// are refused; the connection kinds when Swift cannot be reached;
+    /// `Other` for any other answer.
+    pub async fn open(self) -> io::Result<SwiftBackend> {
+        let backend = self.build()?;
+        backend.ready().await?;
         Ok(backend)
     }
 }
@@ -230,6 +246,7 @@ pub struct SwiftBackend {
     credentials: SwiftCredentials,
     list_page: usize,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    container_ready: tokio::sync::OnceCell<()>,
 }
 
 impl fmt::Debug for SwiftBackend {
@@ -368,6 +385,14 @@ impl SwiftBackend {
         format!("{}/{}", self.container_url(session), encode_path(key, true))
     }
 
+    /// Makes sure the container exists (once per backend).
+    async fn ready(&self) -> io::Result<()> {
+        self.container_ready
+            .get_or_try_init(|| self.create_container())
+            .await?;
+        Ok(())
+    }
+
     async fn create_container(&self) -> io::Result<()> {
         let what = format!("swift: create container {:?}", self.container);
         let response = self
@@ -384,6 +409,7 @@ impl SwiftBackend {
     }
 
     async fn put_new_object(&self, key: &str, body: Bytes) -> io::Result<()> {
+        self.ready().await?;
         let what = format!("swift: put {key:?}");
         let response = self
             .send(&what, |s| {
@@ -407,6 +433,7 @@ impl SwiftBackend {
     }
 
     async fn get_object(&self, key: &str) -> io::Result<Vec<u8>> {
+        self.ready().await?;
         let what = format!("swift: get {key:?}");
         let response = self
             .send(&what, |s| self.http.get(self.object_url(s, key)))
@@ -425,6 +452,7 @@ impl SwiftBackend {
     }
 
     async fn delete_object(&self, key: &str) -> io::Result<()> {
+        self.ready().await?;
         let what = format!("swift: delete {key:?}");
         let response = self
             .send(&what, |s| self.http.delete(self.object_url(s, key)))
@@ -436,6 +464,7 @@ impl SwiftBackend {
     }
 
     async fn list_objects(&self, prefix: &str) -> io::Result<Vec<String>> {
+        self.ready().await?;
         let what = format!("swift: list {prefix:?}");
         let mut names = Vec::new();
         let mut marker = String::new();

@@ -8,8 +8,10 @@
 //!   with a long TTL (14 days, Zaqar's default maximum) and a `delay`.
 //!   Zaqar honours a message's `delay` only on a queue whose metadata has a
 //!   non-zero `_default_message_delay` (without one the field is silently
-//!   dropped), so [`ZaqarBuilder::open`] creates the queue with
-//!   `_default_message_delay = 1` or adds it to an existing queue. Every
+//!   dropped), so the notifier creates the queue with
+//!   `_default_message_delay = 1` or adds it to an existing queue (at
+//!   [`ZaqarBuilder::open`], or before the first operation of one made
+//!   with [`ZaqarBuilder::build`]). Every
 //!   notice states its own delay, so the default never applies to ours.
 //!   Delays are capped at 900 s (Zaqar's `max_message_delay`); an early
 //!   notice is postponed again.
@@ -113,14 +115,15 @@ impl ZaqarBuilder {
         self
     }
 
-    /// Creates the queue (with the metadata delays need, see the module
-    /// docs) or adds that metadata to an existing queue.
+    /// The notifier, without a request yet: the queue is made ready (see
+    /// [`open`](Self::open)) before its first operation (for callers that
+    /// cannot wait, such as a configuration being read).
     ///
     /// # Errors
     ///
-    /// `InvalidInput` for a URL that is not http(s); the connection kinds
-    /// when Zaqar cannot be reached; `Other` for an unexpected answer.
-    pub async fn open(self) -> io::Result<ZaqarNotifier> {
+    /// `InvalidInput` for a URL that is not http(s); `Other` when the HTTP
+    /// client cannot be made.
+    pub fn build(self) -> io::Result<ZaqarNotifier> {
         let lower = self.url.to_ascii_lowercase();
         if !(lower.starts_with("http://") || lower.starts_with("https://")) {
             return Err(io::Error::new(
@@ -138,7 +141,7 @@ impl ZaqarBuilder {
             self.url.trim_end_matches('/'),
             encode_path(&self.queue, false)
         );
-        let notifier = ZaqarNotifier {
+        Ok(ZaqarNotifier {
             http,
             queue_url,
             queue: self.queue,
@@ -147,8 +150,21 @@ impl ZaqarBuilder {
             message_ttl: self.message_ttl,
             max_delay: self.max_delay,
             poll_interval: self.poll_interval,
-        };
-        notifier.create_queue().await?;
+            queue_ready: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// [`build`](Self::build), then creates the queue (with the metadata
+    /// delays need, see the module docs) or adds that metadata to an
+    /// existing queue, so a bad setting shows at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build); the connection kinds when Zaqar cannot be
+    /// reached; `Other` for an unexpected answer.
+    pub async fn open(self) -> io::Result<ZaqarNotifier> {
+        let notifier = self.build()?;
+        notifier.ready().await?;
         Ok(notifier)
     }
 }
@@ -163,6 +179,7 @@ pub struct ZaqarNotifier {
     message_ttl: Duration,
     max_delay: Duration,
     poll_interval: Duration,
+    queue_ready: tokio::sync::OnceCell<()>,
 }
 
 impl fmt::Debug for ZaqarNotifier {
@@ -251,6 +268,14 @@ impl ZaqarNotifier {
         })
     }
 
+    /// Makes sure the queue exists with its metadata (once per notifier).
+    async fn ready(&self) -> io::Result<()> {
+        self.queue_ready
+            .get_or_try_init(|| self.create_queue())
+            .await?;
+        Ok(())
+    }
+
     async fn create_queue(&self) -> io::Result<()> {
         let what = format!("zaqar: create queue {:?}", self.queue);
         let answer = self
@@ -304,6 +329,7 @@ impl ZaqarNotifier {
     }
 
     async fn post_notice(&self, id: &str, delay: Duration) -> io::Result<()> {
+        self.ready().await?;
         let what = format!("zaqar: announce {id:?}");
         let delay = secs(delay.min(self.max_delay));
         let body = json!({
@@ -332,6 +358,7 @@ impl ZaqarNotifier {
 
     /// One claim of at most one notice.
     async fn claim_one(&self, lease: Duration) -> io::Result<Option<Notice>> {
+        self.ready().await?;
         let what = "zaqar: claim";
         let lease = secs(lease.clamp(MIN_CLAIM, MAX_CLAIM));
         let body = json!({ "ttl": lease, "grace": secs(MIN_CLAIM) });
@@ -421,6 +448,7 @@ impl ZaqarNotifier {
     }
 
     async fn finish_notice(&self, notice: &Notice) -> io::Result<()> {
+        self.ready().await?;
         let (message, claim) = parse_receipt(notice)?;
         let status = match self.delete_message(message, Some(claim)).await? {
             // Zaqar answers 400 when our claim is gone and the message is
@@ -442,6 +470,7 @@ impl ZaqarNotifier {
     }
 
     async fn postpone_notice(&self, notice: &Notice, delay: Duration) -> io::Result<()> {
+        self.ready().await?;
         let (message, claim) = parse_receipt(notice)?;
         let claim_url = format!("{}/claims/{}", self.queue_url, encode_path(claim, false));
         if delay.is_zero() {

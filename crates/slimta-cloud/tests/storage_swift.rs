@@ -1,5 +1,6 @@
 //! `SwiftBackend` against a real Swift 2.30 (one node, tempauth) on
-//! loopback: the object operations cloud storage is built on.
+//! loopback: the object operations cloud storage is built on, and the
+//! shared conformance suite on `CloudStorage<SwiftBackend>`.
 
 use std::collections::HashSet;
 use std::io::{self, Write as _};
@@ -7,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use slimta_cloud::{ObjectBackend, SwiftBackend, SwiftCredentials};
+use slimta_cloud::{CloudStorage, ObjectBackend, SwiftBackend, SwiftCredentials};
+use slimta_storage_suite::Fixture;
 use test_peers::Swift;
 
 /// A container of its own for each test.
@@ -31,6 +33,34 @@ async fn open(container: &str) -> SwiftBackend {
         .await
         .unwrap_or_else(|e| panic!("open swift: {e}\n{}", swift.log()))
 }
+
+/// A storage in a prefix of its own of one container; reopening builds a
+/// new backend (a new token) on the same prefix.
+async fn fixture() -> Fixture<CloudStorage<SwiftBackend>> {
+    let swift = Swift::shared();
+    let prefix = format!("t-{}/", uuid::Uuid::new_v4().simple());
+    let backend = |swift: &Swift| {
+        SwiftBackend::builder(swift.auth_url(), "conformance", credentials())
+            .build()
+            .unwrap()
+    };
+    // Made once up front, so the reopened backend's container exists.
+    SwiftBackend::builder(swift.auth_url(), "conformance", credentials())
+        .open()
+        .await
+        .unwrap_or_else(|e| panic!("open swift: {e}\n{}", swift.log()));
+    let storage = CloudStorage::new(backend(swift), prefix.as_str());
+    Fixture {
+        storage,
+        reopen: Some(Box::new(move |old| {
+            drop(old);
+            CloudStorage::new(backend(swift), prefix.as_str())
+        })),
+        guard: Box::new(()),
+    }
+}
+
+slimta_storage_suite::storage_conformance!(fixture().await);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_only_put_refuses_an_existing_object() {
