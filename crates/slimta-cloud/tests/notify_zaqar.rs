@@ -4,12 +4,15 @@
 //! Zaqar's shortest claim is 60 s, so everything that waits for a lease to
 //! run out shares one test (`leases_run_out`), which takes about a minute.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
-use slimta_cloud::{Notice, Notifier, ZaqarNotifier};
+use slimta::Envelope;
+use slimta::queue::{AttemptEnd, Dispatch, QueueStorage};
+use slimta_cloud::{CloudDispatch, CloudStorage, MemoryObjects, Notice, Notifier, ZaqarNotifier};
 use test_peers::Zaqar;
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -278,4 +281,84 @@ async fn an_unreachable_zaqar_is_a_connection_error() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+}
+
+/// Two processes on one store and one Zaqar queue: every message handed
+/// out once, by one of them; the notices of done messages are finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_cloud_dispatchers_hand_each_message_out_once() {
+    let q = queue();
+    let objects = MemoryObjects::new();
+    // Each process has its own notifier (its own Client-ID) on the queue.
+    let writer: Arc<ZaqarNotifier> = Arc::new(open(&q).await);
+    let storage =
+        CloudStorage::new(objects.clone(), "q/").with_notifier(writer, Duration::from_secs(1));
+    let mut dispatchers = Vec::new();
+    for _ in 0..2 {
+        dispatchers.push(Arc::new(CloudDispatch::new(
+            Arc::new(open(&q).await),
+            Arc::new(storage.clone()),
+            LEASE,
+        )));
+    }
+    const MESSAGES: usize = 30;
+    let mut written = Vec::new();
+    for i in 0..MESSAGES {
+        let envelope = Envelope::new(
+            "a@example.test",
+            vec![format!("r{i}@example.test")],
+            format!("Subject: {i}\r\n\r\nbody\r\n").into_bytes(),
+        );
+        written.push(storage.write(&envelope, SystemTime::now()).await.unwrap());
+    }
+    let handed = Arc::new(std::sync::Mutex::new(HashMap::<String, Vec<usize>>::new()));
+    let mut workers = Vec::new();
+    for (which, d) in dispatchers.iter().enumerate() {
+        let (d, handed, storage) = (d.clone(), handed.clone(), storage.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let lease = d.next_due().await;
+                handed
+                    .lock()
+                    .unwrap()
+                    .entry(lease.id.clone())
+                    .or_default()
+                    .push(which);
+                storage.remove(&lease.id).await.unwrap();
+                d.ended(&lease.id, AttemptEnd::Done).await;
+            }
+        }));
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while handed.lock().unwrap().len() < MESSAGES && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A second hand-out would follow a notice left behind; give the
+    // dispatchers a moment to take one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for w in &workers {
+        w.abort();
+    }
+    let handed = handed.lock().unwrap().clone();
+    let mut got: Vec<&String> = handed.keys().collect();
+    got.sort();
+    let mut expected: Vec<&String> = written.iter().collect();
+    expected.sort();
+    assert_eq!(got, expected, "not every message was handed out");
+    let twice: Vec<_> = handed.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(twice.is_empty(), "handed out more than once: {twice:?}");
+    assert!(storage.load().await.unwrap().is_empty());
+    // Every notice was finished: the queue holds none, free or claimed.
+    let stats = reqwest::Client::new()
+        .get(format!("{}/v2/queues/{q}/stats", Zaqar::shared().url()))
+        .header("Client-ID", "0c9a4a32-1b4e-4d54-a1a8-2f3c1d51b0aa")
+        .header("X-Project-ID", "slimta")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    assert_eq!(stats["messages"]["total"], 0, "notices left: {stats}");
 }
