@@ -363,7 +363,9 @@ const BAD: &[(&str, &[&str])] = &[
     ),
     (
         "[queue.q2]\ntype = \"redis\"\nrelay = \"out\"",
-        &["queue.q2.type: unknown value \"redis\" (expected one of: \"memory\", \"disk\")"],
+        &[
+            "queue.q2.type: unknown value \"redis\" (expected one of: \"memory\", \"disk\", \"cloud\")",
+        ],
     ),
     (
         "[queue.main.retry]\ninitial_delay = \"2h\"\nfactor = 0.5\nmax_delay = \"1h\"\nmaximum = -1\nmax_age = \"0s\"\njitter = true",

@@ -214,7 +214,19 @@ mod tests {
         assert_eq!(super::super::sections::keys_of(KINDS), expected);
         assert_eq!(
             super::super::storage::keys(),
-            ["journal_max_message", "path"]
+            [
+                "bucket",
+                "credentials_file",
+                "endpoint",
+                "journal_max_message",
+                "lease",
+                "notify",
+                "path",
+                "prefix",
+                "region",
+                "store",
+                "timeout"
+            ]
         );
     }
 }
