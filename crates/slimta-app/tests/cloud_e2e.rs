@@ -191,7 +191,11 @@ fn unique(what: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .subsec_nanos();
-    format!("{what}-{}-{nanos}-{}", std::process::id(), test_peers::free_port())
+    format!(
+        "{what}-{}-{nanos}-{}",
+        std::process::id(),
+        test_peers::free_port()
+    )
 }
 
 /// A moto bucket and SQS queue for one test; the queue's URL.
@@ -262,7 +266,10 @@ fn every_acknowledged_message_survives_kill_9_on_s3() {
         .filter(|id| !counts.contains_key(*id))
         .collect();
     let duplicates = counts.values().filter(|&&n| n > 1).count();
-    let unacked = counts.keys().filter(|id| !tally.acked.contains(*id)).count();
+    let unacked = counts
+        .keys()
+        .filter(|id| !tally.acked.contains(*id))
+        .count();
     println!(
         "cloud crash (SeaweedFS S3): {} acknowledged ({killed_at} before kill -9, {} client errors), \
          {before_restart} at the sink before the restart, all there {:?} after it; \
@@ -352,7 +359,10 @@ fn two_processes_share_one_queue_and_the_survivor_takes_over() {
         .filter(|(id, _)| from_a.acked.contains(*id))
         .count();
     let unacked = counts.keys().filter(|id| !all.contains(*id)).count();
-    let taken_over = pending_at_kill.iter().filter(|id| counts.contains_key(*id)).count();
+    let taken_over = pending_at_kill
+        .iter()
+        .filter(|id| counts.contains_key(*id))
+        .count();
     println!(
         "cloud two processes (moto S3 + SQS, lease {lease}s): {} acknowledged by a ({acked_before_kill} \
          before its kill -9, {} client errors after), {} by b; {} pending of a's at the kill, \
@@ -430,7 +440,11 @@ fn slimta_queue_sees_every_process_s_messages_without_a_daemon() {
     b.stop();
     let list = a.queue_cmd(&["list"]);
     let text = String::from_utf8_lossy(&list.stdout).into_owned();
-    assert!(list.status.success(), "{text}{}", String::from_utf8_lossy(&list.stderr));
+    assert!(
+        list.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
     let ids: Vec<String> = text
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -439,16 +453,35 @@ fn slimta_queue_sees_every_process_s_messages_without_a_daemon() {
         .collect();
     assert_eq!(ids.len(), 5, "list:\n{text}");
     let from_b = b.queue_cmd(&["list"]);
-    assert_eq!(String::from_utf8_lossy(&from_b.stdout), text, "b sees another queue");
+    assert_eq!(
+        String::from_utf8_lossy(&from_b.stdout),
+        text,
+        "b sees another queue"
+    );
     let show = b.queue_cmd(&["show", &ids[0]]);
-    assert!(show.status.success(), "{}", String::from_utf8_lossy(&show.stderr));
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
     let retry = b.queue_cmd(&["retry", &ids[1]]);
-    assert!(retry.status.success(), "{}", String::from_utf8_lossy(&retry.stderr));
+    assert!(
+        retry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
     let delete = b.queue_cmd(&["delete", &ids[2]]);
-    assert!(delete.status.success(), "{}", String::from_utf8_lossy(&delete.stderr));
+    assert!(
+        delete.status.success(),
+        "{}",
+        String::from_utf8_lossy(&delete.stderr)
+    );
     let after = String::from_utf8_lossy(&a.queue_cmd(&["list"]).stdout).into_owned();
     assert!(!after.contains(&ids[2]), "deleted, still listed:\n{after}");
-    assert_eq!(after.lines().filter(|l| l.contains(&ids[0][..8])).count(), 1);
+    assert_eq!(
+        after.lines().filter(|l| l.contains(&ids[0][..8])).count(),
+        1
+    );
     let stats = a.queue_cmd(&["stats"]);
     let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
     assert!(stats.contains("messages: 4\n"), "stats:\n{stats}");
@@ -485,7 +518,10 @@ impl Switch {
                     open.push(server.try_clone().expect("clone"));
                 }
                 for (mut from, mut to) in [
-                    (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
                     (server, client),
                 ] {
                     thread::spawn(move || {
@@ -564,7 +600,10 @@ fn an_s3_endpoint_that_goes_away_answers_451_and_loses_nothing() {
     thread::sleep(Duration::from_secs(3));
     let ticks = ticks_before.zip(cpu_ticks(pid)).map(|(a, b)| b - a);
     assert!(
-        daemon.peer.as_ref().is_some_and(|p| cpu_ticks(p.pid()).is_some()),
+        daemon
+            .peer
+            .as_ref()
+            .is_some_and(|p| cpu_ticks(p.pid()).is_some()),
         "slimta died while the store was down"
     );
     switch.set(true);
@@ -574,7 +613,10 @@ fn an_s3_endpoint_that_goes_away_answers_451_and_loses_nothing() {
         acked.insert(format!("<f{i}@cloud.test>"));
     }
     let counts = wait_delivered(&sink, &acked, Duration::from_secs(60));
-    let missing: Vec<&String> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
     println!(
         "cloud fault: store down {:?}, slimta used {ticks:?} CPU ticks meanwhile; after it came \
          back {} of {} acknowledged delivered, {} twice",
@@ -583,8 +625,15 @@ fn an_s3_endpoint_that_goes_away_answers_451_and_loses_nothing() {
         acked.len(),
         counts.values().filter(|&&n| n > 1).count()
     );
-    assert!(missing.is_empty(), "missing {missing:?}\n{}", daemon.log_tail(40));
-    assert!(!counts.contains_key("<f99@cloud.test>"), "a refused message was delivered");
+    assert!(
+        missing.is_empty(),
+        "missing {missing:?}\n{}",
+        daemon.log_tail(40)
+    );
+    assert!(
+        !counts.contains_key("<f99@cloud.test>"),
+        "a refused message was delivered"
+    );
     daemon.stop();
 }
 
@@ -619,7 +668,8 @@ fn refused_reply(addr: SocketAddr, message: &str) -> String {
         reply();
     }
     let body = message.replace('\n', "\r\n");
-    w.write_all(format!("{body}.\r\n").as_bytes()).expect("write");
+    w.write_all(format!("{body}.\r\n").as_bytes())
+        .expect("write");
     let last = reply();
     let _ = w.write_all(b"QUIT\r\n");
     last

@@ -54,19 +54,6 @@ impl fmt::Debug for SwiftCredentials {
     }
 }
 
-/// The `[swift]` table of a credentials file.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CredentialsTable {
-    user: String,
-    key: String,
-}
-
-#[derive(Deserialize)]
-struct CredentialsFile {
-    swift: Option<CredentialsTable>,
-}
-
 impl SwiftCredentials {
     /// A user and key given directly.
     pub fn new(user: impl Into<String>, key: impl Into<String>) -> Self {
@@ -76,40 +63,29 @@ impl SwiftCredentials {
         }
     }
 
-    /// The `[swift]` table (`user`, `key`) of a TOML credentials file;
-    /// other tables (other stores' credentials) are ignored.
+    /// `swift_user` and `swift_key` from the project's credentials file
+    /// (a flat TOML table of strings shared with the other stores' keys,
+    /// not readable by group or others: see `credentials.rs`).
     ///
     /// # Errors
     ///
-    /// When the file cannot be read, is not TOML, or has no `[swift]` table
-    /// with both keys (`InvalidData`; the message never quotes the key).
+    /// When the file cannot be read or is refused (`PermissionDenied` for
+    /// a wide mode, `InvalidData` when it is not such a table), or a key is
+    /// missing (`NotFound`); no message quotes the key.
     pub fn from_file(path: &Path) -> io::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("swift credentials {}: {e}", path.display()),
-            )
-        })?;
-        let file: CredentialsFile = toml::from_str(&text).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "swift credentials {}: not a valid credentials file ({})",
-                    path.display(),
-                    e.message()
-                ),
-            )
-        })?;
-        let table = file.swift.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "swift credentials {}: no [swift] table (user, key)",
-                    path.display()
-                ),
-            )
-        })?;
-        Ok(Self::new(table.user, table.key))
+        let mut entries = crate::credentials::read_file(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("swift credentials: {e}")))?;
+        let mut take = |name: &str| {
+            entries.remove(name).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("swift credentials: no {name} in {}", path.display()),
+                )
+            })
+        };
+        let user = take("swift_user")?;
+        let key = take("swift_key")?;
+        Ok(Self::new(user.expose(), key.expose()))
     }
 
     /// `OS_USERNAME` and `OS_PASSWORD` from the environment.

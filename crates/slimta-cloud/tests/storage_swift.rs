@@ -226,23 +226,29 @@ async fn a_silent_swift_times_out() {
 }
 
 #[test]
-fn credentials_come_from_a_file_and_hide_the_key() {
+fn credentials_come_from_the_shared_file_and_hide_the_key() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cloud.toml");
-    std::fs::write(
-        &path,
-        "[s3]\naccess_key_id = \"x\"\n\n[swift]\nuser = \"test:tester\"\nkey = \"sekrit\"\n",
-    )
-    .unwrap();
+    let write = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    write("access_key_id = \"x\"\nswift_user = \"test:tester\"\nswift_key = \"sekrit\"\n");
     let c = SwiftCredentials::from_file(&path).unwrap();
     assert_eq!(c.user(), "test:tester");
     assert!(!format!("{c:?}").contains("sekrit"));
-    std::fs::write(&path, "[swift]\nuser = \"u\"\n").unwrap();
+    write("swift_user = \"u\"\n");
+    let e = SwiftCredentials::from_file(&path).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains("swift_key"), "{e}");
+    write("swift_user = \"u\"\nswift_key = sekrit\n");
     let e = SwiftCredentials::from_file(&path).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
-    std::fs::write(&path, "[s3]\naccess_key_id = \"x\"\n").unwrap();
+    assert!(!e.to_string().contains("sekrit"), "{e}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = SwiftCredentials::from_file(&path).unwrap_err();
-    assert!(e.to_string().contains("[swift]"), "{e}");
+    assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
 }
 
 /// Swift checks `If-None-Match: *` before it takes the body and without a

@@ -10,6 +10,12 @@
 //! attempt (default 5 min: longer than any attempt; a dead process's
 //! messages are taken over after it), `notify`.
 //!
+//! With `store = "swift"`: `endpoint` is the v1 auth URL (required),
+//! `bucket` the container, `credentials_file` holds `swift_user` and
+//! `swift_key` (else `OS_USERNAME`, `OS_PASSWORD`). `notify = { type =
+//! "zaqar", url, queue }` needs a `lease` of at least 60 s (Zaqar's
+//! shortest claim).
+//!
 //! Decision: the store, the notifier and the dispatcher are built once,
 //! at the first of `open` and `dispatch` (the storage announces new
 //! messages on the same notifier the dispatcher takes them from).
@@ -23,7 +29,7 @@ use slimta_cloud::credentials::AwsKeys;
 use slimta_cloud::dispatch::DueTimes;
 use slimta_cloud::{
     CloudDispatch, CloudStorage, Notifier, ObjectBackend, S3Backend, S3Settings, SqsNotifier,
-    SqsSettings,
+    SqsSettings, SwiftBackend, SwiftCredentials, ZaqarNotifier,
 };
 
 use super::{StorageKind, StorageSettings};
@@ -48,6 +54,7 @@ pub(crate) struct Cloud {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Store {
     S3,
+    Swift,
 }
 
 /// Who announces work.
@@ -56,6 +63,10 @@ pub(crate) enum Notify {
     Sqs {
         queue_url: String,
         endpoint: Option<String>,
+    },
+    Zaqar {
+        url: String,
+        queue: String,
     },
 }
 
@@ -99,6 +110,13 @@ impl Cloud {
                 };
                 Ok(Some(Arc::new(SqsNotifier::new(&settings))))
             }
+            Some(Notify::Zaqar { url, queue }) => {
+                let zaqar = ZaqarNotifier::builder(url.as_str(), queue.as_str())
+                    .timeout(self.timeout)
+                    .build()
+                    .map_err(|e| format!("{section}.notify.url: {e}"))?;
+                Ok(Some(Arc::new(zaqar)))
+            }
         }
     }
 
@@ -132,6 +150,23 @@ impl Cloud {
                 let s3 =
                     S3Backend::new(&settings).map_err(|e| format!("{section}.endpoint: {e}"))?;
                 self.over(s3, notifier)
+            }
+            Store::Swift => {
+                let auth_url = self.endpoint.as_deref().ok_or_else(|| {
+                    format!("{section}.endpoint: swift needs its auth URL (…/auth/v1.0)")
+                })?;
+                let credentials = match &self.credentials_file {
+                    Some(path) => SwiftCredentials::from_file(path)
+                        .map_err(|e| format!("{section}.credentials_file: {e}"))?,
+                    None => SwiftCredentials::from_env().map_err(|e| {
+                        format!("{section}.credentials_file (or OS_USERNAME, OS_PASSWORD): {e}")
+                    })?,
+                };
+                let swift = SwiftBackend::builder(auth_url, self.bucket.as_str(), credentials)
+                    .timeout(self.timeout)
+                    .build()
+                    .map_err(|e| format!("{section}.endpoint: {e}"))?;
+                self.over(swift, notifier)
             }
         };
         // A race between two first calls keeps one of two equal builds.
@@ -170,17 +205,19 @@ impl StorageSettings for Cloud {
     }
 }
 
-/// `store = "swift"`: built on the Swift branch, which replaces this call.
-fn swift_store(s: &Section<'_>, errors: &mut Errors) -> Option<Store> {
-    errors.push(s.key_path("store"), "swift is not built in this build");
-    None
+/// `store = "swift"` (its keys are the common ones).
+fn swift_store(_: &Section<'_>, _: &mut Errors) -> Option<Store> {
+    Some(Store::Swift)
 }
 
-/// `notify.type = "zaqar"`: built on the Zaqar branch, which replaces
-/// this call.
-fn zaqar_notify(n: &Section<'_>, errors: &mut Errors) -> Option<Notify> {
-    errors.push(n.key_path("type"), "zaqar is not built in this build");
-    None
+/// `notify.type = "zaqar"`: `url` and `queue`.
+fn zaqar_notify(n: &mut Section<'_>, errors: &mut Errors) -> Option<Notify> {
+    let url = n.required(errors, "url", non_empty_string);
+    let queue = n.required(errors, "queue", non_empty_string);
+    Some(Notify::Zaqar {
+        url: url?,
+        queue: queue?,
+    })
 }
 
 fn read_notify(mut n: Section<'_>, errors: &mut Errors) -> Option<Notify> {
@@ -193,7 +230,7 @@ fn read_notify(mut n: Section<'_>, errors: &mut Errors) -> Option<Notify> {
                 endpoint,
             })
         }
-        Some(_) => zaqar_notify(&n, errors),
+        Some(_) => zaqar_notify(&mut n, errors),
         None => None,
     };
     n.finish(errors, &[], None);
@@ -229,6 +266,9 @@ pub(super) const CLOUD: StorageKind = StorageKind {
             Some(n) => Some(read_notify(n, errors)?),
             None => None,
         };
+        if matches!(notify, Some(Notify::Zaqar { .. })) && lease < Duration::from_secs(60) {
+            errors.push(s.key_path("lease"), "zaqar's shortest claim is 60s");
+        }
         Some(Arc::new(Cloud {
             store: store?,
             bucket: bucket?,
@@ -341,14 +381,16 @@ notify = { type = "sqs", queue_url = "http://127.0.0.1:5000/123456789012/slimta"
             ["queue.main.bucket: missing required key"]
         );
         assert_eq!(
-            errors_of(&queue("store = \"swift\"\nbucket = \"b\"")),
-            ["queue.main.store: swift is not built in this build"]
+            errors_of(&queue(
+                "store = \"s3\"\nbucket = \"b\"\nnotify = { type = \"zaqar\", url = \"http://x\" }"
+            )),
+            ["queue.main.notify.queue: missing required key"]
         );
         assert_eq!(
             errors_of(&queue(
-                "store = \"s3\"\nbucket = \"b\"\nnotify = { type = \"zaqar\", url = \"http://x\", queue = \"q\" }"
-            ))[0],
-            "queue.main.notify.type: zaqar is not built in this build"
+                "store = \"swift\"\nbucket = \"b\"\nlease = \"30s\"\nnotify = { type = \"zaqar\", url = \"http://x\", queue = \"q\" }"
+            )),
+            ["queue.main.lease: zaqar's shortest claim is 60s"]
         );
         assert_eq!(
             errors_of(&queue(
@@ -358,6 +400,34 @@ notify = { type = "sqs", queue_url = "http://127.0.0.1:5000/123456789012/slimta"
         );
         let lease = errors_of(&queue("store = \"s3\"\nbucket = \"b\"\nlease = \"0s\""));
         assert!(lease[0].starts_with("queue.main.lease:"), "{lease:?}");
+    }
+
+    #[test]
+    fn reads_swift_and_zaqar() {
+        let config = parse(&queue(
+            r#"store = "swift"
+bucket = "slimta-queue"
+endpoint = "http://127.0.0.1:8080/auth/v1.0"
+notify = { type = "zaqar", url = "http://127.0.0.1:8889", queue = "slimta" }"#,
+        ))
+        .unwrap();
+        let storage = &config.queues["main"].storage;
+        let cloud = storage.settings_as::<Cloud>().unwrap();
+        assert_eq!(cloud.store, Store::Swift);
+        assert_eq!(
+            cloud.notify,
+            Some(Notify::Zaqar {
+                url: "http://127.0.0.1:8889".into(),
+                queue: "slimta".into(),
+            })
+        );
+        assert!(storage.shared());
+        // Without an auth URL it cannot open.
+        let config = parse(&queue("store = \"swift\"\nbucket = \"b\"")).unwrap();
+        let Err(e) = config.queues["main"].storage.open("queue.main") else {
+            panic!("opened without an auth URL");
+        };
+        assert!(e.starts_with("queue.main.endpoint: "), "{e}");
     }
 
     #[test]
