@@ -288,39 +288,47 @@ fn two_processes_share_one_queue_and_the_survivor_takes_over() {
     let moto = Moto::shared();
     let name = unique("two");
     let queue_url = moto_bucket_and_queue(moto, &name);
-    let sink = SmtpSink::start(&[], true);
+    // a relays slowly (each DATA waits 1 s, two connections), so that its
+    // kill leaves most of what it took in undelivered; b relays at once.
+    let slow = SmtpSink::start(&["-w", "1"], true);
+    let fast = SmtpSink::start(&[], true);
     let lease = 8;
-    let section = [
-        config::process("mx.example.test", "log_level = \"info\""),
-        config::smtp_edge("\"example.test\"", ""),
-        cloud_queue(
-            &moto.endpoint(),
-            &name,
-            "q/",
-            &format!(
-                "lease = \"{lease}s\"\nnotify = {{ type = \"sqs\", queue_url = \"{queue_url}\", endpoint = \"{}\" }}",
-                moto.endpoint()
+    let section = |sink: &SmtpSink| {
+        [
+            config::process("mx.example.test", "log_level = \"info\""),
+            config::smtp_edge("\"example.test\"", ""),
+            cloud_queue(
+                &moto.endpoint(),
+                &name,
+                "q/",
+                &format!(
+                    "lease = \"{lease}s\"\nnotify = {{ type = \"sqs\", queue_url = \"{queue_url}\", endpoint = \"{}\" }}",
+                    moto.endpoint()
+                ),
             ),
-        ),
-        config::retry("1s", Some("2s")),
-        config::static_relay(sink.addr(), "pool_size = 2"),
-    ]
-    .concat();
-    let mut a = Daemon::new(&section);
-    let mut b = Daemon::new(&section);
+            config::retry("1s", Some("2s")),
+            config::static_relay(sink.addr(), "pool_size = 2"),
+        ]
+        .concat()
+    };
+    let mut a = Daemon::new(&section(&slow));
+    let mut b = Daemon::new(&section(&fast));
     write_keys(&a, ("test", "test"));
     write_keys(&b, ("test", "test"));
     a.start();
     b.start();
+    const TOTAL: usize = 2000;
     let (client_a, client_b) = (
-        Client::start(a.port, 4, 250, "a"),
-        Client::start(b.port, 4, 250, "b"),
+        Client::start(a.port, 4, TOTAL / 8, "a"),
+        Client::start(b.port, 4, TOTAL / 8, "b"),
     );
-    let (mut from_a, mut from_b) = (Tally::default(), Tally::default());
-    let (mut done_a, mut done_b) = (false, false);
+    let (mut from_a, mut from_b, mut rest_to_b) =
+        (Tally::default(), Tally::default(), Tally::default());
+    let (mut done_a, mut done_b, mut done_rest) = (false, false, false);
     let mut killed = None;
+    let mut rest = None;
     let started = Instant::now();
-    while !(done_a && done_b) {
+    while !(done_a && done_b && done_rest) {
         assert!(started.elapsed() < Duration::from_secs(600), "clients hang");
         while let Ok(line) = client_a.lines.try_recv() {
             done_a |= from_a.take(&line);
@@ -328,9 +336,15 @@ fn two_processes_share_one_queue_and_the_survivor_takes_over() {
         while let Ok(line) = client_b.lines.try_recv() {
             done_b |= from_b.take(&line);
         }
-        if killed.is_none() && from_a.acked.len() >= 400 {
+        if let Some(client) = &rest {
+            let client: &Client = client;
+            while let Ok(line) = client.lines.try_recv() {
+                done_rest |= rest_to_b.take(&line);
+            }
+        }
+        if killed.is_none() && from_a.acked.len() >= 300 {
             a.kill9();
-            let at_sink = delivered(&sink);
+            let at_sink = delivered(&slow);
             let pending: HashSet<String> = from_a
                 .acked
                 .iter()
@@ -338,13 +352,34 @@ fn two_processes_share_one_queue_and_the_survivor_takes_over() {
                 .cloned()
                 .collect();
             killed = Some((Instant::now(), from_a.acked.len(), pending));
+            // What a's client did not get in goes into b.
+            let left = (TOTAL / 2).saturating_sub(from_a.acked.len());
+            rest = Some(Client::start(b.port, 4, left.div_ceil(4), "c"));
+            if left == 0 {
+                done_rest = true;
+            }
         }
         thread::sleep(Duration::from_millis(20));
     }
     let (killed_at, acked_before_kill, pending_at_kill) =
-        killed.expect("edge a acknowledged 400 before its client finished");
-    let all: HashSet<String> = from_a.acked.union(&from_b.acked).cloned().collect();
-    let counts = wait_delivered(&sink, &all, Duration::from_secs(240));
+        killed.expect("edge a acknowledged 300 before its client finished");
+    let mut all: HashSet<String> = from_a.acked.union(&from_b.acked).cloned().collect();
+    all.extend(rest_to_b.acked.iter().cloned());
+    let counts_of = || {
+        let mut counts = delivered(&slow);
+        for (id, n) in delivered(&fast) {
+            *counts.entry(id).or_default() += n;
+        }
+        counts
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let counts = loop {
+        let counts = counts_of();
+        if all.iter().all(|id| counts.contains_key(id)) || Instant::now() >= deadline {
+            break counts;
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
     let missing: Vec<&String> = all.iter().filter(|id| !counts.contains_key(*id)).collect();
     let duplicates: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
     let dup_of_a = duplicates
@@ -352,17 +387,23 @@ fn two_processes_share_one_queue_and_the_survivor_takes_over() {
         .filter(|(id, _)| from_a.acked.contains(*id))
         .count();
     let unacked = counts.keys().filter(|id| !all.contains(*id)).count();
-    let taken_over = pending_at_kill.iter().filter(|id| counts.contains_key(*id)).count();
+    let at_fast = delivered(&fast);
+    let taken_over = pending_at_kill
+        .iter()
+        .filter(|id| at_fast.contains_key(*id))
+        .count();
     println!(
-        "cloud two processes (moto S3 + SQS, lease {lease}s): {} acknowledged by a ({acked_before_kill} \
-         before its kill -9, {} client errors after), {} by b; {} pending of a's at the kill, \
-         {taken_over} of them delivered by b; all delivered {:?} after the kill; \
-         {} delivered twice or more ({dup_of_a} of a's: relayed by a but not yet removed when it died, \
-         then attempted again by b after the lease), {unacked} delivered without an acknowledgement \
-         (stored by a, killed before the 250), {} missing",
+        "cloud two processes (moto S3 + SQS, lease {lease}s): {} acknowledged in all; a: {} \
+         ({acked_before_kill} before its kill -9, {} client errors after), b: {} + {} sent to b after \
+         the kill; {} of a's undelivered at the kill, {taken_over} of them delivered by b; all \
+         delivered {:?} after the kill; {} delivered twice or more ({dup_of_a} of a's: relayed by a \
+         but not yet removed when it died, then attempted again by b after the lease), {unacked} \
+         delivered without an acknowledgement (stored by a, killed before the 250), {} missing",
+        all.len(),
         from_a.acked.len(),
         from_a.errors,
         from_b.acked.len(),
+        rest_to_b.acked.len(),
         pending_at_kill.len(),
         killed_at.elapsed(),
         duplicates.len(),
@@ -375,10 +416,16 @@ fn two_processes_share_one_queue_and_the_survivor_takes_over() {
         missing.iter().take(5).collect::<Vec<_>>(),
         b.log_tail(60)
     );
-    assert_eq!(
-        from_a.acked.len() + from_b.acked.len(),
+    assert!(
+        all.len() >= TOTAL,
+        "only {} acknowledged\nb's log:\n{}",
         all.len(),
-        "an id acknowledged twice"
+        b.log_tail(30)
+    );
+    assert_eq!(
+        taken_over,
+        pending_at_kill.len(),
+        "a's undelivered messages were not all taken over by b"
     );
     b.stop();
 }
