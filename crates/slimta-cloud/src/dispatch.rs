@@ -232,27 +232,51 @@ async fn take_notices<N: Notifier + ?Sized>(inner: Weak<Inner<N>>) {
                 continue;
             }
         };
-        for notice in notices {
-            match store.due_time(&notice.id).await {
-                Err(e) => {
-                    tracing::warn!(id = %notice.id, error = %e, "cannot read when a message is due; its notice comes back");
-                    let _ = notifier.postpone(&notice, Duration::from_secs(5)).await;
-                }
-                Ok(None) => {
-                    if let Err(e) = notifier.finish(&notice).await {
-                        tracing::debug!(id = %notice.id, error = %e, "notice of a gone message not finished");
-                    }
-                }
-                Ok(Some(due)) => {
-                    let early = due.duration_since(SystemTime::now()).unwrap_or_default();
-                    if early > Duration::from_millis(500) {
-                        let _ = notifier
-                            .postpone(&notice, early.max(Duration::from_secs(1)))
-                            .await;
-                    } else if tx.send(notice).await.is_err() {
-                        return;
-                    }
-                }
+        // The notices of one take are judged side by side: most are for
+        // messages done long ago (a first attempt's notice), each a round
+        // trip or two to the store.
+        let judged = futures_util::future::join_all(
+            notices
+                .into_iter()
+                .map(|notice| judge(&*notifier, &*store, notice)),
+        )
+        .await;
+        for notice in judged.into_iter().flatten() {
+            if tx.send(notice).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Finishes the notice of a message that is gone, postpones one whose
+/// message is not due; returns it if its message is due.
+async fn judge<N: Notifier + ?Sized>(
+    notifier: &N,
+    store: &dyn DueTimes,
+    notice: Notice,
+) -> Option<Notice> {
+    match store.due_time(&notice.id).await {
+        Err(e) => {
+            tracing::warn!(id = %notice.id, error = %e, "cannot read when a message is due; its notice comes back");
+            let _ = notifier.postpone(&notice, Duration::from_secs(5)).await;
+            None
+        }
+        Ok(None) => {
+            if let Err(e) = notifier.finish(&notice).await {
+                tracing::debug!(id = %notice.id, error = %e, "notice of a gone message not finished");
+            }
+            None
+        }
+        Ok(Some(due)) => {
+            let early = due.duration_since(SystemTime::now()).unwrap_or_default();
+            if early > Duration::from_millis(500) {
+                let _ = notifier
+                    .postpone(&notice, early.max(Duration::from_secs(1)))
+                    .await;
+                None
+            } else {
+                Some(notice)
             }
         }
     }

@@ -43,6 +43,8 @@
 //! - Every remote call has a timeout ([`CloudStorage::with_timeout`]); a
 //!   call that runs out fails with [`io::ErrorKind::TimedOut`], so the edge
 //!   answers `451 4.3.0` and the queue retries its record later.
+//! - Ids start with the receive time, so [`QueueStorage::summary`] (the
+//!   queue's periodic statistics) is two LISTs, not a GET per message.
 //! - Applying an outcome needs the stored recipient count (indices beyond
 //!   it are ignored); it is remembered per id from `write` and `get`, and
 //!   read from the envelope only when this process has never seen it.
@@ -55,7 +57,7 @@ use std::time::{Duration, SystemTime};
 
 use slimta::Envelope;
 use slimta::queue::codec;
-use slimta::queue::{AttemptOutcome, QueueMeta, QueueStorage, StoredEnvelope};
+use slimta::queue::{AttemptOutcome, QueueMeta, QueueStorage, StorageSummary, StoredEnvelope};
 
 use crate::notify::Notifier;
 use crate::object::ObjectBackend;
@@ -356,7 +358,7 @@ impl<O: ObjectBackend> CloudStorage<O> {
     }
 
     async fn write_new(&self, envelope: &Envelope, timestamp: SystemTime) -> io::Result<String> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = new_id(envelope.receive_time);
         if let Some((_, first_lease)) = &self.inner.notify {
             self.announce(&id, *first_lease).await?;
         }
@@ -474,6 +476,14 @@ impl<O: ObjectBackend> QueueStorage for CloudStorage<O> {
         Ok(found)
     }
 
+    async fn summary(&self) -> io::Result<StorageSummary> {
+        let ids = self.load().await?;
+        Ok(StorageSummary {
+            messages: ids.len(),
+            oldest_received: ids.iter().filter_map(|(id, _)| received_of(id)).min(),
+        })
+    }
+
     async fn get(&self, id: &str) -> io::Result<StoredEnvelope> {
         let env_key = self.env_key(id);
         let (env, current) = tokio::join!(
@@ -509,6 +519,22 @@ impl<O: ObjectBackend> QueueStorage for CloudStorage<O> {
         self.forget(id);
         Ok(())
     }
+}
+
+/// A new id: the receive time (nanoseconds since the Unix epoch, 16 hex
+/// digits) and 64 random bits, so that statistics learn the oldest
+/// message's age from the key names, without a GET per message. The
+/// create-only put refuses the (astronomically unlikely) repeat.
+fn new_id(received: SystemTime) -> String {
+    let nanos = u64::try_from(unix_nanos(received)).unwrap_or(u64::MAX);
+    let random = uuid::Uuid::new_v4().as_u64_pair().0;
+    format!("{nanos:016x}{random:016x}")
+}
+
+/// The receive time in an id made by [`new_id`].
+fn received_of(id: &str) -> Option<SystemTime> {
+    let nanos = u64::from_str_radix(id.get(..16)?, 16).ok()?;
+    (id.len() == 32).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
 }
 
 fn unix_nanos(t: SystemTime) -> u128 {

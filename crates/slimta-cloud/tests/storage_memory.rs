@@ -163,3 +163,22 @@ async fn an_unreachable_store_fails_with_a_connection_kind() {
     objects.set_unreachable(false);
     assert_eq!(s.load().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn statistics_come_from_two_listings() {
+    let objects = MemoryObjects::new();
+    let s = CloudStorage::new(objects.clone(), "q/");
+    for secs in [300, 100, 200] {
+        let mut e = envelope(1);
+        e.receive_time = t(secs) + Duration::from_nanos(7);
+        s.write(&e, t(1)).await.unwrap();
+    }
+    let before = objects.calls();
+    let summary = s.summary().await.unwrap();
+    assert_eq!(objects.calls() - before, 2, "a GET per message");
+    assert_eq!(summary.messages, 3);
+    assert_eq!(
+        summary.oldest_received,
+        Some(t(100) + Duration::from_nanos(7))
+    );
+}
