@@ -3,6 +3,10 @@
 //! pipe whose write end this process holds. When the test binary exits,
 //! however it exits, the pipe closes and the watchdog stops the processes
 //! (SIGTERM, then waits) and removes the scratch directory.
+//!
+//! `shared_peer.rs` does the same for a peer of one process; this one
+//! starts several, in order (Swift's memcached and four servers, Zaqar and
+//! its redis-server), and can tell when one of them died while starting.
 
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
