@@ -35,7 +35,9 @@
 //!   its lease this way); a zero delay releases the claim (`DELETE`), so the
 //!   notice is visible at once; a delay under 60 s, shorter than any claim,
 //!   posts a new notice with that delay and deletes the taken one (the
-//!   taker then no longer holds it).
+//!   taker then no longer holds it). So a lease renewal (a postpone by the
+//!   lease) keeps the notice held only with leases of 60 s or more; the
+//!   app's cloud kind refuses a shorter lease with Zaqar.
 //! - `finish` deletes the message with its claim id. When the lease ran out
 //!   and nobody claimed it since, it is deleted without one; when another
 //!   taker claimed it since, `finish` fails with `PermissionDenied` and
