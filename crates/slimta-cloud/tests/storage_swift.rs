@@ -253,7 +253,7 @@ fn credentials_come_from_the_shared_file_and_hide_the_key() {
 
 /// Swift checks `If-None-Match: *` before it takes the body and without a
 /// lock, so creates of one name at the same moment may all succeed (the
-/// newest wins; seen here with 8 concurrent creates: 1 to 5 got 201). What
+/// newest wins; seen here with 8 concurrent creates: 1 to 8 got 201). What
 /// holds: at least one wins, and what is stored is exactly one winner's
 /// body, never a mix; a create after they finished is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
