@@ -57,7 +57,10 @@ use std::time::{Duration, SystemTime};
 
 use slimta::Envelope;
 use slimta::queue::codec;
-use slimta::queue::{AttemptOutcome, QueueMeta, QueueStorage, StorageSummary, StoredEnvelope};
+use slimta::queue::storage::LOAD_BATCH;
+use slimta::queue::{
+    AttemptOutcome, LoadBatch, QueueMeta, QueueStorage, StorageSummary, StoredEnvelope,
+};
 
 use crate::notify::Notifier;
 use crate::object::ObjectBackend;
@@ -476,6 +479,36 @@ impl<O: ObjectBackend> QueueStorage for CloudStorage<O> {
         Ok(found)
     }
 
+    /// Like the default, but a store that cannot be reached at start-up
+    /// is asked again (with a growing pause, up to a minute) until it
+    /// answers, instead of leaving the stored messages unscheduled until
+    /// the next start.
+    async fn load_into(
+        &self,
+        batches: tokio::sync::mpsc::UnboundedSender<LoadBatch>,
+    ) -> io::Result<usize> {
+        let mut pause = Duration::from_secs(1);
+        let all = loop {
+            match self.load().await {
+                Ok(all) => break all,
+                Err(e) if is_unreachable(&e) && !batches.is_closed() => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "object store unreachable at start-up; listing again later");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(60));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let mut sent = 0;
+        for batch in all.chunks(LOAD_BATCH) {
+            sent += batch.len();
+            if batches.send(batch.to_vec()).is_err() {
+                break;
+            }
+        }
+        Ok(sent)
+    }
+
     async fn summary(&self) -> io::Result<StorageSummary> {
         let ids = self.load().await?;
         Ok(StorageSummary {
@@ -541,6 +574,23 @@ fn unix_nanos(t: SystemTime) -> u128 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos()
+}
+
+/// The failure kinds of a store that cannot be reached.
+fn is_unreachable(e: &io::Error) -> bool {
+    use io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::TimedOut
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
+    )
 }
 
 fn not_found(id: &str) -> io::Error {

@@ -268,3 +268,36 @@ async fn retries_wait_for_their_time_and_first_attempts_stay_local() {
         "a done message was handed out again: {again:?}"
     );
 }
+
+/// An operator's "retry now" from another process (`slimta queue retry`
+/// sets the due time in the store) reaches whoever holds the message's
+/// notice: the storage announces a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_now_from_another_process_takes_effect() {
+    let sqs = Arc::new(queue().await);
+    let objects = MemoryObjects::new();
+    let daemon =
+        CloudStorage::new(objects.clone(), "q/").with_notifier(sqs.clone(), Duration::from_secs(1));
+    let d = CloudDispatch::new(
+        sqs.clone(),
+        Arc::new(daemon.clone()),
+        Duration::from_secs(60),
+    );
+    let id = daemon
+        .write(&envelope(1), SystemTime::now() + Duration::from_secs(3600))
+        .await
+        .unwrap();
+    // Its notice shows after 1 s and is postponed for the hour.
+    let early = tokio::time::timeout(Duration::from_secs(4), d.next_due()).await;
+    assert!(early.is_err(), "handed out an hour early: {early:?}");
+    let operator =
+        CloudStorage::new(objects.clone(), "q/").with_notifier(sqs.clone(), Duration::from_secs(1));
+    operator
+        .set_timestamp(&id, SystemTime::now())
+        .await
+        .unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(30), d.next_due())
+        .await
+        .expect("the retry did not reach the dispatcher");
+    assert_eq!(lease.id, id);
+}

@@ -182,3 +182,25 @@ async fn statistics_come_from_two_listings() {
         Some(t(100) + Duration::from_nanos(7))
     );
 }
+
+#[tokio::test]
+async fn start_up_waits_for_a_store_that_is_down() {
+    let objects = MemoryObjects::new();
+    let s = CloudStorage::new(objects.clone(), "q/");
+    let id = s.write(&envelope(1), t(5)).await.unwrap();
+    objects.set_unreachable(true);
+    let (batches, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let loading = tokio::spawn({
+        let s = s.clone();
+        async move { s.load_into(batches).await }
+    });
+    // It asks again (two listings per try) and hands nothing over yet.
+    let calls = objects.calls();
+    while objects.calls() < calls + 4 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rx.try_recv().is_err());
+    objects.set_unreachable(false);
+    assert_eq!(loading.await.unwrap().unwrap(), 1);
+    assert_eq!(rx.recv().await.unwrap(), vec![(id, t(5))]);
+}
