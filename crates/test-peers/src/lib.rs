@@ -18,15 +18,21 @@ mod dkimpy;
 mod dnsmasq;
 mod dovecot;
 mod maildrop;
+pub mod moto;
 mod opendkim;
 mod opendkim_verify;
 mod python;
 mod redis;
 mod rspamd;
+pub mod seaweedfs;
+pub mod shared_peer;
 mod smtp_sink;
 mod spamd;
 mod swaks;
+mod swift;
+mod watchdog;
 mod wiretap;
+mod zaqar;
 
 pub use aiosmtpd::{AioMessage, AioSmtpd};
 pub use clamav::{ClamAv, EICAR};
@@ -36,13 +42,15 @@ pub use dovecot::Dovecot;
 pub use maildrop::MaildropBox;
 pub use opendkim::OpenDkim;
 pub use opendkim_verify::opendkim_verify;
-pub use python::python_with;
+pub use python::{python_venv, python_with};
 pub use redis::RedisServer;
 pub use rspamd::Rspamd;
 pub use smtp_sink::{DumpedMessage, SmtpSink, crlf_to_lf, parse_dump};
 pub use spamd::Spamd;
 pub use swaks::swaks;
+pub use swift::Swift;
 pub use wiretap::Wiretap;
+pub use zaqar::Zaqar;
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -111,6 +119,19 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration, what: &str) {
         sleep(Duration::from_millis(20));
     }
     panic!("{what} did not accept connections on {addr} within {timeout:?}");
+}
+
+/// One HTTP/1.0 exchange on a fresh connection: the answer's head and
+/// body as text, or `None` when the connection or the exchange failed
+/// (readiness probes of HTTP peers).
+pub(crate) fn http_exchange(addr: SocketAddr, request: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    stream.take(64 * 1024).read_to_end(&mut answer).ok()?;
+    Some(String::from_utf8_lossy(&answer).into_owned())
 }
 
 /// A child process killed (and reaped) on drop.

@@ -15,16 +15,27 @@ use crate::require;
 /// When the virtualenv cannot be made (python3 or its venv module missing,
 /// no access to PyPI).
 pub fn python_with(package: &str, module: &str) -> PathBuf {
+    python_venv(package, &[package], module)
+}
+
+/// The Python interpreter of the virtualenv `target/test-venv-NAME` holding
+/// `packages` (installed with pip from PyPI the first time), which must
+/// make `modules` (a comma-separated `import` list) importable.
+///
+/// # Panics
+///
+/// As [`python_with`].
+pub fn python_venv(name: &str, packages: &[&str], modules: &str) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
-    let venv = target.join(format!("test-venv-{package}"));
+    let venv = target.join(format!("test-venv-{name}"));
     let python = venv.join("bin/python");
     let has = |python: &Path| {
         Command::new(python)
-            .args(["-c", &format!("import {module}")])
+            .args(["-c", &format!("import {modules}")])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -51,14 +62,18 @@ pub fn python_with(package: &str, module: &str) -> PathBuf {
         "python3 -m venv failed (Debian package python3-venv)"
     );
     let status = Command::new(build.join("bin/python"))
-        .args(["-m", "pip", "install", "-q", package])
+        .args(["-m", "pip", "install", "-q"])
+        .args(packages)
         .status()
         .expect("run pip");
-    assert!(status.success(), "pip install {package} failed");
+    assert!(status.success(), "pip install {packages:?} failed");
     // Moving a virtualenv keeps `bin/python` working (it finds pyvenv.cfg
     // next to itself); only console-script shebangs would break, and none
     // is used. A rename that loses the race leaves the winner's in place.
     let _ = fs::rename(&build, &venv);
-    assert!(has(&python), "{package} is not importable as {module}");
+    assert!(
+        has(&python),
+        "{packages:?} do not make {modules} importable"
+    );
     python
 }

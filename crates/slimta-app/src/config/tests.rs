@@ -364,7 +364,7 @@ const BAD: &[(&str, &[&str])] = &[
     (
         "[queue.q2]\ntype = \"tape\"\nrelay = \"out\"",
         &[
-            "queue.q2.type: unknown value \"tape\" (expected one of: \"memory\", \"disk\", \"redis\")",
+            "queue.q2.type: unknown value \"tape\" (expected one of: \"memory\", \"disk\", \"redis\", \"cloud\")",
         ],
     ),
     (

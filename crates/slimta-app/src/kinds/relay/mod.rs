@@ -215,11 +215,17 @@ mod tests {
         assert_eq!(
             super::super::storage::keys(),
             [
+                "bucket",
+                "credentials_file",
+                "endpoint",
                 "journal_max_message",
                 "lease",
+                "notify",
                 "password_file",
                 "path",
                 "prefix",
+                "region",
+                "store",
                 "timeout",
                 "tls_ca_file",
                 "url"

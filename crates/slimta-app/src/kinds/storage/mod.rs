@@ -20,6 +20,7 @@
 //!   `slimta queue`). Backend figures come through
 //!   `QueueStorage::counters`.
 
+mod cloud;
 mod disk;
 mod memory;
 mod redis;
@@ -94,7 +95,7 @@ pub struct StorageKind {
 }
 
 /// Every kind of storage the app knows.
-pub const KINDS: &[StorageKind] = &[memory::MEMORY, disk::DISK, redis::REDIS];
+pub const KINDS: &[StorageKind] = &[memory::MEMORY, disk::DISK, redis::REDIS, cloud::CLOUD];
 
 /// A queue's configured storage: the queue's name, the kind and its keys.
 pub type StorageConfig = super::sections::Configured<StorageKind>;
