@@ -21,58 +21,16 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::config;
-use queue_common::{Daemon, SmtpSink, message_id, send};
+use queue_common::{Daemon, SmtpSink, load_client, message_id, send};
 use test_peers::moto::Moto;
 use test_peers::seaweedfs::{SEAWEEDFS_KEYS, SeaweedFs};
-
-/// Sends `per_thread` messages from each of `threads` threads, printing
-/// `ACK <message-id>` for each one answered 250, `ERR ...` for failures
-/// (a thread gives up after three in a row: its server was killed).
-const CLIENT: &str = r#"
-import smtplib, sys, threading, uuid
-host, port, threads, per_thread, tag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-lock = threading.Lock()
-def say(line):
-    with lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-def worker(n):
-    s, failures, sent = None, 0, 0
-    while sent < per_thread and failures < 3:
-        mid = "<%s.%s%d@cloud.test>" % (uuid.uuid4().hex, tag, n)
-        msg = ("From: a@x.test\r\nTo: b@example.test\r\nSubject: cloud %s %d\r\n"
-               "Message-Id: %s\r\n\r\n" % (tag, n, mid)) + ("line of body text\r\n" * 40)
-        try:
-            if s is None:
-                s = smtplib.SMTP(host, port, timeout=30)
-            s.sendmail("a@x.test", ["b@example.test"], msg.encode())
-            say("ACK " + mid)
-            sent += 1
-            failures = 0
-        except Exception as e:
-            say("ERR %r" % (e,))
-            failures += 1
-            try:
-                s.close()
-            except Exception:
-                pass
-            s = None
-    try:
-        s.quit()
-    except Exception:
-        pass
-ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-for t in ts: t.start()
-for t in ts: t.join()
-say("DONE")
-"#;
 
 /// A client process whose lines arrive on a channel.
 struct Client {
@@ -82,22 +40,7 @@ struct Client {
 
 impl Client {
     fn start(port: u16, threads: usize, per_thread: usize, tag: &str) -> Self {
-        let python = test_peers::require("python3", "python3");
-        let mut child = Command::new(python)
-            .arg("-c")
-            .arg(CLIENT)
-            .args([
-                "127.0.0.1".to_owned(),
-                port.to_string(),
-                threads.to_string(),
-                per_thread.to_string(),
-                tag.to_owned(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3");
+        let mut child = load_client(&[port], threads, per_thread, 3, tag);
         let out = BufReader::new(child.stdout.take().expect("stdout"));
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {

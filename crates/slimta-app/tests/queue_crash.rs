@@ -16,54 +16,9 @@ use common::config;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use queue_common::{Daemon, SmtpSink, message_id};
-
-const CLIENT: &str = r#"
-import smtplib, sys, threading, uuid
-host, port, threads, per_thread = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-lock = threading.Lock()
-
-def say(line):
-    with lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-def worker(n):
-    s = None
-    failures = 0
-    sent = 0
-    while sent < per_thread and failures < 3:
-        mid = "<%s.%d@crash.test>" % (uuid.uuid4().hex, n)
-        msg = ("From: a@x.test\r\nTo: b@example.test\r\nSubject: crash %d\r\n"
-               "Message-Id: %s\r\n\r\n" % (n, mid)) + ("line of body text\r\n" * 40)
-        try:
-            if s is None:
-                s = smtplib.SMTP(host, port, timeout=20)
-            s.sendmail("a@x.test", ["b@example.test"], msg.encode())
-            say("ACK " + mid)
-            sent += 1
-            failures = 0
-        except Exception as e:
-            say("ERR %r" % (e,))
-            failures += 1
-            try:
-                s.close()
-            except Exception:
-                pass
-            s = None
-    try:
-        s.quit()
-    except Exception:
-        pass
-
-ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-for t in ts: t.start()
-for t in ts: t.join()
-say("DONE")
-"#;
+use queue_common::{Daemon, SmtpSink, load_client, message_id};
 
 #[test]
 fn every_acknowledged_message_survives_kill_9() {
@@ -82,16 +37,7 @@ fn every_acknowledged_message_survives_kill_9() {
     );
     daemon.start();
 
-    let python = test_peers::require("python3", "python3");
-    let mut client = Command::new(python)
-        .arg("-c")
-        .arg(CLIENT)
-        .args(["127.0.0.1", &daemon.port.to_string(), "8", "400"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3");
+    let mut client = load_client(&[daemon.port], 8, 400, 3, "crash");
     let lines = BufReader::new(client.stdout.take().expect("stdout"));
     let kill_after = 600;
     let mut acked = HashSet::new();

@@ -25,63 +25,12 @@ use common::config;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use queue_common::{Daemon, SmtpSink, message_id};
+use queue_common::{Daemon, SmtpSink, load_client, message_id};
 use test_peers::RedisServer;
-
-/// Sends `per_thread` messages from each thread, to the ports in turn
-/// (a thread moves to the next port after a failure); prints `ACK id`,
-/// `ERR repr`, and `DONE`. A thread gives up after `max_failures` failures
-/// in a row.
-const CLIENT: &str = r#"
-import smtplib, sys, threading, time, uuid
-host, ports, threads, per_thread, max_failures = sys.argv[1], [int(p) for p in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-lock = threading.Lock()
-
-def say(line):
-    with lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-def worker(n):
-    s = None
-    failures = 0
-    sent = 0
-    port = n % len(ports)
-    while sent < per_thread and failures < max_failures:
-        mid = "<%s.%d@redis.test>" % (uuid.uuid4().hex, n)
-        msg = ("From: a@x.test\r\nTo: b@example.test\r\nSubject: redis %d\r\n"
-               "Message-Id: %s\r\n\r\n" % (n, mid)) + ("line of body text\r\n" * 40)
-        try:
-            if s is None:
-                s = smtplib.SMTP(host, ports[port], timeout=20)
-            s.sendmail("a@x.test", ["b@example.test"], msg.encode())
-            say("ACK " + mid)
-            sent += 1
-            failures = 0
-        except Exception as e:
-            say("ERR %r" % (e,))
-            failures += 1
-            try:
-                s.close()
-            except Exception:
-                pass
-            s = None
-            port = (port + 1) % len(ports)
-            time.sleep(0.05)
-    try:
-        s.quit()
-    except Exception:
-        pass
-
-ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-for t in ts: t.start()
-for t in ts: t.join()
-say("DONE")
-"#;
 
 /// One test at a time: each runs several processes on two shared cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -107,20 +56,7 @@ fn daemon_config(url: &str, prefix: &str, sink: &SmtpSink) -> String {
 }
 
 fn client(ports: &[u16], threads: usize, per_thread: usize, max_failures: usize) -> Child {
-    let python = test_peers::require("python3", "python3");
-    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    Command::new(python)
-        .arg("-c")
-        .arg(CLIENT)
-        .arg("127.0.0.1")
-        .arg(ports.join(","))
-        .args([threads.to_string(), per_thread.to_string()])
-        .arg(max_failures.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3")
+    load_client(ports, threads, per_thread, max_failures, "redis")
 }
 
 /// What the client said, read line by line with `on_ack(acked so far)`

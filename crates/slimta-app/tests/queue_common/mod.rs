@@ -315,3 +315,84 @@ pub fn message_id(content: &[u8]) -> Option<String> {
 pub fn path_str(dir: &Path, rest: &str) -> String {
     dir.join(rest).display().to_string()
 }
+
+/// The load client of the crash and shared-queue tests: `threads` threads
+/// each send `per_thread` messages (4 KiB-ish, a unique Message-Id with
+/// `tag` in it) to the ports in turn, moving to the next port after a
+/// failure, and print `ACK <message-id>` after each 250, `ERR <repr>` after
+/// each failure and `DONE` at the end. A thread gives up after
+/// `max_failures` failures in a row.
+const LOAD_CLIENT: &str = r#"
+import smtplib, sys, threading, time, uuid
+host = sys.argv[1]
+ports = [int(p) for p in sys.argv[2].split(",")]
+threads, per_thread, max_failures, tag = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+lock = threading.Lock()
+
+def say(line):
+    with lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+def worker(n):
+    s, failures, sent = None, 0, 0
+    port = n % len(ports)
+    while sent < per_thread and failures < max_failures:
+        mid = "<%s.%s%d@load.test>" % (uuid.uuid4().hex, tag, n)
+        msg = ("From: a@x.test\r\nTo: b@example.test\r\nSubject: %s %d\r\n"
+               "Message-Id: %s\r\n\r\n" % (tag, n, mid)) + ("line of body text\r\n" * 40)
+        try:
+            if s is None:
+                s = smtplib.SMTP(host, ports[port], timeout=30)
+            s.sendmail("a@x.test", ["b@example.test"], msg.encode())
+            say("ACK " + mid)
+            sent += 1
+            failures = 0
+        except Exception as e:
+            say("ERR %r" % (e,))
+            failures += 1
+            try:
+                s.close()
+            except Exception:
+                pass
+            s = None
+            port = (port + 1) % len(ports)
+            time.sleep(0.05)
+    try:
+        s.quit()
+    except Exception:
+        pass
+
+ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+for t in ts: t.start()
+for t in ts: t.join()
+say("DONE")
+"#;
+
+/// Starts [`LOAD_CLIENT`] against `ports` on 127.0.0.1, its output piped.
+pub fn load_client(
+    ports: &[u16],
+    threads: usize,
+    per_thread: usize,
+    max_failures: usize,
+    tag: &str,
+) -> std::process::Child {
+    let python = test_peers::require("python3", "python3");
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    Command::new(python)
+        .arg("-c")
+        .arg(LOAD_CLIENT)
+        .arg("127.0.0.1")
+        .arg(ports.join(","))
+        .args([
+            threads.to_string(),
+            per_thread.to_string(),
+            max_failures.to_string(),
+            tag.to_owned(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3")
+}
