@@ -79,6 +79,33 @@ pub(crate) fn encode_path(s: &str, keep_slash: bool) -> String {
     out
 }
 
+/// Refuses a `url` that is not http(s), naming `what` (the backend).
+pub(crate) fn require_http_url(what: &str, url: &str) -> io::Result<()> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what}: URL {url:?} is not http(s)"),
+        ))
+    }
+}
+
+/// The HTTP client of a backend: every request bounded by `timeout`, every
+/// connect by `connect_timeout`.
+pub(crate) fn client(
+    what: &str,
+    timeout: std::time::Duration,
+    connect_timeout: std::time::Duration,
+) -> io::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .build()
+        .map_err(|e| io::Error::other(format!("{what}: HTTP client: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::encode_path;

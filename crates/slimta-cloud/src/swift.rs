@@ -156,13 +156,8 @@ impl SwiftBuilder {
     /// `InvalidInput` for a Keystone auth URL (not built) or a URL that is
     /// not http(s); `Other` when the HTTP client cannot be made.
     pub fn build(self) -> io::Result<SwiftBackend> {
+        crate::http::require_http_url("swift", &self.auth_url)?;
         let lower = self.auth_url.to_ascii_lowercase();
-        if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("swift: auth URL {:?} is not http(s)", self.auth_url),
-            ));
-        }
         if lower.trim_end_matches('/').ends_with("/v3")
             || lower.contains("/v3/")
             || lower.trim_end_matches('/').ends_with("/v2.0")
@@ -178,11 +173,7 @@ impl SwiftBuilder {
                 ),
             ));
         }
-        let http = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .connect_timeout(self.connect_timeout)
-            .build()
-            .map_err(|e| io::Error::other(format!("swift: HTTP client: {e}")))?;
+        let http = crate::http::client("swift", self.timeout, self.connect_timeout)?;
         Ok(SwiftBackend {
             http,
             auth_url: self.auth_url,

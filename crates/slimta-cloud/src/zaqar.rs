@@ -126,18 +126,8 @@ impl ZaqarBuilder {
     /// `InvalidInput` for a URL that is not http(s); `Other` when the HTTP
     /// client cannot be made.
     pub fn build(self) -> io::Result<ZaqarNotifier> {
-        let lower = self.url.to_ascii_lowercase();
-        if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("zaqar: URL {:?} is not http(s)", self.url),
-            ));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .connect_timeout(self.connect_timeout)
-            .build()
-            .map_err(|e| io::Error::other(format!("zaqar: HTTP client: {e}")))?;
+        crate::http::require_http_url("zaqar", &self.url)?;
+        let http = crate::http::client("zaqar", self.timeout, self.connect_timeout)?;
         let queue_url = format!(
             "{}/v2/queues/{}",
             self.url.trim_end_matches('/'),
